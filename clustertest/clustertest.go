@@ -1,0 +1,129 @@
+// Package clustertest gives other packages' tests a real cluster to run
+// against: the real kube-apiserver (started once per test binary, in process,
+// on loopback) and a fresh namespace per test, so tests can run in parallel
+// without seeing each other's objects.
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/switchboard/switchboard/controlplane"
+)
+
+// RequireEnv is the environment variable that turns every skip for a missing
+// privilege or kernel feature into a failure. CI sets it to "require" so that
+// a green run proves the end-to-end tests really ran.
+const RequireEnv = "SWITCHBOARD_E2E"
+
+// Skip skips the test with reason, or fails it when RequireEnv=require.
+func Skip(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv(RequireEnv) == "require" {
+		t.Fatalf("%s=require but: %s", RequireEnv, reason)
+	}
+	t.Skip(reason)
+}
+
+// RequireRoot skips (or fails, see Skip) unless the test runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Skip(t, "needs root")
+	}
+}
+
+var (
+	shared     *controlplane.ControlPlane
+	sharedDir  string
+	sharedErr  error
+	sharedOnce sync.Once
+)
+
+// Main wraps a test binary's TestMain so the shared API server, if one was
+// started, is stopped and its state removed when the tests finish:
+//
+//	func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
+func Main(m *testing.M) int {
+	code := m.Run()
+	if shared != nil {
+		shared.Stop()
+	}
+	if sharedDir != "" {
+		os.RemoveAll(sharedDir)
+	}
+	return code
+}
+
+// APIServer returns the test binary's shared control plane, starting it on
+// first use (about 4 s). Tests should isolate themselves with Namespace.
+func APIServer(t testing.TB) *controlplane.ControlPlane {
+	t.Helper()
+	sharedOnce.Do(func() {
+		sharedDir, sharedErr = os.MkdirTemp("", "switchboard-apiserver-")
+		if sharedErr != nil {
+			return
+		}
+		start := time.Now()
+		shared, sharedErr = controlplane.Start(context.Background(), controlplane.Config{StateDir: sharedDir})
+		if sharedErr == nil {
+			sharedErr = controlplane.StartHousekeeping(context.Background(), shared.RESTConfig)
+		}
+		if sharedErr == nil {
+			t.Logf("kube-apiserver ready in %v at %s", time.Since(start).Round(time.Millisecond), shared.RESTConfig.Host)
+		}
+	})
+	if sharedErr != nil {
+		t.Fatalf("start kube-apiserver: %v", sharedErr)
+	}
+	return shared
+}
+
+// Client returns a clientset for the shared API server with its own rate
+// limits, so a test that floods the API does not slow its neighbours.
+func Client(t testing.TB) (kubernetes.Interface, *rest.Config) {
+	t.Helper()
+	cfg := rest.CopyConfig(APIServer(t).RESTConfig)
+	cfg.QPS, cfg.Burst = 1000, 2000
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatalf("clientset: %v", err)
+	}
+	return c, cfg
+}
+
+// Namespace creates a namespace with a unique name derived from the test's
+// name and deletes it when the test ends.
+func Namespace(t testing.TB, client kubernetes.Interface) string {
+	t.Helper()
+	base := strings.ToLower(t.Name())
+	base = strings.Map(func(r rune) rune {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '-'
+	}, base)
+	if len(base) > 40 {
+		base = base[:40]
+	}
+	name := strings.Trim(fmt.Sprintf("%s-%s", base, rand.String(5)), "-")
+	ctx := context.Background()
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = client.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	return name
+}

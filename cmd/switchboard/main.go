@@ -1,0 +1,108 @@
+// Command switchboard is Kubernetes Service networking in one binary: a
+// one-machine cluster (`up`), and drop-in replacements for kube-proxy,
+// CoreDNS and the EndpointSlice controller. This file only parses flags and
+// wires packages together.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/switchboard/switchboard/localcluster"
+)
+
+// version is set at link time (-ldflags "-X main.version=..."); otherwise the
+// module's build info is used.
+var version = ""
+
+func main() {
+	root := &cobra.Command{
+		Use:           "switchboard",
+		Short:         "Kubernetes Service networking: EndpointSlices, node proxy, cluster DNS",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(versionCmd(), upCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "switchboard:", err)
+		os.Exit(1)
+	}
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " " + s.Value[:12]
+			}
+		}
+		return v
+	}
+	return "unknown"
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print switchboard's version and the Kubernetes version it links",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "switchboard %s (kube-apiserver %s)\n", versionString(), kubeVersion())
+		},
+	}
+}
+
+func kubeVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "k8s.io/kubernetes" {
+				return d.Version
+			}
+		}
+	}
+	return "unknown"
+}
+
+func upCmd() *cobra.Command {
+	var cfg localcluster.Config
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run a one-machine Kubernetes cluster in this process until interrupted",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			c, err := localcluster.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "switchboard is up; export KUBECONFIG=%s\n", c.ControlPlane.KubeconfigPath)
+			select {
+			case <-ctx.Done():
+			case <-c.ControlPlane.Done():
+				cfg.Logger.Error("control plane stopped", "err", c.ControlPlane.Err())
+			}
+			c.Stop()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.StateDir, "state-dir", ".switchboard", "directory for the cluster's state (etcd data, PKI, kubeconfig)")
+	f.IntVar(&cfg.Nodes, "nodes", 1, "number of nodes")
+	f.StringVar(&cfg.ServiceCIDR, "service-cidr", "10.96.0.0/16", "range of Service ClusterIPs")
+	f.StringVar(&cfg.NodePortRange, "service-node-port-range", "30000-32767", "range of NodePorts")
+	f.IntVar(&cfg.APIServerPort, "apiserver-port", 6443, "loopback port for the API server (0 picks a free one)")
+	return cmd
+}

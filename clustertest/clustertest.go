@@ -49,6 +49,9 @@ var (
 	sharedDir  string
 	sharedErr  error
 	sharedOnce sync.Once
+	// stopHousekeeping ends the housekeeping controllers' watches first, so
+	// the API server has no long-running requests left to drain on stop.
+	stopHousekeeping context.CancelFunc
 )
 
 // Main wraps a test binary's TestMain so the shared API server, if one was
@@ -58,7 +61,15 @@ var (
 func Main(m *testing.M) int {
 	code := m.Run()
 	if shared != nil {
-		shared.Stop()
+		stopHousekeeping()
+		stopped := make(chan struct{})
+		go func() { shared.Stop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			// The process exits next anyway; do not let a slow graceful
+			// shutdown hold the test binary for a minute.
+		}
 	}
 	if sharedDir != "" {
 		os.RemoveAll(sharedDir)
@@ -78,7 +89,9 @@ func APIServer(t testing.TB) *controlplane.ControlPlane {
 		start := time.Now()
 		shared, sharedErr = controlplane.Start(context.Background(), controlplane.Config{StateDir: sharedDir})
 		if sharedErr == nil {
-			sharedErr = controlplane.StartHousekeeping(context.Background(), shared.RESTConfig)
+			var hkCtx context.Context
+			hkCtx, stopHousekeeping = context.WithCancel(context.Background())
+			sharedErr = controlplane.StartHousekeeping(hkCtx, shared.RESTConfig)
 		}
 		if sharedErr == nil {
 			t.Logf("kube-apiserver ready in %v at %s", time.Since(start).Round(time.Millisecond), shared.RESTConfig.Host)

@@ -8,6 +8,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -139,8 +140,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	port := listener.Addr().(*net.TCPAddr).Port
 
-	klog.SetOutput(cfg.LogOutput)
-	klog.LogToStderr(false)
+	redirectKlog(cfg.LogOutput)
 
 	s := options.NewServerRunOptions()
 	fs := pflag.NewFlagSet("kube-apiserver", pflag.ContinueOnError)
@@ -215,6 +215,18 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		return nil, err
 	}
 	return cp, nil
+}
+
+// redirectKlog sends the API server's klog output to w only. klog also
+// copies errors to stderr unless its stderr threshold is raised, which would
+// flood a terminal or a test log with the API server's routine complaints.
+func redirectKlog(w io.Writer) {
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	fs.Set("logtostderr", "false")
+	fs.Set("alsologtostderr", "false")
+	fs.Set("stderrthreshold", "FATAL")
+	klog.SetOutput(w)
 }
 
 func firstServiceIP(p netip.Prefix) net.IP {
@@ -331,4 +343,3 @@ func WriteKubeconfig(path string, cfg *rest.Config, pki PKI) error {
 	}
 	return nil
 }
-

@@ -25,12 +25,12 @@ type PKI struct {
 }
 
 // Paths of the files inside the PKI directory.
-func (p PKI) CACert() string        { return filepath.Join(p.Dir, "ca.crt") }
-func (p PKI) CAKey() string         { return filepath.Join(p.Dir, "ca.key") }
-func (p PKI) ServingCert() string   { return filepath.Join(p.Dir, "apiserver.crt") }
-func (p PKI) ServingKey() string    { return filepath.Join(p.Dir, "apiserver.key") }
-func (p PKI) AdminCert() string     { return filepath.Join(p.Dir, "admin.crt") }
-func (p PKI) AdminKey() string      { return filepath.Join(p.Dir, "admin.key") }
+func (p PKI) CACert() string            { return filepath.Join(p.Dir, "ca.crt") }
+func (p PKI) CAKey() string             { return filepath.Join(p.Dir, "ca.key") }
+func (p PKI) ServingCert() string       { return filepath.Join(p.Dir, "apiserver.crt") }
+func (p PKI) ServingKey() string        { return filepath.Join(p.Dir, "apiserver.key") }
+func (p PKI) AdminCert() string         { return filepath.Join(p.Dir, "admin.crt") }
+func (p PKI) AdminKey() string          { return filepath.Join(p.Dir, "admin.key") }
 func (p PKI) ServiceAccountKey() string { return filepath.Join(p.Dir, "sa.key") }
 func (p PKI) ServiceAccountPub() string { return filepath.Join(p.Dir, "sa.pub") }
 

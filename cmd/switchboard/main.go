@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -29,8 +30,11 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(versionCmd(), upCmd())
+	root.AddCommand(versionCmd(), upCmd(), doctorCmd())
 	if err := root.Execute(); err != nil {
+		if errors.Is(err, errFoundProblem) {
+			os.Exit(3)
+		}
 		fmt.Fprintln(os.Stderr, "switchboard:", err)
 		os.Exit(1)
 	}

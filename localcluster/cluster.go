@@ -74,6 +74,10 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.Stop()
 		return nil, err
 	}
+	if err := controlplane.StartWorkloadControllers(ctx, c.ControlPlane.RESTConfig); err != nil {
+		c.Stop()
+		return nil, err
+	}
 	return c, nil
 }
 

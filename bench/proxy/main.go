@@ -1,0 +1,155 @@
+// Command proxy benchmarks the node proxy's nftables backend: in a network
+// namespace it creates, it programs N Services x M endpoints, then applies
+// single endpoint changes, and reports full-sync time, per-change times and
+// the process's RSS.
+//
+//	go run ./bench/proxy [-services 5000] [-endpoints 10] [-changes 50]
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchboard/switchboard/proxy/namespace"
+	"github.com/switchboard/switchboard/proxy/nftables"
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+func main() {
+	services := flag.Int("services", 5000, "number of Services")
+	endpoints := flag.Int("endpoints", 10, "endpoints per Service")
+	changes := flag.Int("changes", 50, "single-endpoint changes to time")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the full sync to this file")
+	flag.Parse()
+	profile = *cpuprofile
+	if err := run(*services, *endpoints, *changes); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/proxy:", err)
+		os.Exit(1)
+	}
+}
+
+func addr4(n int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)})
+}
+
+func service(i, eps, gen int) []*snapshot.ServicePort {
+	sp := &snapshot.ServicePort{
+		Key:        snapshot.PortKey{ServiceKey: snapshot.ServiceKey{Namespace: "bench", Name: fmt.Sprintf("svc-%d", i)}, Port: "http", Protocol: v1.ProtocolTCP},
+		Protocol:   v1.ProtocolTCP,
+		Port:       80,
+		ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
+	}
+	for j := range eps {
+		sp.Endpoints = append(sp.Endpoints, snapshot.Endpoint{Addr: addr4(1<<20 + i*eps + j + gen*1000003%(1<<19)), Port: 8080, Ready: true, Serving: true})
+	}
+	return []*snapshot.ServicePort{sp}
+}
+
+var profile string
+
+func run(nSvc, nEps, nChanges int) error {
+	name := namespace.Unique("sbbench")
+	path, del, err := namespace.Create(name)
+	if err != nil {
+		return err
+	}
+	defer del()
+	k, err := nftables.New(nftables.Config{NetNS: path, NodeIPs: []netip.Addr{netip.MustParseAddr("192.168.0.1")},
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	snap := &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{}}
+	for i := range nSvc {
+		sps := service(i, nEps, 0)
+		snap.Ports[sps[0].Key.ServiceKey] = sps
+	}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(f)
+	}
+	start := time.Now()
+	if err := k.Sync(snap, nil); err != nil {
+		return err
+	}
+	full := time.Since(start)
+	if profile != "" {
+		pprof.StopCPUProfile()
+	}
+	fmt.Printf("services=%d endpoints/service=%d\n", nSvc, nEps)
+	fmt.Printf("full sync: %v\n", full.Round(time.Microsecond))
+
+	// One endpoint replaced (delete + add in one transaction), and one
+	// endpoint added (the Service moves to the next bucket).
+	var replace, scale []time.Duration
+	for c := range nChanges {
+		i := (c * 97) % nSvc
+		sps := service(i, nEps, 0)
+		sps[0].Endpoints[c%nEps].Addr = netip.AddrFrom4([4]byte{10, 250, byte(c), 1})
+		next := &snapshot.Snapshot{Ports: snap.Ports}
+		next.Ports[sps[0].Key.ServiceKey] = sps
+		start := time.Now()
+		if err := k.Sync(next, []snapshot.ServiceKey{sps[0].Key.ServiceKey}); err != nil {
+			return err
+		}
+		replace = append(replace, time.Since(start))
+
+		j := (c*89 + 13) % nSvc
+		sps = service(j, nEps+1, 0)
+		next.Ports[sps[0].Key.ServiceKey] = sps
+		start = time.Now()
+		if err := k.Sync(next, []snapshot.ServiceKey{sps[0].Key.ServiceKey}); err != nil {
+			return err
+		}
+		scale = append(scale, time.Since(start))
+	}
+	report("one endpoint replaced", replace)
+	report("one endpoint added (bucket move)", scale)
+	runtime.GC()
+	fmt.Printf("process RSS: %s (peak %s)\n", status("VmRSS"), status("VmHWM"))
+	out, err := namespace.Exec(name, "nft", "list", "ruleset")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ruleset lines: %d\n", strings.Count(out, "\n"))
+	if os.Getenv("BENCH_DUMP") != "" {
+		fmt.Print(out)
+	}
+	return nil
+}
+
+func report(what string, d []time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	slices.Sort(d)
+	p := func(q float64) time.Duration { return d[min(len(d)-1, int(q*float64(len(d))))] }
+	fmt.Printf("%s: n=%d median=%v p99=%v max=%v\n", what, len(d), p(0.5).Round(time.Microsecond), p(0.99).Round(time.Microsecond), d[len(d)-1].Round(time.Microsecond))
+}
+
+func status(field string) string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
+}

@@ -1,0 +1,720 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// TableName is the one table (per family) this package creates and the
+// only one it ever modifies.
+const TableName = "switchboard"
+
+// masqMark is the packet mark that asks postrouting to masquerade; the same
+// bit kube-proxy uses, so the two never disagree on a shared node.
+const masqMark = 0x4000
+
+// chunk bounds the elements per netlink message: a message's element list
+// is one attribute, whose length field has 16 bits.
+const chunk = 400
+
+// Config says where and how to program.
+type Config struct {
+	// NetNS is the path of the network namespace to program (like
+	// /run/netns/NAME); empty means the current one. The caller's
+	// goroutine and process never change namespace: the netlink sockets
+	// are opened inside it.
+	NetNS string
+	// NodeIPs are the addresses NodePorts answer on.
+	NodeIPs []netip.Addr
+	Options Options
+	Logger  *slog.Logger
+}
+
+// Kernel applies Service ports to nftables. It remembers what it applied,
+// so a sync touches only the elements of the Services that changed, all in
+// one netlink transaction (one RCU grace period at most).
+type Kernel struct {
+	mu     sync.Mutex
+	cfg    Config
+	nsFd   int
+	conn   *nftables.Conn
+	ct     *netlink.Handle
+	fams   [2]*family // [0] IPv4, [1] IPv6
+	synced bool
+	// applied holds each Service's elements per family as last applied.
+	applied map[snapshot.ServiceKey][2][]Elem
+	// refs counts, per family, how many Services want an element, so
+	// shared elements (hairpin entries of a pod behind two Services) stay
+	// until the last one goes.
+	refs [2]map[Elem]int
+	log  *slog.Logger
+}
+
+// family is one IP family's table and its objects.
+type family struct {
+	is4     bool
+	table   *nftables.Table
+	chains  map[string]*nftables.Chain
+	sets    map[string]*nftables.Set
+	buckets map[string]bool // bucket maps that exist with their rule
+}
+
+// New opens netlink sockets in cfg.NetNS. Nothing is programmed before the
+// first Sync.
+func New(cfg Config) (*Kernel, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	k := &Kernel{cfg: cfg, nsFd: -1, applied: map[snapshot.ServiceKey][2][]Elem{}, log: cfg.Logger}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
+	var ns netns.NsHandle
+	if cfg.NetNS != "" {
+		var err error
+		ns, err = netns.GetFromPath(cfg.NetNS)
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace %s: %w", cfg.NetNS, err)
+		}
+		k.nsFd = int(ns)
+		opts = append(opts, nftables.WithNetNSFd(int(ns)))
+	} else {
+		var err error
+		ns, err = netns.Get()
+		if err != nil {
+			return nil, fmt.Errorf("open current network namespace: %w", err)
+		}
+		k.nsFd = int(ns)
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		k.Close()
+		return nil, fmt.Errorf("open nftables netlink socket in %q: %w", cfg.NetNS, err)
+	}
+	k.conn = conn
+	if k.ct, err = netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err != nil {
+		k.Close()
+		return nil, fmt.Errorf("open conntrack netlink socket in %q: %w", cfg.NetNS, err)
+	}
+	for i, is4 := range []bool{true, false} {
+		f := nftables.TableFamilyIPv4
+		if !is4 {
+			f = nftables.TableFamilyIPv6
+		}
+		k.fams[i] = &family{is4: is4, table: &nftables.Table{Name: TableName, Family: f}}
+		k.refs[i] = map[Elem]int{}
+	}
+	return k, nil
+}
+
+// bigBuffers lets one transaction carry a whole full sync (megabytes of
+// elements): it is sent in one sendmsg, which the default socket buffer
+// refuses.
+func bigBuffers(c *mdnetlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, 64<<20); e != nil {
+				serr = e
+			}
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("enlarge netlink socket buffers: %w", err)
+	}
+	return nil
+}
+
+// Close releases the sockets; the rules stay, so a restarted proxy adopts
+// them and established connections never notice.
+func (k *Kernel) Close() error {
+	if k.conn != nil {
+		k.conn.CloseLasting()
+	}
+	if k.ct != nil {
+		k.ct.Close()
+	}
+	if k.nsFd >= 0 {
+		unix.Close(k.nsFd)
+		k.nsFd = -1
+	}
+	return nil
+}
+
+// Stats are counts for metrics.
+type Stats struct {
+	Elements int // set and map elements programmed
+	Rules    int // rules in the tables
+}
+
+// Stats reports what is programmed.
+func (k *Kernel) Stats() Stats {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var s Stats
+	for i, f := range k.fams {
+		s.Elements += len(k.refs[i])
+		if f.chains != nil {
+			// The skeleton's rules plus one DNAT rule per bucket map.
+			s.Rules += 14 + len(f.buckets)
+		}
+	}
+	return s
+}
+
+// Sync programs snap. changed lists the Services that differ from the
+// previous call; nil means "all of them" and also (re)builds the tables,
+// which is what the first call after start does: it adopts a table left by
+// an earlier run, replacing its rules and elements in one atomic
+// transaction, so established connections (conntrack) are untouched.
+func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if changed == nil || !k.synced {
+		err := k.fullSync(snap)
+		k.synced = err == nil
+		return err
+	}
+	type delta struct{ add, del []Elem }
+	var d [2]delta
+	var udpGone [2][]netip.Addr
+	for _, key := range changed {
+		old := k.applied[key]
+		v4, v6 := TranslateService(snap.Ports[key], k.cfg.Options)
+		now := [2][]Elem{v4, v6}
+		for i := range 2 {
+			add, del := k.diff(i, old[i], now[i])
+			d[i].add = append(d[i].add, add...)
+			d[i].del = append(d[i].del, del...)
+			udpGone[i] = append(udpGone[i], goneUDPEndpoints(old[i], now[i])...)
+		}
+		if len(v4)+len(v6) == 0 {
+			delete(k.applied, key)
+		} else {
+			k.applied[key] = now
+		}
+	}
+	for i, f := range k.fams {
+		for _, e := range d[i].add {
+			k.ensureBucket(f, e.Set)
+		}
+		if err := k.queue(f, d[i].del, true); err != nil {
+			return k.fail(err)
+		}
+		if err := k.queue(f, d[i].add, false); err != nil {
+			return k.fail(err)
+		}
+	}
+	if err := k.conn.Flush(); err != nil {
+		return k.fail(fmt.Errorf("apply nftables transaction in %q: %w", k.cfg.NetNS, err))
+	}
+	k.clearConntrack(udpGone)
+	return nil
+}
+
+// fail forgets what was applied, so the next Sync rebuilds everything
+// instead of diffing against a state the kernel may not have.
+func (k *Kernel) fail(err error) error {
+	k.synced = false
+	return err
+}
+
+// diff updates reference counts for one Service's change and returns the
+// elements that became wanted and those no longer wanted by anyone.
+func (k *Kernel) diff(fam int, old, now []Elem) (add, del []Elem) {
+	refs := k.refs[fam]
+	for _, e := range old {
+		refs[e]--
+		if refs[e] <= 0 {
+			delete(refs, e)
+			del = append(del, e)
+		}
+	}
+	for _, e := range now {
+		refs[e]++
+		if refs[e] == 1 {
+			add = append(add, e)
+		}
+	}
+	// An element removed and re-added in the same change needs neither.
+	if len(add) > 0 && len(del) > 0 {
+		dels := map[Elem]bool{}
+		for _, e := range del {
+			dels[e] = true
+		}
+		adds := map[Elem]bool{}
+		for _, e := range add {
+			adds[e] = true
+		}
+		add = slices.DeleteFunc(add, func(e Elem) bool { return dels[e] })
+		del = slices.DeleteFunc(del, func(e Elem) bool { return adds[e] })
+	}
+	return add, del
+}
+
+// goneUDPEndpoints lists UDP endpoint addresses a Service stopped using:
+// their conntrack entries would keep steering a UDP "connection" to a dead
+// pod, as UDP has no end to wait for.
+func goneUDPEndpoints(old, now []Elem) []netip.Addr {
+	still := map[netip.Addr]bool{}
+	for _, e := range now {
+		if e.IsMap() && e.Proto == v1.ProtocolUDP {
+			still[e.To.Addr()] = true
+		}
+	}
+	var gone []netip.Addr
+	for _, e := range old {
+		if e.IsMap() && e.Proto == v1.ProtocolUDP && !still[e.To.Addr()] && !slices.Contains(gone, e.To.Addr()) {
+			gone = append(gone, e.To.Addr())
+		}
+	}
+	return gone
+}
+
+func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
+	for i, addrs := range gone {
+		fam := netlink.InetFamily(unix.AF_INET)
+		if i == 1 {
+			fam = unix.AF_INET6
+		}
+		for _, a := range addrs {
+			f := &netlink.ConntrackFilter{}
+			if err := f.AddIP(netlink.ConntrackReplySrcIP, a.AsSlice()); err != nil {
+				continue
+			}
+			if err := f.AddProtocol(unix.IPPROTO_UDP); err != nil {
+				continue
+			}
+			if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f); err != nil {
+				k.log.Warn("clear UDP conntrack entries", "endpoint", a, "err", err)
+			} else if n > 0 {
+				k.log.Debug("cleared UDP conntrack entries", "endpoint", a, "entries", n)
+			}
+		}
+	}
+}
+
+// fullSync rebuilds both tables from snap in one transaction: base chains
+// and rules are re-added (chains flushed first), sets flushed and refilled.
+// The table itself is never deleted, so nothing is briefly unprogrammed.
+func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
+	k.applied = map[snapshot.ServiceKey][2][]Elem{}
+	var all [2][]Elem
+	for i := range k.refs {
+		k.refs[i] = map[Elem]int{}
+	}
+	keys := make([]snapshot.ServiceKey, 0, len(snap.Ports))
+	for key := range snap.Ports {
+		keys = append(keys, key)
+	}
+	for _, key := range keys {
+		v4, v6 := TranslateService(snap.Ports[key], k.cfg.Options)
+		if len(v4)+len(v6) == 0 {
+			continue
+		}
+		k.applied[key] = [2][]Elem{v4, v6}
+		for i, es := range [][]Elem{v4, v6} {
+			add, _ := k.diff(i, nil, es)
+			all[i] = append(all[i], add...)
+		}
+	}
+	for i, f := range k.fams {
+		existing, err := k.existingBuckets(f)
+		if err != nil {
+			return err
+		}
+		k.skeleton(f, existing)
+		for _, e := range all[i] {
+			k.ensureBucket(f, e.Set)
+		}
+		for _, ip := range k.cfg.NodeIPs {
+			if ip.Is4() == f.is4 {
+				all[i] = append(all[i], Elem{Set: setNodeIPs, Addr: ip, Slot: -1})
+			}
+		}
+		if err := k.queue(f, all[i], false); err != nil {
+			return err
+		}
+	}
+	if err := k.conn.Flush(); err != nil {
+		return fmt.Errorf("apply full nftables transaction in %q: %w", k.cfg.NetNS, err)
+	}
+	return nil
+}
+
+// existingBuckets lists bucket maps a previous run left, so they are
+// flushed (not leaked with stale elements) on adoption.
+func (k *Kernel) existingBuckets(f *family) ([]string, error) {
+	sets, err := k.conn.GetSets(f.table)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {
+			// No table yet: a first start.
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list sets of table %s in %q: %w", TableName, k.cfg.NetNS, err)
+	}
+	var out []string
+	for _, s := range sets {
+		if isBucket(s.Name) {
+			out = append(out, s.Name)
+		}
+	}
+	return out, nil
+}
+
+func isBucket(name string) bool {
+	return strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setNodePortPrefix)
+}
+
+// queue encodes elements per set and queues add (or delete) messages.
+func (k *Kernel) queue(f *family, elems []Elem, del bool) error {
+	by := map[string][]nftables.SetElement{}
+	var order []string
+	for _, e := range elems {
+		se, err := encode(f.is4, e)
+		if err != nil {
+			return err
+		}
+		if _, ok := by[e.Set]; !ok {
+			order = append(order, e.Set)
+		}
+		by[e.Set] = append(by[e.Set], se)
+	}
+	for _, name := range order {
+		set := f.sets[name]
+		if set == nil {
+			return fmt.Errorf("element for unknown set %s in table %s", name, TableName)
+		}
+		list := by[name]
+		for len(list) > 0 {
+			n := min(chunk, len(list))
+			var err error
+			if del {
+				err = k.conn.SetDeleteElements(set, list[:n])
+			} else {
+				err = k.conn.SetAddElements(set, list[:n])
+			}
+			if err != nil {
+				return fmt.Errorf("queue elements of set %s: %w", name, err)
+			}
+			list = list[n:]
+		}
+	}
+	return nil
+}
+
+// Key layouts. Concatenations pad every field to 4 bytes.
+func addrType(is4 bool) nftables.SetDatatype {
+	if is4 {
+		return nftables.TypeIPAddr
+	}
+	return nftables.TypeIP6Addr
+}
+
+func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat bool) {
+	a := addrType(is4)
+	switch {
+	case strings.HasPrefix(name, setServicePrefix):
+		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+			nftables.MustConcatSetType(a, nftables.TypeInetService), true
+	case strings.HasPrefix(name, setNodePortPrefix):
+		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+			nftables.MustConcatSetType(a, nftables.TypeInetService), true
+	case name == setNoEndpoints || name == setMasqExternal || name == setMasqCluster:
+		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
+	case name == setNoEndpointsNodePort || name == setMasqNodePort:
+		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
+	case name == setHairpin:
+		return nftables.MustConcatSetType(a, a), nftables.TypeInvalid, true
+	default: // setNodeIPs
+		return a, nftables.TypeInvalid, false
+	}
+}
+
+func protoNum(p v1.Protocol) byte {
+	switch p {
+	case v1.ProtocolUDP:
+		return unix.IPPROTO_UDP
+	case v1.ProtocolSCTP:
+		return unix.IPPROTO_SCTP
+	default:
+		return unix.IPPROTO_TCP
+	}
+}
+
+func pad4(b []byte) []byte {
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// encode renders an element in the kernel's byte layout.
+func encode(is4 bool, e Elem) (nftables.SetElement, error) {
+	var key []byte
+	if e.Addr.IsValid() {
+		if e.Addr.Is4() != is4 {
+			return nftables.SetElement{}, fmt.Errorf("address %s in the wrong family's set %s", e.Addr, e.Set)
+		}
+		key = append(key, e.Addr.AsSlice()...)
+	}
+	if e.Proto != "" {
+		key = append(key, pad4([]byte{protoNum(e.Proto)})...)
+		key = append(key, pad4(binary.BigEndian.AppendUint16(nil, e.Port))...)
+	}
+	if e.Slot >= 0 {
+		// numgen writes its result in host byte order.
+		key = append(key, binaryutil.NativeEndian.PutUint32(uint32(e.Slot))...)
+	}
+	if e.Addr2.IsValid() {
+		key = append(key, e.Addr2.AsSlice()...)
+	}
+	se := nftables.SetElement{Key: key}
+	if e.IsMap() {
+		se.Val = append(e.To.Addr().AsSlice(), pad4(binary.BigEndian.AppendUint16(nil, e.To.Port()))...)
+	}
+	return se, nil
+}
+
+// bucketSlots parses the slot count out of a bucket map's name.
+func bucketSlots(name string) (uint32, bool) {
+	for _, p := range []string{setServicePrefix, setNodePortPrefix} {
+		if s, ok := strings.CutPrefix(name, p); ok {
+			n, err := strconv.ParseUint(s, 10, 32)
+			return uint32(n), err == nil && n > 0
+		}
+	}
+	return 0, false
+}
+
+func (k *Kernel) addSet(f *family, name string) *nftables.Set {
+	key, data, concat := setTypes(f.is4, name)
+	s := &nftables.Set{Table: f.table, Name: name, KeyType: key, Concatenation: concat}
+	if data != nftables.TypeInvalid {
+		s.IsMap, s.DataType = true, data
+	}
+	if err := k.conn.AddSet(s, nil); err != nil {
+		// AddSet only fails on invalid definitions, which are ours.
+		panic(fmt.Sprintf("define set %s: %v", name, err))
+	}
+	f.sets[name] = s
+	return s
+}
+
+// ensureBucket creates a bucket map and its DNAT rule the first time a
+// bucket size is used. Buckets are kept once made: an empty map costs one
+// failed lookup per new connection.
+func (k *Kernel) ensureBucket(f *family, name string) {
+	slots, ok := bucketSlots(name)
+	if !ok || f.buckets[name] {
+		return
+	}
+	set := k.addSet(f, name)
+	f.buckets[name] = true
+	if strings.HasPrefix(name, setServicePrefix) {
+		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["services"], Exprs: dnatExprs(f.is4, true, slots, set)})
+	} else {
+		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["nodeports"], Exprs: dnatExprs(f.is4, false, slots, set)})
+	}
+}
+
+// Registers: 8 is NFT_REG32_00; concatenations use consecutive 32-bit ones.
+const reg0 = 8
+
+func addrLen(is4 bool) uint32 {
+	if is4 {
+		return 4
+	}
+	return 16
+}
+
+func daddr(is4 bool, reg uint32) expr.Any {
+	off := uint32(16)
+	if !is4 {
+		off = 24
+	}
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: addrLen(is4)}
+}
+
+func saddr(is4 bool, reg uint32) expr.Any {
+	off := uint32(12)
+	if !is4 {
+		off = 8
+	}
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: addrLen(is4)}
+}
+
+// frontEnd loads "daddr . l4proto . dport" (withAddr) or "l4proto . dport"
+// into consecutive registers from reg0 and returns the next free register.
+func frontEnd(is4, withAddr bool) ([]expr.Any, uint32) {
+	r := uint32(reg0)
+	var out []expr.Any
+	if withAddr {
+		out = append(out, daddr(is4, r))
+		r += addrLen(is4) / 4
+	}
+	out = append(out,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
+		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	)
+	return out, r + 2
+}
+
+func dnatExprs(is4, withAddr bool, slots uint32, set *nftables.Set) []expr.Any {
+	ex, r := frontEnd(is4, withAddr)
+	nfproto := uint32(unix.NFPROTO_IPV4)
+	if !is4 {
+		nfproto = unix.NFPROTO_IPV6
+	}
+	return append(ex,
+		&expr.Numgen{Register: r, Modulus: slots, Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: reg0, RegProtoMin: reg0 + addrLen(is4)/4, Specified: true},
+	)
+}
+
+func lookup(set *nftables.Set) expr.Any {
+	return &expr.Lookup{SourceRegister: reg0, SetName: set.Name, SetID: set.ID}
+}
+
+func setMasqMark() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^uint32(masqMark)), Xor: binaryutil.NativeEndian.PutUint32(masqMark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
+}
+
+// skeleton queues the table, its chains (flushed) and fixed rules, and all
+// sets (flushed), in the transaction being built.
+func (k *Kernel) skeleton(f *family, existing []string) {
+	c := k.conn
+	c.AddTable(f.table)
+	f.chains, f.sets, f.buckets = map[string]*nftables.Chain{}, map[string]*nftables.Set{}, map[string]bool{}
+	chain := func(name string, hook *nftables.ChainHook, prio int32, typ nftables.ChainType) *nftables.Chain {
+		ch := &nftables.Chain{Name: name, Table: f.table}
+		if hook != nil {
+			ch.Hooknum, ch.Priority, ch.Type = hook, nftables.ChainPriorityRef(nftables.ChainPriority(prio)), typ
+			accept := nftables.ChainPolicyAccept
+			ch.Policy = &accept
+		}
+		ch = c.AddChain(ch)
+		c.FlushChain(ch)
+		f.chains[name] = ch
+		return ch
+	}
+	services := chain("services", nil, 0, "")
+	nodeports := chain("nodeports", nil, 0, "")
+	rejects := chain("reject-check", nil, 0, "")
+	for _, name := range []string{setNoEndpoints, setNoEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
+		k.addSet(f, name)
+	}
+	for _, name := range existing {
+		c.FlushSet(k.addSet(f, name))
+	}
+	for name := range f.sets {
+		c.FlushSet(f.sets[name])
+	}
+	jump := func(to string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: to} }
+	for _, h := range []struct {
+		name string
+		hook *nftables.ChainHook
+		prio int32
+		typ  nftables.ChainType
+		to   string
+	}{
+		{"nat-prerouting", nftables.ChainHookPrerouting, -100, nftables.ChainTypeNAT, "services"},
+		{"nat-output", nftables.ChainHookOutput, -100, nftables.ChainTypeNAT, "services"},
+		{"filter-input", nftables.ChainHookInput, -10, nftables.ChainTypeFilter, "reject-check"},
+		{"filter-forward", nftables.ChainHookForward, -10, nftables.ChainTypeFilter, "reject-check"},
+		{"filter-output", nftables.ChainHookOutput, -10, nftables.ChainTypeFilter, "reject-check"},
+	} {
+		ch := chain(h.name, h.hook, h.prio, h.typ)
+		ex := []expr.Any{jump(h.to)}
+		if h.typ == nftables.ChainTypeFilter {
+			// Only new connections can be to a Service with no endpoints.
+			ex = append([]expr.Any{
+				&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+			}, ex...)
+		}
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
+	}
+	post := chain("nat-postrouting", nftables.ChainHookPostrouting, 100, nftables.ChainTypeNAT)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(masqMark), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		&expr.Masq{},
+	}})
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
+		saddr(f.is4, reg0), daddr(f.is4, reg0+addrLen(f.is4)/4), lookup(f.sets[setHairpin]), &expr.Masq{},
+	}})
+
+	// Marks come first: DNAT ends the chain.
+	ex, _ := frontEnd(f.is4, true)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(ex, lookup(f.sets[setMasqExternal])), setMasqMark()...)})
+	for _, cidr := range k.cfg.Options.ClusterCIDRs {
+		if cidr.Addr().Is4() != f.is4 {
+			continue
+		}
+		mask := make([]byte, addrLen(f.is4))
+		for i := 0; i < cidr.Bits(); i++ {
+			mask[i/8] |= 0x80 >> (i % 8)
+		}
+		ex, _ := frontEnd(f.is4, true)
+		rule := append([]expr.Any{
+			saddr(f.is4, 1),
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: addrLen(f.is4), Mask: mask, Xor: make([]byte, addrLen(f.is4))},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: cidr.Masked().Addr().AsSlice()},
+		}, ex...)
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(rule, lookup(f.sets[setMasqCluster])), setMasqMark()...)})
+	}
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
+		daddr(f.is4, reg0), lookup(f.sets[setNodeIPs]), jump("nodeports"),
+	}})
+	ex, _ = frontEnd(f.is4, false)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(ex, lookup(f.sets[setMasqNodePort])), setMasqMark()...)})
+
+	reject := &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3} // port unreachable
+	if !f.is4 {
+		reject = &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 4}
+	}
+	ex, _ = frontEnd(f.is4, true)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[setNoEndpoints]), reject)})
+	ex, _ = frontEnd(f.is4, false)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
+		daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
+	}, append(ex, lookup(f.sets[setNoEndpointsNodePort]), reject)...)})
+	for _, name := range existing {
+		k.ensureBucket(f, name)
+	}
+}

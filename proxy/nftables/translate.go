@@ -1,0 +1,209 @@
+// Package nftables programs Service traffic into the kernel's nftables,
+// through netlink, in a layout whose update cost grows with what changed.
+//
+// Layout (one table "switchboard" per IP family, never anyone else's):
+// there are no per-Service or per-endpoint chains. A Service port with k
+// endpoints owns k elements of the map svc-k, keyed
+// "address . protocol . port . slot" with slot in [0,k), and one rule per
+// bucket size k does "dnat to address . protocol . port . numgen random mod
+// k map @svc-k". Because every member of a bucket has exactly k slots, numgen
+// spreads evenly, and changing one endpoint rewrites one element. NodePorts
+// use the same scheme keyed by "protocol . port" (maps np-k) behind a check
+// for the node's addresses. Service ports without usable endpoints sit in
+// sets that filter chains reject from, so clients fail at once.
+//
+// This file is the pure half: Service ports in, set elements out.
+package nftables
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// Set names. Bucket maps are named with their slot count appended.
+const (
+	setServicePrefix  = "svc-"
+	setNodePortPrefix = "np-"
+	// setNoEndpoints holds address . protocol . port front-ends with no
+	// usable endpoint; setNoEndpointsNodePort the same for NodePorts.
+	setNoEndpoints         = "no-endpoints"
+	setNoEndpointsNodePort = "no-endpoints-nodeport"
+	// setMasqExternal holds externalIP/LB front-ends under Cluster policy,
+	// setMasqNodePort NodePorts under Cluster policy: their traffic is
+	// masqueraded so replies come back through this node.
+	setMasqExternal = "masq-external"
+	setMasqNodePort = "masq-nodeport"
+	// setMasqCluster holds ClusterIP front-ends; traffic to them from
+	// outside the cluster CIDR is masqueraded.
+	setMasqCluster = "masq-cluster"
+	// setHairpin holds "endpoint . endpoint": a pod reaching itself
+	// through its Service must be masqueraded or it would answer itself
+	// directly.
+	setHairpin = "hairpin"
+	// setNodeIPs holds the node's addresses NodePorts answer on.
+	setNodeIPs = "node-ips"
+)
+
+// Elem is one desired set or map element in one family's table. Which
+// fields are meaningful depends on Set; String renders it nft-style.
+type Elem struct {
+	Set   string
+	Addr  netip.Addr // first address of the key, if the set has one
+	Proto v1.Protocol
+	Port  uint16
+	Slot  int        // numgen slot for bucket maps, else -1
+	Addr2 netip.Addr // second address of the key (hairpin)
+	To    netip.AddrPort
+}
+
+// IsMap reports whether the element carries a value.
+func (e Elem) IsMap() bool { return e.To.IsValid() }
+
+// String renders the element like nft lists it; it is also its identity.
+func (e Elem) String() string {
+	var parts []string
+	if e.Addr.IsValid() {
+		parts = append(parts, e.Addr.String())
+	}
+	if e.Proto != "" {
+		parts = append(parts, strings.ToLower(string(e.Proto)), fmt.Sprint(e.Port))
+	}
+	if e.Slot >= 0 {
+		parts = append(parts, fmt.Sprint(e.Slot))
+	}
+	if e.Addr2.IsValid() {
+		parts = append(parts, e.Addr2.String())
+	}
+	s := e.Set + " " + strings.Join(parts, " . ")
+	if e.IsMap() {
+		s += " : " + e.To.Addr().String() + " . " + fmt.Sprint(e.To.Port())
+	}
+	return s
+}
+
+// Options are the node-wide inputs to translation.
+type Options struct {
+	// ClusterCIDRs, when set, make traffic to ClusterIPs from outside them
+	// masqueraded (kube-proxy's --cluster-cidr with detect-local-mode
+	// ClusterCIDR).
+	ClusterCIDRs []netip.Prefix
+}
+
+// Translate returns the elements one Service port needs in the table of
+// family is4. It is pure: the same port always yields the same elements.
+func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
+	var out []Elem
+	fam := func(eps []snapshot.Endpoint) []snapshot.Endpoint {
+		var r []snapshot.Endpoint
+		for _, e := range eps {
+			if e.Addr.Is4() == is4 {
+				r = append(r, e)
+			}
+		}
+		return r
+	}
+	clusterEPs := fam(sp.ClusterEndpoints())
+	externalEPs := fam(sp.ExternalEndpoints())
+	front := func(addr netip.Addr, eps []snapshot.Endpoint) {
+		if len(eps) == 0 {
+			out = append(out, Elem{Set: setNoEndpoints, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+			return
+		}
+		for i, e := range eps {
+			out = append(out, Elem{Set: bucket(setServicePrefix, len(eps)), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
+		}
+	}
+	used := map[netip.Addr]bool{}
+	hasFamily := false
+	for _, cip := range sp.ClusterIPs {
+		if cip.Is4() != is4 {
+			continue
+		}
+		hasFamily = true
+		front(cip, clusterEPs)
+		if len(opts.ClusterCIDRs) > 0 && len(clusterEPs) > 0 {
+			out = append(out, Elem{Set: setMasqCluster, Addr: cip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+		}
+		for _, e := range clusterEPs {
+			used[e.Addr] = true
+		}
+	}
+	if !hasFamily {
+		return nil
+	}
+	for _, list := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
+		for _, ip := range list {
+			if ip.Is4() != is4 {
+				continue
+			}
+			front(ip, externalEPs)
+			if !sp.ExternalLocal && len(externalEPs) > 0 {
+				out = append(out, Elem{Set: setMasqExternal, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+			}
+		}
+	}
+	if sp.NodePort != 0 {
+		if len(externalEPs) == 0 {
+			out = append(out, Elem{Set: setNoEndpointsNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
+		}
+		for i, e := range externalEPs {
+			out = append(out, Elem{Set: bucket(setNodePortPrefix, len(externalEPs)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+		}
+		if !sp.ExternalLocal && len(externalEPs) > 0 {
+			out = append(out, Elem{Set: setMasqNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
+		}
+	}
+	if sp.HasExternal() {
+		for _, e := range externalEPs {
+			used[e.Addr] = true
+		}
+	}
+	// Only this node's pods can hairpin through this node's rules: a remote
+	// pod's traffic is translated by its own node's proxy.
+	for _, e := range append(clusterEPs, externalEPs...) {
+		if e.Local && used[e.Addr] {
+			out = append(out, Elem{Set: setHairpin, Addr: e.Addr, Addr2: e.Addr, Slot: -1})
+			delete(used, e.Addr)
+		}
+	}
+	return out
+}
+
+// bucketNames caches bucket map names: building them per element would
+// dominate a full sync.
+var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil}
+
+func bucket(prefix string, n int) string {
+	if n < 64 {
+		if names := bucketNames[prefix]; names != nil {
+			return names[n]
+		}
+	}
+	return prefix + strconv.Itoa(n)
+}
+
+func init() {
+	for p := range bucketNames {
+		names := make([]string, 64)
+		for i := range names {
+			names[i] = p + strconv.Itoa(i)
+		}
+		bucketNames[p] = names
+	}
+}
+
+// TranslateService returns the elements of all ports of one Service in
+// both families, the unit the kernel applier diffs.
+func TranslateService(ports []*snapshot.ServicePort, opts Options) (v4, v6 []Elem) {
+	for _, sp := range ports {
+		v4 = append(v4, Translate(sp, true, opts)...)
+		v6 = append(v6, Translate(sp, false, opts)...)
+	}
+	return v4, v6
+}

@@ -1,0 +1,201 @@
+package nftables
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+func ep(addr string, port int32, ready, serving, terminating, local bool) snapshot.Endpoint {
+	return snapshot.Endpoint{Addr: netip.MustParseAddr(addr), Port: port, Ready: ready, Serving: serving, Terminating: terminating, Local: local}
+}
+
+func ready(addr string, port int32) snapshot.Endpoint {
+	return ep(addr, port, true, true, false, false)
+}
+
+func addrs(s ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
+func TestTranslate(t *testing.T) {
+	base := func(mod func(*snapshot.ServicePort)) *snapshot.ServicePort {
+		sp := &snapshot.ServicePort{Protocol: v1.ProtocolTCP, Port: 80, ClusterIPs: addrs("10.96.0.10")}
+		mod(sp)
+		return sp
+	}
+	cases := []struct {
+		name string
+		sp   *snapshot.ServicePort
+		is4  bool
+		opts Options
+		want []string
+	}{{
+		name: "ClusterIP with two ready endpoints fills bucket 2, numeric targetPort",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.1.2", 8080), ready("10.244.2.2", 8080)}
+		}),
+		is4:  true,
+		want: []string{"svc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 8080", "svc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.2 . 8080"},
+	}, {
+		name: "UDP and SCTP ports",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.Protocol, sp.Port = v1.ProtocolUDP, 53
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.1.2", 5353)}
+		}),
+		is4:  true,
+		want: []string{"svc-1 10.96.0.10 . udp . 53 . 0 : 10.244.1.2 . 5353"},
+	}, {
+		name: "no endpoints: rejected",
+		sp:   base(func(*snapshot.ServicePort) {}),
+		is4:  true,
+		want: []string{"no-endpoints 10.96.0.10 . tcp . 80"},
+	}, {
+		name: "unready endpoints only: rejected",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.1.2", 80, false, false, false, false)}
+		}),
+		is4:  true,
+		want: []string{"no-endpoints 10.96.0.10 . tcp . 80"},
+	}, {
+		name: "ready preferred over serving-terminating",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.1.2", 80, false, true, true, false), ready("10.244.1.3", 80)}
+		}),
+		is4:  true,
+		want: []string{"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.1.3 . 80"},
+	}, {
+		name: "terminating fallback when none is ready",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.1.2", 80, false, true, true, false), ep("10.244.1.3", 80, false, false, true, false)}
+		}),
+		is4:  true,
+		want: []string{"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80"},
+	}, {
+		name: "internalTrafficPolicy Local uses local endpoints only; local endpoint gets a hairpin entry",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.InternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.1.2", 80, true, true, false, true), ready("10.244.2.2", 80)}
+		}),
+		is4:  true,
+		want: []string{"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80", "hairpin 10.244.1.2 . 10.244.1.2"},
+	}, {
+		name: "internalTrafficPolicy Local without local endpoints: rejected",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.InternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4:  true,
+		want: []string{"no-endpoints 10.96.0.10 . tcp . 80"},
+	}, {
+		name: "NodePort, externalIP and LB IP under Cluster policy are masqueraded",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort = 30080
+			sp.ExternalIPs = addrs("192.0.2.1")
+			sp.LoadBalancerIPs = addrs("198.51.100.1")
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"svc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 192.0.2.1 . tcp . 80",
+			"svc-1 198.51.100.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 198.51.100.1 . tcp . 80",
+			"np-1 tcp . 30080 . 0 : 10.244.2.2 . 80", "masq-nodeport tcp . 30080",
+		},
+	}, {
+		name: "externalTrafficPolicy Local: local endpoints only, no masquerade; ClusterIP keeps all",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort = 30080
+			sp.ExternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.1.2", 80, true, true, false, true), ready("10.244.2.2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"svc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80", "svc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.2 . 80",
+			"np-1 tcp . 30080 . 0 : 10.244.1.2 . 80",
+			"hairpin 10.244.1.2 . 10.244.1.2",
+		},
+	}, {
+		name: "externalTrafficPolicy Local without local endpoints: NodePort rejected",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort = 30080
+			sp.ExternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"no-endpoints-nodeport tcp . 30080",
+		},
+	}, {
+		name: "cluster CIDR known: ClusterIP listed for off-cluster masquerade",
+		sp:   base(func(sp *snapshot.ServicePort) { sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)} }),
+		is4:  true,
+		opts: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
+		want: []string{"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-cluster 10.96.0.10 . tcp . 80"},
+	}, {
+		name: "dual-stack: IPv6 table gets the IPv6 ClusterIP and IPv6 endpoints",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.ClusterIPs = addrs("10.96.0.10", "fd00:96::10")
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80), ready("fd00:244::2", 80)}
+		}),
+		is4:  false,
+		want: []string{"svc-1 fd00:96::10 . tcp . 80 . 0 : fd00:244::2 . 80"},
+	}, {
+		name: "single-stack IPv4 Service: nothing in the IPv6 table",
+		sp:   base(func(sp *snapshot.ServicePort) { sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)} }),
+		is4:  false,
+		want: nil,
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, e := range Translate(tc.sp, tc.is4, tc.opts) {
+				got = append(got, e.String())
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("elements (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestDiffTouchesOnlyTheChange checks the update path's premise: replacing
+// one endpoint of a Service rewrites exactly one map element.
+func TestDiffTouchesOnlyTheChange(t *testing.T) {
+	k := &Kernel{applied: map[snapshot.ServiceKey][2][]Elem{}}
+	k.refs[0], k.refs[1] = map[Elem]int{}, map[Elem]int{}
+	sp := &snapshot.ServicePort{Protocol: v1.ProtocolTCP, Port: 80, ClusterIPs: addrs("10.96.0.10"),
+		Endpoints: []snapshot.Endpoint{ready("10.244.1.2", 80), ready("10.244.1.3", 80), ready("10.244.1.4", 80)}}
+	old := Translate(sp, true, Options{})
+	add, del := k.diff(0, nil, old)
+	if len(add) != 3 || len(del) != 0 {
+		t.Fatalf("first program: add %d del %d, want 3/0", len(add), len(del))
+	}
+	sp2 := *sp
+	sp2.Endpoints = slices.Clone(sp.Endpoints)
+	sp2.Endpoints[1] = ready("10.244.9.9", 80)
+	add, del = k.diff(0, old, Translate(&sp2, true, Options{}))
+	if len(add) != 1 || len(del) != 1 || add[0].To.Addr() != netip.MustParseAddr("10.244.9.9") {
+		t.Fatalf("replace one endpoint: add %v del %v, want one each", add, del)
+	}
+	// Shared elements survive until the last user goes.
+	hp := Elem{Set: setHairpin, Addr: netip.MustParseAddr("10.244.1.2"), Addr2: netip.MustParseAddr("10.244.1.2"), Slot: -1}
+	k.diff(0, nil, []Elem{hp})
+	k.diff(0, nil, []Elem{hp})
+	if _, del := k.diff(0, []Elem{hp}, nil); len(del) != 0 {
+		t.Fatalf("hairpin element deleted while another Service still uses it")
+	}
+	if _, del := k.diff(0, []Elem{hp}, nil); len(del) != 1 {
+		t.Fatalf("hairpin element kept after its last user left")
+	}
+}

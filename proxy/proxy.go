@@ -1,0 +1,212 @@
+// Package proxy is the node proxy: it watches Services, EndpointSlices and
+// its own Node, keeps an immutable snapshot of what to program (package
+// snapshot), and hands each change to a Backend (package nftables) in one
+// small transaction. It also serves kube-proxy's health endpoints and
+// Prometheus metrics.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/switchboard/switchboard/proxy/nftables"
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// Backend programs snapshots into a data plane. changed lists the Services
+// that differ from the previous call; nil asks for everything.
+type Backend interface {
+	Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) error
+}
+
+// Config configures Run.
+type Config struct {
+	// RESTConfig or Client reach the API server (Client wins if both).
+	RESTConfig *rest.Config
+	Client     kubernetes.Interface
+	// NodeName is this node's name (endpoints with this nodeName are local).
+	NodeName string
+	// NodeIPs are the addresses NodePorts answer on; empty takes the
+	// Node's InternalIP addresses.
+	NodeIPs []netip.Addr
+	// NetNS is the network namespace to program and to serve health and
+	// metrics in, as a path like /run/netns/NAME; "" is the current one.
+	NetNS string
+	// ClusterCIDRs: traffic to ClusterIPs from outside them is masqueraded.
+	ClusterCIDRs []netip.Prefix
+	// HealthzBindAddress serves /healthz and /livez (e.g. "0.0.0.0:10256");
+	// MetricsBindAddress serves /metrics (e.g. "127.0.0.1:10249"). Empty
+	// disables each.
+	HealthzBindAddress string
+	MetricsBindAddress string
+	// MinSyncInterval coalesces bursts of changes; 0 uses 10ms.
+	MinSyncInterval time.Duration
+	Logger          *slog.Logger
+}
+
+// Run runs the proxy until ctx ends. The rules stay in the kernel when it
+// returns, so a restart adopts them without breaking connections.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "proxy", "node", cfg.NodeName)
+	if cfg.NodeName == "" {
+		return errors.New("proxy: node name is required")
+	}
+	client := cfg.Client
+	if client == nil {
+		if cfg.RESTConfig == nil {
+			return errors.New("proxy: RESTConfig or Client is required")
+		}
+		var err error
+		if client, err = kubernetes.NewForConfig(cfg.RESTConfig); err != nil {
+			return fmt.Errorf("proxy: client: %w", err)
+		}
+	}
+	if cfg.MinSyncInterval == 0 {
+		cfg.MinSyncInterval = 10 * time.Millisecond
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	tracker := NewTracker(cfg.NodeName)
+	factory := informers.NewSharedInformerFactory(client, 0)
+	svcInf := factory.Core().V1().Services().Informer()
+	sliceInf := factory.Discovery().V1().EndpointSlices().Informer()
+	if _, err := svcInf.AddEventHandler(tracker.ServiceHandler()); err != nil {
+		return fmt.Errorf("proxy: watch services: %w", err)
+	}
+	if _, err := sliceInf.AddEventHandler(tracker.SliceHandler()); err != nil {
+		return fmt.Errorf("proxy: watch endpointslices: %w", err)
+	}
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+		}))
+	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
+	factory.Start(ctx.Done())
+	nodeFactory.Start(ctx.Done())
+	defer factory.Shutdown()
+	defer nodeFactory.Shutdown()
+
+	nodeIPs := cfg.NodeIPs
+	if len(nodeIPs) == 0 {
+		var err error
+		if nodeIPs, err = waitNodeIPs(ctx, nodeInf, cfg.NodeName, log); err != nil {
+			return err
+		}
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), svcInf.HasSynced, sliceInf.HasSynced) {
+		return fmt.Errorf("proxy: informers did not sync: %w", ctx.Err())
+	}
+
+	kern, err := nftables.New(nftables.Config{NetNS: cfg.NetNS, NodeIPs: nodeIPs,
+		Options: nftables.Options{ClusterCIDRs: cfg.ClusterCIDRs}, Logger: log})
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	defer kern.Close()
+	m := newMetrics()
+	hs := newHealth(cfg.NetNS, tracker, log)
+	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, m); err != nil {
+		return err
+	}
+	defer hs.stop()
+	log.Info("proxy started", "netns", cfg.NetNS, "nodeIPs", nodeIPs)
+	return loop(ctx, cfg, tracker, kern, m, hs, log)
+}
+
+// loop syncs pending changes, coalescing bursts; the first sync programs
+// everything (adopting what an earlier run left).
+func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
+	Backend
+	Stats() nftables.Stats
+}, m *metrics, hs *health, log *slog.Logger) error {
+	first := true
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		u := t.Next()
+		changed := u.Changed
+		if first {
+			changed = nil
+		}
+		start := time.Now()
+		err := b.Sync(u.Snapshot, changed)
+		took := time.Since(start)
+		m.syncDuration.Observe(took.Seconds())
+		if err != nil {
+			m.syncErrors.Inc()
+			log.Error("sync failed; retrying", "err", err)
+			t.Requeue(u.Changed)
+			retry.Reset(time.Second)
+		} else {
+			first = false
+			done := time.Now()
+			for _, tt := range u.Triggers {
+				if tt.After(hs.started) {
+					m.programmingLatency.Observe(done.Sub(tt).Seconds())
+				}
+			}
+			hs.synced(done, u.Snapshot)
+			m.record(u.Snapshot, b.Stats())
+			log.Debug("synced", "changed", len(u.Changed), "took", took)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.Changed():
+		case <-retry.C:
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(cfg.MinSyncInterval):
+		}
+	}
+}
+
+// waitNodeIPs waits for the Node to report InternalIP addresses, as
+// kube-proxy does: NodePorts need them.
+func waitNodeIPs(ctx context.Context, inf cache.SharedIndexInformer, name string, log *slog.Logger) ([]netip.Addr, error) {
+	warned := false
+	for {
+		if obj, ok, _ := inf.GetStore().GetByKey(name); ok {
+			var ips []netip.Addr
+			for _, a := range obj.(*v1.Node).Status.Addresses {
+				if a.Type != v1.NodeInternalIP {
+					continue
+				}
+				if ip, err := netip.ParseAddr(a.Address); err == nil {
+					ips = append(ips, ip.Unmap())
+				}
+			}
+			if len(ips) > 0 {
+				return ips, nil
+			}
+		}
+		if !warned {
+			log.Info("waiting for the node's InternalIP addresses")
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("proxy: node %s has no InternalIP: %w", name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"maps"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// Tracker turns informer events for Services and EndpointSlices into
+// immutable snapshots and the list of Services that changed since the last
+// one, so a backend's work grows with the change, not the cluster.
+type Tracker struct {
+	node string
+
+	mu       sync.Mutex
+	services map[snapshot.ServiceKey]*v1.Service
+	slices   map[snapshot.ServiceKey]map[string]*discoveryv1.EndpointSlice
+	dirty    map[snapshot.ServiceKey]time.Time // first time it became dirty
+	current  *snapshot.Snapshot
+	notify   chan struct{}
+}
+
+// NewTracker returns an empty tracker for the proxy on node.
+func NewTracker(node string) *Tracker {
+	return &Tracker{
+		node:     node,
+		services: map[snapshot.ServiceKey]*v1.Service{},
+		slices:   map[snapshot.ServiceKey]map[string]*discoveryv1.EndpointSlice{},
+		dirty:    map[snapshot.ServiceKey]time.Time{},
+		current:  &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{}},
+		notify:   make(chan struct{}, 1),
+	}
+}
+
+// Changed is signalled (coalesced) whenever a change is pending.
+func (t *Tracker) Changed() <-chan struct{} { return t.notify }
+
+func (t *Tracker) markLocked(k snapshot.ServiceKey) {
+	if _, ok := t.dirty[k]; !ok {
+		t.dirty[k] = time.Now()
+	}
+	select {
+	case t.notify <- struct{}{}:
+	default:
+	}
+}
+
+// OldestPending returns when the oldest unsynced change arrived (zero if
+// none), for health checks.
+func (t *Tracker) OldestPending() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var oldest time.Time
+	for _, at := range t.dirty {
+		if oldest.IsZero() || at.Before(oldest) {
+			oldest = at
+		}
+	}
+	return oldest
+}
+
+// ServiceHandler is the informer handler for Services.
+func (t *Tracker) ServiceHandler() cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { t.setService(o, false) },
+		UpdateFunc: func(_, o any) { t.setService(o, false) },
+		DeleteFunc: func(o any) { t.setService(o, true) },
+	}
+}
+
+func (t *Tracker) setService(o any, deleted bool) {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o, deleted = d.Obj, true
+	}
+	svc, ok := o.(*v1.Service)
+	if !ok {
+		return
+	}
+	k := snapshot.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if deleted {
+		delete(t.services, k)
+	} else {
+		t.services[k] = svc
+	}
+	t.markLocked(k)
+}
+
+// SliceHandler is the informer handler for EndpointSlices of any manager.
+func (t *Tracker) SliceHandler() cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { t.setSlice(o, false) },
+		UpdateFunc: func(_, o any) { t.setSlice(o, false) },
+		DeleteFunc: func(o any) { t.setSlice(o, true) },
+	}
+}
+
+func (t *Tracker) setSlice(o any, deleted bool) {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o, deleted = d.Obj, true
+	}
+	sl, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
+	}
+	name := sl.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return
+	}
+	k := snapshot.ServiceKey{Namespace: sl.Namespace, Name: name}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := t.slices[k]
+	if deleted {
+		delete(m, sl.Name)
+		if len(m) == 0 {
+			delete(t.slices, k)
+		}
+	} else {
+		if m == nil {
+			m = map[string]*discoveryv1.EndpointSlice{}
+			t.slices[k] = m
+		}
+		m[sl.Name] = sl
+	}
+	t.markLocked(k)
+}
+
+// Update is the result of Next: a new snapshot, what changed, and for
+// latency metrics the newest last-change-trigger-time per changed Service.
+type Update struct {
+	Snapshot *snapshot.Snapshot
+	Changed  []snapshot.ServiceKey
+	Triggers []time.Time
+}
+
+// Next builds the snapshot for everything pending and clears the pending
+// list. Unchanged Services share their ServicePorts with the previous
+// snapshot.
+func (t *Tracker) Next() Update {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	next := &snapshot.Snapshot{Ports: maps.Clone(t.current.Ports), Generation: t.current.Generation + 1}
+	var u Update
+	for k := range t.dirty {
+		var sl []*discoveryv1.EndpointSlice
+		for _, s := range t.slices[k] {
+			sl = append(sl, s)
+		}
+		ports := snapshot.BuildService(t.services[k], sl, t.node)
+		if len(ports) == 0 {
+			delete(next.Ports, k)
+		} else {
+			next.Ports[k] = ports
+		}
+		u.Changed = append(u.Changed, k)
+		if tt := snapshot.LastChangeTriggerTime(sl); !tt.IsZero() {
+			u.Triggers = append(u.Triggers, tt)
+		}
+	}
+	clear(t.dirty)
+	t.current = next
+	u.Snapshot = next
+	return u
+}
+
+// Requeue marks Services pending again after a failed sync.
+func (t *Tracker) Requeue(keys []snapshot.ServiceKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, k := range keys {
+		t.markLocked(k)
+	}
+}

@@ -107,11 +107,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if len(nodeIPs) == 0 {
 		var err error
 		if nodeIPs, err = waitNodeIPs(ctx, nodeInf, cfg.NodeName, log); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), svcInf.HasSynced, sliceInf.HasSynced) {
-		return fmt.Errorf("proxy: informers did not sync: %w", ctx.Err())
+		return nil // stopped before the first sync
 	}
 
 	kern, err := nftables.New(nftables.Config{NetNS: cfg.NetNS, NodeIPs: nodeIPs,

@@ -1,0 +1,544 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchboard/switchboard/clustertest"
+	"github.com/switchboard/switchboard/proxy"
+	"github.com/switchboard/switchboard/proxy/namespace"
+)
+
+func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
+
+// world is a test topology of network namespaces: a "node" whose proxy
+// programs its own namespace and routes between a client namespace
+// (10.0.1.2, node side 10.0.1.1) and backend namespaces (10.244.i.2, node
+// side 10.244.i.1) that run TCP and UDP echo servers on port 8080 and 9090.
+type world struct {
+	t        *testing.T
+	node     string // namespace names
+	nodePath string
+	client   string
+	clientNS string
+	backends []string // backend addresses
+}
+
+const nodeIP = "10.0.1.1"
+
+func newWorld(t *testing.T, backends int) *world {
+	clustertest.RequireRoot(t)
+	w := &world{t: t}
+	mk := func(prefix string) (string, string) {
+		name := namespace.Unique(prefix)
+		path, del, err := namespace.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(del)
+		return name, path
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.node, w.nodePath = mk("sbn")
+	_, err := namespace.Exec(w.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	must(err)
+	// A default route, as real nodes have: traffic to a VIP without
+	// endpoints must reach the forward hook to be rejected.
+	must(namespace.IP(w.node, "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer"))
+	must(namespace.IP(w.node, "link", "set", "uplink-peer", "up"))
+	must(namespace.IP(w.node, "link", "set", "uplink", "up"))
+	must(namespace.IP(w.node, "route", "add", "default", "dev", "uplink"))
+	link := func(peerNS, nodeSide, peerSide string) {
+		must(namespace.IP(w.node, "link", "add", "v-"+peerNS[len(peerNS)-6:], "type", "veth", "peer", "name", "eth0", "netns", peerNS))
+		must(namespace.IP(w.node, "addr", "add", nodeSide+"/24", "dev", "v-"+peerNS[len(peerNS)-6:]))
+		must(namespace.IP(w.node, "link", "set", "v-"+peerNS[len(peerNS)-6:], "up"))
+		must(namespace.IP(peerNS, "addr", "add", peerSide+"/24", "dev", "eth0"))
+		must(namespace.IP(peerNS, "link", "set", "eth0", "up"))
+		must(namespace.IP(peerNS, "route", "add", "default", "via", nodeSide))
+	}
+	w.client, w.clientNS = mk("sbc")
+	link(w.client, nodeIP, "10.0.1.2")
+	for i := 1; i <= backends; i++ {
+		name, path := mk("sbb")
+		addr := fmt.Sprintf("10.244.%d.2", i)
+		link(name, fmt.Sprintf("10.244.%d.1", i), addr)
+		w.backends = append(w.backends, addr)
+		for _, port := range []int{8080, 9090} {
+			serveEcho(t, path, addr, port)
+		}
+	}
+	return w
+}
+
+// serveEcho answers every line (TCP) or datagram (UDP) with
+// "<backend address> <peer address>", so a client learns which backend it
+// reached and what source address that backend saw.
+func serveEcho(t *testing.T, path, addr string, port int) {
+	var l net.Listener
+	var pc net.PacketConn
+	err := namespace.Do(path, func() error {
+		var err error
+		if l, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					if _, err := r.ReadString('\n'); err != nil {
+						return
+					}
+					fmt.Fprintf(c, "%s %s\n", addr, c.RemoteAddr())
+				}
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(fmt.Appendf(nil, "%s %s\n", addr, from), from)
+		}
+	}()
+}
+
+// dial opens a TCP connection from the client namespace.
+func (w *world) dial(target string) (net.Conn, error) {
+	var c net.Conn
+	err := namespace.Do(w.clientNS, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", target, 3*time.Second)
+		return err
+	})
+	return c, err
+}
+
+// ask sends one line on c and returns the echo's backend and peer.
+func ask(c net.Conn) (backend, peer string, err error) {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte("hi\n")); err != nil {
+		return "", "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return "", "", err
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		return "", "", fmt.Errorf("bad echo %q", line)
+	}
+	return f[0], f[1], nil
+}
+
+// request makes one new connection to target and returns the backend.
+func (w *world) request(target string) (backend, peer string, err error) {
+	c, err := w.dial(target)
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	return ask(c)
+}
+
+// eventually retries f until it returns nil, for state that converges
+// through the API server and informers.
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// seen makes n connections and returns the set of backends reached.
+func (w *world) seen(target string, n int) (map[string]bool, error) {
+	got := map[string]bool{}
+	for range n {
+		b, _, err := w.request(target)
+		if err != nil {
+			return got, err
+		}
+		got[b] = true
+	}
+	return got, nil
+}
+
+func startProxy(t *testing.T, w *world, cfg proxy.Config) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	cfg.NetNS = w.nodePath
+	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr(nodeIP)}
+	if cfg.NodeName == "" {
+		cfg.NodeName = "node-a"
+	}
+	go func() { done <- proxy.Run(ctx, cfg) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("proxy.Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+type epSpec struct {
+	addr        string
+	node        string
+	ready       bool
+	terminating bool
+}
+
+func service(t *testing.T, c kubernetes.Interface, ns, name string, mod func(*v1.Service)) *v1.Service {
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: v1.ServiceSpec{Ports: []v1.ServicePort{
+			{Name: "tcp", Port: 80, TargetPort: intstr.FromString("echo"), Protocol: v1.ProtocolTCP},
+			{Name: "udp", Port: 53, TargetPort: intstr.FromInt32(9090), Protocol: v1.ProtocolUDP},
+		}},
+	}
+	if mod != nil {
+		mod(svc)
+	}
+	svc, err := c.CoreV1().Services(ns).Create(context.Background(), svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// setSlice writes the Service's one EndpointSlice, as an EndpointSlice
+// controller would: the named target port "echo" resolves to 8080.
+func setSlice(t *testing.T, c kubernetes.Interface, ns, svc string, eps []epSpec) {
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: svc + "-x", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports: []discoveryv1.EndpointPort{
+			{Name: ptr.To("tcp"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)},
+			{Name: ptr.To("udp"), Port: ptr.To[int32](9090), Protocol: ptr.To(v1.ProtocolUDP)},
+		},
+	}
+	for _, e := range eps {
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{e.addr}, NodeName: ptr.To(e.node),
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(e.ready), Serving: ptr.To(e.ready || e.terminating), Terminating: ptr.To(e.terminating)}})
+	}
+	ctx := context.Background()
+	old, err := c.DiscoveryV1().EndpointSlices(ns).Get(ctx, sl.Name, metav1.GetOptions{})
+	if err == nil {
+		sl.ResourceVersion = old.ResourceVersion
+		_, err = c.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{})
+	} else {
+		_, err = c.DiscoveryV1().EndpointSlices(ns).Create(ctx, sl, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func want(backends ...string) map[string]bool {
+	m := map[string]bool{}
+	for _, b := range backends {
+		m[b] = true
+	}
+	return m
+}
+
+func sameSet(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+func ready(addr, node string) epSpec { return epSpec{addr: addr, node: node, ready: true} }
+
+func TestClusterIPBalancingScalingAndRefusal(t *testing.T) {
+	w := newWorld(t, 3)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "web", nil)
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+
+	// No endpoints yet: refused at once, not a timeout.
+	eventually(t, "no-endpoint Service refuses", func() error {
+		_, err := w.dial(vip)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("dial %s: got %v, want connection refused", vip, err)
+		}
+		return nil
+	})
+
+	b := w.backends
+	setSlice(t, client, ns, "web", []epSpec{ready(b[0], "node-a"), ready(b[1], "node-b"), ready(b[2], "node-b")})
+	eventually(t, "VIP reaches every ready backend", func() error {
+		got, err := w.seen(vip, 40)
+		if err != nil || !sameSet(got, want(b...)) {
+			return fmt.Errorf("reached %v (err %v), want all of %v", got, err, b)
+		}
+		return nil
+	})
+
+	// Scale down, and an unready endpoint is not used.
+	setSlice(t, client, ns, "web", []epSpec{ready(b[1], "node-b"), {addr: b[2], node: "node-b"}})
+	eventually(t, "scaled down to one backend", func() error {
+		got, err := w.seen(vip, 20)
+		if err != nil || !sameSet(got, want(b[1])) {
+			return fmt.Errorf("reached %v (err %v), want only %s", got, err, b[1])
+		}
+		return nil
+	})
+
+	// Terminating fallback: no ready endpoint, one serving-and-terminating.
+	setSlice(t, client, ns, "web", []epSpec{{addr: b[0], node: "node-a", terminating: true}, {addr: b[1], node: "node-b"}})
+	eventually(t, "terminating fallback", func() error {
+		got, err := w.seen(vip, 10)
+		if err != nil || !sameSet(got, want(b[0])) {
+			return fmt.Errorf("reached %v (err %v), want only terminating %s", got, err, b[0])
+		}
+		return nil
+	})
+
+	// Scale to zero: refused again.
+	setSlice(t, client, ns, "web", nil)
+	eventually(t, "refused after scale to zero", func() error {
+		_, err := w.dial(vip)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("dial: got %v, want connection refused", err)
+		}
+		return nil
+	})
+}
+
+func TestNodePortAndExternalTrafficPolicy(t *testing.T) {
+	w := newWorld(t, 2)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client, NodeName: "node-a"})
+	b := w.backends
+	cluster := service(t, client, ns, "np", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort })
+	setSlice(t, client, ns, "np", []epSpec{ready(b[0], "node-a"), ready(b[1], "node-b")})
+	local := service(t, client, ns, "local", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	})
+	setSlice(t, client, ns, "local", []epSpec{ready(b[0], "node-a"), ready(b[1], "node-b")})
+
+	np := net.JoinHostPort(nodeIP, fmt.Sprint(cluster.Spec.Ports[0].NodePort))
+	eventually(t, "NodePort under Cluster policy reaches both backends, masqueraded", func() error {
+		for range 30 {
+			be, peer, err := w.request(np)
+			if err != nil {
+				return err
+			}
+			if strings.HasPrefix(peer, "10.0.1.2:") {
+				return fmt.Errorf("backend %s saw the client's own address %s; Cluster policy must masquerade", be, peer)
+			}
+		}
+		got, err := w.seen(np, 30)
+		if err != nil || !sameSet(got, want(b...)) {
+			return fmt.Errorf("reached %v (err %v)", got, err)
+		}
+		return nil
+	})
+	lp := net.JoinHostPort(nodeIP, fmt.Sprint(local.Spec.Ports[0].NodePort))
+	eventually(t, "externalTrafficPolicy Local: only the local backend, client IP kept", func() error {
+		for range 20 {
+			be, peer, err := w.request(lp)
+			if err != nil {
+				return err
+			}
+			if be != b[0] || !strings.HasPrefix(peer, "10.0.1.2:") {
+				return fmt.Errorf("reached %s seeing %s; want %s seeing 10.0.1.2", be, peer, b[0])
+			}
+		}
+		return nil
+	})
+}
+
+func TestRestartKeepsEstablishedConnections(t *testing.T) {
+	w := newWorld(t, 2)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	stop := startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "web", nil)
+	setSlice(t, client, ns, "web", []epSpec{ready(w.backends[0], "node-a"), ready(w.backends[1], "node-a")})
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	var conns []net.Conn
+	eventually(t, "connections through the VIP", func() error {
+		c, err := w.dial(vip)
+		if err != nil {
+			return err
+		}
+		if _, _, err := ask(c); err != nil {
+			c.Close()
+			return err
+		}
+		conns = append(conns, c)
+		if len(conns) < 5 {
+			return errors.New("need more")
+		}
+		return nil
+	})
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	first := map[net.Conn]string{}
+	for _, c := range conns {
+		be, _, err := ask(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[c] = be
+	}
+	// Steady traffic on every connection while the proxy stops and a new
+	// one adopts the table.
+	stopTraffic := make(chan struct{})
+	errs := make(chan error, len(conns))
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stopTraffic:
+					return
+				default:
+				}
+				be, _, err := ask(c)
+				if err == nil && be != first[c] {
+					err = fmt.Errorf("connection moved from %s to %s", first[c], be)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	stop()
+	startProxy(t, w, proxy.Config{Client: client})
+	// The new proxy must have adopted the table and be programming it: a
+	// change made now shows up for new connections, while the established
+	// ones keep their backend.
+	setSlice(t, client, ns, "web", []epSpec{ready(w.backends[1], "node-a")})
+	eventually(t, "restarted proxy programs changes", func() error {
+		got, err := w.seen(vip, 10)
+		if err != nil || !sameSet(got, want(w.backends[1])) {
+			return fmt.Errorf("reached %v (err %v), want only %s", got, err, w.backends[1])
+		}
+		return nil
+	})
+	close(stopTraffic)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("established connection broken by restart: %v", err)
+	}
+}
+
+func TestUDPStaleConntrackCleared(t *testing.T) {
+	w := newWorld(t, 2)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "dns", nil)
+	b := w.backends
+	setSlice(t, client, ns, "dns", []epSpec{ready(b[0], "node-a")})
+	var conn net.PacketConn
+	if err := namespace.Do(w.clientNS, func() error {
+		var err error
+		conn, err = net.ListenPacket("udp", "10.0.1.2:40000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	to := &net.UDPAddr{IP: net.ParseIP(svc.Spec.ClusterIP), Port: 53}
+	query := func() (string, error) {
+		conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		if _, err := conn.WriteTo([]byte("q"), to); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 256)
+		n, _, err := conn.ReadFrom(buf)
+		if err != nil {
+			return "", err
+		}
+		return strings.Fields(string(buf[:n]))[0], nil
+	}
+	eventually(t, "UDP through the VIP", func() error {
+		be, err := query()
+		if err == nil && be != b[0] {
+			err = fmt.Errorf("reached %s, want %s", be, b[0])
+		}
+		return err
+	})
+	// The same client socket (same 5-tuple, so the same conntrack entry)
+	// must move to the new endpoint once the old one is removed.
+	setSlice(t, client, ns, "dns", []epSpec{ready(b[1], "node-a")})
+	eventually(t, "UDP flow moved to the new endpoint", func() error {
+		be, err := query()
+		if err == nil && be != b[1] {
+			err = fmt.Errorf("still reaching %s", be)
+		}
+		return err
+	})
+}

@@ -542,3 +542,42 @@ func TestUDPStaleConntrackCleared(t *testing.T) {
 		return err
 	})
 }
+
+func TestSessionAffinitySticks(t *testing.T) {
+	w := newWorld(t, 3)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "sticky", func(s *v1.Service) {
+		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
+	})
+	b := w.backends
+	setSlice(t, client, ns, "sticky", []epSpec{ready(b[0], "node-a"), ready(b[1], "node-a"), ready(b[2], "node-a")})
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	var first string
+	eventually(t, "first connection", func() error {
+		var err error
+		first, _, err = w.request(vip)
+		return err
+	})
+	got, err := w.seen(vip, 30)
+	if err != nil || !sameSet(got, want(first)) {
+		t.Fatalf("with ClientIP affinity reached %v (err %v), want only %s", got, err, first)
+	}
+	// The sticky endpoint goes away: the client is re-balanced at once.
+	var rest []epSpec
+	for _, a := range b {
+		if a != first {
+			rest = append(rest, ready(a, "node-a"))
+		}
+	}
+	setSlice(t, client, ns, "sticky", rest)
+	eventually(t, "affinity moves off a removed endpoint", func() error {
+		got, err := w.seen(vip, 10)
+		if err != nil || len(got) != 1 || got[first] {
+			return fmt.Errorf("reached %v (err %v), want one backend other than %s", got, err, first)
+		}
+		return nil
+	})
+}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -202,6 +203,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 	type delta struct{ add, del []Elem }
 	var d [2]delta
 	var udpGone [2][]netip.Addr
+	var affinityGone [2][]netip.AddrPort
 	for _, key := range changed {
 		old := k.applied[key]
 		v4, v6 := TranslateService(snap.Ports[key], k.cfg.Options)
@@ -211,6 +213,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 			d[i].add = append(d[i].add, add...)
 			d[i].del = append(d[i].del, del...)
 			udpGone[i] = append(udpGone[i], goneUDPEndpoints(old[i], now[i])...)
+			affinityGone[i] = append(affinityGone[i], goneAffinityEndpoints(old[i], now[i])...)
 		}
 		if len(v4)+len(v6) == 0 {
 			delete(k.applied, key)
@@ -223,6 +226,9 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 			k.ensureBucket(f, e.Set)
 		}
 		if err := k.queue(f, d[i].del, true); err != nil {
+			return k.fail(err)
+		}
+		if err := k.forgetAffinity(f, affinityGone[i]); err != nil {
 			return k.fail(err)
 		}
 		if err := k.queue(f, d[i].add, false); err != nil {
@@ -293,6 +299,71 @@ func goneUDPEndpoints(old, now []Elem) []netip.Addr {
 		}
 	}
 	return gone
+}
+
+// goneAffinityEndpoints lists endpoints an affinity Service stopped using:
+// clients stuck to them must be re-balanced, not sent to a dead pod until
+// the affinity timeout.
+func goneAffinityEndpoints(old, now []Elem) []netip.AddrPort {
+	affinity := false
+	for _, e := range old {
+		if strings.HasPrefix(e.Set, setAffinityPrefix) {
+			affinity = true
+			break
+		}
+	}
+	if !affinity {
+		return nil
+	}
+	still := map[netip.AddrPort]bool{}
+	for _, e := range now {
+		if e.IsMap() {
+			still[e.To] = true
+		}
+	}
+	var gone []netip.AddrPort
+	for _, e := range old {
+		if e.IsMap() && !still[e.To] && !slices.Contains(gone, e.To) {
+			gone = append(gone, e.To)
+		}
+	}
+	return gone
+}
+
+// forgetAffinity queues deletion of the affinity entries that point at
+// gone endpoints. It reads the dynamic map, so it costs in proportion to
+// the clients with affinity, and only when an affinity Service lost one.
+func (k *Kernel) forgetAffinity(f *family, gone []netip.AddrPort) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	set := f.sets[setAffinity]
+	elems, err := k.conn.GetSetElements(set)
+	if err != nil {
+		return fmt.Errorf("list affinity entries in %q: %w", k.cfg.NetNS, err)
+	}
+	want := map[string]bool{}
+	for _, ap := range gone {
+		se, err := encode(f.is4, Elem{Set: setAffinity, Slot: -1, To: ap})
+		if err != nil {
+			return err
+		}
+		want[string(se.Val)] = true
+	}
+	var del []nftables.SetElement
+	for _, e := range elems {
+		if want[string(e.Val)] {
+			del = append(del, nftables.SetElement{Key: e.Key})
+		}
+	}
+	for len(del) > 0 {
+		n := min(chunk, len(del))
+		if err := k.conn.SetDeleteElements(set, del[:n]); err != nil {
+			return fmt.Errorf("queue affinity deletions: %w", err)
+		}
+		del = del[n:]
+	}
+	return nil
 }
 
 func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
@@ -387,7 +458,8 @@ func (k *Kernel) existingBuckets(f *family) ([]string, error) {
 }
 
 func isBucket(name string) bool {
-	return strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setNodePortPrefix)
+	_, ok := bucketSlots(name)
+	return ok
 }
 
 // queue encodes elements per set and queues add (or delete) messages.
@@ -444,7 +516,10 @@ func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat boo
 	case strings.HasPrefix(name, setNodePortPrefix):
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
-	case name == setNoEndpoints || name == setMasqExternal || name == setMasqCluster:
+	case name == setAffinity:
+		return nftables.MustConcatSetType(a, a, nftables.TypeInetProto, nftables.TypeInetService),
+			nftables.MustConcatSetType(a, nftables.TypeInetService), true
+	case name == setNoEndpoints || name == setMasqExternal || name == setMasqCluster || strings.HasPrefix(name, setAffinityPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
 	case name == setNoEndpointsNodePort || name == setMasqNodePort:
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
@@ -502,7 +577,7 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 
 // bucketSlots parses the slot count out of a bucket map's name.
 func bucketSlots(name string) (uint32, bool) {
-	for _, p := range []string{setServicePrefix, setNodePortPrefix} {
+	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix} {
 		if s, ok := strings.CutPrefix(name, p); ok {
 			n, err := strconv.ParseUint(s, 10, 32)
 			return uint32(n), err == nil && n > 0
@@ -516,6 +591,10 @@ func (k *Kernel) addSet(f *family, name string) *nftables.Set {
 	s := &nftables.Set{Table: f.table, Name: name, KeyType: key, Concatenation: concat}
 	if data != nftables.TypeInvalid {
 		s.IsMap, s.DataType = true, data
+	}
+	if name == setAffinity {
+		// Filled from the packet path, entries expire on their own.
+		s.Dynamic, s.HasTimeout, s.Size = true, true, 1<<20
 	}
 	if err := k.conn.AddSet(s, nil); err != nil {
 		// AddSet only fails on invalid definitions, which are ours.
@@ -535,9 +614,12 @@ func (k *Kernel) ensureBucket(f *family, name string) {
 	}
 	set := k.addSet(f, name)
 	f.buckets[name] = true
-	if strings.HasPrefix(name, setServicePrefix) {
+	switch {
+	case strings.HasPrefix(name, setServicePrefix):
 		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["services"], Exprs: dnatExprs(f.is4, true, slots, set)})
-	} else {
+	case strings.HasPrefix(name, setAffinityPrefix):
+		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["affinity-record"], Exprs: affinityRecordExprs(f, slots, set)})
+	default:
 		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["nodeports"], Exprs: dnatExprs(f.is4, false, slots, set)})
 	}
 }
@@ -597,6 +679,34 @@ func dnatExprs(is4, withAddr bool, slots uint32, set *nftables.Set) []expr.Any {
 	)
 }
 
+// affinityRecordExprs remembers, for a new connection DNATed to a
+// front-end with this timeout, which endpoint the client got:
+// "ct original daddr . l4proto . ct original proto-dst @affinity-T update
+// @affinity { ct original saddr . ct original daddr . l4proto . ct original
+// proto-dst timeout T : ip daddr . th dport }".
+func affinityRecordExprs(f *family, seconds uint32, set *nftables.Set) []expr.Any {
+	w := addrLen(f.is4) / 4
+	ctAddr := func(key expr.CtKey, reg uint32) expr.Any {
+		return &expr.Ct{Key: key, Register: reg, Direction: 0} // original direction
+	}
+	r := uint32(reg0)
+	ex := []expr.Any{
+		ctAddr(expr.CtKeyDST, r),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + w},
+		ctAddr(expr.CtKeyPROTODST, r+w+1),
+		lookup(set),
+		ctAddr(expr.CtKeySRC, r),
+		ctAddr(expr.CtKeyDST, r+w),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + 2*w},
+		ctAddr(expr.CtKeyPROTODST, r+2*w+1),
+		daddr(f.is4, r+2*w+2),
+		&expr.Payload{DestRegister: r + 3*w + 2, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Dynset{SrcRegKey: r, SrcRegData: r + 2*w + 2, SetName: setAffinity, SetID: f.sets[setAffinity].ID,
+			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(seconds) * time.Second},
+	}
+	return ex
+}
+
 func lookup(set *nftables.Set) expr.Any {
 	return &expr.Lookup{SourceRegister: reg0, SetName: set.Name, SetID: set.ID}
 }
@@ -631,14 +741,18 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	services := chain("services", nil, 0, "")
 	nodeports := chain("nodeports", nil, 0, "")
 	rejects := chain("reject-check", nil, 0, "")
-	for _, name := range []string{setNoEndpoints, setNoEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
+	chain("affinity-record", nil, 0, "")
+	for _, name := range []string{setAffinity, setNoEndpoints, setNoEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
 		k.addSet(f, name)
 	}
 	for _, name := range existing {
 		c.FlushSet(k.addSet(f, name))
 	}
 	for name := range f.sets {
-		c.FlushSet(f.sets[name])
+		// Affinity entries survive a restart: clients keep their endpoint.
+		if name != setAffinity {
+			c.FlushSet(f.sets[name])
+		}
 	}
 	jump := func(to string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: to} }
 	for _, h := range []struct {
@@ -653,6 +767,10 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 		{"filter-input", nftables.ChainHookInput, -10, nftables.ChainTypeFilter, "reject-check"},
 		{"filter-forward", nftables.ChainHookForward, -10, nftables.ChainTypeFilter, "reject-check"},
 		{"filter-output", nftables.ChainHookOutput, -10, nftables.ChainTypeFilter, "reject-check"},
+		// Right after DNAT (priority -100) the packet carries the chosen
+		// endpoint, which affinity records.
+		{"affinity-prerouting", nftables.ChainHookPrerouting, -90, nftables.ChainTypeFilter, "affinity-record"},
+		{"affinity-output", nftables.ChainHookOutput, -90, nftables.ChainTypeFilter, "affinity-record"},
 	} {
 		ch := chain(h.name, h.hook, h.prio, h.typ)
 		ex := []expr.Any{jump(h.to)}
@@ -701,6 +819,23 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
 		daddr(f.is4, reg0), lookup(f.sets[setNodeIPs]), jump("nodeports"),
 	}})
+	// sessionAffinity: a client that has an endpoint for this front-end
+	// gets it again; "dnat to ip saddr . ip daddr . l4proto . th dport map
+	// @affinity".
+	{
+		w := addrLen(f.is4) / 4
+		nfproto := uint32(unix.NFPROTO_IPV4)
+		if !f.is4 {
+			nfproto = unix.NFPROTO_IPV6
+		}
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
+			saddr(f.is4, reg0), daddr(f.is4, reg0+w),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg0 + 2*w},
+			&expr.Payload{DestRegister: reg0 + 2*w + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: setAffinity, SetID: f.sets[setAffinity].ID},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: reg0, RegProtoMin: reg0 + w, Specified: true},
+		}})
+	}
 	ex, _ = frontEnd(f.is4, false)
 	c.AddRule(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(ex, lookup(f.sets[setMasqNodePort])), setMasqMark()...)})
 

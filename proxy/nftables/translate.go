@@ -48,6 +48,12 @@ const (
 	setHairpin = "hairpin"
 	// setNodeIPs holds the node's addresses NodePorts answer on.
 	setNodeIPs = "node-ips"
+	// setAffinity is the dynamic map "client . front-end address .
+	// protocol . port : endpoint" that sessionAffinity ClientIP fills
+	// from the packet path; setAffinityPrefix+seconds holds the front-ends
+	// with that affinity timeout (one recording rule per distinct timeout).
+	setAffinity       = "affinity"
+	setAffinityPrefix = "affinity-"
 )
 
 // Elem is one desired set or map element in one family's table. Which
@@ -114,6 +120,9 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 		if len(eps) == 0 {
 			out = append(out, Elem{Set: setNoEndpoints, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
 			return
+		}
+		if sp.AffinityTimeout > 0 {
+			out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(sp.AffinityTimeout.Seconds())), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
 		}
 		for i, e := range eps {
 			out = append(out, Elem{Set: bucket(setServicePrefix, len(eps)), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
@@ -135,6 +136,18 @@ func TestTranslate(t *testing.T) {
 		want: []string{
 			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
 			"no-endpoints-nodeport tcp . 30080",
+		},
+	}, {
+		name: "sessionAffinity ClientIP lists the front-ends under their timeout",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.AffinityTimeout = 30 * time.Second
+			sp.ExternalIPs = addrs("192.0.2.1")
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"affinity-30 10.96.0.10 . tcp . 80", "svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"affinity-30 192.0.2.1 . tcp . 80", "svc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 192.0.2.1 . tcp . 80",
 		},
 	}, {
 		name: "cluster CIDR known: ClusterIP listed for off-cluster masquerade",

@@ -393,23 +393,27 @@ func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
 // and rules are re-added (chains flushed first), sets flushed and refilled.
 // The table itself is never deleted, so nothing is briefly unprogrammed.
 func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
-	k.applied = map[snapshot.ServiceKey][2][]Elem{}
-	var all [2][]Elem
-	for i := range k.refs {
-		k.refs[i] = map[Elem]int{}
-	}
-	keys := make([]snapshot.ServiceKey, 0, len(snap.Ports))
-	for key := range snap.Ports {
-		keys = append(keys, key)
-	}
-	for _, key := range keys {
-		v4, v6 := TranslateService(snap.Ports[key], k.cfg.Options)
+	k.applied = make(map[snapshot.ServiceKey][2][]Elem, len(snap.Ports))
+	// Translate first and size everything once: growing multi-megabyte
+	// slices and maps element by element dominated the full sync.
+	var total [2]int
+	for key, ports := range snap.Ports {
+		v4, v6 := TranslateService(ports, k.cfg.Options)
 		if len(v4)+len(v6) == 0 {
 			continue
 		}
 		k.applied[key] = [2][]Elem{v4, v6}
-		for i, es := range [][]Elem{v4, v6} {
-			add, _ := k.diff(i, nil, es)
+		total[0] += len(v4)
+		total[1] += len(v6)
+	}
+	var all [2][]Elem
+	for i := range k.refs {
+		k.refs[i] = make(map[Elem]int, total[i])
+		all[i] = make([]Elem, 0, total[i]+len(k.cfg.NodeIPs))
+	}
+	for _, es := range k.applied {
+		for i := range 2 {
+			add, _ := k.diff(i, nil, es[i])
 			all[i] = append(all[i], add...)
 		}
 	}
@@ -464,14 +468,21 @@ func isBucket(name string) bool {
 
 // queue encodes elements per set and queues add (or delete) messages.
 func (k *Kernel) queue(f *family, elems []Elem, del bool) error {
-	by := map[string][]nftables.SetElement{}
+	counts := map[string]int{}
+	for _, e := range elems {
+		counts[e.Set]++
+	}
+	by := make(map[string][]nftables.SetElement, len(counts))
+	for name, n := range counts {
+		by[name] = make([]nftables.SetElement, 0, n)
+	}
 	var order []string
 	for _, e := range elems {
 		se, err := encode(f.is4, e)
 		if err != nil {
 			return err
 		}
-		if _, ok := by[e.Set]; !ok {
+		if len(by[e.Set]) == 0 {
 			order = append(order, e.Set)
 		}
 		by[e.Set] = append(by[e.Set], se)

@@ -170,7 +170,8 @@ func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
 				s = &hcServer{svc: key}
 				want[sp.HealthCheckNodePort] = s
 			}
-			s.n += sp.LocalReadyCount()
+			// Per Service, not per port: the ports share their pods.
+			s.n = max(s.n, sp.LocalReadyCount())
 		}
 	}
 	h.mu.Lock()

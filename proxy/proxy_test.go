@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	neturl "net/url"
 	"os"
 	"strings"
 	"sync"
@@ -33,12 +36,13 @@ func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
 // (10.0.1.2, node side 10.0.1.1) and backend namespaces (10.244.i.2, node
 // side 10.244.i.1) that run TCP and UDP echo servers on port 8080 and 9090.
 type world struct {
-	t        *testing.T
-	node     string // namespace names
-	nodePath string
-	client   string
-	clientNS string
-	backends []string // backend addresses
+	t         *testing.T
+	node      string // namespace names
+	nodePath  string
+	client    string
+	clientNS  string
+	backends  []string // backend addresses
+	backendNS []string // their namespace paths, in the same order
 }
 
 const nodeIP = "10.0.1.1"
@@ -85,6 +89,7 @@ func newWorld(t *testing.T, backends int) *world {
 		addr := fmt.Sprintf("10.244.%d.2", i)
 		link(name, fmt.Sprintf("10.244.%d.1", i), addr)
 		w.backends = append(w.backends, addr)
+		w.backendNS = append(w.backendNS, path)
 		for _, port := range []int{8080, 9090} {
 			serveEcho(t, path, addr, port)
 		}
@@ -580,4 +585,130 @@ func TestSessionAffinitySticks(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// httpGet fetches url from inside the namespace at path.
+func httpGet(path, url string) (*http.Response, string, error) {
+	var conn net.Conn
+	u, err := neturl.Parse(url)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := namespace.Do(path, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", u.Host, 3*time.Second)
+		return err
+	}); err != nil {
+		return nil, "", err
+	}
+	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 3 * time.Second}).Get(url)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, string(body), err
+}
+
+func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
+	w := newWorld(t, 2)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client, NodeName: "node-a",
+		HealthzBindAddress: "127.0.0.1:10256", MetricsBindAddress: "127.0.0.1:10249"})
+	b := w.backends
+	svc := service(t, client, ns, "lb", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	})
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.0.2.10"}}
+	if _, err := client.CoreV1().Services(ns).UpdateStatus(context.Background(), svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hc := svc.Spec.HealthCheckNodePort
+	if hc == 0 {
+		t.Fatal("API server allocated no healthCheckNodePort")
+	}
+	hcURL := fmt.Sprintf("http://%s:%d/", nodeIP, hc)
+	setSlice(t, client, ns, "lb", []epSpec{ready(b[1], "node-b")})
+	eventually(t, "health check reports no local endpoints", func() error {
+		resp, body, err := httpGet(w.clientNS, hcURL)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, `"localEndpoints":0`) {
+			return fmt.Errorf("got %d %s", resp.StatusCode, body)
+		}
+		return nil
+	})
+	setSlice(t, client, ns, "lb", []epSpec{ready(b[0], "node-a"), ready(b[1], "node-b")})
+	eventually(t, "health check reports the local endpoint", func() error {
+		resp, body, err := httpGet(w.clientNS, hcURL)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"localEndpoints":1`) ||
+			resp.Header.Get("X-Load-Balancing-Endpoint-Weight") != "1" || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+			return fmt.Errorf("got %d %v %s", resp.StatusCode, resp.Header, body)
+		}
+		return nil
+	})
+	eventually(t, "LB ingress IP reaches only the local endpoint with the client's address", func() error {
+		for range 10 {
+			be, peer, err := w.request("192.0.2.10:80")
+			if err != nil {
+				return err
+			}
+			if be != b[0] || !strings.HasPrefix(peer, "10.0.1.2:") {
+				return fmt.Errorf("reached %s seeing %s", be, peer)
+			}
+		}
+		return nil
+	})
+
+	// Hairpin: the local pod reaches itself through the ClusterIP; it
+	// must see the node's address, not its own, or its reply would bypass
+	// the reverse translation.
+	self := service(t, client, ns, "self", nil)
+	setSlice(t, client, ns, "self", []epSpec{ready(b[0], "node-a")})
+	backendNS := w.backendNS[0]
+	eventually(t, "hairpin is masqueraded", func() error {
+		var c net.Conn
+		if err := namespace.Do(backendNS, func() error {
+			var err error
+			c, err = net.DialTimeout("tcp", net.JoinHostPort(self.Spec.ClusterIP, "80"), 3*time.Second)
+			return err
+		}); err != nil {
+			return err
+		}
+		defer c.Close()
+		be, peer, err := ask(c)
+		if err != nil {
+			return err
+		}
+		if be != b[0] || !strings.HasPrefix(peer, "10.244.1.1:") {
+			return fmt.Errorf("reached %s seeing %s; want %s seeing the node 10.244.1.1", be, peer, b[0])
+		}
+		return nil
+	})
+
+	resp, body, err := httpGet(w.nodePath, "http://127.0.0.1:10256/healthz")
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(body, `"lastUpdated"`) {
+		t.Errorf("/healthz: %v %v %s", resp, err, body)
+	}
+	resp, body, err = httpGet(w.nodePath, "http://127.0.0.1:10256/livez")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("/livez: %v %v %s", resp, err, body)
+	}
+	_, body, err = httpGet(w.nodePath, "http://127.0.0.1:10249/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"switchboard_proxy_sync_duration_seconds_count", "switchboard_proxy_services ", "switchboard_proxy_nftables_elements "} {
+		if !strings.Contains(body, m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
 }

@@ -668,6 +668,38 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 		return nil
 	})
 
+	// loadBalancerSourceRanges: a range holding the client lets it in, one
+	// that does not keeps it out (dropped, as kube-proxy does).
+	restrict := func(cidr string) {
+		s, err := client.CoreV1().Services(ns).Get(context.Background(), "lb", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Spec.LoadBalancerSourceRanges = []string{cidr}
+		if _, err := client.CoreV1().Services(ns).Update(context.Background(), s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restrict("192.168.0.0/16")
+	eventually(t, "client outside loadBalancerSourceRanges is kept out", func() error {
+		var c net.Conn
+		err := namespace.Do(w.clientNS, func() error {
+			var err error
+			c, err = net.DialTimeout("tcp", "192.0.2.10:80", 500*time.Millisecond)
+			return err
+		})
+		if err == nil {
+			c.Close()
+			return errors.New("connected from outside the allowed ranges")
+		}
+		return nil
+	})
+	restrict("10.0.1.0/24")
+	eventually(t, "client inside loadBalancerSourceRanges gets in", func() error {
+		_, _, err := w.request("192.0.2.10:80")
+		return err
+	})
+
 	// Hairpin: the local pod reaches itself through the ClusterIP; it
 	// must see the node's address, not its own, or its reply would bypass
 	// the reverse translation.

@@ -530,7 +530,9 @@ func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat boo
 	case name == setAffinity:
 		return nftables.MustConcatSetType(a, a, nftables.TypeInetProto, nftables.TypeInetService),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
-	case name == setNoEndpoints || name == setMasqExternal || name == setMasqCluster || strings.HasPrefix(name, setAffinityPrefix):
+	case name == setLBAllowed:
+		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, a), nftables.TypeInvalid, true
+	case name == setNoEndpoints || name == setLBRestricted || name == setMasqExternal || name == setMasqCluster || strings.HasPrefix(name, setAffinityPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
 	case name == setNoEndpointsNodePort || name == setMasqNodePort:
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
@@ -580,10 +582,27 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 		key = append(key, e.Addr2.AsSlice()...)
 	}
 	se := nftables.SetElement{Key: key}
+	if e.Range.IsValid() {
+		// Concatenated ranges: every field is a range; only the last
+		// differs between start and end.
+		last := lastAddr(e.Range)
+		se.Key = append(key, e.Range.Masked().Addr().AsSlice()...)
+		se.KeyEnd = append(slices.Clone(key), last.AsSlice()...)
+	}
 	if e.IsMap() {
 		se.Val = append(e.To.Addr().AsSlice(), pad4(binary.BigEndian.AppendUint16(nil, e.To.Port()))...)
 	}
 	return se, nil
+}
+
+// lastAddr is the highest address in p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 // bucketSlots parses the slot count out of a bucket map's name.
@@ -602,6 +621,9 @@ func (k *Kernel) addSet(f *family, name string) *nftables.Set {
 	s := &nftables.Set{Table: f.table, Name: name, KeyType: key, Concatenation: concat}
 	if data != nftables.TypeInvalid {
 		s.IsMap, s.DataType = true, data
+	}
+	if name == setLBAllowed {
+		s.Interval = true
 	}
 	if name == setAffinity {
 		// Filled from the packet path, entries expire on their own.
@@ -753,7 +775,8 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	nodeports := chain("nodeports", nil, 0, "")
 	rejects := chain("reject-check", nil, 0, "")
 	chain("affinity-record", nil, 0, "")
-	for _, name := range []string{setAffinity, setNoEndpoints, setNoEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
+	firewall := chain("firewall-check", nil, 0, "")
+	for _, name := range []string{setAffinity, setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
 		k.addSet(f, name)
 	}
 	for _, name := range existing {
@@ -775,6 +798,9 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	}{
 		{"nat-prerouting", nftables.ChainHookPrerouting, -100, nftables.ChainTypeNAT, "services"},
 		{"nat-output", nftables.ChainHookOutput, -100, nftables.ChainTypeNAT, "services"},
+		// Before DNAT (priority -100), while the destination is still the
+		// load balancer's address.
+		{"filter-prerouting", nftables.ChainHookPrerouting, -110, nftables.ChainTypeFilter, "firewall-check"},
 		{"filter-input", nftables.ChainHookInput, -10, nftables.ChainTypeFilter, "reject-check"},
 		{"filter-forward", nftables.ChainHookForward, -10, nftables.ChainTypeFilter, "reject-check"},
 		{"filter-output", nftables.ChainHookOutput, -10, nftables.ChainTypeFilter, "reject-check"},
@@ -849,6 +875,14 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	}
 	ex, _ = frontEnd(f.is4, false)
 	c.AddRule(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(ex, lookup(f.sets[setMasqNodePort])), setMasqMark()...)})
+
+	// loadBalancerSourceRanges: "ip daddr . l4proto . th dport
+	// @lb-restricted ip daddr . l4proto . th dport . ip saddr != @lb-allowed drop".
+	ex, r := frontEnd(f.is4, true)
+	ex = append(ex, lookup(f.sets[setLBRestricted]), saddr(f.is4, r),
+		&expr.Lookup{SourceRegister: reg0, SetName: setLBAllowed, SetID: f.sets[setLBAllowed].ID, Invert: true},
+		&expr.Verdict{Kind: expr.VerdictDrop})
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: firewall, Exprs: ex})
 
 	reject := &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3} // port unreachable
 	if !f.is4 {

@@ -52,7 +52,12 @@ const (
 	// protocol . port : endpoint" that sessionAffinity ClientIP fills
 	// from the packet path; setAffinityPrefix+seconds holds the front-ends
 	// with that affinity timeout (one recording rule per distinct timeout).
-	setAffinity       = "affinity"
+	setAffinity = "affinity"
+	// setLBRestricted holds load balancer front-ends with
+	// loadBalancerSourceRanges; setLBAllowed "front-end . source range"
+	// (an interval set). Restricted traffic from elsewhere is dropped.
+	setLBRestricted   = "lb-restricted"
+	setLBAllowed      = "lb-allowed"
 	setAffinityPrefix = "affinity-"
 )
 
@@ -65,6 +70,8 @@ type Elem struct {
 	Port  uint16
 	Slot  int        // numgen slot for bucket maps, else -1
 	Addr2 netip.Addr // second address of the key (hairpin)
+	// Range is the source prefix of lb-allowed elements.
+	Range netip.Prefix
 	To    netip.AddrPort
 }
 
@@ -85,6 +92,9 @@ func (e Elem) String() string {
 	}
 	if e.Addr2.IsValid() {
 		parts = append(parts, e.Addr2.String())
+	}
+	if e.Range.IsValid() {
+		parts = append(parts, e.Range.String())
 	}
 	s := e.Set + " " + strings.Join(parts, " . ")
 	if e.IsMap() {
@@ -146,10 +156,18 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	if !hasFamily {
 		return nil
 	}
-	for _, list := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
+	for li, list := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, ip := range list {
 			if ip.Is4() != is4 {
 				continue
+			}
+			if li == 1 && len(sp.LoadBalancerSourceRanges) > 0 {
+				out = append(out, Elem{Set: setLBRestricted, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+				for _, r := range sp.LoadBalancerSourceRanges {
+					if r.Addr().Is4() == is4 {
+						out = append(out, Elem{Set: setLBAllowed, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1, Range: r})
+					}
+				}
 			}
 			front(ip, externalEPs)
 			if !sp.ExternalLocal && len(externalEPs) > 0 {

@@ -150,6 +150,19 @@ func TestTranslate(t *testing.T) {
 			"affinity-30 192.0.2.1 . tcp . 80", "svc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 192.0.2.1 . tcp . 80",
 		},
 	}, {
+		name: "loadBalancerSourceRanges restrict the LB ingress IP, not the ClusterIP",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.LoadBalancerIPs = addrs("198.51.100.1")
+			sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("fd00::/8")}
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"lb-restricted 198.51.100.1 . tcp . 80", "lb-allowed 198.51.100.1 . tcp . 80 . 203.0.113.0/24",
+			"svc-1 198.51.100.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 198.51.100.1 . tcp . 80",
+		},
+	}, {
 		name: "cluster CIDR known: ClusterIP listed for off-cluster masquerade",
 		sp:   base(func(sp *snapshot.ServicePort) { sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)} }),
 		is4:  true,

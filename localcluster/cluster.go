@@ -3,10 +3,18 @@ package localcluster
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/switchboard/switchboard/controlplane"
 )
@@ -18,39 +26,95 @@ type Config struct {
 	ServiceCIDR   string
 	NodePortRange string
 	APIServerPort int
-	Logger        *slog.Logger
+	// NodeCIDR holds the nodes' addresses on the cluster bridge.
+	NodeCIDR string
+	// PodCIDR is split into one /24 per node.
+	PodCIDR string
+	// DNSIP is the cluster DNS address written into pods' resolv.conf.
+	DNSIP string
+	// EchoCommand runs the built-in echo server; the runtime appends
+	// --pod, --namespace, --pod-ip and one --port per containerPort.
+	// Default: this executable's "echo" subcommand.
+	EchoCommand []string
+	Logger      *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.ServiceCIDR == "" {
+		c.ServiceCIDR = "10.96.0.0/16"
+	}
+	if c.NodeCIDR == "" {
+		c.NodeCIDR = "172.30.0.0/24"
+	}
+	if c.PodCIDR == "" {
+		c.PodCIDR = "10.244.0.0/16"
+	}
+	if c.DNSIP == "" {
+		c.DNSIP = "10.96.0.10"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if len(c.EchoCommand) == 0 {
+		exe, _ := os.Executable()
+		c.EchoCommand = []string{exe, "echo"}
+	}
 }
 
 // Cluster is a running local cluster.
 type Cluster struct {
 	Config       Config
 	ControlPlane *controlplane.ControlPlane
+	Network      *Network
 
-	lock    *StateLock
-	logFile *os.File
+	nodes    []NodeInfo
+	runtimes []*runtime
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	lock     *StateLock
+	logFile  *os.File
 }
 
 // Start brings the cluster up: it locks the state directory, starts the
-// control plane and the housekeeping controllers, and returns when the API
-// is ready. Stop tears down everything Start made.
+// control plane and the housekeeping controllers, builds the node and pod
+// network, registers the nodes and starts the scheduler and each node's pod
+// runtime. It returns when the API is ready and the nodes are Ready. Stop
+// tears down everything Start made.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
+	cfg.defaults()
 	if cfg.Nodes < 1 {
 		return nil, fmt.Errorf("--nodes must be at least 1, got %d", cfg.Nodes)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
+	nodeCIDR, err := netip.ParsePrefix(cfg.NodeCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("--node-cidr %q: %w", cfg.NodeCIDR, err)
+	}
+	podCIDR, err := netip.ParsePrefix(cfg.PodCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("--pod-cidr %q: %w", cfg.PodCIDR, err)
+	}
+	svcCIDR, err := netip.ParsePrefix(cfg.ServiceCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("--service-cidr %q: %w", cfg.ServiceCIDR, err)
 	}
 	dir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	cfg.StateDir = dir
+	network := NewNetwork(dir, nodeCIDR, podCIDR)
+	if err := network.Validate(svcCIDR, cfg.Nodes); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("switchboard up creates network namespaces and needs root (run it with sudo)")
+	}
 	lock, err := LockStateDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Config: cfg, lock: lock}
-	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o700); err != nil {
+	c := &Cluster{Config: cfg, Network: network, lock: lock}
+	if err := os.MkdirAll(filepath.Join(dir, "logs", "pods"), 0o700); err != nil {
 		lock.Release()
 		return nil, err
 	}
@@ -59,7 +123,13 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		lock.Release()
 		return nil, err
 	}
-	c.ControlPlane, err = controlplane.Start(ctx, controlplane.Config{
+	runCtx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	fail := func(err error) (*Cluster, error) {
+		c.Stop()
+		return nil, err
+	}
+	c.ControlPlane, err = controlplane.Start(runCtx, controlplane.Config{
 		StateDir:      dir,
 		ServiceCIDR:   cfg.ServiceCIDR,
 		NodePortRange: cfg.NodePortRange,
@@ -67,22 +137,80 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		LogOutput:     c.logFile,
 	})
 	if err != nil {
-		c.Stop()
-		return nil, err
+		return fail(err)
 	}
-	if err := controlplane.StartHousekeeping(ctx, c.ControlPlane.RESTConfig); err != nil {
-		c.Stop()
-		return nil, err
+	restCfg := c.ControlPlane.RESTConfig
+	if err := controlplane.StartHousekeeping(runCtx, restCfg); err != nil {
+		return fail(err)
 	}
-	if err := controlplane.StartWorkloadControllers(ctx, c.ControlPlane.RESTConfig); err != nil {
-		c.Stop()
-		return nil, err
+	if err := controlplane.StartWorkloadControllers(runCtx, restCfg); err != nil {
+		return fail(err)
+	}
+	if err := c.startNodes(runCtx, restCfg); err != nil {
+		return fail(err)
 	}
 	return c, nil
 }
 
-// Stop tears the cluster down and releases the state directory.
+// startNodes builds the network, registers the nodes and starts the
+// scheduler and the pod runtimes.
+func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config) error {
+	cfg, n := c.Config, c.Network
+	// Leftovers of a crashed run of this state directory go first.
+	n.TearDownAll()
+	if err := n.SetUpBridge(); err != nil {
+		return fmt.Errorf("cluster network: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	nodeLabels := map[string]labels.Set{}
+	for i := 1; i <= cfg.Nodes; i++ {
+		name := fmt.Sprintf("node-%d", i)
+		if err := n.SetUpNode(i, cfg.Nodes, name); err != nil {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
+		info := NodeInfo{Name: name, NetNS: "/run/netns/" + n.NodeNS(name), IP: n.NodeIP(i),
+			PodCIDR: n.NodePodCIDR(i), Zone: zones[(i-1)%len(zones)]}
+		if err := registerNode(ctx, client, info); err != nil {
+			return err
+		}
+		nodeLabels[name] = labels.Set{corev1.LabelHostname: name, corev1.LabelTopologyZone: info.Zone, corev1.LabelOSStable: "linux"}
+		c.nodes = append(c.nodes, info)
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); keepNodeReady(ctx, client, info, cfg.Logger) }()
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	startScheduler(ctx, client, factory, c.nodes, nodeLabels, cfg.Logger)
+	resolv := func(ns string) string {
+		return fmt.Sprintf("search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n", ns, cfg.DNSIP)
+	}
+	for _, info := range c.nodes {
+		rt := &runtime{node: info, net: n, client: client, log: cfg.Logger, logDir: filepath.Join(cfg.StateDir, "logs", "pods"),
+			echoCmd: cfg.EchoCommand, resolv: resolv, workers: map[types.UID]*podWorker{}, ips: map[netip.Addr]types.UID{}}
+		rt.start(ctx, factory)
+		c.runtimes = append(c.runtimes, rt)
+	}
+	factory.Start(ctx.Done())
+	return nil
+}
+
+// Nodes describes the cluster's nodes.
+func (c *Cluster) Nodes() []NodeInfo { return c.nodes }
+
+// Stop tears the cluster down: pods' processes and every namespace and link
+// it made, then the control plane; and releases the state directory. The
+// API objects stay in etcd, so the next Start brings them back.
 func (c *Cluster) Stop() {
+	for _, rt := range c.runtimes {
+		rt.stop()
+	}
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.wg.Wait()
+	c.Network.TearDownAll()
 	if c.ControlPlane != nil {
 		c.ControlPlane.Stop()
 	}
@@ -91,5 +219,3 @@ func (c *Cluster) Stop() {
 	}
 	c.lock.Release()
 }
-
-var _ io.Writer = (*os.File)(nil)

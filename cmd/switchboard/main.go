@@ -30,7 +30,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(versionCmd(), upCmd(), doctorCmd(), proxyCmd())
+	root.AddCommand(versionCmd(), upCmd(), doctorCmd(), proxyCmd(), echoCmd(), execCmd())
 	if err := root.Execute(); err != nil {
 		if errors.Is(err, errFoundProblem) {
 			os.Exit(3)
@@ -108,5 +108,8 @@ func upCmd() *cobra.Command {
 	f.StringVar(&cfg.ServiceCIDR, "service-cidr", "10.96.0.0/16", "range of Service ClusterIPs")
 	f.StringVar(&cfg.NodePortRange, "service-node-port-range", "30000-32767", "range of NodePorts")
 	f.IntVar(&cfg.APIServerPort, "apiserver-port", 6443, "loopback port for the API server (0 picks a free one)")
+	f.StringVar(&cfg.NodeCIDR, "node-cidr", "172.30.0.0/24", "addresses of the nodes on the cluster bridge")
+	f.StringVar(&cfg.PodCIDR, "pod-cidr", "10.244.0.0/16", "pod addresses, one /24 per node")
+	f.StringVar(&cfg.DNSIP, "cluster-dns", "10.96.0.10", "cluster DNS address written into pods' resolv.conf")
 	return cmd
 }

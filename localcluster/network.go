@@ -1,0 +1,234 @@
+package localcluster
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/switchboard/switchboard/proxy/namespace"
+)
+
+// Network names and wires the namespaces of one local cluster. Every name
+// starts with the cluster's prefix ("sb" + a hash of the state directory),
+// so two clusters never collide and a crashed cluster's leftovers are found
+// and removed by the next `up` of the same state directory.
+//
+// Topology: a bridge in a namespace of its own joins the nodes; each node is
+// a namespace with eth0 on that bridge and forwarding on; each pod is a
+// namespace whose eth0 is a veth into its node, with a /32 address, a
+// link-scoped gateway (the first address of the node's pod CIDR, held by
+// the node side of every pod veth) and a default route through it. Nodes
+// route the other nodes' pod CIDRs via their eth0 addresses. Nothing is
+// created in the host's root namespace.
+type Network struct {
+	Prefix string
+	// NodeCIDR holds the nodes' eth0 addresses.
+	NodeCIDR netip.Prefix
+	// PodCIDR is split into one /24 per node.
+	PodCIDR netip.Prefix
+}
+
+// NewNetwork derives the cluster's names from its state directory.
+func NewNetwork(stateDir string, nodeCIDR, podCIDR netip.Prefix) *Network {
+	sum := sha256.Sum256([]byte(stateDir))
+	return &Network{Prefix: "sb" + hex.EncodeToString(sum[:])[:6], NodeCIDR: nodeCIDR.Masked(), PodCIDR: podCIDR.Masked()}
+}
+
+// BridgeNS is the namespace holding the cluster bridge.
+func (n *Network) BridgeNS() string { return n.Prefix + "-net" }
+
+// NodeNS is the namespace of node name.
+func (n *Network) NodeNS(node string) string { return n.Prefix + "-" + node }
+
+// PodNS is the namespace of a pod, stable across restarts of `up` so that
+// `switchboard exec` finds it from the pod's name alone.
+func (n *Network) PodNS(namespace, pod string) string {
+	return n.Prefix + "-pod-" + podHash(namespace, pod)
+}
+
+func podHash(namespace, pod string) string {
+	sum := sha256.Sum256([]byte(namespace + "/" + pod))
+	return hex.EncodeToString(sum[:])[:10]
+}
+
+// NodeIP is the eth0 address of the node with 1-based index i.
+func (n *Network) NodeIP(i int) netip.Addr {
+	a := n.NodeCIDR.Addr().As4()
+	a[3] = byte(10 + i)
+	return netip.AddrFrom4(a)
+}
+
+// NodePodCIDR is the pod /24 of the node with 1-based index i.
+func (n *Network) NodePodCIDR(i int) netip.Prefix {
+	a := n.PodCIDR.Addr().As4()
+	a[2] = byte(i)
+	return netip.PrefixFrom(netip.AddrFrom4(a), 24)
+}
+
+// gateway is the pods' next hop on a node: the first address of its CIDR.
+func gateway(podCIDR netip.Prefix) netip.Addr { return podCIDR.Addr().Next() }
+
+// Validate refuses CIDRs that would make addresses ambiguous.
+func (n *Network) Validate(serviceCIDR netip.Prefix, nodes int) error {
+	if !n.NodeCIDR.Addr().Is4() || n.NodeCIDR.Bits() > 24 {
+		return fmt.Errorf("--node-cidr %s: want an IPv4 /24 or larger", n.NodeCIDR)
+	}
+	if !n.PodCIDR.Addr().Is4() || n.PodCIDR.Bits() > 16 {
+		return fmt.Errorf("--pod-cidr %s: want an IPv4 /16 or larger (one /24 per node)", n.PodCIDR)
+	}
+	if nodes > 200 {
+		return fmt.Errorf("--nodes %d: at most 200", nodes)
+	}
+	for _, pair := range [][2]netip.Prefix{{n.NodeCIDR, n.PodCIDR}, {n.NodeCIDR, serviceCIDR}, {n.PodCIDR, serviceCIDR}} {
+		if pair[0].Overlaps(pair[1]) {
+			return fmt.Errorf("CIDRs %s and %s overlap: node, pod and service CIDRs must be disjoint", pair[0], pair[1])
+		}
+	}
+	return nil
+}
+
+// SetUpBridge creates the bridge namespace.
+func (n *Network) SetUpBridge() error {
+	if _, _, err := namespace.Create(n.BridgeNS()); err != nil {
+		return err
+	}
+	return runAll(n.BridgeNS(), [][]string{
+		{"link", "add", "br0", "type", "bridge"},
+		{"link", "set", "br0", "up"},
+	})
+}
+
+// SetUpNode creates node i's namespace on the bridge, with forwarding on and
+// routes to the other nodes' pod CIDRs.
+func (n *Network) SetUpNode(i, nodes int, name string) error {
+	ns := n.NodeNS(name)
+	if _, _, err := namespace.Create(ns); err != nil {
+		return err
+	}
+	port := fmt.Sprintf("%s-n%d", n.Prefix, i)
+	cmds := [][]string{}
+	if err := namespace.IP(n.BridgeNS(), "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+		return fmt.Errorf("wire node %s to the bridge: %w", name, err)
+	}
+	if err := runAll(n.BridgeNS(), [][]string{{"link", "set", port, "master", "br0", "up"}}); err != nil {
+		return err
+	}
+	cmds = append(cmds,
+		[]string{"addr", "add", netip.PrefixFrom(n.NodeIP(i), n.NodeCIDR.Bits()).String(), "dev", "eth0"},
+		[]string{"link", "set", "eth0", "up"})
+	for j := 1; j <= nodes; j++ {
+		if j != i {
+			cmds = append(cmds, []string{"route", "add", n.NodePodCIDR(j).String(), "via", n.NodeIP(j).String()})
+		}
+	}
+	if err := runAll(ns, cmds); err != nil {
+		return err
+	}
+	return namespace.Do("/run/netns/"+ns, func() error {
+		// /proc/sys/net follows the calling thread's namespace.
+		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv4/conf/all/route_localnet"} {
+			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("node %s: %s: %w", name, f, err)
+			}
+		}
+		return nil
+	})
+}
+
+// PodNet is the wiring of one pod.
+type PodNet struct {
+	NS   string
+	IP   netip.Addr
+	Node string
+}
+
+// SetUpPod creates the pod's namespace and veth into its node, and writes
+// the resolv.conf that `ip netns exec` bind-mounts for its processes.
+func (n *Network) SetUpPod(node string, nodeCIDR netip.Prefix, namespaceName, pod string, ip netip.Addr, resolvConf string) (PodNet, error) {
+	ns := n.PodNS(namespaceName, pod)
+	nodeNS := n.NodeNS(node)
+	// A leftover from a crash or an earlier run of the same pod goes first.
+	n.TearDownPod(nodeNS, ns)
+	if _, _, err := namespace.Create(ns); err != nil {
+		return PodNet{}, err
+	}
+	hostVeth := "sbh" + podHash(namespaceName, pod)
+	gw := gateway(nodeCIDR).String()
+	if err := namespace.IP(nodeNS, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+		return PodNet{}, fmt.Errorf("pod %s/%s: create veth: %w", namespaceName, pod, err)
+	}
+	if err := runAll(nodeNS, [][]string{
+		{"addr", "add", gw + "/32", "dev", hostVeth},
+		{"link", "set", hostVeth, "up"},
+		{"route", "add", ip.String() + "/32", "dev", hostVeth},
+	}); err != nil {
+		return PodNet{}, fmt.Errorf("pod %s/%s: %w", namespaceName, pod, err)
+	}
+	if err := runAll(ns, [][]string{
+		{"addr", "add", ip.String() + "/32", "dev", "eth0"},
+		{"link", "set", "eth0", "up"},
+		{"route", "add", gw, "dev", "eth0", "scope", "link"},
+		{"route", "add", "default", "via", gw, "dev", "eth0"},
+	}); err != nil {
+		return PodNet{}, fmt.Errorf("pod %s/%s: %w", namespaceName, pod, err)
+	}
+	dir := filepath.Join("/etc/netns", ns)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return PodNet{}, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolvConf), 0o644); err != nil {
+		return PodNet{}, fmt.Errorf("pod %s/%s: write resolv.conf: %w", namespaceName, pod, err)
+	}
+	return PodNet{NS: ns, IP: ip, Node: node}, nil
+}
+
+// TearDownPod removes a pod's namespace, veth and resolv.conf. Deleting the
+// namespace destroys its end of the veth, which takes the node's end along.
+func (n *Network) TearDownPod(nodeNS, podNS string) {
+	killNamespaceProcesses(podNS)
+	exec.Command("ip", "netns", "delete", podNS).Run()
+	os.RemoveAll(filepath.Join("/etc/netns", podNS))
+}
+
+// TearDownAll removes every namespace of this cluster, live or left over
+// from a crash, and the processes still running in them.
+func (n *Network) TearDownAll() {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), n.Prefix+"-") {
+			n.TearDownPod("", e.Name())
+		}
+	}
+	entries, _ = os.ReadDir("/etc/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), n.Prefix+"-") {
+			os.RemoveAll(filepath.Join("/etc/netns", e.Name()))
+		}
+	}
+}
+
+// killNamespaceProcesses kills what still runs in a namespace, so that a
+// crashed run's pods do not outlive their network.
+func killNamespaceProcesses(ns string) {
+	out, err := exec.Command("ip", "netns", "pids", ns).Output()
+	if err != nil {
+		return
+	}
+	for _, pid := range strings.Fields(string(out)) {
+		exec.Command("kill", "-9", pid).Run()
+	}
+}
+
+func runAll(ns string, cmds [][]string) error {
+	for _, c := range cmds {
+		if err := namespace.IP(ns, c...); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,669 @@
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/switchboard/switchboard/proxy/namespace"
+)
+
+// runtime is one node's pod runtime, the local cluster's kubelet: it runs
+// every pod bound to its node as processes in the pod's network namespace
+// and reports their status. There are no images: a container with a
+// command runs that command on the host, inside the pod's network and mount
+// namespaces; one without runs the built-in echo server on its ports.
+type runtime struct {
+	node     NodeInfo
+	net      *Network
+	client   kubernetes.Interface
+	log      *slog.Logger
+	logDir   string
+	echoCmd  []string
+	resolv   func(namespace string) string
+	mu       sync.Mutex
+	workers  map[types.UID]*podWorker
+	ips      map[netip.Addr]types.UID
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+func (r *runtime) start(ctx context.Context, factory informers.SharedInformerFactory) {
+	inf := factory.Core().V1().Pods().Informer()
+	handle := func(obj any) {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == r.node.Name {
+			r.sync(ctx, p)
+		}
+	}
+	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    handle,
+		UpdateFunc: func(_, o any) { handle(o) },
+		DeleteFunc: func(o any) {
+			if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = d.Obj
+			}
+			if p, ok := o.(*corev1.Pod); ok && p.Spec.NodeName == r.node.Name {
+				r.mu.Lock()
+				w := r.workers[p.UID]
+				r.mu.Unlock()
+				if w != nil {
+					w.gone()
+				}
+			}
+		},
+	})
+}
+
+// sync hands the pod's newest state to its worker, starting one if needed.
+func (r *runtime) sync(ctx context.Context, p *corev1.Pod) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopping {
+		return
+	}
+	w := r.workers[p.UID]
+	if w == nil {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			if p.DeletionTimestamp != nil {
+				// Nothing runs; finish the deletion the API is waiting for.
+				go r.finalizeDelete(ctx, p)
+			}
+			return
+		}
+		w = &podWorker{rt: r, updates: make(chan *corev1.Pod, 1), done: make(chan struct{}), uid: p.UID}
+		r.workers[p.UID] = w
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			w.run(ctx, p)
+			r.mu.Lock()
+			delete(r.workers, p.UID)
+			r.mu.Unlock()
+		}()
+		return
+	}
+	w.update(p)
+}
+
+// stop ends every pod's processes and network without touching the API:
+// the pods come back on the next `up`.
+func (r *runtime) stop() {
+	r.mu.Lock()
+	r.stopping = true
+	for _, w := range r.workers {
+		w.shutdown()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+func (r *runtime) finalizeDelete(ctx context.Context, p *corev1.Pod) {
+	zero := int64(0)
+	err := r.client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &p.UID}})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		r.log.Warn("delete pod", "pod", p.Namespace+"/"+p.Name, "err", err)
+	}
+}
+
+// allocateIP keeps the pod's previous IP when it is still free (a restarted
+// cluster keeps its addresses), else takes the lowest free one.
+func (r *runtime) allocateIP(p *corev1.Pod) (netip.Addr, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if prev, err := netip.ParseAddr(p.Status.PodIP); err == nil && r.node.PodCIDR.Contains(prev) && prev != gateway(r.node.PodCIDR) {
+		if owner, taken := r.ips[prev]; !taken || owner == p.UID {
+			r.ips[prev] = p.UID
+			return prev, nil
+		}
+	}
+	for a := gateway(r.node.PodCIDR).Next(); r.node.PodCIDR.Contains(a); a = a.Next() {
+		if a.As4()[3] == 255 {
+			break
+		}
+		if _, taken := r.ips[a]; !taken {
+			r.ips[a] = p.UID
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("node %s: no free pod IP in %s", r.node.Name, r.node.PodCIDR)
+}
+
+func (r *runtime) releaseIP(ip netip.Addr, uid types.UID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ips[ip] == uid {
+		delete(r.ips, ip)
+	}
+}
+
+// podWorker owns one pod from start to removal.
+type podWorker struct {
+	rt      *runtime
+	uid     types.UID
+	updates chan *corev1.Pod
+	done    chan struct{}
+	once    sync.Once
+	quit    sync.Once
+	deleted bool
+	mu      sync.Mutex
+	// restartPolicy is immutable in a pod's spec.
+	restartPolicy corev1.RestartPolicy
+}
+
+func (w *podWorker) update(p *corev1.Pod) {
+	select {
+	case <-w.updates: // keep only the newest
+	default:
+	}
+	w.updates <- p
+}
+
+// gone is called when the object disappeared from the API without passing
+// through graceful deletion (force delete): stop at once.
+func (w *podWorker) gone() {
+	w.mu.Lock()
+	w.deleted = true
+	w.mu.Unlock()
+	w.shutdown()
+}
+
+func (w *podWorker) shutdown() { w.quit.Do(func() { close(w.done) }) }
+
+// container is one running (or waiting) container of the pod.
+type container struct {
+	spec         corev1.Container
+	cmd          *exec.Cmd
+	exited       chan struct{}
+	exitCode     int
+	started      time.Time
+	restarts     int32
+	waitReason   string
+	waitMessage  string
+	lastTerm     *corev1.ContainerStateTerminated
+	terminated   *corev1.ContainerStateTerminated
+	ready        bool
+	nextStart    time.Time
+	backoff      time.Duration
+	lastProbe    time.Time
+	probeSuccess int32
+}
+
+func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
+	r := w.rt
+	w.restartPolicy = pod.Spec.RestartPolicy
+	key := pod.Namespace + "/" + pod.Name
+	log := r.log.With("pod", key, "node", r.node.Name)
+	ip, err := r.allocateIP(pod)
+	if err != nil {
+		log.Error("allocate pod IP", "err", err)
+		return
+	}
+	defer r.releaseIP(ip, pod.UID)
+	pn, err := r.net.SetUpPod(r.node.Name, r.node.PodCIDR, pod.Namespace, pod.Name, ip, r.resolv(pod.Namespace))
+	if err != nil {
+		log.Error("set up pod network", "err", err)
+		return
+	}
+	defer r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
+	logDir := filepath.Join(r.logDir, pod.Namespace+"_"+pod.Name)
+	os.MkdirAll(logDir, 0o755)
+
+	started := metav1.Now()
+	if pod.Status.StartTime != nil {
+		started = *pod.Status.StartTime
+	}
+	ctrs := make([]*container, len(pod.Spec.Containers))
+	for i, c := range pod.Spec.Containers {
+		ctrs[i] = &container{spec: c, waitReason: "ContainerCreating"}
+		for _, cs := range pod.Status.ContainerStatuses {
+			if cs.Name == c.Name {
+				ctrs[i].restarts = cs.RestartCount
+			}
+		}
+	}
+	var lastStatus *corev1.PodStatus
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		now := time.Now()
+		terminating := pod.DeletionTimestamp != nil
+		for _, c := range ctrs {
+			w.reap(c)
+			if !terminating {
+				w.maybeStart(c, pod, pn, logDir, log)
+				w.probe(c, pod, pn)
+			}
+		}
+		if terminating {
+			w.terminate(ctrs, pod, log)
+			r.finalizeDelete(ctx, pod)
+			return
+		}
+		st := w.status(pod, ctrs, pn, started, now)
+		if lastStatus == nil || !apiequality.Semantic.DeepEqual(st, lastStatus) {
+			if err := w.writeStatus(ctx, pod, st); err != nil {
+				if apierrors.IsNotFound(err) {
+					w.kill(ctrs, 0)
+					return
+				}
+				log.Warn("update pod status", "err", err)
+			} else {
+				lastStatus = st
+			}
+		}
+		if allTerminated(ctrs, pod) {
+			// A pod whose containers all finished for good keeps its status
+			// and frees its network, as the kubelet does.
+			return
+		}
+		select {
+		case <-ctx.Done():
+			w.kill(ctrs, 2*time.Second)
+			return
+		case <-w.done:
+			w.mu.Lock()
+			deleted := w.deleted
+			w.mu.Unlock()
+			if deleted {
+				w.kill(ctrs, 0)
+			} else {
+				w.kill(ctrs, 2*time.Second)
+			}
+			return
+		case p := <-w.updates:
+			pod = p
+		case <-tick.C:
+		}
+	}
+}
+
+// maybeStart starts a container that is not running and is due, honouring
+// restartPolicy and the crash back-off.
+func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, logDir string, log *slog.Logger) {
+	if c.cmd != nil || c.terminated != nil || time.Now().Before(c.nextStart) {
+		return
+	}
+	argv := append(append([]string{}, c.spec.Command...), c.spec.Args...)
+	if len(c.spec.Command) == 0 {
+		argv = append(append([]string{}, w.rt.echoCmd...),
+			"--pod", pod.Name, "--namespace", pod.Namespace, "--pod-ip", pn.IP.String())
+		for _, p := range c.spec.Ports {
+			proto := p.Protocol
+			if proto == "" {
+				proto = corev1.ProtocolTCP
+			}
+			argv = append(argv, "--port", fmt.Sprintf("%d/%s", p.ContainerPort, proto))
+		}
+	}
+	if _, err := exec.LookPath(argv[0]); err != nil {
+		c.waitReason, c.waitMessage = "ContainerCannotRun", fmt.Sprintf("container %s: command %q: %v", c.spec.Name, argv[0], err)
+		c.backoffStep()
+		return
+	}
+	out, err := os.OpenFile(filepath.Join(logDir, c.spec.Name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
+		return
+	}
+	// `ip netns exec` enters the pod's network namespace and a private
+	// mount namespace with /etc/netns/NS/resolv.conf over /etc/resolv.conf,
+	// then execs the command, so the PID we hold is the container's.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", pn.NS}, argv...)...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Dir = c.spec.WorkingDir
+	cmd.Env = append(os.Environ()[:0:0], "PATH="+os.Getenv("PATH"), "HOSTNAME="+pod.Name)
+	for _, e := range c.spec.Env {
+		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		c.waitReason, c.waitMessage = "ContainerCannotRun", err.Error()
+		c.backoffStep()
+		return
+	}
+	c.cmd, c.started, c.exited = cmd, time.Now(), make(chan struct{})
+	c.waitReason, c.waitMessage, c.ready, c.probeSuccess = "", "", false, 0
+	go func() {
+		cmd.Wait()
+		out.Close()
+		if st, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+			if st.Signaled() {
+				c.exitCode = 128 + int(st.Signal())
+			} else {
+				c.exitCode = st.ExitStatus()
+			}
+		}
+		close(c.exited)
+	}()
+	log.Info("container started", "container", c.spec.Name, "pid", cmd.Process.Pid)
+}
+
+func (c *container) backoffStep() {
+	switch {
+	case c.backoff == 0:
+		c.backoff = 10 * time.Second
+	case c.backoff < 5*time.Minute:
+		c.backoff *= 2
+	}
+	if c.backoff > 5*time.Minute {
+		c.backoff = 5 * time.Minute
+	}
+	c.nextStart = time.Now().Add(c.backoff)
+}
+
+// reap notices an exited container and decides, per restartPolicy, between
+// a back-off restart and terminated-for-good.
+func (w *podWorker) reap(c *container) {
+	if c.cmd == nil {
+		return
+	}
+	select {
+	case <-c.exited:
+	default:
+		return
+	}
+	reason := "Completed"
+	if c.exitCode != 0 {
+		reason = "Error"
+	}
+	term := &corev1.ContainerStateTerminated{ExitCode: int32(c.exitCode), Reason: reason,
+		StartedAt: metav1.NewTime(c.started), FinishedAt: metav1.Now()}
+	c.cmd, c.ready = nil, false
+	ran := time.Since(c.started)
+	policy := w.policy()
+	if policy == corev1.RestartPolicyAlways || (policy == corev1.RestartPolicyOnFailure && c.exitCode != 0) {
+		c.lastTerm = term
+		c.restarts++
+		if ran > 10*time.Minute {
+			c.backoff = 0 // ran long enough: start the back-off over
+		}
+		c.backoffStep()
+		c.waitReason, c.waitMessage = "CrashLoopBackOff",
+			fmt.Sprintf("back-off %s restarting failed container=%s", c.backoff, c.spec.Name)
+		return
+	}
+	c.terminated = term
+}
+
+func (w *podWorker) policy() corev1.RestartPolicy {
+	if w.restartPolicy == "" {
+		return corev1.RestartPolicyAlways
+	}
+	return w.restartPolicy
+}
+
+// terminate runs the graceful part of a deletion: SIGTERM, then SIGKILL
+// once the pod's grace period (ending at its deletionTimestamp) is over.
+func (w *podWorker) terminate(ctrs []*container, pod *corev1.Pod, log *slog.Logger) {
+	deadline := pod.DeletionTimestamp.Time
+	grace := time.Until(deadline)
+	if grace < 0 {
+		grace = 0
+	}
+	log.Info("terminating pod", "grace", grace.Round(time.Millisecond))
+	w.kill(ctrs, grace)
+}
+
+// kill sends SIGTERM to every running container, waits up to grace, then
+// SIGKILLs what is left.
+func (w *podWorker) kill(ctrs []*container, grace time.Duration) {
+	var running []*container
+	for _, c := range ctrs {
+		if c.cmd != nil {
+			running = append(running, c)
+			if grace > 0 {
+				syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
+			}
+		}
+	}
+	deadline := time.After(grace)
+wait:
+	for _, c := range running {
+		select {
+		case <-c.exited:
+		case <-deadline:
+			break wait
+		}
+	}
+	for _, c := range running {
+		select {
+		case <-c.exited:
+		default:
+			syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+			<-c.exited
+		}
+		c.cmd = nil
+	}
+}
+
+func allTerminated(ctrs []*container, pod *corev1.Pod) bool {
+	for _, c := range ctrs {
+		if c.terminated == nil {
+			return false
+		}
+	}
+	return len(ctrs) > 0
+}
+
+// probe runs the container's readiness probe when due. Without a probe a
+// running container is ready, except that an echo server is ready only
+// once its TCP ports accept connections, so that a client racing the pod's
+// start never sees a refusal the user would not see from nginx.
+func (w *podWorker) probe(c *container, pod *corev1.Pod, pn PodNet) {
+	if c.cmd == nil {
+		return
+	}
+	p := c.spec.ReadinessProbe
+	if p == nil {
+		if c.ready {
+			return
+		}
+		if len(c.spec.Command) > 0 {
+			c.ready = true
+			return
+		}
+		for _, port := range c.spec.Ports {
+			if port.Protocol == "" || port.Protocol == corev1.ProtocolTCP {
+				if dialFromNode(w.rt.node.NetNS, pn.IP, int(port.ContainerPort), time.Second) != nil {
+					return
+				}
+			}
+		}
+		c.ready = true
+		return
+	}
+	period := time.Duration(max(p.PeriodSeconds, 1)) * time.Second
+	if time.Since(c.started) < time.Duration(p.InitialDelaySeconds)*time.Second || time.Since(c.lastProbe) < period {
+		return
+	}
+	c.lastProbe = time.Now()
+	timeout := time.Duration(max(p.TimeoutSeconds, 1)) * time.Second
+	ok := runProbe(p, c.spec, pn, w.rt.node.NetNS, timeout) == nil
+	if ok {
+		c.probeSuccess++
+		if c.probeSuccess >= max(p.SuccessThreshold, 1) {
+			c.ready = true
+		}
+	} else {
+		c.probeSuccess = 0
+		c.ready = false
+	}
+}
+
+// runProbe performs one readiness check from the node, as the kubelet does.
+func runProbe(p *corev1.Probe, c corev1.Container, pn PodNet, nodeNS string, timeout time.Duration) error {
+	switch {
+	case p.TCPSocket != nil:
+		port, err := resolvePort(p.TCPSocket.Port, c)
+		if err != nil {
+			return err
+		}
+		return dialFromNode(nodeNS, pn.IP, port, timeout)
+	case p.HTTPGet != nil:
+		port, err := resolvePort(p.HTTPGet.Port, c)
+		if err != nil {
+			return err
+		}
+		client := &http.Client{Timeout: timeout, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var conn net.Conn
+				err := namespace.Do(nodeNS, func() error {
+					var err error
+					conn, err = net.DialTimeout(network, addr, timeout)
+					return err
+				})
+				return conn, err
+			}}}
+		resp, err := client.Get(fmt.Sprintf("http://%s%s", net.JoinHostPort(pn.IP.String(), strconv.Itoa(port)), p.HTTPGet.Path))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+			return fmt.Errorf("HTTP probe status %d", resp.StatusCode)
+		}
+		return nil
+	case p.Exec != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", pn.NS}, p.Exec.Command...)...).Run()
+	}
+	return errors.New("probe has no handler")
+}
+
+func resolvePort(p intstr.IntOrString, c corev1.Container) (int, error) {
+	if p.Type == intstr.Int {
+		return p.IntValue(), nil
+	}
+	for _, cp := range c.Ports {
+		if cp.Name == p.StrVal {
+			return int(cp.ContainerPort), nil
+		}
+	}
+	return 0, fmt.Errorf("container %s has no port named %q", c.Name, p.StrVal)
+}
+
+func dialFromNode(nodeNS string, ip netip.Addr, port int, timeout time.Duration) error {
+	return namespace.Do(nodeNS, func() error {
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(port)), timeout)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
+}
+
+// status computes the pod's status from its containers.
+func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, started metav1.Time, now time.Time) *corev1.PodStatus {
+	st := &corev1.PodStatus{
+		HostIP: w.rt.node.IP.String(), HostIPs: []corev1.HostIP{{IP: w.rt.node.IP.String()}},
+		PodIP: pn.IP.String(), PodIPs: []corev1.PodIP{{IP: pn.IP.String()}},
+		StartTime: &started, QOSClass: corev1.PodQOSBestEffort,
+	}
+	allReady, anyRunning, allStartedOnce, failed := true, false, true, false
+	for _, c := range ctrs {
+		cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: "switchboard://" + c.spec.Image,
+			RestartCount: c.restarts, Ready: c.ready, LastTerminationState: corev1.ContainerState{Terminated: c.lastTerm}}
+		switch {
+		case c.cmd != nil:
+			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.started)}
+			cs.ContainerID = fmt.Sprintf("switchboard://%d", c.cmd.Process.Pid)
+			cs.Started = ptrBool(true)
+			anyRunning = true
+		case c.terminated != nil:
+			cs.State.Terminated = c.terminated
+			cs.Started = ptrBool(false)
+			if c.terminated.ExitCode != 0 {
+				failed = true
+			}
+		default:
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waitReason, Message: c.waitMessage}
+			cs.Started = ptrBool(false)
+			if c.restarts == 0 {
+				allStartedOnce = false
+			}
+		}
+		if !c.ready {
+			allReady = false
+		}
+		st.ContainerStatuses = append(st.ContainerStatuses, cs)
+	}
+	switch {
+	case allTerminated(ctrs, pod) && failed:
+		st.Phase = corev1.PodFailed
+	case allTerminated(ctrs, pod):
+		st.Phase = corev1.PodSucceeded
+	case anyRunning || allStartedOnce:
+		st.Phase = corev1.PodRunning
+	default:
+		st.Phase = corev1.PodPending
+	}
+	cond := func(t corev1.PodConditionType, ok bool, reason string) corev1.PodCondition {
+		c := corev1.PodCondition{Type: t, Status: corev1.ConditionFalse, Reason: reason}
+		if ok {
+			c.Status, c.Reason = corev1.ConditionTrue, ""
+		}
+		for _, old := range pod.Status.Conditions {
+			if old.Type == t && old.Status == c.Status {
+				c.LastTransitionTime = old.LastTransitionTime
+			}
+		}
+		if c.LastTransitionTime.IsZero() {
+			c.LastTransitionTime = metav1.NewTime(now.Truncate(time.Second))
+		}
+		return c
+	}
+	ready := allReady && len(ctrs) > 0
+	st.Conditions = []corev1.PodCondition{
+		cond(corev1.PodReadyToStartContainers, true, ""),
+		cond(corev1.PodInitialized, true, ""),
+		cond(corev1.ContainersReady, ready, "ContainersNotReady"),
+		cond(corev1.PodReady, ready, "ContainersNotReady"),
+		cond(corev1.PodScheduled, true, ""),
+	}
+	return st
+}
+
+func ptrBool(b bool) *bool { return &b }
+
+func (w *podWorker) writeStatus(ctx context.Context, pod *corev1.Pod, st *corev1.PodStatus) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := w.rt.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cur.UID != pod.UID {
+			return apierrors.NewNotFound(corev1.Resource("pods"), pod.Name)
+		}
+		cur.Status.HostIP, cur.Status.HostIPs = st.HostIP, st.HostIPs
+		cur.Status.PodIP, cur.Status.PodIPs = st.PodIP, st.PodIPs
+		cur.Status.StartTime, cur.Status.QOSClass = st.StartTime, st.QOSClass
+		cur.Status.Phase, cur.Status.Conditions, cur.Status.ContainerStatuses = st.Phase, st.Conditions, st.ContainerStatuses
+		_, err = w.rt.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+}

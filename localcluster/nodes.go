@@ -32,10 +32,10 @@ var zones = []string{"zone-a", "zone-b", "zone-c"}
 func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) error {
 	want := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
-			corev1.LabelHostname:    n.Name,
+			corev1.LabelHostname:     n.Name,
 			corev1.LabelTopologyZone: n.Zone,
-			corev1.LabelOSStable:    "linux",
-			corev1.LabelArchStable:  "amd64",
+			corev1.LabelOSStable:     "linux",
+			corev1.LabelArchStable:   "amd64",
 		}},
 		Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -257,12 +258,10 @@ func startEtcd(cp *ControlPlane, dir string, logOut io.Writer) (string, error) {
 	if fileExists(filepath.Join(dir, "member")) {
 		ec.ClusterState = embed.ClusterStateFlagExisting
 	}
-	ec.LogLevel = "error"
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	if logOut != io.Discard {
-		ec.LogOutputs = []string{"stderr"}
-		ec.ZapLoggerBuilder = nil
-	}
+	// etcd logs through zap; send its errors where the API server's logs
+	// go rather than to the terminal.
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(zapcore.NewCore(
+		zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(logOut), zapcore.ErrorLevel)))
 	// A local, throwaway cluster: etcd's default snapshot and quota settings
 	// are sized for production; keep memory small.
 	ec.SnapshotCount = 10000

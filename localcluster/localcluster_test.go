@@ -1,0 +1,473 @@
+package localcluster_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/switchboard/switchboard/clustertest"
+	"github.com/switchboard/switchboard/echoserver"
+	"github.com/switchboard/switchboard/localcluster"
+)
+
+var (
+	cluster *localcluster.Cluster
+	client  kubernetes.Interface
+	// startErr is why the shared cluster is missing (not root, ...).
+	startErr error
+)
+
+// TestMain doubles as the pods' echo server and as a stand-alone `up`
+// (for the restart and cleanup tests), so these tests need no separately
+// built binary.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "echo" {
+		os.Exit(runEcho(os.Args[2:]))
+	}
+	if dir := os.Getenv("SWITCHBOARD_TEST_UP"); dir != "" {
+		os.Exit(runUp(dir))
+	}
+	code := func() int {
+		if os.Geteuid() != 0 {
+			startErr = fmt.Errorf("needs root")
+			return m.Run()
+		}
+		dir, err := os.MkdirTemp("", "switchboard-localcluster-")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		cluster, startErr = localcluster.Start(context.Background(), testConfig(dir, 2))
+		if startErr == nil {
+			defer cluster.Stop()
+			client, startErr = kubernetes.NewForConfig(cluster.ControlPlane.RESTConfig)
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func testConfig(dir string, nodes int) localcluster.Config {
+	exe, _ := os.Executable()
+	return localcluster.Config{StateDir: dir, Nodes: nodes, APIServerPort: 0, EchoCommand: []string{exe, "echo"},
+		Logger: testLogger()}
+}
+
+func runEcho(args []string) int {
+	fs := flag.NewFlagSet("echo", flag.ExitOnError)
+	var s echoserver.Server
+	fs.StringVar(&s.Pod, "pod", "", "")
+	fs.StringVar(&s.Namespace, "namespace", "", "")
+	fs.StringVar(&s.PodIP, "pod-ip", "", "")
+	var ports []echoserver.Port
+	fs.Func("port", "", func(v string) error {
+		p, err := echoserver.ParsePort(v)
+		ports = append(ports, p)
+		return err
+	})
+	fs.Parse(args)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := s.Serve(ctx, ports); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func runUp(dir string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	c, err := localcluster.Start(ctx, testConfig(dir, 1))
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	fmt.Println("switchboard is up; export KUBECONFIG=" + c.ControlPlane.KubeconfigPath)
+	<-ctx.Done()
+	c.Stop()
+	return 0
+}
+
+func need(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	if startErr != nil {
+		clustertest.Skip(t, "local cluster not started: "+startErr.Error())
+	}
+	return client
+}
+
+func namespace(t *testing.T, c kubernetes.Interface) string {
+	t.Helper()
+	ns := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	if len(ns) > 40 {
+		ns = ns[:40]
+	}
+	ns = strings.Trim(ns+"-"+rand.String(4), "-")
+	if _, err := c.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func createPod(t *testing.T, c kubernetes.Interface, ns string, pod *corev1.Pod) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := c.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		return err == nil, nil // the namespace's service account may not exist yet
+	})
+	if err != nil {
+		t.Fatalf("create pod %s/%s: %v", ns, pod.Name, err)
+	}
+}
+
+// waitPod waits until cond holds for the pod, and returns it.
+func waitPod(t *testing.T, c kubernetes.Interface, ns, name string, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
+	t.Helper()
+	var last *corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		last = p
+		return cond(p), nil
+	})
+	if err != nil {
+		t.Fatalf("pod %s/%s never %s; last status: %+v", ns, name, what, last.Status)
+	}
+	return last
+}
+
+func isReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func nginxPod(name string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "nginx"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "nginx", Image: "nginx",
+			Ports: []corev1.ContainerPort{{ContainerPort: 80}}}}}}
+}
+
+func commandPod(name string, command ...string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "busybox", Command: command}}}}
+}
+
+// inPod runs a command inside a pod's namespaces, as `switchboard exec` does.
+func inPod(t *testing.T, ns, pod string, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", cluster.Network.PodNS(ns, pod)}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func TestNodesReady(t *testing.T) {
+	c := need(t)
+	nodes, err := c.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes.Items) != 2 {
+		t.Fatalf("%d nodes, want 2", len(nodes.Items))
+	}
+	zones := map[string]bool{}
+	for _, n := range nodes.Items {
+		ready := false
+		for _, cond := range n.Status.Conditions {
+			ready = ready || (cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue)
+		}
+		if !ready {
+			t.Errorf("node %s not Ready: %+v", n.Name, n.Status.Conditions)
+		}
+		if n.Spec.PodCIDR == "" || len(n.Status.Addresses) == 0 || n.Status.Addresses[0].Type != corev1.NodeInternalIP {
+			t.Errorf("node %s: podCIDR %q addresses %v", n.Name, n.Spec.PodCIDR, n.Status.Addresses)
+		}
+		zones[n.Labels[corev1.LabelTopologyZone]] = true
+	}
+	if len(zones) != 2 {
+		t.Errorf("nodes spread over zones %v, want 2 zones", zones)
+	}
+	if out, err := exec.Command("kubectl", "--kubeconfig", cluster.ControlPlane.KubeconfigPath, "get", "nodes").CombinedOutput(); err != nil || strings.Count(string(out), " Ready ") != 2 {
+		t.Errorf("kubectl get nodes: %v\n%s", err, out)
+	}
+}
+
+// TestTutorialPods is the tutorial's start: three nginx pods come up Ready
+// on both nodes, and a pod reaches another node's pod by IP and is seen
+// with its own IP.
+func TestTutorialPods(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	for _, name := range []string{"nginx-1", "nginx-2", "nginx-3"} {
+		createPod(t, c, ns, nginxPod(name))
+	}
+	nodes := map[string]string{}
+	ips := map[string]string{}
+	for _, name := range []string{"nginx-1", "nginx-2", "nginx-3"} {
+		p := waitPod(t, c, ns, name, "Ready", isReady)
+		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || p.Status.HostIP == "" {
+			t.Errorf("pod %s: phase %s podIP %q hostIP %q", name, p.Status.Phase, p.Status.PodIP, p.Status.HostIP)
+		}
+		nodes[name], ips[name] = p.Spec.NodeName, p.Status.PodIP
+	}
+	if nodes["nginx-1"] == nodes["nginx-2"] && nodes["nginx-2"] == nodes["nginx-3"] {
+		t.Errorf("all pods on node %s; want them spread", nodes["nginx-1"])
+	}
+	for _, from := range []string{"nginx-1", "nginx-2", "nginx-3"} {
+		for _, to := range []string{"nginx-1", "nginx-2", "nginx-3"} {
+			if nodes[from] == nodes[to] && from != "nginx-1" {
+				continue
+			}
+			out, err := inPod(t, ns, from, "curl", "-s", "--max-time", "5", "http://"+ips[to]+"/")
+			if err != nil {
+				t.Fatalf("%s -> %s (%s): %v %s", from, to, ips[to], err, out)
+			}
+			var r echoserver.Reply
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("%s -> %s: reply %q: %v", from, to, out, err)
+			}
+			if r.Pod != to || !strings.HasPrefix(r.Peer, ips[from]+":") {
+				t.Errorf("%s -> %s: answered by %s, peer %s; want %s seeing %s", from, to, r.Pod, r.Peer, to, ips[from])
+			}
+		}
+	}
+	resolv, _ := inPod(t, ns, "nginx-1", "cat", "/etc/resolv.conf")
+	for _, want := range []string{"nameserver 10.96.0.10", "search " + ns + ".svc.cluster.local svc.cluster.local cluster.local", "options ndots:5"} {
+		if !strings.Contains(resolv, want) {
+			t.Errorf("pod resolv.conf lacks %q:\n%s", want, resolv)
+		}
+	}
+}
+
+func TestCommandAndCannotRun(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	createPod(t, c, ns, commandPod("sleeper", "sleep", "3600"))
+	createPod(t, c, ns, commandPod("broken", "/no/such/command"))
+	waitPod(t, c, ns, "sleeper", "Ready", isReady)
+	p := waitPod(t, c, ns, "broken", "ContainerCannotRun", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].State.Waiting != nil &&
+			p.Status.ContainerStatuses[0].State.Waiting.Reason == "ContainerCannotRun"
+	})
+	if msg := p.Status.ContainerStatuses[0].State.Waiting.Message; !strings.Contains(msg, "/no/such/command") {
+		t.Errorf("waiting message %q does not name the command", msg)
+	}
+}
+
+func TestReadinessProbe(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	flag := "/tmp/" + ns + "-ready"
+	t.Cleanup(func() { os.Remove(flag) })
+	pod := nginxPod("probed")
+	pod.Spec.Containers[0].ReadinessProbe = &corev1.Probe{PeriodSeconds: 1,
+		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"test", "-e", flag}}}}
+	createPod(t, c, ns, pod)
+	waitPod(t, c, ns, "probed", "Running and not Ready", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning && !isReady(p) })
+	os.WriteFile(flag, nil, 0o644)
+	waitPod(t, c, ns, "probed", "Ready once the probe passes", isReady)
+	os.Remove(flag)
+	waitPod(t, c, ns, "probed", "not Ready once the probe fails", func(p *corev1.Pod) bool { return !isReady(p) })
+
+	http := nginxPod("http-probed")
+	http.Spec.Containers[0].ReadinessProbe = &corev1.Probe{PeriodSeconds: 1,
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(80)}}}
+	createPod(t, c, ns, http)
+	waitPod(t, c, ns, "http-probed", "Ready by its HTTP probe", isReady)
+}
+
+// TestGracefulDeletion: SIGTERM first, SIGKILL at the grace deadline, then
+// the object is gone.
+func TestGracefulDeletion(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	mark := "/tmp/" + ns + "-term"
+	t.Cleanup(func() { os.Remove(mark) })
+	armed := mark + "-armed"
+	t.Cleanup(func() { os.Remove(armed) })
+	polite := commandPod("polite", "sh", "-c", "trap 'echo TERM > "+mark+"; exit 0' TERM; touch "+armed+"; while true; do sleep 0.1; done")
+	// Ready only once the trap is set, so the test cannot delete it before.
+	polite.Spec.Containers[0].ReadinessProbe = &corev1.Probe{PeriodSeconds: 1,
+		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"test", "-e", armed}}}}
+	createPod(t, c, ns, polite)
+	createPod(t, c, ns, commandPod("stubborn", "sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"))
+	waitPod(t, c, ns, "polite", "Ready", isReady)
+	waitPod(t, c, ns, "stubborn", "Ready", isReady)
+	grace := int64(2)
+	for _, name := range []string{"polite", "stubborn"} {
+		if err := c.CoreV1().Pods(ns).Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	p, err := c.CoreV1().Pods(ns).Get(context.Background(), "stubborn", metav1.GetOptions{})
+	if err != nil || p.DeletionTimestamp == nil {
+		t.Fatalf("stubborn pod should be Terminating with a deletionTimestamp: %v", err)
+	}
+	for _, name := range []string{"polite", "stubborn"} {
+		err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			_, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			return err != nil, nil
+		})
+		if err != nil {
+			t.Fatalf("pod %s never went away", name)
+		}
+	}
+	if b, _ := os.ReadFile(mark); strings.TrimSpace(string(b)) != "TERM" {
+		t.Errorf("polite pod did not get SIGTERM (mark %q)", b)
+	}
+	// The stubborn pod ignores SIGTERM, so it can only be gone after its
+	// grace period ran out and SIGKILL came.
+	if took := time.Since(start); took < time.Duration(grace)*time.Second-500*time.Millisecond {
+		t.Errorf("stubborn pod gone after %v, before its %ds grace period", took, grace)
+	}
+	if _, err := os.Stat("/run/netns/" + cluster.Network.PodNS(ns, "stubborn")); err == nil {
+		t.Errorf("network namespace of deleted pod still exists")
+	}
+}
+
+func TestRestartWithBackoff(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	createPod(t, c, ns, commandPod("crasher", "sh", "-c", "exit 3"))
+	p := waitPod(t, c, ns, "crasher", "in CrashLoopBackOff", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].RestartCount >= 1 &&
+			p.Status.ContainerStatuses[0].State.Waiting != nil && p.Status.ContainerStatuses[0].State.Waiting.Reason == "CrashLoopBackOff"
+	})
+	last := p.Status.ContainerStatuses[0].LastTerminationState.Terminated
+	if last == nil || last.ExitCode != 3 {
+		t.Errorf("lastState.terminated = %+v, want exit code 3", last)
+	}
+	never := commandPod("once", "sh", "-c", "exit 0")
+	never.Spec.RestartPolicy = corev1.RestartPolicyNever
+	createPod(t, c, ns, never)
+	waitPod(t, c, ns, "once", "Succeeded", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodSucceeded })
+}
+
+// TestRestartAndCleanup runs `up` as its own process (one API server per
+// process), restarts it on the same state directory, and checks the pod
+// comes back with its IP, a second `up` refuses, and nothing is left behind.
+func TestRestartAndCleanup(t *testing.T) {
+	clustertest.RequireRoot(t)
+	dir := t.TempDir()
+	start := func() (*exec.Cmd, string) {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "SWITCHBOARD_TEST_UP="+dir)
+		out, _ := cmd.StdoutPipe()
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		kubeconfig, ok := strings.CutPrefix(strings.TrimSpace(line), "switchboard is up; export KUBECONFIG=")
+		if !ok {
+			cmd.Process.Kill()
+			t.Fatalf("up printed %q", line)
+		}
+		go io.Copy(io.Discard, out)
+		return cmd, kubeconfig
+	}
+	stop := func(cmd *exec.Cmd) {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	kubectl := func(kubeconfig string, args ...string) string {
+		out, err := exec.Command("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	up, kc := start()
+	manifest := filepath.Join(dir, "pod.yaml")
+	os.WriteFile(manifest, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: keeper, labels: {app: nginx}}\nspec: {containers: [{name: nginx, image: nginx, ports: [{containerPort: 80}]}]}\n"), 0o644)
+	kubectl(kc, "apply", "-f", manifest)
+	kubectl(kc, "wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s")
+	ip := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.podIP}")
+
+	second := exec.Command(os.Args[0], "-test.run=^$")
+	second.Env = append(os.Environ(), "SWITCHBOARD_TEST_UP="+dir)
+	out, _ := second.CombinedOutput()
+	if !strings.Contains(string(out), "already using state directory") {
+		t.Errorf("second up on the same state dir: %q, want a refusal", out)
+	}
+
+	stop(up)
+	n := localcluster.NewNetwork(dir, cluster.Network.NodeCIDR, cluster.Network.PodCIDR)
+	assertNothingLeft(t, n.Prefix)
+
+	up, kc = start()
+	kubectl(kc, "wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s")
+	if again := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.podIP}"); again != ip {
+		t.Errorf("pod IP after restart %s, want %s", again, ip)
+	}
+	stop(up)
+	assertNothingLeft(t, n.Prefix)
+}
+
+func assertNothingLeft(t *testing.T, prefix string) {
+	t.Helper()
+	for _, dir := range []string{"/run/netns", "/etc/netns"} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), prefix+"-") {
+				t.Errorf("%s/%s left behind", dir, e.Name())
+			}
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  localcluster.Config
+		want string
+	}{
+		{"overlapping pod and service CIDR", localcluster.Config{Nodes: 1, PodCIDR: "10.96.0.0/16"}, "overlap"},
+		{"zero nodes", localcluster.Config{Nodes: 0}, "--nodes must be at least 1"},
+		{"bad CIDR", localcluster.Config{Nodes: 1, NodeCIDR: "nonsense"}, "--node-cidr"},
+		{"unwritable state dir", localcluster.Config{Nodes: 1, StateDir: "/proc/switchboard-state"}, "/proc/switchboard-state"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.cfg.StateDir == "" {
+				tc.cfg.StateDir = t.TempDir()
+			}
+			_, err := localcluster.Start(context.Background(), tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// testLogger keeps the cluster quiet unless SWITCHBOARD_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("SWITCHBOARD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}

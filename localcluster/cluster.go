@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/switchboard/switchboard/controlplane"
+	"github.com/switchboard/switchboard/proxy"
 )
 
 // Config describes the local cluster to run.
@@ -193,6 +194,20 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config) error {
 		c.runtimes = append(c.runtimes, rt)
 	}
 	factory.Start(ctx.Done())
+	for _, info := range c.nodes {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			// One node proxy per node, in process, programming that node's
+			// namespace, exactly as `switchboard proxy` would on a real node.
+			err := proxy.Run(ctx, proxy.Config{Client: client, NodeName: info.Name, NodeIPs: []netip.Addr{info.IP},
+				NetNS: info.NetNS, ClusterCIDRs: []netip.Prefix{n.PodCIDR},
+				HealthzBindAddress: "0.0.0.0:10256", MetricsBindAddress: "127.0.0.1:10249", Logger: cfg.Logger})
+			if err != nil && ctx.Err() == nil {
+				cfg.Logger.Error("node proxy stopped", "node", info.Name, "err", err)
+			}
+		}()
+	}
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/switchboard/switchboard/controlplane"
+	"github.com/switchboard/switchboard/endpointslice"
 	"github.com/switchboard/switchboard/proxy"
 )
 
@@ -147,6 +148,13 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := controlplane.StartWorkloadControllers(runCtx, restCfg); err != nil {
 		return fail(err)
 	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := endpointslice.Run(runCtx, restCfg, endpointslice.Options{Logger: cfg.Logger}, 4); err != nil && runCtx.Err() == nil {
+			cfg.Logger.Error("endpointslice controller stopped", "err", err)
+		}
+	}()
 	if err := c.startNodes(runCtx, restCfg); err != nil {
 		return fail(err)
 	}

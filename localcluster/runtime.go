@@ -259,6 +259,10 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 		}
 		if terminating {
 			w.terminate(ctrs, pod, log)
+			// The namespace goes before the object, so a pod gone from the
+			// API never leaves a network behind (the deferred teardown is
+			// then a no-op).
+			r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
 			r.finalizeDelete(ctx, pod)
 			return
 		}

@@ -1,0 +1,418 @@
+// Command endpointslice benchmarks switchboard's EndpointSlice controller
+// against upstream kube-controller-manager's, in one run on one in-process
+// control plane: cold start of 1,000 Services x 10 pods, slice writes per pod
+// Ready flip, flip-to-slice latency, a burst of 100 flips, and RSS.
+//
+//	go build -o /tmp/sb ./cmd/switchboard
+//	go run ./bench/endpointslice [-switchboard /tmp/sb] [-kcm /work/ref/kube-controller-manager]
+//
+// Both controllers run as separate processes so their RSS compares like for
+// like. Writes are counted as watch events (create/update/delete) on slices
+// carrying the controller's managed-by label: every successful write produces
+// exactly one.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/switchboard/switchboard/controlplane"
+	"github.com/switchboard/switchboard/endpointslice"
+)
+
+const ns = "bench"
+
+var (
+	nServices = flag.Int("services", 1000, "Services")
+	nPods     = flag.Int("pods", 10, "pods per Service")
+	nFlips    = flag.Int("flips", 200, "single flips measured")
+	sbBin     = flag.String("switchboard", "/tmp/sb", "switchboard binary (go build -o /tmp/sb ./cmd/switchboard)")
+	kcmBin    = flag.String("kcm", "/work/ref/kube-controller-manager", "upstream kube-controller-manager binary; skipped if missing")
+	kcmFast   = flag.Bool("kcm-fast", true, "also run upstream with --kube-api-qps=1000 --kube-api-burst=2000")
+)
+
+type result struct {
+	name         string
+	cold         time.Duration
+	writesPerFlp float64
+	p50, p99     time.Duration // from sending the status patch
+	ackP50       time.Duration // from the patch's response
+	ackP99       time.Duration
+	burst        time.Duration
+	rss, hwm     string
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "sb-bench-eps-")
+	must(err)
+	defer os.RemoveAll(dir)
+	cp, err := controlplane.Start(ctx, controlplane.Config{StateDir: dir})
+	must(err)
+	defer cp.Stop()
+	must(controlplane.StartHousekeeping(ctx, cp.RESTConfig))
+	cfg := rest.CopyConfig(cp.RESTConfig)
+	cfg.QPS, cfg.Burst = 5000, 10000
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	client := kubernetes.NewForConfigOrDie(cfg)
+
+	t0 := time.Now()
+	populate(ctx, client)
+	log.Printf("created %d Services x %d pods (Ready) in %v", *nServices, *nPods, time.Since(t0).Round(time.Millisecond))
+
+	var results []result
+	runs := []struct {
+		name, managedBy string
+		cmd             []string
+	}{{"switchboard", endpointslice.ManagedBy, []string{*sbBin, "controller", "--kubeconfig", cp.KubeconfigPath}}}
+	if _, err := os.Stat(*kcmBin); err == nil {
+		base := []string{*kcmBin, "--kubeconfig", cp.KubeconfigPath, "--controllers=endpointslice-controller", "--leader-elect=false", "--secure-port=0"}
+		runs = append(runs, struct {
+			name, managedBy string
+			cmd             []string
+		}{"kcm (defaults)", "endpointslice-controller.k8s.io", base})
+		if *kcmFast {
+			runs = append(runs, struct {
+				name, managedBy string
+				cmd             []string
+			}{"kcm (qps 1000)", "endpointslice-controller.k8s.io", append(append([]string{}, base...), "--kube-api-qps=1000", "--kube-api-burst=2000")})
+		}
+	} else {
+		log.Printf("upstream %s not found, measuring switchboard only", *kcmBin)
+	}
+	for _, r := range runs {
+		results = append(results, measure(ctx, client, r.name, r.managedBy, r.cmd, filepath.Join(dir, strings.Fields(r.name)[0]+".log")))
+	}
+
+	fmt.Printf("\n%d Services x %d pods, %d single flips, burst of 100\n", *nServices, *nPods, *nFlips)
+	fmt.Printf("%-26s", "metric")
+	for _, r := range results {
+		fmt.Printf("%18s", r.name)
+	}
+	fmt.Println()
+	row := func(name string, f func(result) string) {
+		fmt.Printf("%-26s", name)
+		for _, r := range results {
+			fmt.Printf("%18s", f(r))
+		}
+		fmt.Println()
+	}
+	row("cold start", func(r result) string { return r.cold.Round(time.Millisecond).String() })
+	row("slice writes per flip", func(r result) string { return fmt.Sprintf("%.2f", r.writesPerFlp) })
+	row("flip->slice p50", func(r result) string { return r.p50.Round(10 * time.Microsecond).String() })
+	row("flip->slice p99", func(r result) string { return r.p99.Round(10 * time.Microsecond).String() })
+	row("patch-ack->slice p50", func(r result) string { return r.ackP50.Round(10 * time.Microsecond).String() })
+	row("patch-ack->slice p99", func(r result) string { return r.ackP99.Round(10 * time.Microsecond).String() })
+	row("burst of 100 reflected", func(r result) string { return r.burst.Round(time.Millisecond).String() })
+	row("RSS (VmRSS at end)", func(r result) string { return r.rss })
+	row("peak RSS (VmHWM)", func(r result) string { return r.hwm })
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+func parallel(n, workers int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func podName(s, p int) string { return fmt.Sprintf("s%04d-p%02d", s, p) }
+
+func populate(ctx context.Context, client kubernetes.Interface) {
+	_, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	must(err)
+	_, err = client.CoreV1().Nodes().Create(ctx, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "bench-node",
+		Labels: map[string]string{v1.LabelTopologyZone: "zone-a"}}}, metav1.CreateOptions{})
+	must(err)
+	// The API server admits pods only once the namespace's default service
+	// account exists (created by the housekeeping controllers).
+	for {
+		if _, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	parallel(*nServices, 32, func(s int) {
+		name := fmt.Sprintf("s%04d", s)
+		_, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: v1.ServiceSpec{Selector: map[string]string{"app": name},
+				Ports: []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: v1.ProtocolTCP}}},
+		}, metav1.CreateOptions{})
+		must(err)
+	})
+	parallel(*nServices**nPods, 32, func(i int) {
+		s, p := i / *nPods, i%*nPods
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: podName(s, p), Labels: map[string]string{"app": fmt.Sprintf("s%04d", s)}},
+			Spec: v1.PodSpec{NodeName: "bench-node", Containers: []v1.Container{{Name: "app", Image: "registry.invalid/app",
+				Ports: []v1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: v1.ProtocolTCP}}}}},
+		}
+		created, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		must(err)
+		ip := fmt.Sprintf("10.%d.%d.%d", 100+i/65536, (i/256)%256, i%256)
+		created.Status = v1.PodStatus{Phase: v1.PodRunning, PodIP: ip, PodIPs: []v1.PodIP{{IP: ip}},
+			Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionTrue, LastTransitionTime: metav1.Now()}}}
+		_, err = client.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		must(err)
+	})
+}
+
+// observer follows one manager's slices and answers "is pod X's endpoint
+// ready=Y yet" and "how many writes so far".
+type observer struct {
+	mu      sync.Mutex
+	ready   map[string]bool           // pod -> ready
+	perSvc  map[string]map[string]int // Service -> slice -> endpoints
+	writes  atomic.Int64
+	waiters map[string]chan time.Time // "pod=ready" -> notify
+	full    int                       // Services with all nPods endpoints
+	fullCh  chan time.Time
+}
+
+func newObserver() *observer {
+	return &observer{ready: map[string]bool{}, perSvc: map[string]map[string]int{},
+		waiters: map[string]chan time.Time{}, fullCh: make(chan time.Time, 1)}
+}
+
+func (o *observer) apply(s *discovery.EndpointSlice, deleted bool) {
+	now := time.Now()
+	o.writes.Add(1)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	svc := s.Labels[discovery.LabelServiceName]
+	if o.perSvc[svc] == nil {
+		o.perSvc[svc] = map[string]int{}
+	}
+	wasFull := o.count(svc) == *nPods
+	n := 0
+	if !deleted {
+		for _, e := range s.Endpoints {
+			if e.TargetRef == nil {
+				continue
+			}
+			r := e.Conditions.Ready != nil && *e.Conditions.Ready
+			o.ready[e.TargetRef.Name] = r
+			n++
+			key := fmt.Sprintf("%s=%v", e.TargetRef.Name, r)
+			if ch, ok := o.waiters[key]; ok {
+				ch <- now
+				delete(o.waiters, key)
+			}
+		}
+	}
+	o.perSvc[svc][s.Name] = n
+	isFull := o.count(svc) == *nPods
+	if isFull && !wasFull {
+		o.full++
+		if o.full == *nServices {
+			select {
+			case o.fullCh <- now:
+			default:
+			}
+		}
+	} else if wasFull && !isFull {
+		o.full--
+	}
+}
+
+func (o *observer) count(svc string) int {
+	n := 0
+	for _, c := range o.perSvc[svc] {
+		n += c
+	}
+	return n
+}
+
+func (o *observer) wait(pod string, ready bool) chan time.Time {
+	ch := make(chan time.Time, 1)
+	o.mu.Lock()
+	o.waiters[fmt.Sprintf("%s=%v", pod, ready)] = ch
+	o.mu.Unlock()
+	return ch
+}
+
+func flip(ctx context.Context, client kubernetes.Interface, pod string, ready bool) {
+	st := "False"
+	if ready {
+		st = "True"
+	}
+	patch := fmt.Sprintf(`{"status":{"conditions":[{"type":"Ready","status":%q,"lastTransitionTime":%q}]}}`,
+		st, time.Now().UTC().Format(time.RFC3339))
+	_, err := client.CoreV1().Pods(ns).Patch(ctx, pod, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status")
+	must(err)
+}
+
+func measure(ctx context.Context, client kubernetes.Interface, name, managedBy string, argv []string, logPath string) result {
+	res := result{name: name}
+	// Clean slate: no slices of anyone.
+	must(client.DiscoveryV1().EndpointSlices(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}))
+	for {
+		l, err := client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{Limit: 1})
+		must(err)
+		if len(l.Items) == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	obs := newObserver()
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discovery.LabelManagedBy + "=" + managedBy }))
+	inf := factory.Discovery().V1().EndpointSlices().Informer()
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
+		UpdateFunc: func(_, obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
+		DeleteFunc: func(obj any) {
+			if s, ok := obj.(*discovery.EndpointSlice); ok {
+				obs.apply(s, true)
+			}
+		},
+	})
+	factory.Start(wctx.Done())
+	cache.WaitForCacheSync(wctx.Done(), inf.HasSynced)
+
+	logf, err := os.Create(logPath)
+	must(err)
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	start := time.Now()
+	must(cmd.Start())
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}()
+	select {
+	case done := <-obs.fullCh:
+		res.cold = done.Sub(start)
+	case <-time.After(5 * time.Minute):
+		log.Fatalf("%s: cold start did not complete (log %s)", name, logPath)
+	}
+	log.Printf("%s: cold start %v", name, res.cold)
+	time.Sleep(3 * time.Second) // let delayed resyncs settle before counting writes
+
+	// Single flips, one at a time, each on a different Service.
+	var lat, patchRTT, afterAck []time.Duration
+	w0 := obs.writes.Load()
+	for i := range *nFlips {
+		pod := podName((i*7)%*nServices, i%*nPods)
+		obs.mu.Lock()
+		want := !obs.ready[pod]
+		obs.mu.Unlock()
+		ch := obs.wait(pod, want)
+		t := time.Now()
+		flip(ctx, client, pod, want)
+		patchRTT = append(patchRTT, time.Since(t))
+		select {
+		case seen := <-ch:
+			lat = append(lat, seen.Sub(t))
+			afterAck = append(afterAck, seen.Sub(t)-patchRTT[len(patchRTT)-1])
+		case <-time.After(time.Minute):
+			log.Fatalf("%s: flip of %s never reflected", name, pod)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	res.writesPerFlp = float64(obs.writes.Load()-w0) / float64(*nFlips)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	res.p50 = lat[len(lat)/2]
+	res.p99 = lat[len(lat)*99/100]
+	sort.Slice(afterAck, func(i, j int) bool { return afterAck[i] < afterAck[j] })
+	res.ackP50, res.ackP99 = afterAck[len(afterAck)/2], afterAck[len(afterAck)*99/100]
+	sort.Slice(patchRTT, func(i, j int) bool { return patchRTT[i] < patchRTT[j] })
+	log.Printf("%s: flips p50 %v p99 %v, %.2f writes/flip (the status patch alone: p50 %v p99 %v)", name, res.p50, res.p99, res.writesPerFlp,
+		patchRTT[len(patchRTT)/2], patchRTT[len(patchRTT)*99/100])
+
+	// Burst: 100 flips on 100 Services, issued concurrently (well within one
+	// second), until every one is reflected.
+	chans := make([]chan time.Time, 100)
+	pods := make([]string, 100)
+	wants := make([]bool, 100)
+	for i := range 100 {
+		pods[i] = podName(i%*nServices, (i / *nServices + 5)%*nPods)
+		obs.mu.Lock()
+		wants[i] = !obs.ready[pods[i]]
+		obs.mu.Unlock()
+		chans[i] = obs.wait(pods[i], wants[i])
+	}
+	bstart := time.Now()
+	parallel(100, 16, func(i int) { flip(ctx, client, pods[i], wants[i]) })
+	issued := time.Since(bstart)
+	var last time.Time
+	for _, ch := range chans {
+		select {
+		case seen := <-ch:
+			if seen.After(last) {
+				last = seen
+			}
+		case <-time.After(time.Minute):
+			log.Fatalf("%s: burst flip never reflected", name)
+		}
+	}
+	res.burst = last.Sub(bstart)
+	log.Printf("%s: burst issued in %v, reflected in %v", name, issued, res.burst)
+
+	res.rss, res.hwm = procMem(cmd.Process.Pid)
+	return res
+}
+
+func procMem(pid int) (rss, hwm string) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?", "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		var kb int
+		fmt.Sscan(f[1], &kb)
+		switch f[0] {
+		case "VmRSS:":
+			rss = fmt.Sprintf("%.1f MB", float64(kb)/1024)
+		case "VmHWM:":
+			hwm = fmt.Sprintf("%.1f MB", float64(kb)/1024)
+		}
+	}
+	return rss, hwm
+}

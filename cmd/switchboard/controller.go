@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -43,6 +44,11 @@ func controllerCmd() *cobra.Command {
 			level := slog.LevelInfo
 			if verbose {
 				level = slog.LevelDebug
+			}
+			if os.Getenv("GOGC") == "" {
+				// The caches are the heap; collecting at 25% growth instead of
+				// 100% trades a little CPU for a much lower peak RSS.
+				debug.SetGCPercent(25)
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

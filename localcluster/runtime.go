@@ -421,10 +421,15 @@ func (w *podWorker) policy() corev1.RestartPolicy {
 }
 
 // terminate runs the graceful part of a deletion: SIGTERM, then SIGKILL
-// once the pod's grace period (ending at its deletionTimestamp) is over.
+// once the pod's grace period is over.
 func (w *podWorker) terminate(ctrs []*container, pod *corev1.Pod, log *slog.Logger) {
-	deadline := pod.DeletionTimestamp.Time
-	grace := time.Until(deadline)
+	// Like the kubelet, count the grace period from when the deletion is
+	// seen: deletionTimestamp has whole-second precision, so a deadline
+	// taken from it alone could cut the period by up to a second.
+	grace := time.Until(pod.DeletionTimestamp.Time)
+	if g := pod.DeletionGracePeriodSeconds; g != nil {
+		grace = time.Duration(*g) * time.Second
+	}
 	if grace < 0 {
 		grace = 0
 	}

@@ -1,0 +1,336 @@
+package dns
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchboard/switchboard/clustertest"
+)
+
+func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
+
+// testServer serves an index fed from the real API server on loopback.
+type testServer struct {
+	srv  *Server
+	addr string
+}
+
+func startServer(t *testing.T, client kubernetes.Interface, upstreams []string) *testServer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	idx := NewIndex()
+	if err := idx.Watch(ctx, client); err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(Config{Upstreams: upstreams, UpstreamTimeout: 300 * time.Millisecond}, idx)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServePacket(ctx, pc)
+	go srv.ServeListener(ctx, l)
+	return &testServer{srv: srv, addr: pc.LocalAddr().String()}
+}
+
+func (ts *testServer) query(t *testing.T, network, name string, qtype uint16, edns uint16) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	if edns > 0 {
+		m.SetEdns0(edns, false)
+	}
+	c := &dns.Client{Net: network, Timeout: 2 * time.Second, UDPSize: 65535}
+	in, _, err := c.Exchange(m, ts.addr)
+	if err != nil {
+		t.Fatalf("%s %s over %s: %v", dns.TypeToString[qtype], name, network, err)
+	}
+	return in
+}
+
+// rrs renders records without TTL variance, sorted, for comparison.
+func rrs(records []dns.RR) []string {
+	var out []string
+	for _, rr := range records {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			continue
+		}
+		out = append(out, strings.ReplaceAll(rr.String(), "\t", " "))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func create(t *testing.T, c kubernetes.Interface, ns string, objs ...any) {
+	t.Helper()
+	ctx := context.Background()
+	for _, o := range objs {
+		var err error
+		switch o := o.(type) {
+		case *corev1.Service:
+			_, err = c.CoreV1().Services(ns).Create(ctx, o, metav1.CreateOptions{})
+		case *discoveryv1.EndpointSlice:
+			_, err = c.DiscoveryV1().EndpointSlices(ns).Create(ctx, o, metav1.CreateOptions{})
+		case *corev1.Pod:
+			var p *corev1.Pod
+			status := o.Status
+			err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				p, err = c.CoreV1().Pods(ns).Create(ctx, o, metav1.CreateOptions{})
+				return err == nil, nil
+			})
+			if err == nil {
+				p.Status = status
+				_, err = c.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+			}
+		}
+		if err != nil {
+			t.Fatalf("create %T: %v", o, err)
+		}
+	}
+}
+
+func slice(name, svc string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4, Ports: ports, Endpoints: eps,
+	}
+}
+
+func ep(ip string, ready bool, hostname string) discoveryv1.Endpoint {
+	e := discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)}}
+	if hostname != "" {
+		e.Hostname = ptr.To(hostname)
+	}
+	return e
+}
+
+// TestRecords checks every record kind with its exact answer.
+func TestRecords(t *testing.T) {
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	httpPort := []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}}
+	web := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}, {Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}}}
+	create(t, client, ns, web,
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db"}, Spec: corev1.ServiceSpec{ClusterIP: "None",
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}},
+		slice("db-a", "db", httpPort, ep("10.244.9.11", true, "db-0"), ep("10.244.9.12", true, ""), ep("10.244.9.13", false, "")),
+		slice("db-b", "db", httpPort, ep("10.244.9.14", true, "")),
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ext"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.org"}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}},
+			Status: corev1.PodStatus{PodIP: "10.244.9.12", PodIPs: []corev1.PodIP{{IP: "10.244.9.12"}}}},
+	)
+	svc, err := client.CoreV1().Services(ns).Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := svc.Spec.ClusterIP
+	ts := startServer(t, client, nil)
+	z := "cluster.local."
+	s := func(name string) string { return name + "." + ns + ".svc." + z }
+	rev := func(ip string) string {
+		p := strings.Split(ip, ".")
+		return p[3] + "." + p[2] + "." + p[1] + "." + p[0] + ".in-addr.arpa."
+	}
+	soa := "cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local."
+	for _, tc := range []struct {
+		name   string
+		qtype  uint16
+		rcode  int
+		answer []string
+		extra  []string
+	}{
+		{s("web"), dns.TypeA, dns.RcodeSuccess, []string{s("web") + " 30 IN A " + vip}, nil},
+		{strings.ToUpper(s("web")), dns.TypeA, dns.RcodeSuccess, []string{strings.ToUpper(s("web")) + " 30 IN A " + vip}, nil},
+		{s("web"), dns.TypeAAAA, dns.RcodeSuccess, nil, nil}, // NODATA
+		{s("web"), dns.TypeMX, dns.RcodeSuccess, nil, nil},
+		{"_http._tcp." + s("web"), dns.TypeSRV, dns.RcodeSuccess, []string{"_http._tcp." + s("web") + " 30 IN SRV 0 100 80 " + s("web")}, []string{s("web") + " 30 IN A " + vip}},
+		{"_dns._udp." + s("web"), dns.TypeSRV, dns.RcodeSuccess, []string{"_dns._udp." + s("web") + " 30 IN SRV 0 100 53 " + s("web")}, []string{s("web") + " 30 IN A " + vip}},
+		{"_http._udp." + s("web"), dns.TypeSRV, dns.RcodeNameError, nil, nil},
+		{"_nope._tcp." + s("web"), dns.TypeSRV, dns.RcodeNameError, nil, nil},
+		{s("web"), dns.TypeSRV, dns.RcodeSuccess, []string{s("web") + " 30 IN SRV 0 50 53 " + s("web"), s("web") + " 30 IN SRV 0 50 80 " + s("web")}, []string{s("web") + " 30 IN A " + vip}},
+		{s("nosuch"), dns.TypeA, dns.RcodeNameError, nil, nil},
+		{s("db"), dns.TypeA, dns.RcodeSuccess, []string{s("db") + " 30 IN A 10.244.9.11", s("db") + " 30 IN A 10.244.9.12", s("db") + " 30 IN A 10.244.9.14"}, nil},
+		{"db-0." + s("db"), dns.TypeA, dns.RcodeSuccess, []string{"db-0." + s("db") + " 30 IN A 10.244.9.11"}, nil},
+		{"10-244-9-12." + s("db"), dns.TypeA, dns.RcodeSuccess, []string{"10-244-9-12." + s("db") + " 30 IN A 10.244.9.12"}, nil},
+		{"10-244-9-13." + s("db"), dns.TypeA, dns.RcodeNameError, nil, nil}, // not ready
+		{"_http._tcp." + s("db"), dns.TypeSRV, dns.RcodeSuccess, []string{
+			"_http._tcp." + s("db") + " 30 IN SRV 0 33 8080 10-244-9-12." + s("db"),
+			"_http._tcp." + s("db") + " 30 IN SRV 0 33 8080 10-244-9-14." + s("db"),
+			"_http._tcp." + s("db") + " 30 IN SRV 0 33 8080 db-0." + s("db")}, []string{
+			"10-244-9-12." + s("db") + " 30 IN A 10.244.9.12", "10-244-9-14." + s("db") + " 30 IN A 10.244.9.14", "db-0." + s("db") + " 30 IN A 10.244.9.11"}},
+		{s("ext"), dns.TypeA, dns.RcodeSuccess, []string{s("ext") + " 30 IN CNAME example.org."}, nil},
+		{rev(vip), dns.TypePTR, dns.RcodeSuccess, []string{rev(vip) + " 30 IN PTR " + s("web")}, nil},
+		{rev("10.244.9.11"), dns.TypePTR, dns.RcodeSuccess, []string{rev("10.244.9.11") + " 30 IN PTR db-0." + s("db")}, nil},
+		{"dns-version." + z, dns.TypeTXT, dns.RcodeSuccess, []string{"dns-version." + z + ` 30 IN TXT "1.1.0"`}, nil},
+		{"10-244-9-12." + ns + ".pod." + z, dns.TypeA, dns.RcodeSuccess, []string{"10-244-9-12." + ns + ".pod." + z + " 30 IN A 10.244.9.12"}, nil},
+		{"10-244-9-99." + ns + ".pod." + z, dns.TypeA, dns.RcodeNameError, nil, nil}, // no such pod: verified
+		{ns + ".svc." + z, dns.TypeA, dns.RcodeSuccess, nil, nil},
+		{"no-such-namespace.svc." + z, dns.TypeA, dns.RcodeNameError, nil, nil},
+		{"nonsense." + z, dns.TypeA, dns.RcodeNameError, nil, nil},
+		{z, dns.TypeNS, dns.RcodeSuccess, []string{z + " 30 IN NS ns.dns." + z}, nil},
+	} {
+		t.Run(dns.TypeToString[tc.qtype]+" "+tc.name, func(t *testing.T) {
+			var in *dns.Msg
+			// The index follows the API through informers: wait for it.
+			wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+				in = ts.query(t, "udp", tc.name, tc.qtype, 0)
+				return in.Rcode == tc.rcode && strings.Join(rrs(in.Answer), "\n") == strings.Join(tc.answer, "\n"), nil
+			})
+			if in.Rcode != tc.rcode {
+				t.Errorf("rcode %s, want %s", dns.RcodeToString[in.Rcode], dns.RcodeToString[tc.rcode])
+			}
+			if got := rrs(in.Answer); strings.Join(got, "\n") != strings.Join(tc.answer, "\n") {
+				t.Errorf("answer\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.answer, "\n"))
+			}
+			if got := rrs(in.Extra); tc.extra != nil && strings.Join(got, "\n") != strings.Join(tc.extra, "\n") {
+				t.Errorf("extra\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tc.extra, "\n"))
+			}
+			if !in.Authoritative {
+				t.Error("answer from the cluster zone is not authoritative")
+			}
+			if len(in.Answer) == 0 {
+				if len(in.Ns) != 1 || !strings.HasPrefix(strings.ReplaceAll(in.Ns[0].String(), "\t", " "), soa) {
+					t.Errorf("negative answer authority %v, want the zone SOA %q...", in.Ns, soa)
+				}
+				if s, ok := in.Ns[0].(*dns.SOA); ok && (s.Refresh != 7200 || s.Retry != 1800 || s.Expire != 86400 || s.Minttl != 30) {
+					t.Errorf("SOA timers %v", s)
+				}
+			}
+		})
+	}
+}
+
+// TestTruncation checks a headless answer too big for 512 bytes sets TC
+// over UDP, fits in a large EDNS0 buffer, and comes whole over TCP.
+func TestTruncation(t *testing.T) {
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	var eps []discoveryv1.Endpoint
+	for i := 1; i <= 60; i++ {
+		eps = append(eps, ep(fmt.Sprintf("10.244.8.%d", i), true, ""))
+	}
+	create(t, client, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "big"}, Spec: corev1.ServiceSpec{ClusterIP: "None"}},
+		slice("big-a", "big", nil, eps...))
+	ts := startServer(t, client, nil)
+	name := "big." + ns + ".svc.cluster.local."
+	var tcp *dns.Msg
+	wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		tcp = ts.query(t, "tcp", name, dns.TypeA, 0)
+		return len(tcp.Answer) == 60, nil
+	})
+	if len(tcp.Answer) != 60 || tcp.Truncated {
+		t.Fatalf("TCP: %d answers, truncated %v; want 60, false", len(tcp.Answer), tcp.Truncated)
+	}
+	if udp := ts.query(t, "udp", name, dns.TypeA, 0); !udp.Truncated || len(udp.Answer) >= 60 {
+		t.Errorf("UDP without EDNS0: truncated %v with %d answers; want TC and fewer", udp.Truncated, len(udp.Answer))
+	}
+	big := ts.query(t, "udp", name, dns.TypeA, 4096)
+	if big.Truncated || len(big.Answer) != 60 || big.IsEdns0() == nil {
+		t.Errorf("UDP with EDNS0 4096: truncated %v, %d answers, OPT %v; want whole with OPT", big.Truncated, len(big.Answer), big.IsEdns0())
+	}
+}
+
+// TestForwarding checks out-of-zone names go upstream, are cached, and
+// that with no upstream answering the client gets SERVFAIL, not silence.
+func TestForwarding(t *testing.T) {
+	client, _ := clustertest.Client(t)
+	var asked atomic.Int32
+	up := &dns.Server{Addr: "127.0.0.1:0", Net: "udp", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		asked.Add(1)
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("192.0.2.7")}}
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	up.NotifyStartedFunc = func() { close(started) }
+	go up.ListenAndServe()
+	<-started
+	t.Cleanup(func() { up.Shutdown() })
+	ts := startServer(t, client, []string{up.PacketConn.LocalAddr().String()})
+	for i := 0; i < 3; i++ {
+		in := ts.query(t, "udp", "www.example.com.", dns.TypeA, 0)
+		if in.Rcode != dns.RcodeSuccess || len(in.Answer) != 1 || in.Answer[0].(*dns.A).A.String() != "192.0.2.7" {
+			t.Fatalf("forwarded answer %v", in)
+		}
+	}
+	if n := asked.Load(); n != 1 {
+		t.Errorf("upstream asked %d times for one name; want 1 (cache)", n)
+	}
+	dead := startServer(t, client, []string{"127.0.0.1:1"})
+	if in := dead.query(t, "udp", "www.example.com.", dns.TypeA, 0); in.Rcode != dns.RcodeServerFailure {
+		t.Errorf("no upstream: rcode %s, want SERVFAIL", dns.RcodeToString[in.Rcode])
+	}
+}
+
+// TestMalformed checks bad queries get an error rcode and the server lives on.
+func TestMalformed(t *testing.T) {
+	srv := NewServer(Config{}, NewIndex())
+	two := new(dns.Msg)
+	two.SetQuestion("a.cluster.local.", dns.TypeA)
+	two.Question = append(two.Question, dns.Question{Name: "b.cluster.local.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
+	if m := srv.respond(two, "udp"); m.Rcode != dns.RcodeFormatError {
+		t.Errorf("two questions: %s, want FORMERR", dns.RcodeToString[m.Rcode])
+	}
+	upd := new(dns.Msg)
+	upd.SetUpdate("cluster.local.")
+	if m := srv.respond(upd, "udp"); m.Rcode != dns.RcodeNotImplemented {
+		t.Errorf("UPDATE: %s, want NOTIMP", dns.RcodeToString[m.Rcode])
+	}
+	weird := new(dns.Msg)
+	weird.SetQuestion("x.svc.cluster.local.", 65280)
+	if m := srv.respond(weird, "udp"); m.Rcode != dns.RcodeNameError {
+		t.Errorf("unknown type for a missing name: %s, want NXDOMAIN", dns.RcodeToString[m.Rcode])
+	}
+}
+
+// FuzzRespond feeds arbitrary packets through parsing and answering: no
+// input may panic, and every answer must pack within the size limit.
+func FuzzRespond(f *testing.F) {
+	for _, name := range []string{"web.default.svc.cluster.local.", "_http._tcp.db.ns.svc.cluster.local.", "1.0.96.10.in-addr.arpa.", "dns-version.cluster.local.", "10-244-1-2.ns.pod.cluster.local."} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		b, _ := m.Pack()
+		f.Add(b)
+	}
+	idx := NewIndex()
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	idx.SetService("default", "web", svc)
+	idx.SetNamespace("default", true)
+	srv := NewServer(Config{}, idx)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := new(dns.Msg)
+		if err := r.Unpack(b); err != nil {
+			return // the wire server answers FORMERR before us
+		}
+		m := srv.respond(r, "udp")
+		out, err := m.Pack()
+		if err != nil {
+			t.Fatalf("reply does not pack: %v", err)
+		}
+		if len(out) > 65535 {
+			t.Fatalf("reply of %d bytes", len(out))
+		}
+	})
+}

@@ -1,0 +1,129 @@
+package dns
+
+import (
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// forwarder sends names outside the cluster zone to upstream resolvers, in
+// order, and caches their answers for their TTL (negative answers for the
+// SOA minimum), so a pod's repeated lookups of the same external name cost
+// one upstream query.
+type forwarder struct {
+	upstreams []string
+	timeout   time.Duration
+	max       int
+	mu        sync.Mutex
+	cache     map[cacheKey]cacheEntry
+}
+
+type cacheKey struct {
+	name  string
+	qtype uint16
+	do    bool
+}
+
+type cacheEntry struct {
+	msg     *dns.Msg
+	expires time.Time
+}
+
+func newForwarder(upstreams []string, timeout time.Duration, max int) *forwarder {
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	if max == 0 {
+		max = 10000
+	}
+	return &forwarder{upstreams: upstreams, timeout: timeout, max: max, cache: map[cacheKey]cacheEntry{}}
+}
+
+// forward returns the upstream answer to r, or nil when none answered.
+func (f *forwarder) forward(r *dns.Msg) *dns.Msg {
+	q := r.Question[0]
+	key := cacheKey{strings.ToLower(q.Name), q.Qtype, r.IsEdns0() != nil && r.IsEdns0().Do()}
+	now := time.Now()
+	f.mu.Lock()
+	if e, ok := f.cache[key]; ok && now.Before(e.expires) {
+		f.mu.Unlock()
+		m := e.msg.Copy()
+		m.Id = r.Id
+		age := uint32(now.Sub(e.expires.Add(-ttlOf(e.msg))).Seconds())
+		for _, rrs := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+			for _, rr := range rrs {
+				if rr.Header().Rrtype != dns.TypeOPT && rr.Header().Ttl > age {
+					rr.Header().Ttl -= age
+				}
+			}
+		}
+		return m
+	}
+	f.mu.Unlock()
+	for _, up := range f.upstreams {
+		in, err := f.exchange(r, up)
+		if err != nil || in == nil {
+			continue
+		}
+		if in.Rcode == dns.RcodeSuccess || in.Rcode == dns.RcodeNameError {
+			f.store(key, in, now)
+		}
+		return in
+	}
+	return nil
+}
+
+// exchange asks one upstream over UDP and retries over TCP when the answer
+// was truncated.
+func (f *forwarder) exchange(r *dns.Msg, upstream string) (*dns.Msg, error) {
+	c := &dns.Client{Net: "udp", Timeout: f.timeout, UDPSize: dns.DefaultMsgSize}
+	in, _, err := c.Exchange(r, upstream)
+	if err == nil && in.Truncated {
+		c.Net = "tcp"
+		in, _, err = c.Exchange(r, upstream)
+	}
+	return in, err
+}
+
+func (f *forwarder) store(key cacheKey, m *dns.Msg, now time.Time) {
+	ttl := ttlOf(m)
+	if ttl <= 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.cache) >= f.max {
+		for k, e := range f.cache { // evict expired first, else anything
+			if now.After(e.expires) || len(f.cache) >= f.max {
+				delete(f.cache, k)
+			}
+			if len(f.cache) < f.max*9/10 {
+				break
+			}
+		}
+	}
+	f.cache[key] = cacheEntry{msg: m.Copy(), expires: now.Add(ttl)}
+}
+
+// ttlOf is how long an answer may be cached: its smallest record TTL, or
+// for a negative answer the SOA's minimum, capped at an hour.
+func ttlOf(m *dns.Msg) time.Duration {
+	ttl := uint32(3600)
+	seen := false
+	for _, rr := range m.Answer {
+		ttl, seen = min(ttl, rr.Header().Ttl), true
+	}
+	if !seen {
+		for _, rr := range m.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				ttl, seen = min(ttl, soa.Minttl, soa.Hdr.Ttl), true
+			}
+		}
+	}
+	if !seen {
+		return 0
+	}
+	return time.Duration(ttl) * time.Second
+}

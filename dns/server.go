@@ -1,0 +1,216 @@
+// Package dns is switchboard's cluster DNS: the Kubernetes DNS-Based Service
+// Discovery specification served from an in-memory index that informers on
+// Services, EndpointSlices, Pods and Namespaces keep current, answering as
+// CoreDNS's kubernetes plugin does with kubeadm's Corefile, and forwarding
+// names outside the zone to upstream resolvers through a cache.
+package dns
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Zone is the cluster domain, default "cluster.local".
+	Zone string
+	// TTL of answers from the cluster zone, default 30 (kubeadm's Corefile).
+	TTL uint32
+	// Upstreams are "host:port" resolvers for names outside the zone.
+	Upstreams []string
+	// UpstreamTimeout bounds one upstream exchange, default 2s.
+	UpstreamTimeout time.Duration
+	// CacheSize caps cached upstream answers, default 10000.
+	CacheSize int
+	Logger    *slog.Logger
+}
+
+// Server answers DNS queries. Its zero value is not usable; use NewServer.
+type Server struct {
+	zone    string
+	ttl     uint32
+	index   *Index
+	fwd     *forwarder
+	log     *slog.Logger
+	metrics *metrics
+	ready   chan struct{}
+}
+
+// NewServer returns a server answering from index.
+func NewServer(cfg Config, index *Index) *Server {
+	if cfg.Zone == "" {
+		cfg.Zone = "cluster.local"
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 30
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Server{
+		zone: dns.Fqdn(strings.ToLower(cfg.Zone)), ttl: cfg.TTL, index: index,
+		fwd: newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.CacheSize), log: cfg.Logger,
+		metrics: newMetrics(), ready: make(chan struct{}),
+	}
+}
+
+// MarkReady makes /ready answer 200: call it once the index has synced.
+func (s *Server) MarkReady() {
+	select {
+	case <-s.ready:
+	default:
+		close(s.ready)
+	}
+}
+
+// ServeDNS implements dns.Handler.
+func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	start := time.Now()
+	proto := "udp"
+	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+		proto = "tcp"
+	}
+	m := s.respond(r, proto)
+	w.WriteMsg(m)
+	qtype := "other"
+	if len(r.Question) == 1 {
+		if t, ok := dns.TypeToString[r.Question[0].Qtype]; ok {
+			qtype = t
+		}
+	}
+	s.metrics.observe(proto, qtype, dns.RcodeToString[m.Rcode], time.Since(start))
+}
+
+// respond builds the reply to r, sized for the transport.
+func (s *Server) respond(r *dns.Msg, proto string) *dns.Msg {
+	m := new(dns.Msg)
+	if len(r.Question) != 1 || r.Opcode != dns.OpcodeQuery {
+		m.SetRcode(r, dns.RcodeFormatError)
+		if r.Opcode != dns.OpcodeQuery {
+			m.SetRcode(r, dns.RcodeNotImplemented)
+		}
+		return m
+	}
+	q := r.Question[0]
+	q.Name = strings.ToLower(dns.Fqdn(q.Name))
+	a := s.resolve(q)
+	if a.forward {
+		if up := s.fwd.forward(r); up != nil {
+			return s.fit(r, up, proto)
+		}
+		m.SetRcode(r, dns.RcodeServerFailure)
+		return s.fit(r, m, proto)
+	}
+	m.SetReply(r)
+	m.Authoritative = true
+	m.Rcode = a.rcode
+	m.Answer, m.Extra = a.answer, a.extra
+	if len(a.answer) == 0 {
+		m.Ns = []dns.RR{s.soa()}
+	}
+	// Answer in the case the client asked in (dns0x20).
+	for _, rr := range m.Answer {
+		if strings.EqualFold(rr.Header().Name, r.Question[0].Name) {
+			rr.Header().Name = r.Question[0].Name
+		}
+	}
+	return s.fit(r, m, proto)
+}
+
+// fit sizes m to what the client can take: over UDP 512 bytes, or its EDNS0
+// buffer size; over TCP 64 KiB. Truncate drops records and sets TC so the
+// client retries over TCP.
+func (s *Server) fit(r, m *dns.Msg, proto string) *dns.Msg {
+	m.Id = r.Id
+	size := dns.MinMsgSize
+	if opt := r.IsEdns0(); opt != nil {
+		size = max(int(opt.UDPSize()), dns.MinMsgSize)
+		if m.IsEdns0() == nil {
+			m.SetEdns0(uint16(min(size, 1232)), opt.Do())
+		}
+	}
+	if proto == "tcp" {
+		size = dns.MaxMsgSize
+	}
+	m.Truncate(size)
+	return m
+}
+
+// ServePacket answers UDP queries on conn until ctx ends.
+func (s *Server) ServePacket(ctx context.Context, conn net.PacketConn) error {
+	srv := &dns.Server{PacketConn: conn, Handler: s, UDPSize: dns.MaxMsgSize}
+	return serveUntil(ctx, srv, srv.ActivateAndServe)
+}
+
+// ServeListener answers TCP queries on l until ctx ends.
+func (s *Server) ServeListener(ctx context.Context, l net.Listener) error {
+	srv := &dns.Server{Listener: l, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second}
+	return serveUntil(ctx, srv, srv.ActivateAndServe)
+}
+
+func serveUntil(ctx context.Context, srv *dns.Server, serve func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- serve() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		srv.Shutdown()
+		<-done
+		return nil
+	}
+}
+
+// HealthHandler serves /health (alive), /ready (index synced) and /metrics.
+func (s *Server) HealthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "OK") })
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-s.ready:
+			fmt.Fprintln(w, "OK")
+		default:
+			http.Error(w, "index not synced", http.StatusServiceUnavailable)
+		}
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// metrics are the server's Prometheus series, on a registry of its own.
+type metrics struct {
+	registry  *prometheus.Registry
+	requests  *prometheus.CounterVec
+	responses *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchboard_dns", Name: "requests_total",
+			Help: "DNS requests by transport and query type."}, []string{"proto", "type"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchboard_dns", Name: "responses_total",
+			Help: "DNS responses by rcode."}, []string{"rcode"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "switchboard_dns", Name: "request_duration_seconds",
+			Help: "Time to answer a request.", Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10)}, []string{"proto"}),
+	}
+	m.registry.MustRegister(m.requests, m.responses, m.duration)
+	return m
+}
+
+func (m *metrics) observe(proto, qtype, rcode string, d time.Duration) {
+	m.requests.WithLabelValues(proto, qtype).Inc()
+	m.responses.WithLabelValues(rcode).Inc()
+	m.duration.WithLabelValues(proto).Observe(d.Seconds())
+}
+

@@ -1,0 +1,116 @@
+package dns
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Watch keeps x current from the API through informers and returns once
+// their first lists are in. Pods are kept only as their addresses, so the
+// index costs memory per Service and endpoint, not per pod object.
+func (x *Index) Watch(ctx context.Context, client kubernetes.Interface) error {
+	factory := informers.NewSharedInformerFactory(client, 0)
+	svc := factory.Core().V1().Services().Informer()
+	slices := factory.Discovery().V1().EndpointSlices().Informer()
+	nss := factory.Core().V1().Namespaces().Informer()
+	pods := factory.Core().V1().Pods().Informer()
+	for _, inf := range []cache.SharedIndexInformer{svc, slices, nss, pods} {
+		if err := inf.SetTransform(trim); err != nil {
+			return fmt.Errorf("dns: informer transform: %w", err)
+		}
+	}
+	svc.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { s := o.(*corev1.Service); x.SetService(s.Namespace, s.Name, s) },
+		UpdateFunc: func(_, o any) { s := o.(*corev1.Service); x.SetService(s.Namespace, s.Name, s) },
+		DeleteFunc: func(o any) {
+			if s, ok := unwrap(o).(*corev1.Service); ok {
+				x.SetService(s.Namespace, s.Name, nil)
+			}
+		},
+	})
+	setSlice := func(o any, deleted bool) {
+		s, ok := unwrap(o).(*discoveryv1.EndpointSlice)
+		if !ok {
+			return
+		}
+		svcName := s.Labels[discoveryv1.LabelServiceName]
+		if svcName == "" {
+			return
+		}
+		if deleted {
+			s = nil
+		}
+		x.SetSlice(unwrap(o).(*discoveryv1.EndpointSlice).Namespace, svcName, unwrap(o).(*discoveryv1.EndpointSlice).Name, s)
+	}
+	slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) { setSlice(o, false) },
+		UpdateFunc: func(old, o any) {
+			// A slice relabelled to another Service leaves the first.
+			if a, b := old.(*discoveryv1.EndpointSlice), o.(*discoveryv1.EndpointSlice); a.Labels[discoveryv1.LabelServiceName] != b.Labels[discoveryv1.LabelServiceName] {
+				setSlice(old, true)
+			}
+			setSlice(o, false)
+		},
+		DeleteFunc: func(o any) { setSlice(o, true) },
+	})
+	nss.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { x.SetNamespace(o.(*corev1.Namespace).Name, true) },
+		DeleteFunc: func(o any) { x.SetNamespace(unwrap(o).(metav1.Object).GetName(), false) },
+	})
+	pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) { p := o.(*corev1.Pod); x.SetPodIPs(p.Namespace, nil, podAddrs(p)) },
+		UpdateFunc: func(old, o any) {
+			p := o.(*corev1.Pod)
+			x.SetPodIPs(p.Namespace, podAddrs(old.(*corev1.Pod)), podAddrs(p))
+		},
+		DeleteFunc: func(o any) {
+			if p, ok := unwrap(o).(*corev1.Pod); ok {
+				x.SetPodIPs(p.Namespace, podAddrs(p), nil)
+			}
+		},
+	})
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), svc.HasSynced, slices.HasSynced, nss.HasSynced, pods.HasSynced) {
+		return fmt.Errorf("dns: informers did not sync: %w", ctx.Err())
+	}
+	return nil
+}
+
+func unwrap(o any) any {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		return d.Obj
+	}
+	return o
+}
+
+func podAddrs(p *corev1.Pod) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range p.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// trim drops what DNS never reads before objects enter the caches.
+func trim(o any) (any, error) {
+	if m, ok := o.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+		m.SetAnnotations(nil)
+		m.SetOwnerReferences(nil)
+	}
+	if p, ok := o.(*corev1.Pod); ok {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion},
+			Status: corev1.PodStatus{PodIPs: p.Status.PodIPs}}, nil
+	}
+	return o, nil
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/switchboard/switchboard/dns"
+)
+
+func dnsCmd() *cobra.Command {
+	var cf clientFlags
+	var cfg dns.Config
+	var listen, health, resolvConf string
+	var upstreams []string
+	cmd := &cobra.Command{
+		Use:   "dns",
+		Short: "Serve cluster DNS (a drop-in for CoreDNS's kubernetes plugin) on UDP and TCP",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rc, err := cf.restConfig("dns")
+			if err != nil {
+				return err
+			}
+			client, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return err
+			}
+			if len(upstreams) == 0 {
+				if upstreams, err = nameservers(resolvConf); err != nil {
+					return err
+				}
+			}
+			cfg.Upstreams = upstreams
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			pc, err := net.ListenPacket("udp", listen)
+			if err != nil {
+				return fmt.Errorf("--listen %s (udp): %w", listen, err)
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("--listen %s (tcp): %w", listen, err)
+			}
+			idx := dns.NewIndex()
+			srv := dns.NewServer(cfg, idx)
+			if health != "" {
+				hl, err := net.Listen("tcp", health)
+				if err != nil {
+					return fmt.Errorf("--health-listen %s: %w", health, err)
+				}
+				go http.Serve(hl, srv.HealthHandler())
+			}
+			if err := idx.Watch(ctx, client); err != nil {
+				return err
+			}
+			srv.MarkReady()
+			cfg.Logger.Info("serving cluster DNS", "listen", listen, "zone", cfg.Zone, "upstreams", upstreams)
+			errc := make(chan error, 2)
+			go func() { errc <- srv.ServePacket(ctx, pc) }()
+			go func() { errc <- srv.ServeListener(ctx, l) }()
+			return errors.Join(<-errc, <-errc)
+		},
+	}
+	f := cmd.Flags()
+	cf.addTo(f, 50, 100)
+	f.StringVar(&listen, "listen", ":53", "address to serve DNS on, UDP and TCP")
+	f.StringVar(&cfg.Zone, "zone", "cluster.local", "cluster domain")
+	f.Uint32Var(&cfg.TTL, "ttl", 30, "TTL of answers from the cluster zone, seconds")
+	f.StringArrayVar(&upstreams, "upstream", nil, "resolver (host:port) for names outside the zone; default: the nameservers of --resolv-conf")
+	f.StringVar(&resolvConf, "resolv-conf", "/etc/resolv.conf", "file whose nameservers are the default upstreams")
+	f.StringVar(&health, "health-listen", ":8080", "address for /health, /ready and /metrics; empty disables")
+	return cmd
+}
+
+// nameservers reads the nameserver lines of a resolv.conf as host:53.
+func nameservers(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read upstreams from %s (or pass --upstream): %w", path, err)
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "nameserver" {
+			out = append(out, net.JoinHostPort(fields[1], "53"))
+		}
+	}
+	return out, sc.Err()
+}

@@ -30,7 +30,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(versionCmd(), upCmd(), doctorCmd(), proxyCmd(), echoCmd(), execCmd(), controllerCmd())
+	root.AddCommand(versionCmd(), upCmd(), doctorCmd(), proxyCmd(), echoCmd(), execCmd(), controllerCmd(), dnsCmd())
 	if err := root.Execute(); err != nil {
 		if errors.Is(err, errFoundProblem) {
 			os.Exit(3)

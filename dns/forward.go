@@ -1,6 +1,9 @@
 package dns
 
 import (
+	"fmt"
+	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -126,4 +129,20 @@ func ttlOf(m *dns.Msg) time.Duration {
 		return 0
 	}
 	return time.Duration(ttl) * time.Second
+}
+
+// Nameservers reads the nameserver lines of a resolv.conf as host:53, the
+// default upstreams for names outside the cluster zone.
+func Nameservers(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read upstream resolvers from %s: %w", path, err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "nameserver" {
+			out = append(out, net.JoinHostPort(f[1], "53"))
+		}
+	}
+	return out, nil
 }

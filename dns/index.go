@@ -42,8 +42,8 @@ type service struct {
 // Reads (queries) take a read lock; each write recomputes one Service.
 type Index struct {
 	mu         sync.RWMutex
-	services   map[string]*service                                // ns/name
-	specs      map[string]*corev1.Service                         // ns/name
+	services   map[string]*service                              // ns/name
+	specs      map[string]*corev1.Service                       // ns/name
 	slices     map[string]map[string]*discoveryv1.EndpointSlice // service ns/name -> slice name
 	namespaces map[string]int
 	podIPs     map[string]map[netip.Addr]int // namespace -> pod IP -> pods with it

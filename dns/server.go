@@ -213,4 +213,3 @@ func (m *metrics) observe(proto, qtype, rcode string, d time.Duration) {
 	m.responses.WithLabelValues(rcode).Inc()
 	m.duration.WithLabelValues(proto).Observe(d.Seconds())
 }
-

@@ -202,6 +202,9 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config) error {
 		c.runtimes = append(c.runtimes, rt)
 	}
 	factory.Start(ctx.Done())
+	if err := c.startClusterDNS(ctx, client); err != nil {
+		return err
+	}
 	for _, info := range c.nodes {
 		c.wg.Add(1)
 		go func() {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -38,7 +36,7 @@ func dnsCmd() *cobra.Command {
 				return err
 			}
 			if len(upstreams) == 0 {
-				if upstreams, err = nameservers(resolvConf); err != nil {
+				if upstreams, err = dns.Nameservers(resolvConf); err != nil {
 					return err
 				}
 			}
@@ -83,22 +81,4 @@ func dnsCmd() *cobra.Command {
 	f.StringVar(&resolvConf, "resolv-conf", "/etc/resolv.conf", "file whose nameservers are the default upstreams")
 	f.StringVar(&health, "health-listen", ":8080", "address for /health, /ready and /metrics; empty disables")
 	return cmd
-}
-
-// nameservers reads the nameserver lines of a resolv.conf as host:53.
-func nameservers(path string) ([]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("read upstreams from %s (or pass --upstream): %w", path, err)
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "nameserver" {
-			out = append(out, net.JoinHostPort(fields[1], "53"))
-		}
-	}
-	return out, sc.Err()
 }

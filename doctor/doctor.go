@@ -452,7 +452,7 @@ func sliceFindings(svc *corev1.Service, pods []corev1.Pod, slices []discoveryv1.
 			continue
 		}
 		if lacksNamedTargetPort(svc, p) {
-			continue // reported above; such pods get no endpoint
+			continue // reported above; they serve none of the Service's ports
 		}
 		for _, ip := range podIPs(p) {
 			want[ip] = p.Name
@@ -467,6 +467,11 @@ func sliceFindings(svc *corev1.Service, pods []corev1.Pod, slices []discoveryv1.
 	}
 	have := map[string]bool{}
 	for _, sl := range slices {
+		if len(sl.Ports) == 0 && len(svc.Spec.Ports) > 0 {
+			// Upstream keeps pods lacking a named targetPort in a slice
+			// without ports; they carry no traffic and were reported above.
+			continue
+		}
 		for _, ep := range sl.Endpoints {
 			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
 				continue

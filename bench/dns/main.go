@@ -1,0 +1,431 @@
+// Command dns benchmarks `switchboard dns` against CoreDNS's kubernetes
+// plugin, in one run on one in-process control plane holding 1,000 ClusterIP
+// Services x 9 endpoints plus 100 headless Services x 10 endpoints (Services
+// and EndpointSlices as API objects). Each server runs as its own process on
+// loopback and is driven by dnsperf at saturation and at a fixed rate.
+//
+//	scripts/deps   # installs dnsperf
+//	go run ./bench/dns [-coredns /work/ref/coredns] [-duration 20s]
+//
+// The query mix: 65% A of ClusterIP Services, 15% A of headless Services, 10%
+// SRV of named ports, 10% names inside the zone that do not exist (NXDOMAIN).
+// Saturation runs twice: without -v for QPS (dnsperf printing a line per
+// query takes CPU from the shared cores), and with -v for latency.
+// Latency percentiles come from dnsperf -v's per-query latencies; CPU per
+// query is the server's utime+stime delta over the run divided by answered
+// queries; RSS is VmRSS after the run.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/switchboard/switchboard/controlplane"
+)
+
+const (
+	ns   = "bench"
+	zone = "cluster.local"
+)
+
+var (
+	nClusterIP  = flag.Int("services", 1000, "ClusterIP Services")
+	nClusterEPs = flag.Int("endpoints", 9, "endpoints per ClusterIP Service")
+	nHeadless   = flag.Int("headless", 100, "headless Services")
+	nHeadlessEP = flag.Int("headless-endpoints", 10, "endpoints per headless Service")
+	duration    = flag.Duration("duration", 20*time.Second, "length of each dnsperf run")
+	satClients  = flag.String("saturate", "-c 10 -T 2 -q 500", "dnsperf flags for the saturation run")
+	fixedQPS    = flag.Int("qps", 10000, "rate of the fixed-rate run")
+	corednsBin  = flag.String("coredns", "/work/ref/coredns", "CoreDNS binary (v1.15.0); skipped if missing")
+)
+
+// run is one server under test.
+type run struct {
+	name string
+	cmd  []string
+	port int
+}
+
+// result is one dnsperf run against one server.
+type result struct {
+	qps      float64
+	answered int64
+	lost     int64
+	p50, p99 time.Duration
+	cpuPerQ  time.Duration
+	rss      string
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	ctx := context.Background()
+	if _, err := exec.LookPath("dnsperf"); err != nil {
+		log.Fatal("dnsperf not found: run scripts/deps")
+	}
+	dir, err := os.MkdirTemp("", "sb-bench-dns-")
+	must(err)
+	defer os.RemoveAll(dir)
+
+	sbBin := filepath.Join(dir, "sbdns")
+	log.Printf("building switchboard into %s", sbBin)
+	build := exec.Command("go", "build", "-o", sbBin, "./cmd/switchboard")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	must(build.Run())
+
+	cp, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "cp"), APIServerPort: 0})
+	must(err)
+	defer cp.Stop()
+	must(controlplane.StartHousekeeping(ctx, cp.RESTConfig))
+	cfg := rest.CopyConfig(cp.RESTConfig)
+	cfg.QPS, cfg.Burst = 2000, 4000
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	client := kubernetes.NewForConfigOrDie(cfg)
+
+	t0 := time.Now()
+	populate(ctx, client)
+	log.Printf("created %d ClusterIP Services x %d endpoints and %d headless x %d in %v",
+		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, time.Since(t0).Round(time.Millisecond))
+
+	queries := filepath.Join(dir, "queries.txt")
+	must(writeQueries(queries, 100000))
+
+	kc := cp.KubeconfigPath
+	runs := []run{{name: "switchboard", port: freePort()}}
+	runs[0].cmd = []string{sbBin, "dns", "--kubeconfig", kc, "--listen", fmt.Sprintf("127.0.0.1:%d", runs[0].port),
+		"--upstream", "127.0.0.1:1", "--health-listen", fmt.Sprintf("127.0.0.1:%d", freePort())}
+	if _, err := os.Stat(*corednsBin); err == nil {
+		for _, cached := range []bool{true, false} {
+			name := "coredns kubeadm"
+			if !cached {
+				name = "coredns no cache"
+			}
+			port := freePort()
+			cf := filepath.Join(dir, fmt.Sprintf("Corefile-%d", port))
+			must(os.WriteFile(cf, []byte(corefile(port, kc, cached)), 0o644))
+			runs = append(runs, run{name: name, port: port, cmd: []string{*corednsBin, "-conf", cf}})
+		}
+	} else {
+		log.Printf("CoreDNS %s not found, measuring switchboard only", *corednsBin)
+	}
+
+	type row struct {
+		name            string
+		quiet, sat, fix result
+	}
+	var rows []row
+	for _, r := range runs {
+		logf, err := os.Create(filepath.Join(dir, strings.ReplaceAll(r.name, " ", "-")+".log"))
+		must(err)
+		c := exec.Command(r.cmd[0], r.cmd[1:]...)
+		c.Stdout, c.Stderr = logf, logf
+		must(c.Start())
+		addr := fmt.Sprintf("127.0.0.1:%d", r.port)
+		if err := waitAnswer(addr, 60*time.Second); err != nil {
+			c.Process.Kill()
+			logf.Close()
+			b, _ := os.ReadFile(logf.Name())
+			log.Fatalf("%s never answered: %v\n%s", r.name, err, b)
+		}
+		log.Printf("%s (pid %d) answers on %s", r.name, c.Process.Pid, addr)
+		quiet := drive(c.Process.Pid, addr, queries, false, strings.Fields(*satClients))
+		log.Printf("%s saturation without -v: %.0f QPS", r.name, quiet.qps)
+		sat := drive(c.Process.Pid, addr, queries, true, strings.Fields(*satClients))
+		log.Printf("%s saturation: %.0f QPS p50 %v p99 %v", r.name, sat.qps, sat.p50, sat.p99)
+		fix := drive(c.Process.Pid, addr, queries, true, []string{"-c", "10", "-T", "2", "-Q", strconv.Itoa(*fixedQPS)})
+		log.Printf("%s at %d QPS: %.0f QPS p50 %v p99 %v", r.name, *fixedQPS, fix.qps, fix.p50, fix.p99)
+		rows = append(rows, row{r.name, quiet, sat, fix})
+		c.Process.Kill()
+		c.Wait()
+		logf.Close()
+	}
+
+	fmt.Printf("\n%d ClusterIP Services x %d endpoints + %d headless x %d; mix 65%% A, 15%% headless A, 10%% SRV, 10%% NXDOMAIN; %v per run\n",
+		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, *duration)
+	fmt.Printf("%-30s", "metric")
+	for _, r := range rows {
+		fmt.Printf("%18s", r.name)
+	}
+	fmt.Println()
+	line := func(name string, f func(row) string) {
+		fmt.Printf("%-30s", name)
+		for _, r := range rows {
+			fmt.Printf("%18s", f(r))
+		}
+		fmt.Println()
+	}
+	sat := "sat (" + *satClients + ")"
+	fix := fmt.Sprintf("%dk QPS", *fixedQPS/1000)
+	line(sat+" QPS, no -v", func(r row) string { return fmt.Sprintf("%.0f", r.quiet.qps) })
+	line(sat+" CPU/q, no -v", func(r row) string { return r.quiet.cpuPerQ.Round(100 * time.Nanosecond).String() })
+	line(sat+" QPS", func(r row) string { return fmt.Sprintf("%.0f", r.sat.qps) })
+	line(sat+" p50", func(r row) string { return r.sat.p50.Round(time.Microsecond).String() })
+	line(sat+" p99", func(r row) string { return r.sat.p99.Round(time.Microsecond).String() })
+	line(sat+" lost", func(r row) string { return strconv.FormatInt(r.sat.lost, 10) })
+	line(sat+" CPU/query", func(r row) string { return r.sat.cpuPerQ.Round(100 * time.Nanosecond).String() })
+	line(fix+" QPS", func(r row) string { return fmt.Sprintf("%.0f", r.fix.qps) })
+	line(fix+" p50", func(r row) string { return r.fix.p50.Round(time.Microsecond).String() })
+	line(fix+" p99", func(r row) string { return r.fix.p99.Round(time.Microsecond).String() })
+	line(fix+" lost", func(r row) string { return strconv.FormatInt(r.fix.lost, 10) })
+	line(fix+" CPU/query", func(r row) string { return r.fix.cpuPerQ.Round(100 * time.Nanosecond).String() })
+	line("RSS (VmRSS after runs)", func(r row) string { return r.fix.rss })
+}
+
+// corefile is kubeadm's default Corefile, bound to loopback and free ports
+// so it runs beside other servers; cached=false drops the `cache 30` line.
+func corefile(port int, kubeconfig string, cached bool) string {
+	cache := "    cache 30\n"
+	if !cached {
+		cache = ""
+	}
+	return fmt.Sprintf(`.:%d {
+    bind 127.0.0.1
+    errors
+    health 127.0.0.1:%d {
+       lameduck 5s
+    }
+    ready 127.0.0.1:%d
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+       kubeconfig %s
+    }
+    prometheus 127.0.0.1:%d
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+%s    loop
+    reload
+    loadbalance
+}
+`, port, freePort(), freePort(), kubeconfig, freePort(), cache)
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func parallel(n, workers int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func clusterName(i int) string  { return fmt.Sprintf("svc%04d", i) }
+func headlessName(i int) string { return fmt.Sprintf("hl%03d", i) }
+
+// populate creates the Services and, since no EndpointSlice controller runs,
+// their slices.
+func populate(ctx context.Context, client kubernetes.Interface) {
+	_, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	must(err)
+	ports := []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: v1.ProtocolTCP}}
+	name, proto, port := "http", v1.ProtocolTCP, int32(8080)
+	slicePorts := []discovery.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}}
+	ready := true
+	create := func(svc string, headless bool, eps, base int) {
+		spec := v1.ServiceSpec{Ports: ports, Selector: map[string]string{"app": svc}}
+		if headless {
+			spec.ClusterIP = v1.ClusterIPNone
+		}
+		_, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: svc}, Spec: spec}, metav1.CreateOptions{})
+		must(err)
+		slice := &discovery.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-bench", Labels: map[string]string{discovery.LabelServiceName: svc}},
+			AddressType: discovery.AddressTypeIPv4,
+			Ports:       slicePorts,
+		}
+		for p := range eps {
+			i := base + p
+			slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{
+				Addresses:  []string{fmt.Sprintf("10.%d.%d.%d", 100+i/65536, (i/256)%256, i%256)},
+				Conditions: discovery.EndpointConditions{Ready: &ready},
+				TargetRef:  &v1.ObjectReference{Kind: "Pod", Namespace: ns, Name: fmt.Sprintf("%s-p%02d", svc, p)},
+			})
+		}
+		_, err = client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{})
+		must(err)
+	}
+	parallel(*nClusterIP, 32, func(s int) { create(clusterName(s), false, *nClusterEPs, s**nClusterEPs) })
+	base := *nClusterIP * *nClusterEPs
+	parallel(*nHeadless, 32, func(s int) { create(headlessName(s), true, *nHeadlessEP, base+s**nHeadlessEP) })
+}
+
+// writeQueries writes n dnsperf queries in the benchmark's mix, shuffled
+// with a fixed seed so every server sees the same sequence.
+func writeQueries(path string, n int) error {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var b strings.Builder
+	for range n {
+		x := rng.IntN(100)
+		switch {
+		case x < 65:
+			fmt.Fprintf(&b, "%s.%s.svc.%s A\n", clusterName(rng.IntN(*nClusterIP)), ns, zone)
+		case x < 80:
+			fmt.Fprintf(&b, "%s.%s.svc.%s A\n", headlessName(rng.IntN(*nHeadless)), ns, zone)
+		case x < 90:
+			svc := clusterName(rng.IntN(*nClusterIP))
+			if rng.IntN(2) == 0 {
+				svc = headlessName(rng.IntN(*nHeadless))
+			}
+			fmt.Fprintf(&b, "_http._tcp.%s.%s.svc.%s SRV\n", svc, ns, zone)
+		default:
+			fmt.Fprintf(&b, "nosuch%05d.%s.svc.%s A\n", rng.IntN(100000), ns, zone)
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// waitAnswer polls until the server answers a known Service's A record.
+func waitAnswer(addr string, timeout time.Duration) error {
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(clusterName(0)+"."+ns+".svc."+zone), dns.TypeA)
+	c := &dns.Client{Timeout: 500 * time.Millisecond}
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		r, _, err := c.Exchange(q, addr)
+		switch {
+		case err != nil:
+			last = err
+		case r.Rcode == dns.RcodeSuccess && len(r.Answer) > 0:
+			return nil
+		default:
+			last = fmt.Errorf("rcode %s, %d answers", dns.RcodeToString[r.Rcode], len(r.Answer))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return last
+}
+
+// cpuTime is a process's utime+stime from /proc/PID/stat.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	must(err)
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 of the whole line, in clock ticks (USER_HZ = 100).
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+func vmRSS(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	must(err)
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "?"
+}
+
+var (
+	reCompleted = regexp.MustCompile(`Queries completed:\s+(\d+)`)
+	reLost      = regexp.MustCompile(`Queries lost:\s+(\d+)`)
+	reQPS       = regexp.MustCompile(`Queries per second:\s+([\d.]+)`)
+)
+
+// drive runs dnsperf -v against addr and reads its per-query latencies.
+// Without verbose, dnsperf spends no CPU printing per-query lines (the
+// machine's cores are shared with the server), so QPS is higher but there
+// are no percentiles.
+func drive(pid int, addr, queries string, verbose bool, extra []string) result {
+	host, port, _ := net.SplitHostPort(addr)
+	args := []string{"-s", host, "-p", port, "-d", queries, "-l", strconv.Itoa(int(duration.Seconds()))}
+	if verbose {
+		args = append(args, "-v")
+	}
+	args = append(args, extra...)
+	c := exec.Command("dnsperf", args...)
+	out, err := c.StdoutPipe()
+	must(err)
+	c.Stderr = os.Stderr
+	cpu0 := cpuTime(pid)
+	must(c.Start())
+	var lat []time.Duration
+	var summary strings.Builder
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.HasPrefix(l, "> ") {
+			f := strings.Fields(l)
+			if s, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+				lat = append(lat, time.Duration(s*float64(time.Second)))
+			}
+			continue
+		}
+		summary.WriteString(l)
+		summary.WriteByte('\n')
+	}
+	must(c.Wait())
+	cpu := cpuTime(pid) - cpu0
+	fmt.Fprintf(os.Stderr, "dnsperf %s\n%s", strings.Join(args, " "), summary.String())
+	var r result
+	s := summary.String()
+	if m := reCompleted.FindStringSubmatch(s); m != nil {
+		r.answered, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	if m := reLost.FindStringSubmatch(s); m != nil {
+		r.lost, _ = strconv.ParseInt(m[1], 10, 64)
+	}
+	if m := reQPS.FindStringSubmatch(s); m != nil {
+		r.qps, _ = strconv.ParseFloat(m[1], 64)
+	}
+	if r.answered > 0 {
+		r.cpuPerQ = cpu / time.Duration(r.answered)
+	}
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		r.p50 = lat[len(lat)*50/100]
+		r.p99 = lat[len(lat)*99/100]
+	}
+	r.rss = vmRSS(pid)
+	return r
+}

@@ -55,7 +55,7 @@ func TestNodePortRange(t *testing.T) {
 	ns := Namespace(t, client)
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "np"},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{{Port: 80, NodePort: 29999}}},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{{Port: 80, NodePort: 29999}}},
 	}
 	_, err := client.CoreV1().Services(ns).Create(context.Background(), svc, metav1.CreateOptions{})
 	if err == nil || !strings.Contains(err.Error(), "30000-32767") {

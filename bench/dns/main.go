@@ -82,7 +82,8 @@ type result struct {
 func main() {
 	flag.Parse()
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
-	ctx := context.Background()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	if _, err := exec.LookPath("dnsperf"); err != nil {
 		log.Fatal("dnsperf not found: run scripts/deps")
 	}
@@ -98,7 +99,7 @@ func main() {
 
 	cp, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "cp"), APIServerPort: 0})
 	must(err)
-	defer cp.Stop()
+	defer stopControlPlane(cp, cancel)
 	must(controlplane.StartHousekeeping(ctx, cp.RESTConfig))
 	cfg := rest.CopyConfig(cp.RESTConfig)
 	cfg.QPS, cfg.Burst = 2000, 4000
@@ -165,13 +166,13 @@ func main() {
 
 	fmt.Printf("\n%d ClusterIP Services x %d endpoints + %d headless x %d; mix 65%% A, 15%% headless A, 10%% SRV, 10%% NXDOMAIN; %v per run\n",
 		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, *duration)
-	fmt.Printf("%-30s", "metric")
+	fmt.Printf("%-36s", "metric")
 	for _, r := range rows {
 		fmt.Printf("%18s", r.name)
 	}
 	fmt.Println()
 	line := func(name string, f func(row) string) {
-		fmt.Printf("%-30s", name)
+		fmt.Printf("%-36s", name)
 		for _, r := range rows {
 			fmt.Printf("%18s", f(r))
 		}
@@ -192,6 +193,20 @@ func main() {
 	line(fix+" lost", func(r row) string { return strconv.FormatInt(r.fix.lost, 10) })
 	line(fix+" CPU/query", func(r row) string { return r.fix.cpuPerQ.Round(100 * time.Nanosecond).String() })
 	line("RSS (VmRSS after runs)", func(r row) string { return r.fix.rss })
+}
+
+// stopControlPlane stops the housekeeping controllers and the control plane,
+// but waits for it only so long: an API server that takes minutes to shut
+// down must not keep the benchmark from finishing once its table is out.
+func stopControlPlane(cp *controlplane.ControlPlane, cancel context.CancelFunc) {
+	cancel()
+	stopped := make(chan struct{})
+	go func() { cp.Stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(15 * time.Second):
+		log.Printf("control plane still stopping after 15s; exiting anyway")
+	}
 }
 
 // corefile is kubeadm's default Corefile, bound to loopback and free ports

@@ -72,8 +72,14 @@ func (c *Cluster) ensureKubeDNSService(ctx context.Context, client kubernetes.In
 			Labels: map[string]string{"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
 		Spec: corev1.ServiceSpec{ClusterIP: c.Config.DNSIP, Ports: ports},
 	}
-	if _, err := client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create service kube-system/kube-dns at %s: %w", c.Config.DNSIP, err)
+	// Look first: on a restarted cluster the Service exists, and creating
+	// it again fails on its taken ClusterIP before its taken name.
+	_, err := client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+	}
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("service kube-system/kube-dns at %s: %w", c.Config.DNSIP, err)
 	}
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns-nodes", Namespace: metav1.NamespaceSystem, Labels: map[string]string{

@@ -45,10 +45,13 @@ func (s *Server) resolve(q dns.Question) answer {
 	defer x.mu.RUnlock()
 	switch {
 	case n == 1 && labels[0] == "dns-version":
+		// CoreDNS answers only TXT here, with a fixed TTL of 8 hours.
 		if q.Qtype == dns.TypeTXT {
-			return answer{answer: []dns.RR{&dns.TXT{Hdr: s.hdr(name, dns.TypeTXT), Txt: []string{dnsSchemaVersion}}}}
+			hdr := s.hdr(name, dns.TypeTXT)
+			hdr.Ttl = 28800
+			return answer{answer: []dns.RR{&dns.TXT{Hdr: hdr, Txt: []string{dnsSchemaVersion}}}}
 		}
-		return answer{} // NODATA
+		return answer{rcode: dns.RcodeNameError}
 	case labels[n-1] == "svc":
 		return s.resolveService(q, labels[:n-1])
 	case labels[n-1] == "pod":
@@ -92,16 +95,26 @@ func (s *Server) resolveService(q dns.Question, labels []string) answer {
 			return answer{rcode: dns.RcodeNameError}
 		}
 		return out
-	case 4: // _port._proto.svc.ns.svc.zone
-		portName, ok1 := strings.CutPrefix(labels[0], "_")
-		proto, ok2 := strings.CutPrefix(labels[1], "_")
-		if !ok1 || !ok2 {
-			return answer{rcode: dns.RcodeNameError}
-		}
-		return s.serviceRecords(q, svc, svcFQDN, portName, proto)
+	case 4: // _port._proto.svc.ns.svc.zone; CoreDNS makes the underscores
+		// optional and lets a bare "_" match any port or protocol.
+		portName := strings.TrimPrefix(labels[0], "_")
+		proto := strings.TrimPrefix(labels[1], "_")
+		return s.serviceRecords(q, svc, svcFQDN, anyLabel(portName), anyLabel(proto))
 	}
 	return answer{rcode: dns.RcodeNameError}
 }
+
+// anyLabel turns an empty port or protocol label (a bare "_") into the
+// match-anything marker.
+func anyLabel(l string) string {
+	if l == "" {
+		return matchAny
+	}
+	return l
+}
+
+// matchAny matches any port name or protocol; it cannot be a DNS label.
+const matchAny = "\x00"
 
 // serviceRecords answers a Service's own name (portName == "") or one of
 // its _port._proto names.
@@ -110,7 +123,7 @@ func (s *Server) serviceRecords(q dns.Question, svc *service, svcFQDN, portName,
 		if portName == "" {
 			return true
 		}
-		return (portName == "*" || (p.name != "" && p.name == portName)) && (proto == "*" || proto == p.proto)
+		return (portName == matchAny || (p.name != "" && p.name == portName)) && (proto == matchAny || proto == p.proto)
 	}
 	if portName != "" {
 		any := false
@@ -127,6 +140,11 @@ func (s *Server) serviceRecords(q dns.Question, svc *service, svcFQDN, portName,
 		}
 		target := dns.Fqdn(svc.externalName)
 		return answer{answer: []dns.RR{&dns.CNAME{Hdr: s.hdr(q.Name, dns.TypeCNAME), Target: target}}}
+	}
+	if svc.headless && len(svc.endpoints) == 0 {
+		// CoreDNS finds no items for a headless Service without ready
+		// endpoints, which it answers as a name error.
+		return answer{rcode: dns.RcodeNameError}
 	}
 	var out answer
 	switch q.Qtype {

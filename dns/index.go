@@ -35,7 +35,9 @@ type service struct {
 	headless        bool
 	externalName    string // ExternalName Services: the CNAME target
 	ports           []port
-	endpoints       []endpoint // headless only: ready endpoints, one per address
+	// endpoints are the ready endpoints, one per address. CoreDNS answers
+	// endpoint names and their PTRs for every Service, not only headless.
+	endpoints []endpoint
 }
 
 // Index is the in-memory view DNS answers from, kept current by informers.
@@ -149,13 +151,14 @@ func (x *Index) rebuild(key string) {
 		s.externalName = strings.TrimSuffix(spec.Spec.ExternalName, ".")
 	case spec.Spec.ClusterIP == corev1.ClusterIPNone:
 		s.headless = true
-		s.endpoints = headlessEndpoints(x.slices[key])
+		s.endpoints = readyEndpoints(x.slices[key])
 	default:
 		for _, ip := range spec.Spec.ClusterIPs {
 			if a, err := netip.ParseAddr(ip); err == nil {
 				s.clusterIPs = append(s.clusterIPs, a)
 			}
 		}
+		s.endpoints = readyEndpoints(x.slices[key])
 	}
 	x.services[key] = s
 	svcName := s.name + "." + s.namespace + ".svc"
@@ -190,11 +193,10 @@ func (x *Index) dropPTR(s *service) {
 	}
 }
 
-// headlessEndpoints lists the ready endpoints of a headless Service's
-// slices, one per address, in a stable order. The EndpointSlice controller
+// readyEndpoints lists the ready endpoints of a Service's slices, one per address, in a stable order. The EndpointSlice controller
 // already marks not-ready endpoints ready when the Service publishes
 // not-ready addresses, so readiness alone decides, as in CoreDNS.
-func headlessEndpoints(slices map[string]*discoveryv1.EndpointSlice) []endpoint {
+func readyEndpoints(slices map[string]*discoveryv1.EndpointSlice) []endpoint {
 	seen := map[netip.Addr]bool{}
 	var out []endpoint
 	names := make([]string, 0, len(slices))

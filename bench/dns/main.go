@@ -57,7 +57,7 @@ var (
 	nHeadless   = flag.Int("headless", 100, "headless Services")
 	nHeadlessEP = flag.Int("headless-endpoints", 10, "endpoints per headless Service")
 	duration    = flag.Duration("duration", 20*time.Second, "length of each dnsperf run")
-	satClients  = flag.String("saturate", "-c 10 -T 2 -q 500", "dnsperf flags for the saturation run")
+	satClients  = flag.String("saturate", "-c 10 -T 2", "dnsperf flags for the saturation run (a deeper -q drops queries in socket buffers)")
 	fixedQPS    = flag.Int("qps", 10000, "rate of the fixed-rate run")
 	corednsBin  = flag.String("coredns", "/work/ref/coredns", "CoreDNS binary (v1.15.0); skipped if missing")
 )

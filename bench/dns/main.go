@@ -31,8 +31,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -43,6 +41,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/switchboard/switchboard/bench/measure"
 	"github.com/switchboard/switchboard/controlplane"
 )
 
@@ -253,23 +252,6 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func parallel(n, workers int, f func(i int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				f(i)
-			}
-		})
-	}
-	wg.Wait()
-}
-
 func clusterName(i int) string  { return fmt.Sprintf("svc%04d", i) }
 func headlessName(i int) string { return fmt.Sprintf("hl%03d", i) }
 
@@ -305,9 +287,9 @@ func populate(ctx context.Context, client kubernetes.Interface) {
 		_, err = client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{})
 		must(err)
 	}
-	parallel(*nClusterIP, 32, func(s int) { create(clusterName(s), false, *nClusterEPs, s**nClusterEPs) })
+	measure.Parallel(*nClusterIP, 32, func(s int) { create(clusterName(s), false, *nClusterEPs, s**nClusterEPs) })
 	base := *nClusterIP * *nClusterEPs
-	parallel(*nHeadless, 32, func(s int) { create(headlessName(s), true, *nHeadlessEP, base+s**nHeadlessEP) })
+	measure.Parallel(*nHeadless, 32, func(s int) { create(headlessName(s), true, *nHeadlessEP, base+s**nHeadlessEP) })
 }
 
 // writeQueries writes n dnsperf queries in the benchmark's mix, shuffled
@@ -357,29 +339,6 @@ func waitAnswer(addr string, timeout time.Duration) error {
 	return last
 }
 
-// cpuTime is a process's utime+stime from /proc/PID/stat.
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	must(err)
-	// Fields after the parenthesised command name; utime and stime are
-	// fields 14 and 15 of the whole line, in clock ticks (USER_HZ = 100).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
-}
-
-func vmRSS(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	must(err)
-	for l := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			return strings.Join(strings.Fields(v), " ")
-		}
-	}
-	return "?"
-}
-
 var (
 	reCompleted = regexp.MustCompile(`Queries completed:\s+(\d+)`)
 	reLost      = regexp.MustCompile(`Queries lost:\s+(\d+)`)
@@ -401,7 +360,8 @@ func drive(pid int, addr, queries string, verbose bool, extra []string) result {
 	out, err := c.StdoutPipe()
 	must(err)
 	c.Stderr = os.Stderr
-	cpu0 := cpuTime(pid)
+	cpu0, err := measure.CPUTime(pid)
+	must(err)
 	must(c.Start())
 	var lat []time.Duration
 	var summary strings.Builder
@@ -420,7 +380,9 @@ func drive(pid int, addr, queries string, verbose bool, extra []string) result {
 		summary.WriteByte('\n')
 	}
 	must(c.Wait())
-	cpu := cpuTime(pid) - cpu0
+	cpu1, err := measure.CPUTime(pid)
+	must(err)
+	cpu := cpu1 - cpu0
 	fmt.Fprintf(os.Stderr, "dnsperf %s\n%s", strings.Join(args, " "), summary.String())
 	var r result
 	s := summary.String()
@@ -441,6 +403,6 @@ func drive(pid int, addr, queries string, verbose bool, extra []string) result {
 		r.p50 = lat[len(lat)*50/100]
 		r.p99 = lat[len(lat)*99/100]
 	}
-	r.rss = vmRSS(pid)
+	r.rss = measure.Status(pid, "VmRSS")
 	return r
 }

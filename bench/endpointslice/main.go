@@ -37,6 +37,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/switchboard/switchboard/bench/measure"
 	"github.com/switchboard/switchboard/controlplane"
 	"github.com/switchboard/switchboard/endpointslice"
 )
@@ -104,7 +105,7 @@ func main() {
 		log.Printf("upstream %s not found, measuring switchboard only", *kcmBin)
 	}
 	for _, r := range runs {
-		results = append(results, measure(ctx, client, r.name, r.managedBy, r.cmd, filepath.Join(dir, strings.Fields(r.name)[0]+".log")))
+		results = append(results, measureController(ctx, client, r.name, r.managedBy, r.cmd, filepath.Join(dir, strings.Fields(r.name)[0]+".log")))
 	}
 
 	fmt.Printf("\n%d Services x %d pods, %d single flips, burst of 100\n", *nServices, *nPods, *nFlips)
@@ -137,23 +138,6 @@ func must(err error) {
 	}
 }
 
-func parallel(n, workers int, f func(i int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				f(i)
-			}
-		})
-	}
-	wg.Wait()
-}
-
 func podName(s, p int) string { return fmt.Sprintf("s%04d-p%02d", s, p) }
 
 func populate(ctx context.Context, client kubernetes.Interface) {
@@ -170,7 +154,7 @@ func populate(ctx context.Context, client kubernetes.Interface) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	parallel(*nServices, 32, func(s int) {
+	measure.Parallel(*nServices, 32, func(s int) {
 		name := fmt.Sprintf("s%04d", s)
 		_, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -179,7 +163,7 @@ func populate(ctx context.Context, client kubernetes.Interface) {
 		}, metav1.CreateOptions{})
 		must(err)
 	})
-	parallel(*nServices**nPods, 32, func(i int) {
+	measure.Parallel(*nServices**nPods, 32, func(i int) {
 		s, p := i / *nPods, i%*nPods
 		pod := &v1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: podName(s, p), Labels: map[string]string{"app": fmt.Sprintf("s%04d", s)}},
@@ -281,7 +265,7 @@ func flip(ctx context.Context, client kubernetes.Interface, pod string, ready bo
 	must(err)
 }
 
-func measure(ctx context.Context, client kubernetes.Interface, name, managedBy string, argv []string, logPath string) result {
+func measureController(ctx context.Context, client kubernetes.Interface, name, managedBy string, argv []string, logPath string) result {
 	res := result{name: name}
 	// Clean slate: no slices of anyone.
 	must(client.DiscoveryV1().EndpointSlices(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}))
@@ -375,7 +359,7 @@ func measure(ctx context.Context, client kubernetes.Interface, name, managedBy s
 		chans[i] = obs.wait(pods[i], wants[i])
 	}
 	bstart := time.Now()
-	parallel(100, 16, func(i int) { flip(ctx, client, pods[i], wants[i]) })
+	measure.Parallel(100, 16, func(i int) { flip(ctx, client, pods[i], wants[i]) })
 	issued := time.Since(bstart)
 	var last time.Time
 	for _, ch := range chans {
@@ -391,28 +375,6 @@ func measure(ctx context.Context, client kubernetes.Interface, name, managedBy s
 	res.burst = last.Sub(bstart)
 	log.Printf("%s: burst issued in %v, reflected in %v", name, issued, res.burst)
 
-	res.rss, res.hwm = procMem(cmd.Process.Pid)
+	res.rss, res.hwm = measure.MB(measure.Status(cmd.Process.Pid, "VmRSS")), measure.MB(measure.Status(cmd.Process.Pid, "VmHWM"))
 	return res
-}
-
-func procMem(pid int) (rss, hwm string) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return "?", "?"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		var kb int
-		fmt.Sscan(f[1], &kb)
-		switch f[0] {
-		case "VmRSS:":
-			rss = fmt.Sprintf("%.1f MB", float64(kb)/1024)
-		case "VmHWM:":
-			hwm = fmt.Sprintf("%.1f MB", float64(kb)/1024)
-		}
-	}
-	return rss, hwm
 }

@@ -20,6 +20,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/switchboard/switchboard/bench/measure"
 	"github.com/switchboard/switchboard/proxy/namespace"
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
@@ -120,7 +121,7 @@ func run(nSvc, nEps, nChanges int) error {
 	report("one endpoint replaced", replace)
 	report("one endpoint added (bucket move)", scale)
 	runtime.GC()
-	fmt.Printf("process RSS: %s (peak %s)\n", status("VmRSS"), status("VmHWM"))
+	fmt.Printf("process RSS: %s (peak %s)\n", measure.Status(0, "VmRSS"), measure.Status(0, "VmHWM"))
 	out, err := namespace.Exec(name, "nft", "list", "ruleset")
 	if err != nil {
 		return err
@@ -139,17 +140,4 @@ func report(what string, d []time.Duration) {
 	slices.Sort(d)
 	p := func(q float64) time.Duration { return d[min(len(d)-1, int(q*float64(len(d))))] }
 	fmt.Printf("%s: n=%d median=%v p99=%v max=%v\n", what, len(d), p(0.5).Round(time.Microsecond), p(0.99).Round(time.Microsecond), d[len(d)-1].Round(time.Microsecond))
-}
-
-func status(field string) string {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return "?"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "?"
 }

@@ -1,0 +1,75 @@
+// Package measure holds what the benchmark programs under bench/ share:
+// reading a process's memory and CPU time from /proc, and spreading setup
+// work over goroutines.
+package measure
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Status returns one field of /proc/PID/status (pid 0: this process), e.g.
+// Status(pid, "VmRSS") = "96232 kB", or "?" when it cannot be read.
+func Status(pid int, field string) string {
+	path := "/proc/self/status"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "?"
+}
+
+// MB renders a /proc status size ("96232 kB") in megabytes.
+func MB(kB string) string {
+	var n int
+	if _, err := fmt.Sscan(kB, &n); err != nil {
+		return "?"
+	}
+	return fmt.Sprintf("%.1f MB", float64(n)/1024)
+}
+
+// CPUTime is a process's user plus system time from /proc/PID/stat.
+func CPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// fields 14 and 15 of the whole line, in clock ticks (USER_HZ = 100).
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// Parallel calls f(0) ... f(n-1) from workers goroutines.
+func Parallel(n, workers int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -14,7 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchboard/switchboard/dns"
-	"github.com/switchboard/switchboard/proxy/namespace"
+	"github.com/switchboard/switchboard/netnamespace"
 )
 
 // dnsManagedBy marks the kube-dns EndpointSlice as the local cluster's own.
@@ -42,7 +42,7 @@ func (c *Cluster) startClusterDNS(ctx context.Context, client kubernetes.Interfa
 		addr := netip.AddrPortFrom(n.IP, 53).String()
 		var pc net.PacketConn
 		var l net.Listener
-		err := namespace.Do(n.NetNS, func() error {
+		err := netnamespace.Do(n.NetNS, func() error {
 			var err error
 			if pc, err = net.ListenPacket("udp", addr); err != nil {
 				return err

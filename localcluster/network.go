@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/switchboard/switchboard/proxy/namespace"
+	"github.com/switchboard/switchboard/netnamespace"
 )
 
 // Network names and wires the namespaces of one local cluster. Every name
@@ -94,7 +94,7 @@ func (n *Network) Validate(serviceCIDR netip.Prefix, nodes int) error {
 
 // SetUpBridge creates the bridge namespace.
 func (n *Network) SetUpBridge() error {
-	if _, _, err := namespace.Create(n.BridgeNS()); err != nil {
+	if _, _, err := netnamespace.Create(n.BridgeNS()); err != nil {
 		return err
 	}
 	return runAll(n.BridgeNS(), [][]string{
@@ -107,12 +107,12 @@ func (n *Network) SetUpBridge() error {
 // routes to the other nodes' pod CIDRs.
 func (n *Network) SetUpNode(i, nodes int, name string) error {
 	ns := n.NodeNS(name)
-	if _, _, err := namespace.Create(ns); err != nil {
+	if _, _, err := netnamespace.Create(ns); err != nil {
 		return err
 	}
 	port := fmt.Sprintf("%s-n%d", n.Prefix, i)
 	cmds := [][]string{}
-	if err := namespace.IP(n.BridgeNS(), "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+	if err := netnamespace.IP(n.BridgeNS(), "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
 		return fmt.Errorf("wire node %s to the bridge: %w", name, err)
 	}
 	if err := runAll(n.BridgeNS(), [][]string{{"link", "set", port, "master", "br0", "up"}}); err != nil {
@@ -129,7 +129,7 @@ func (n *Network) SetUpNode(i, nodes int, name string) error {
 	if err := runAll(ns, cmds); err != nil {
 		return err
 	}
-	return namespace.Do("/run/netns/"+ns, func() error {
+	return netnamespace.Do("/run/netns/"+ns, func() error {
 		// /proc/sys/net follows the calling thread's namespace.
 		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv4/conf/all/route_localnet"} {
 			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
@@ -154,12 +154,12 @@ func (n *Network) SetUpPod(node string, nodeCIDR netip.Prefix, namespaceName, po
 	nodeNS := n.NodeNS(node)
 	// A leftover from a crash or an earlier run of the same pod goes first.
 	n.TearDownPod(nodeNS, ns)
-	if _, _, err := namespace.Create(ns); err != nil {
+	if _, _, err := netnamespace.Create(ns); err != nil {
 		return PodNet{}, err
 	}
 	hostVeth := "sbh" + podHash(namespaceName, pod)
 	gw := gateway(nodeCIDR).String()
-	if err := namespace.IP(nodeNS, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+	if err := netnamespace.IP(nodeNS, "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
 		return PodNet{}, fmt.Errorf("pod %s/%s: create veth: %w", namespaceName, pod, err)
 	}
 	if err := runAll(nodeNS, [][]string{
@@ -226,7 +226,7 @@ func killNamespaceProcesses(ns string) {
 
 func runAll(ns string, cmds [][]string) error {
 	for _, c := range cmds {
-		if err := namespace.IP(ns, c...); err != nil {
+		if err := netnamespace.IP(ns, c...); err != nil {
 			return err
 		}
 	}

@@ -27,7 +27,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/switchboard/switchboard/proxy/namespace"
+	"github.com/switchboard/switchboard/netnamespace"
 )
 
 // runtime is one node's pod runtime, the local cluster's kubelet: it runs
@@ -540,7 +540,7 @@ func runProbe(p *corev1.Probe, c corev1.Container, pn PodNet, nodeNS string, tim
 		client := &http.Client{Timeout: timeout, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				var conn net.Conn
-				err := namespace.Do(nodeNS, func() error {
+				err := netnamespace.Do(nodeNS, func() error {
 					var err error
 					conn, err = net.DialTimeout(network, addr, timeout)
 					return err
@@ -577,7 +577,7 @@ func resolvePort(p intstr.IntOrString, c corev1.Container) (int, error) {
 }
 
 func dialFromNode(nodeNS string, ip netip.Addr, port int, timeout time.Duration) error {
-	return namespace.Do(nodeNS, func() error {
+	return netnamespace.Do(nodeNS, func() error {
 		conn, err := net.DialTimeout("tcp", net.JoinHostPort(ip.String(), strconv.Itoa(port)), timeout)
 		if err == nil {
 			conn.Close()

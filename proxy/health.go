@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/switchboard/switchboard/proxy/namespace"
+	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
@@ -45,7 +45,7 @@ func newHealth(netns string, t *Tracker, log *slog.Logger) *health {
 // listen opens a TCP listener inside the proxy's namespace.
 func (h *health) listen(addr string) (net.Listener, error) {
 	var l net.Listener
-	err := namespace.Do(h.netnsOrCurrent(), func() error {
+	err := netnamespace.Do(h.netnsOrCurrent(), func() error {
 		var err error
 		l, err = net.Listen("tcp", addr)
 		return err

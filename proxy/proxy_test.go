@@ -25,8 +25,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchboard/switchboard/clustertest"
+	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/proxy"
-	"github.com/switchboard/switchboard/proxy/namespace"
 )
 
 func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
@@ -51,8 +51,8 @@ func newWorld(t *testing.T, backends int) *world {
 	clustertest.RequireRoot(t)
 	w := &world{t: t}
 	mk := func(prefix string) (string, string) {
-		name := namespace.Unique(prefix)
-		path, del, err := namespace.Create(name)
+		name := netnamespace.Unique(prefix)
+		path, del, err := netnamespace.Create(name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,21 +66,21 @@ func newWorld(t *testing.T, backends int) *world {
 		}
 	}
 	w.node, w.nodePath = mk("sbn")
-	_, err := namespace.Exec(w.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	_, err := netnamespace.Exec(w.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	must(err)
 	// A default route, as real nodes have: traffic to a VIP without
 	// endpoints must reach the forward hook to be rejected.
-	must(namespace.IP(w.node, "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer"))
-	must(namespace.IP(w.node, "link", "set", "uplink-peer", "up"))
-	must(namespace.IP(w.node, "link", "set", "uplink", "up"))
-	must(namespace.IP(w.node, "route", "add", "default", "dev", "uplink"))
+	must(netnamespace.IP(w.node, "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer"))
+	must(netnamespace.IP(w.node, "link", "set", "uplink-peer", "up"))
+	must(netnamespace.IP(w.node, "link", "set", "uplink", "up"))
+	must(netnamespace.IP(w.node, "route", "add", "default", "dev", "uplink"))
 	link := func(peerNS, nodeSide, peerSide string) {
-		must(namespace.IP(w.node, "link", "add", "v-"+peerNS[len(peerNS)-6:], "type", "veth", "peer", "name", "eth0", "netns", peerNS))
-		must(namespace.IP(w.node, "addr", "add", nodeSide+"/24", "dev", "v-"+peerNS[len(peerNS)-6:]))
-		must(namespace.IP(w.node, "link", "set", "v-"+peerNS[len(peerNS)-6:], "up"))
-		must(namespace.IP(peerNS, "addr", "add", peerSide+"/24", "dev", "eth0"))
-		must(namespace.IP(peerNS, "link", "set", "eth0", "up"))
-		must(namespace.IP(peerNS, "route", "add", "default", "via", nodeSide))
+		must(netnamespace.IP(w.node, "link", "add", "v-"+peerNS[len(peerNS)-6:], "type", "veth", "peer", "name", "eth0", "netns", peerNS))
+		must(netnamespace.IP(w.node, "addr", "add", nodeSide+"/24", "dev", "v-"+peerNS[len(peerNS)-6:]))
+		must(netnamespace.IP(w.node, "link", "set", "v-"+peerNS[len(peerNS)-6:], "up"))
+		must(netnamespace.IP(peerNS, "addr", "add", peerSide+"/24", "dev", "eth0"))
+		must(netnamespace.IP(peerNS, "link", "set", "eth0", "up"))
+		must(netnamespace.IP(peerNS, "route", "add", "default", "via", nodeSide))
 	}
 	w.client, w.clientNS = mk("sbc")
 	link(w.client, nodeIP, "10.0.1.2")
@@ -103,7 +103,7 @@ func newWorld(t *testing.T, backends int) *world {
 func serveEcho(t *testing.T, path, addr string, port int) {
 	var l net.Listener
 	var pc net.PacketConn
-	err := namespace.Do(path, func() error {
+	err := netnamespace.Do(path, func() error {
 		var err error
 		if l, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); err != nil {
 			return err
@@ -148,7 +148,7 @@ func serveEcho(t *testing.T, path, addr string, port int) {
 // dial opens a TCP connection from the client namespace.
 func (w *world) dial(target string) (net.Conn, error) {
 	var c net.Conn
-	err := namespace.Do(w.clientNS, func() error {
+	err := netnamespace.Do(w.clientNS, func() error {
 		var err error
 		c, err = net.DialTimeout("tcp", target, 3*time.Second)
 		return err
@@ -508,7 +508,7 @@ func TestUDPStaleConntrackCleared(t *testing.T) {
 	b := w.backends
 	setSlice(t, client, ns, "dns", []epSpec{ready(b[0], "node-a")})
 	var conn net.PacketConn
-	if err := namespace.Do(w.clientNS, func() error {
+	if err := netnamespace.Do(w.clientNS, func() error {
 		var err error
 		conn, err = net.ListenPacket("udp", "10.0.1.2:40000")
 		return err
@@ -594,7 +594,7 @@ func httpGet(path, url string) (*http.Response, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	if err := namespace.Do(path, func() error {
+	if err := netnamespace.Do(path, func() error {
 		var err error
 		conn, err = net.DialTimeout("tcp", u.Host, 3*time.Second)
 		return err
@@ -683,7 +683,7 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 	restrict("192.168.0.0/16")
 	eventually(t, "client outside loadBalancerSourceRanges is kept out", func() error {
 		var c net.Conn
-		err := namespace.Do(w.clientNS, func() error {
+		err := netnamespace.Do(w.clientNS, func() error {
 			var err error
 			c, err = net.DialTimeout("tcp", "192.0.2.10:80", 500*time.Millisecond)
 			return err
@@ -708,7 +708,7 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 	backendNS := w.backendNS[0]
 	eventually(t, "hairpin is masqueraded", func() error {
 		var c net.Conn
-		if err := namespace.Do(backendNS, func() error {
+		if err := netnamespace.Do(backendNS, func() error {
 			var err error
 			c, err = net.DialTimeout("tcp", net.JoinHostPort(self.Spec.ClusterIP, "80"), 3*time.Second)
 			return err

@@ -21,7 +21,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchboard/switchboard/bench/measure"
-	"github.com/switchboard/switchboard/proxy/namespace"
+	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
@@ -59,8 +59,8 @@ func service(i, eps, gen int) []*snapshot.ServicePort {
 var profile string
 
 func run(nSvc, nEps, nChanges int) error {
-	name := namespace.Unique("sbbench")
-	path, del, err := namespace.Create(name)
+	name := netnamespace.Unique("sbbench")
+	path, del, err := netnamespace.Create(name)
 	if err != nil {
 		return err
 	}
@@ -122,7 +122,7 @@ func run(nSvc, nEps, nChanges int) error {
 	report("one endpoint added (bucket move)", scale)
 	runtime.GC()
 	fmt.Printf("process RSS: %s (peak %s)\n", measure.Status(0, "VmRSS"), measure.Status(0, "VmHWM"))
-	out, err := namespace.Exec(name, "nft", "list", "ruleset")
+	out, err := netnamespace.Exec(name, "nft", "list", "ruleset")
 	if err != nil {
 		return err
 	}

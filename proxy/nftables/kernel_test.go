@@ -12,14 +12,14 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchboard/switchboard/clustertest"
-	"github.com/switchboard/switchboard/proxy/namespace"
+	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
 func mkns(t *testing.T, prefix string) (string, string) {
 	t.Helper()
-	name := namespace.Unique(prefix)
-	path, del, err := namespace.Create(name)
+	name := netnamespace.Unique(prefix)
+	path, del, err := netnamespace.Create(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,26 +43,26 @@ func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 	node, nodePath := mkns(t, "sbn6")
 	client, clientPath := mkns(t, "sbc6")
 	backend, backendPath := mkns(t, "sbb6")
-	_, err := namespace.Exec(node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	_, err := netnamespace.Exec(node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 	must(t, err)
 	link := func(peer, nodeSide, peerSide string) {
 		dev := "v-" + peer[len(peer)-6:]
-		must(t, namespace.IP(node, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", peer))
-		must(t, namespace.IP(node, "addr", "add", nodeSide+"/64", "dev", dev, "nodad"))
-		must(t, namespace.IP(node, "link", "set", dev, "up"))
-		must(t, namespace.IP(peer, "addr", "add", peerSide+"/64", "dev", "eth0", "nodad"))
-		must(t, namespace.IP(peer, "link", "set", "eth0", "up"))
-		must(t, namespace.IP(peer, "-6", "route", "add", "default", "via", nodeSide))
+		must(t, netnamespace.IP(node, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", peer))
+		must(t, netnamespace.IP(node, "addr", "add", nodeSide+"/64", "dev", dev, "nodad"))
+		must(t, netnamespace.IP(node, "link", "set", dev, "up"))
+		must(t, netnamespace.IP(peer, "addr", "add", peerSide+"/64", "dev", "eth0", "nodad"))
+		must(t, netnamespace.IP(peer, "link", "set", "eth0", "up"))
+		must(t, netnamespace.IP(peer, "-6", "route", "add", "default", "via", nodeSide))
 	}
 	link(client, "fd00:1::1", "fd00:1::2")
 	link(backend, "fd00:244::1", "fd00:244::2")
 
 	// A table someone else owns, with a name like ours in another family.
-	_, err = namespace.Exec(node, "nft", "add table inet switchboard; add table ip6 other; add chain ip6 other c; add rule ip6 other c counter")
+	_, err = netnamespace.Exec(node, "nft", "add table inet switchboard; add table ip6 other; add chain ip6 other c; add rule ip6 other c counter")
 	must(t, err)
 
 	var l net.Listener
-	must(t, namespace.Do(backendPath, func() error {
+	must(t, netnamespace.Do(backendPath, func() error {
 		var err error
 		l, err = net.Listen("tcp", "[fd00:244::2]:8080")
 		return err
@@ -96,7 +96,7 @@ func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 
 	request := func() (string, error) {
 		var c net.Conn
-		err := namespace.Do(clientPath, func() error {
+		err := netnamespace.Do(clientPath, func() error {
 			var err error
 			c, err = net.DialTimeout("tcp", net.JoinHostPort(vip.String(), "80"), 3*time.Second)
 			return err
@@ -119,7 +119,7 @@ func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 	must(t, err)
 	defer k2.Close()
 	must(t, k2.Sync(&snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{key: {sp}}}, nil))
-	out, err := namespace.Exec(node, "nft", "list", "ruleset")
+	out, err := netnamespace.Exec(node, "nft", "list", "ruleset")
 	must(t, err)
 	if strings.Contains(out, "fd00:96::99") {
 		t.Errorf("adopted table still holds the removed Service:\n%s", out)

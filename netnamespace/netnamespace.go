@@ -1,8 +1,8 @@
-// Package namespace runs code inside a network namespace without moving the
+// Package netnamespace runs code inside a network namespace without moving the
 // rest of the process (each node of a local cluster is one namespace, with
 // its proxy running in the shared process), and creates throw-away
 // namespaces for kernel tests and benchmarks.
-package namespace
+package netnamespace
 
 import (
 	"crypto/rand"

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/switchboard/switchboard/controlplane"
+	"github.com/switchboard/switchboard/netnamespace"
 )
 
 // RequireEnv is the environment variable that turns every skip for a missing
@@ -139,4 +140,19 @@ func Namespace(t testing.TB, client kubernetes.Interface) string {
 		_ = client.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
 	return name
+}
+
+// NetNS creates a network namespace with a unique name starting with
+// prefix (so parallel and crashed runs never collide) and loopback up, and
+// deletes it when the test ends. It returns the name and the path.
+func NetNS(t testing.TB, prefix string) (name, path string) {
+	t.Helper()
+	RequireRoot(t)
+	name = netnamespace.Unique(prefix)
+	path, del, err := netnamespace.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(del)
+	return name, path
 }

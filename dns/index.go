@@ -1,8 +1,9 @@
 package dns
 
 import (
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,7 +19,7 @@ type port struct {
 	num   uint16
 }
 
-// endpoint is one address behind a headless Service, with the label it is
+// endpoint is one ready address behind a Service, with the label it is
 // known by in DNS: its hostname, or its address with dashes (10-244-1-2), as
 // CoreDNS names them.
 type endpoint struct {
@@ -196,16 +197,11 @@ func (x *Index) dropPTR(s *service) {
 // readyEndpoints lists the ready endpoints of a Service's slices, one per address, in a stable order. The EndpointSlice controller
 // already marks not-ready endpoints ready when the Service publishes
 // not-ready addresses, so readiness alone decides, as in CoreDNS.
-func readyEndpoints(slices map[string]*discoveryv1.EndpointSlice) []endpoint {
+func readyEndpoints(bySlice map[string]*discoveryv1.EndpointSlice) []endpoint {
 	seen := map[netip.Addr]bool{}
 	var out []endpoint
-	names := make([]string, 0, len(slices))
-	for n := range slices {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		sl := slices[n]
+	for _, n := range slices.Sorted(maps.Keys(bySlice)) {
+		sl := bySlice[n]
 		var ports []port
 		for _, p := range sl.Ports {
 			if p.Port == nil {

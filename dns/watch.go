@@ -38,17 +38,14 @@ func (x *Index) Watch(ctx context.Context, client kubernetes.Interface) error {
 	})
 	setSlice := func(o any, deleted bool) {
 		s, ok := unwrap(o).(*discoveryv1.EndpointSlice)
-		if !ok {
+		if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
 			return
 		}
-		svcName := s.Labels[discoveryv1.LabelServiceName]
-		if svcName == "" {
-			return
+		var cur *discoveryv1.EndpointSlice
+		if !deleted {
+			cur = s
 		}
-		if deleted {
-			s = nil
-		}
-		x.SetSlice(unwrap(o).(*discoveryv1.EndpointSlice).Namespace, svcName, unwrap(o).(*discoveryv1.EndpointSlice).Name, s)
+		x.SetSlice(s.Namespace, s.Labels[discoveryv1.LabelServiceName], s.Name, cur)
 	}
 	slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(o any) { setSlice(o, false) },

@@ -8,7 +8,9 @@ package doctor
 
 import (
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -217,12 +219,7 @@ func describeLabelSets(pods []corev1.Pod) []string {
 		seen[k] = append(seen[k], p.Name)
 	}
 	var out []string
-	keys := make([]string, 0, len(seen))
-	for k := range seen {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(seen)) {
 		out = append(out, fmt.Sprintf("pods with labels %s: %s", k, strings.Join(seen[k], ", ")))
 		if len(out) == 10 {
 			out = append(out, "...")

@@ -2,7 +2,8 @@ package doctor
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -25,7 +26,7 @@ type labelMismatch struct {
 // swapped), and at least one is not exact.
 func nearMiss(pod string, selector, labels map[string]string) (labelMismatch, bool) {
 	m := labelMismatch{Pod: pod}
-	keys := sortedKeys(selector)
+	keys := slices.Sorted(maps.Keys(selector))
 	// near counts entries within a typo; far counts entries with a wholly
 	// different value or no such label. One far entry is still worth naming
 	// when other entries match ("tier=backend" where "tier=frontend" was
@@ -116,18 +117,9 @@ func editDistance(a, b string) int {
 	return d[len(ra)][len(rb)]
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 func formatSelector(sel map[string]string) string {
 	parts := make([]string, 0, len(sel))
-	for _, k := range sortedKeys(sel) {
+	for _, k := range slices.Sorted(maps.Keys(sel)) {
 		parts = append(parts, k+"="+sel[k])
 	}
 	return strings.Join(parts, ",")

@@ -50,15 +50,7 @@ const nodeIP = "10.0.1.1"
 func newWorld(t *testing.T, backends int) *world {
 	clustertest.RequireRoot(t)
 	w := &world{t: t}
-	mk := func(prefix string) (string, string) {
-		name := netnamespace.Unique(prefix)
-		path, del, err := netnamespace.Create(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(del)
-		return name, path
-	}
+	mk := func(prefix string) (string, string) { return clustertest.NetNS(t, prefix) }
 	must := func(err error) {
 		t.Helper()
 		if err != nil {

@@ -165,18 +165,7 @@ func main() {
 
 	fmt.Printf("\n%d ClusterIP Services x %d endpoints + %d headless x %d; mix 65%% A, 15%% headless A, 10%% SRV, 10%% NXDOMAIN; %v per run\n",
 		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, *duration)
-	fmt.Printf("%-36s", "metric")
-	for _, r := range rows {
-		fmt.Printf("%18s", r.name)
-	}
-	fmt.Println()
-	line := func(name string, f func(row) string) {
-		fmt.Printf("%-36s", name)
-		for _, r := range rows {
-			fmt.Printf("%18s", f(r))
-		}
-		fmt.Println()
-	}
+	line := measure.Table(36, rows, func(r row) string { return r.name })
 	sat := "sat (" + *satClients + ")"
 	fix := fmt.Sprintf("%dk QPS", *fixedQPS/1000)
 	line(sat+" QPS, no -v", func(r row) string { return fmt.Sprintf("%.0f", r.quiet.qps) })

@@ -109,18 +109,7 @@ func main() {
 	}
 
 	fmt.Printf("\n%d Services x %d pods, %d single flips, burst of 100\n", *nServices, *nPods, *nFlips)
-	fmt.Printf("%-26s", "metric")
-	for _, r := range results {
-		fmt.Printf("%18s", r.name)
-	}
-	fmt.Println()
-	row := func(name string, f func(result) string) {
-		fmt.Printf("%-26s", name)
-		for _, r := range results {
-			fmt.Printf("%18s", f(r))
-		}
-		fmt.Println()
-	}
+	row := measure.Table(26, results, func(r result) string { return r.name })
 	row("cold start", func(r result) string { return r.cold.Round(time.Millisecond).String() })
 	row("slice writes per flip", func(r result) string { return fmt.Sprintf("%.2f", r.writesPerFlp) })
 	row("flip->slice p50", func(r result) string { return r.p50.Round(10 * time.Microsecond).String() })

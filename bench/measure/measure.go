@@ -73,3 +73,20 @@ func Parallel(n, workers int, f func(i int)) {
 	}
 	wg.Wait()
 }
+
+// Table prints a side-by-side header, "metric" then one column per result
+// named by name, and returns a function that prints one metric's row.
+func Table[R any](labelWidth int, results []R, name func(R) string) func(metric string, value func(R) string) {
+	fmt.Printf("%-*s", labelWidth, "metric")
+	for _, r := range results {
+		fmt.Printf("%18s", name(r))
+	}
+	fmt.Println()
+	return func(metric string, value func(R) string) {
+		fmt.Printf("%-*s", labelWidth, metric)
+		for _, r := range results {
+			fmt.Printf("%18s", value(r))
+		}
+		fmt.Println()
+	}
+}

@@ -16,17 +16,6 @@ import (
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
-func mkns(t *testing.T, prefix string) (string, string) {
-	t.Helper()
-	name := netnamespace.Unique(prefix)
-	path, del, err := netnamespace.Create(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(del)
-	return name, path
-}
-
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
@@ -40,9 +29,9 @@ func must(t *testing.T, err error) {
 // no longer wanted, and leaves a table it did not create alone.
 func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 	clustertest.RequireRoot(t)
-	node, nodePath := mkns(t, "sbn6")
-	client, clientPath := mkns(t, "sbc6")
-	backend, backendPath := mkns(t, "sbb6")
+	node, nodePath := clustertest.NetNS(t, "sbn6")
+	client, clientPath := clustertest.NetNS(t, "sbc6")
+	backend, backendPath := clustertest.NetNS(t, "sbb6")
 	_, err := netnamespace.Exec(node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 	must(t, err)
 	link := func(peer, nodeSide, peerSide string) {

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/switchboard/switchboard/localcluster"
+	"github.com/switchboard/switchboard/workingset"
 )
 
 // version is set at link time (-ldflags "-X main.version=..."); otherwise the
@@ -24,6 +25,13 @@ import (
 var version = ""
 
 func main() {
+	// Every linked package's init has run by now and will not run again:
+	// unmap the executable pages it touched (see package workingset), so the
+	// resident set of `proxy`, `dns`, `controller` and each pod's echo server
+	// is what they use, not what kube-apiserver's init code touched.
+	if _, err := workingset.Release(); err != nil {
+		slog.Debug("release start-up pages", "err", err)
+	}
 	root := &cobra.Command{
 		Use:           "switchboard",
 		Short:         "Kubernetes Service networking: EndpointSlices, node proxy, cluster DNS",

@@ -5,12 +5,16 @@
 package netnamespace
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
+	"net/http"
 	"os/exec"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -81,4 +85,27 @@ func Do(path string, fn func() error) error {
 		}
 	}()
 	return fn()
+}
+
+// Dial connects to address from inside the namespace at path, like
+// net.Dialer.DialContext; the connection stays in that namespace.
+func Dial(ctx context.Context, path, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := Do(path, func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// HTTPClient is an HTTP client whose connections are made inside the
+// namespace at path (a node's metrics server on its loopback, say).
+func HTTPClient(path string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
+			return Dial(ctx, path, network, address)
+		},
+	}}
 }

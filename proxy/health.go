@@ -27,6 +27,7 @@ const healthTimeout = 60 * time.Second
 // health serves /healthz, /livez and /metrics, and one server per
 // healthCheckNodePort, all inside the proxy's network namespace.
 type health struct {
+	node    string
 	netns   string
 	tracker *Tracker
 	log     *slog.Logger
@@ -34,12 +35,20 @@ type health struct {
 
 	mu          sync.Mutex
 	lastUpdated time.Time
-	servers     []*http.Server
-	hcnp        map[int32]*hcServer
+	// lastError is the error of the last failed sync, cleared by a
+	// successful one.
+	lastError     string
+	lastErrorTime time.Time
+	// programmed is the last snapshot the data plane took; inspect reads
+	// the data plane back (see DebugPath).
+	programmed *snapshot.Snapshot
+	inspect    inspector
+	servers    []*http.Server
+	hcnp       map[int32]*hcServer
 }
 
-func newHealth(netns string, t *Tracker, log *slog.Logger) *health {
-	return &health{netns: netns, tracker: t, log: log, started: time.Now(), hcnp: map[int32]*hcServer{}}
+func newHealth(node, netns string, t *Tracker, inspect inspector, log *slog.Logger) *health {
+	return &health{node: node, netns: netns, tracker: t, inspect: inspect, log: log, started: time.Now(), hcnp: map[int32]*hcServer{}}
 }
 
 // listen opens a TCP listener inside the proxy's namespace.
@@ -91,6 +100,7 @@ func (h *health) serve(ctx context.Context, healthz, metricsAddr string, m *metr
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc(DebugPath, h.serveDebug)
 		h.servers = append(h.servers, h.start(l, mux))
 	}
 	return nil
@@ -126,6 +136,13 @@ func (h *health) healthz(w http.ResponseWriter, _ *http.Request) {
 		"currentTime":  now.Format(time.RFC3339Nano),
 		"nodeEligible": true,
 	})
+}
+
+// failed records a failed sync for DebugPath.
+func (h *health) failed(at time.Time, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastError, h.lastErrorTime = err.Error(), at
 }
 
 // hcServer answers a healthCheckNodePort for external load balancers.
@@ -177,6 +194,8 @@ func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastUpdated = at
+	h.programmed = snap
+	h.lastError, h.lastErrorTime = "", time.Time{}
 	for port, s := range h.hcnp {
 		if _, ok := want[port]; !ok {
 			s.srv.Close()

@@ -124,7 +124,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer kern.Close()
 	m := newMetrics()
-	hs := newHealth(cfg.NetNS, tracker, log)
+	hs := newHealth(cfg.NodeName, cfg.NetNS, tracker, kern, log)
 	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, m); err != nil {
 		return err
 	}
@@ -154,6 +154,7 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 		m.syncDuration.Observe(took.Seconds())
 		if err != nil {
 			m.syncErrors.Inc()
+			hs.failed(time.Now(), err)
 			log.Error("sync failed; retrying", "err", err)
 			t.Requeue(u.Changed)
 			retry.Reset(time.Second)

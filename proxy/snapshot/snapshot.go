@@ -36,13 +36,13 @@ func (k PortKey) String() string {
 // Endpoint is one backend address for a Service port, with the conditions
 // that decide whether it is used.
 type Endpoint struct {
-	Addr        netip.Addr
-	Port        int32
-	Ready       bool
-	Serving     bool
-	Terminating bool
+	Addr        netip.Addr `json:"addr"`
+	Port        int32      `json:"port"`
+	Ready       bool       `json:"ready"`
+	Serving     bool       `json:"serving"`
+	Terminating bool       `json:"terminating"`
 	// Local is true when the endpoint runs on this proxy's node.
-	Local bool
+	Local bool `json:"local"`
 }
 
 // AddrPort is the endpoint's destination.

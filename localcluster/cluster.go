@@ -181,7 +181,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config) error {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
 		info := NodeInfo{Name: name, NetNS: "/run/netns/" + n.NodeNS(name), IP: n.NodeIP(i),
-			PodCIDR: n.NodePodCIDR(i), Zone: zones[(i-1)%len(zones)]}
+			PodCIDR: n.NodePodCIDR(i), Zone: zones[(i-1)%len(zones)], StateDir: cfg.StateDir}
 		if err := registerNode(ctx, client, info); err != nil {
 			return err
 		}

@@ -23,7 +23,16 @@ type NodeInfo struct {
 	IP      netip.Addr
 	PodCIDR netip.Prefix
 	Zone    string
+	// StateDir is the local cluster's state directory; it is published on
+	// the Node (StateDirAnnotation) so tools on this host find the node's
+	// and its pods' network namespaces.
+	StateDir string
 }
+
+// StateDirAnnotation on a Node names the state directory of the local
+// cluster the node belongs to. `switchboard doctor` reads it to reach the
+// node's proxy and the pods' network namespaces directly.
+const StateDirAnnotation = "switchboard.dev/local-cluster-state-dir"
 
 // zones spreads nodes over zones, so topology-aware behaviour is visible.
 var zones = []string{"zone-a", "zone-b", "zone-c"}
@@ -31,7 +40,7 @@ var zones = []string{"zone-a", "zone-b", "zone-c"}
 // registerNode creates or updates the Node object of n and marks it Ready.
 func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) error {
 	want := &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Annotations: map[string]string{StateDirAnnotation: n.StateDir}, Labels: map[string]string{
 			corev1.LabelHostname:     n.Name,
 			corev1.LabelTopologyZone: n.Zone,
 			corev1.LabelOSStable:     "linux",
@@ -58,6 +67,10 @@ func registerNode(ctx context.Context, c kubernetes.Interface, n NodeInfo) error
 		for k, v := range want.Labels {
 			cur.Labels[k] = v
 		}
+		if cur.Annotations == nil {
+			cur.Annotations = map[string]string{}
+		}
+		cur.Annotations[StateDirAnnotation] = n.StateDir
 		cur.Spec.PodCIDR, cur.Spec.PodCIDRs = want.Spec.PodCIDR, want.Spec.PodCIDRs
 		_, err = c.CoreV1().Nodes().Update(ctx, cur, metav1.UpdateOptions{})
 		return err

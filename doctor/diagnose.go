@@ -14,8 +14,9 @@ import (
 )
 
 // Diagnose reads one Service, its namespace's pods and its EndpointSlices
-// from the API and analyzes them.
-func Diagnose(ctx context.Context, client kubernetes.Interface, namespace, name string) (Report, error) {
+// from the API and analyzes them; with opts.DataPlane it also checks each
+// node's proxy, the packet path and DNS.
+func Diagnose(ctx context.Context, client kubernetes.Interface, namespace, name string, opts Options) (Report, error) {
 	svc, err := client.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return Report{}, fmt.Errorf("get service %s/%s: %w", namespace, name, err)
@@ -30,12 +31,15 @@ func Diagnose(ctx context.Context, client kubernetes.Interface, namespace, name 
 	if err != nil {
 		return Report{}, fmt.Errorf("list endpointslices of service %s/%s: %w", namespace, name, err)
 	}
-	return Analyze(Snapshot{Service: svc, Pods: pods.Items, Slices: slices.Items}), nil
+	snap := Snapshot{Service: svc, Pods: pods.Items, Slices: slices.Items}
+	r := Analyze(snap)
+	checkDataPlane(ctx, client, opts, snap, &r)
+	return r, nil
 }
 
 // DiagnoseNamespace diagnoses every Service of a namespace, in name order.
 // It reads the pods and slices once for all of them.
-func DiagnoseNamespace(ctx context.Context, client kubernetes.Interface, namespace string) ([]Report, error) {
+func DiagnoseNamespace(ctx context.Context, client kubernetes.Interface, namespace string, opts Options) ([]Report, error) {
 	svcs, err := client.CoreV1().Services(namespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list services in %s: %w", namespace, err)
@@ -56,7 +60,10 @@ func DiagnoseNamespace(ctx context.Context, client kubernetes.Interface, namespa
 	reports := make([]Report, 0, len(svcs.Items))
 	for i := range svcs.Items {
 		svc := &svcs.Items[i]
-		reports = append(reports, Analyze(Snapshot{Service: svc, Pods: pods.Items, Slices: byService[svc.Name]}))
+		snap := Snapshot{Service: svc, Pods: pods.Items, Slices: byService[svc.Name]}
+		r := Analyze(snap)
+		checkDataPlane(ctx, client, opts, snap, &r)
+		reports = append(reports, r)
 	}
 	return reports, nil
 }

@@ -134,7 +134,7 @@ func TestDoctorScenarios(t *testing.T) {
 			t.Parallel()
 			ns := clustertest.Namespace(t, client)
 			build(t, client, ns, sc)
-			r, err := Diagnose(context.Background(), client, ns, "svc")
+			r, err := Diagnose(context.Background(), client, ns, "svc", Options{})
 			if err != nil {
 				t.Fatal(err)
 			}

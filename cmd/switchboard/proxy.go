@@ -88,7 +88,7 @@ func proxyCmd() *cobra.Command {
 	f.StringVar(&hostname, "hostname-override", "", "this node's name (default: the hostname)")
 	f.StringVar(&mode, "mode", "nftables", "proxy mode; only nftables")
 	f.StringVar(&healthz, "healthz-bind-address", "0.0.0.0:10256", "address for /healthz and /livez; empty disables")
-	f.StringVar(&metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "address for /metrics; empty disables")
+	f.StringVar(&metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "address for /metrics and /debug/switchboard/services (what switchboard doctor reads); empty disables")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "comma-separated pod CIDRs; traffic to ClusterIPs from outside them is masqueraded")
 	f.StringVar(&detectLocal, "detect-local-mode", "ClusterCIDR", "how to tell cluster-local traffic: ClusterCIDR (uses --cluster-cidr)")
 	f.StringSliceVar(&nodeIPs, "node-ip", nil, "addresses NodePorts answer on (default: the Node's InternalIPs)")

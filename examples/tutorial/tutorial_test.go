@@ -38,6 +38,7 @@ var expectations = map[string]*regexp.Regexp{
 	"kubectl apply -f examples/tutorial/nodeport.yaml":                                                                                regexp.MustCompile(`service/my-nodeport-service created`),
 	"switchboard exec --node node-2 -- curl -s http://$(kubectl get node node-1 -o jsonpath='{.status.addresses[0].address}'):30080":  regexp.MustCompile(`"pod":"nginx-\d"`),
 	"kubectl create service clusterip typo --tcp=80:80 --dry-run=client -o yaml | sed 's/app: typo/app: ngnix/' | kubectl apply -f -": regexp.MustCompile(`service/typo created`),
+	"switchboard doctor svc/my-awesome-service":                                                                                       regexp.MustCompile(`(?s)\): OK.*on node node-1, packets to the service go:\s+10\.96\.\d+\.\d+:80/TCP -> DNAT one of (10\.244\.\d+\.\d+:80 \(nginx-\d on node-\d\)(, )?){3}.*on node node-2.*my-awesome-service\.default\.svc\.cluster\.local\. resolves from pod default/client to 10\.96\.`),
 	"switchboard doctor svc/typo": regexp.MustCompile(`pod nginx-\d: label app=nginx is a typo away from selector app=ngnix`),
 }
 

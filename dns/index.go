@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -39,6 +40,9 @@ type service struct {
 	// endpoints are the ready endpoints, one per address. CoreDNS answers
 	// endpoint names and their PTRs for every Service, not only headless.
 	endpoints []endpoint
+	// cache holds wire-format replies computed from this snapshot; a change
+	// builds a new service, so they never go stale.
+	cache replyCache
 }
 
 // Index is the in-memory view DNS answers from, kept current by informers.
@@ -51,22 +55,26 @@ type Index struct {
 	namespaces map[string]int
 	podIPs     map[string]map[netip.Addr]int // namespace -> pod IP -> pods with it
 	ptr        map[netip.Addr][]string       // address -> names (without zone)
-	modified   time.Time
+	// modified is the Unix time of the last change, read without the lock
+	// by every negative answer's SOA.
+	modified atomic.Int64
 }
 
 // NewIndex returns an empty index.
 func NewIndex() *Index {
-	return &Index{services: map[string]*service{}, specs: map[string]*corev1.Service{},
+	x := &Index{services: map[string]*service{}, specs: map[string]*corev1.Service{},
 		slices: map[string]map[string]*discoveryv1.EndpointSlice{}, namespaces: map[string]int{},
-		podIPs: map[string]map[netip.Addr]int{}, ptr: map[netip.Addr][]string{}, modified: time.Now()}
+		podIPs: map[string]map[netip.Addr]int{}, ptr: map[netip.Addr][]string{}}
+	x.touch()
+	return x
 }
 
 // Serial is the SOA serial: the time of the last change, as CoreDNS does.
 func (x *Index) Serial() uint32 {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return uint32(x.modified.Unix())
+	return uint32(x.modified.Load())
 }
+
+func (x *Index) touch() { x.modified.Store(time.Now().Unix()) }
 
 // SetService records a Service (nil deletes it).
 func (x *Index) SetService(ns, name string, svc *corev1.Service) {
@@ -109,7 +117,7 @@ func (x *Index) SetNamespace(name string, exists bool) {
 	} else {
 		delete(x.namespaces, name)
 	}
-	x.modified = time.Now()
+	x.touch()
 }
 
 // SetPodIPs replaces a pod's addresses: old are removed, cur added.
@@ -134,7 +142,7 @@ func (x *Index) SetPodIPs(ns string, old, cur []netip.Addr) {
 // rebuild recomputes one Service's answers and its PTR names. Callers hold
 // the write lock.
 func (x *Index) rebuild(key string) {
-	x.modified = time.Now()
+	x.touch()
 	if old := x.services[key]; old != nil {
 		x.dropPTR(old)
 		delete(x.services, key)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -43,6 +44,12 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	ready   chan struct{}
+	// The fast path's view of the zone: its name in lower-case wire format
+	// (nil disables the fast path), its label count, and its SOA record
+	// packed uncompressed, serial last but four timers.
+	zoneWire   []byte
+	zoneLabels int
+	soaWire    []byte
 }
 
 // NewServer returns a server answering from index.
@@ -56,11 +63,34 @@ func NewServer(cfg Config, index *Index) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{
+	s := &Server{
 		zone: dns.Fqdn(strings.ToLower(cfg.Zone)), ttl: cfg.TTL, index: index,
 		fwd: newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.CacheSize), log: cfg.Logger,
 		metrics: newMetrics(), ready: make(chan struct{}),
 	}
+	s.initFast()
+	return s
+}
+
+// initFast prepares the fast path's wire-format zone and SOA. A zone under
+// arpa. would overlap the reverse names resolve checks first, and the root
+// zone holds no Service names the fast path could tell apart: both keep to
+// the slow path.
+func (s *Server) initFast() {
+	if s.zone == "." || s.zone == "arpa." || strings.HasSuffix(s.zone, ".arpa.") {
+		return
+	}
+	buf := make([]byte, 512)
+	n, err := dns.PackDomainName(s.zone, buf, 0, nil, false)
+	if err != nil {
+		return
+	}
+	soa := make([]byte, 1024)
+	m, err := dns.PackRR(s.soa(), soa, 0, nil, false)
+	if err != nil {
+		return
+	}
+	s.zoneWire, s.zoneLabels, s.soaWire = buf[:n], dns.CountLabel(s.zone), soa[:m]
 }
 
 // MarkReady makes /ready answer 200: call it once the index has synced.
@@ -83,9 +113,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	w.WriteMsg(m)
 	qtype := "other"
 	if len(r.Question) == 1 {
-		if t, ok := dns.TypeToString[r.Question[0].Qtype]; ok {
-			qtype = t
-		}
+		qtype = typeLabel(r.Question[0].Qtype)
 	}
 	s.metrics.observe(proto, qtype, dns.RcodeToString[m.Rcode], time.Since(start))
 }
@@ -100,16 +128,28 @@ func (s *Server) respond(r *dns.Msg, proto string) *dns.Msg {
 		}
 		return m
 	}
+	m, forward := s.zoneReply(r)
+	if forward {
+		if up := s.fwd.forward(r); up != nil {
+			return s.fit(r, up, proto)
+		}
+		m = new(dns.Msg)
+		m.SetRcode(r, dns.RcodeServerFailure)
+		return s.fit(r, m, proto)
+	}
+	return s.fit(r, m, proto)
+}
+
+// zoneReply answers r's one question from the cluster zone, before fitting
+// it to the client, or reports that it belongs upstream.
+func (s *Server) zoneReply(r *dns.Msg) (m *dns.Msg, forward bool) {
 	q := r.Question[0]
 	q.Name = strings.ToLower(dns.Fqdn(q.Name))
 	a := s.resolve(q)
 	if a.forward {
-		if up := s.fwd.forward(r); up != nil {
-			return s.fit(r, up, proto)
-		}
-		m.SetRcode(r, dns.RcodeServerFailure)
-		return s.fit(r, m, proto)
+		return nil, true
 	}
+	m = new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
 	m.Rcode = a.rcode
@@ -123,7 +163,7 @@ func (s *Server) respond(r *dns.Msg, proto string) *dns.Msg {
 			rr.Header().Name = r.Question[0].Name
 		}
 	}
-	return s.fit(r, m, proto)
+	return m, false
 }
 
 // fit sizes m to what the client can take: over UDP 512 bytes, or its EDNS0
@@ -143,12 +183,6 @@ func (s *Server) fit(r, m *dns.Msg, proto string) *dns.Msg {
 	}
 	m.Truncate(size)
 	return m
-}
-
-// ServePacket answers UDP queries on conn until ctx ends.
-func (s *Server) ServePacket(ctx context.Context, conn net.PacketConn) error {
-	srv := &dns.Server{PacketConn: conn, Handler: s, UDPSize: dns.MaxMsgSize}
-	return serveUntil(ctx, srv, srv.ActivateAndServe)
 }
 
 // ServeListener answers TCP queries on l until ctx ends.
@@ -192,6 +226,10 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	responses *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
+	// The fast path's series, resolved ahead of the queries.
+	fastRequests  [256]lazy[prometheus.Counter]
+	fastResponses [16]lazy[prometheus.Counter]
+	fastDuration  lazy[prometheus.Observer]
 }
 
 func newMetrics() *metrics {
@@ -206,6 +244,39 @@ func newMetrics() *metrics {
 	}
 	m.registry.MustRegister(m.requests, m.responses, m.duration)
 	return m
+}
+
+// observeFast counts a fast-path UDP query with series looked up once per
+// type and rcode rather than by label hashing per query.
+func (m *metrics) observeFast(qtype uint16, rcode int, d time.Duration) {
+	requests := func() prometheus.Counter { return m.requests.WithLabelValues("udp", typeLabel(qtype)) }
+	if int(qtype) < len(m.fastRequests) {
+		m.fastRequests[qtype].get(requests).Inc()
+	} else {
+		requests().Inc()
+	}
+	m.fastResponses[rcode&0xF].get(func() prometheus.Counter { return m.responses.WithLabelValues(dns.RcodeToString[rcode]) }).Inc()
+	m.fastDuration.get(func() prometheus.Observer { return m.duration.WithLabelValues("udp") }).Observe(d.Seconds())
+}
+
+// lazy holds a series looked up on first use, so that series appear only
+// once a query of their kind was answered, as with WithLabelValues.
+type lazy[T any] struct{ p atomic.Pointer[T] }
+
+func (l *lazy[T]) get(lookup func() T) T {
+	if p := l.p.Load(); p != nil {
+		return *p
+	}
+	v := lookup()
+	l.p.Store(&v)
+	return v
+}
+
+func typeLabel(qtype uint16) string {
+	if t, ok := dns.TypeToString[qtype]; ok {
+		return t
+	}
+	return "other"
 }
 
 func (m *metrics) observe(proto, qtype, rcode string, d time.Duration) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -44,7 +45,8 @@ func dnsCmd() *cobra.Command {
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			pc, err := net.ListenPacket("udp", listen)
+			// One UDP socket per CPU, each with its own reader.
+			pcs, err := dns.ListenUDP(listen, runtime.GOMAXPROCS(0))
 			if err != nil {
 				return fmt.Errorf("--listen %s (udp): %w", listen, err)
 			}
@@ -66,10 +68,16 @@ func dnsCmd() *cobra.Command {
 			}
 			srv.MarkReady()
 			cfg.Logger.Info("serving cluster DNS", "listen", listen, "zone", cfg.Zone, "upstreams", upstreams)
-			errc := make(chan error, 2)
-			go func() { errc <- srv.ServePacket(ctx, pc) }()
+			errc := make(chan error, len(pcs)+1)
+			for _, pc := range pcs {
+				go func() { errc <- srv.ServePacket(ctx, pc) }()
+			}
 			go func() { errc <- srv.ServeListener(ctx, l) }()
-			return errors.Join(<-errc, <-errc)
+			var errs []error
+			for range len(pcs) + 1 {
+				errs = append(errs, <-errc)
+			}
+			return errors.Join(errs...)
 		},
 	}
 	f := cmd.Flags()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"sync"
 	"time"
@@ -43,6 +44,7 @@ type health struct {
 	// the data plane back (see DebugPath).
 	programmed *snapshot.Snapshot
 	inspect    inspector
+	profiling  bool
 	servers    []*http.Server
 	hcnp       map[int32]*hcServer
 }
@@ -101,6 +103,12 @@ func (h *health) serve(ctx context.Context, healthz, metricsAddr string, m *metr
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 		mux.HandleFunc(DebugPath, h.serveDebug)
+		if h.profiling {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		h.servers = append(h.servers, h.start(l, mux))
 	}
 	return nil

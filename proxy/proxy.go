@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -51,6 +52,9 @@ type Config struct {
 	// disables each.
 	HealthzBindAddress string
 	MetricsBindAddress string
+	// EnableProfiling serves net/http/pprof under /debug/pprof/ on the
+	// metrics address, as kube-proxy's enableProfiling does.
+	EnableProfiling bool
 	// MinSyncInterval coalesces bursts of changes; 0 uses 10ms.
 	MinSyncInterval time.Duration
 	Logger          *slog.Logger
@@ -87,10 +91,18 @@ func Run(ctx context.Context, cfg Config) error {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	svcInf := factory.Core().V1().Services().Informer()
 	sliceInf := factory.Discovery().V1().EndpointSlices().Informer()
-	if _, err := svcInf.AddEventHandler(tracker.ServiceHandler()); err != nil {
+	if err := svcInf.SetTransform(trimService); err != nil {
 		return fmt.Errorf("proxy: watch services: %w", err)
 	}
-	if _, err := sliceInf.AddEventHandler(tracker.SliceHandler()); err != nil {
+	if err := sliceInf.SetTransform(trimSlice); err != nil {
+		return fmt.Errorf("proxy: watch endpointslices: %w", err)
+	}
+	svcReg, err := svcInf.AddEventHandler(tracker.ServiceHandler())
+	if err != nil {
+		return fmt.Errorf("proxy: watch services: %w", err)
+	}
+	sliceReg, err := sliceInf.AddEventHandler(tracker.SliceHandler())
+	if err != nil {
 		return fmt.Errorf("proxy: watch endpointslices: %w", err)
 	}
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
@@ -113,7 +125,10 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), svcInf.HasSynced, sliceInf.HasSynced) {
+	// The handlers' registrations, not the informers: the first sync must
+	// see every object the initial lists delivered, or it would program a
+	// partial world and then stream the rest in as changes.
+	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced) {
 		return nil // stopped before the first sync
 	}
 
@@ -125,6 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer kern.Close()
 	m := newMetrics()
 	hs := newHealth(cfg.NodeName, cfg.NetNS, tracker, kern, log)
+	hs.profiling = cfg.EnableProfiling
 	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, m); err != nil {
 		return err
 	}
@@ -159,6 +175,11 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 			t.Requeue(u.Changed)
 			retry.Reset(time.Second)
 		} else {
+			if first {
+				// The initial lists' decoding garbage is gone for good:
+				// give it back to the OS instead of carrying it as RSS.
+				debug.FreeOSMemory()
+			}
 			first = false
 			done := time.Now()
 			for _, tt := range u.Triggers {
@@ -170,16 +191,21 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 			m.record(u.Snapshot, b.Stats())
 			log.Debug("synced", "changed", len(u.Changed), "took", took)
 		}
+		last := time.Now()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.Changed():
 		case <-retry.C:
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(cfg.MinSyncInterval):
+		// At most one sync per MinSyncInterval, so a burst coalesces; a
+		// change after a quiet spell is programmed at once.
+		if wait := cfg.MinSyncInterval - time.Since(last); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
 		}
 	}
 }

@@ -1,0 +1,394 @@
+// Command proxycluster benchmarks `switchboard proxy` against upstream
+// kube-proxy (nftables mode) as real processes, in one run: one in-process
+// kube-apiserver holds 5,000 ClusterIP Services x 10 endpoints, and each
+// proxy runs inside its own network namespace (ip netns exec), reaching the
+// API server through a TCP relay the benchmark opens on that namespace's
+// loopback. It reports, per proxy: the time from process start until all
+// Services are programmed, the first full sync as the proxy itself reports
+// it, single endpoint changes (the proxy's own sync duration and the time
+// from the API write until its sync finished), the ruleset's size, and RSS.
+//
+//	go build -o /tmp/sb ./cmd/switchboard
+//	go run ./bench/proxycluster [-switchboard /tmp/sb] [-kube-proxy /work/ref/kube-proxy]
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchboard/switchboard/bench/measure"
+	"github.com/switchboard/switchboard/controlplane"
+	"github.com/switchboard/switchboard/netnamespace"
+)
+
+const ns = "bench"
+
+var (
+	nServices = flag.Int("services", 5000, "ClusterIP Services")
+	nEps      = flag.Int("endpoints", 10, "endpoints per Service")
+	nChanges  = flag.Int("changes", 10, "single endpoint changes measured")
+	sbBin     = flag.String("switchboard", "/tmp/sb", "switchboard binary (go build -o /tmp/sb ./cmd/switchboard)")
+	kpBin     = flag.String("kube-proxy", "/work/ref/kube-proxy", "upstream kube-proxy binary; skipped if missing")
+)
+
+// rival is one proxy under test and the names of its metrics.
+type rival struct {
+	name     string
+	node     string
+	argv     func(kubeconfig string) []string
+	syncDur  string // histogram of every sync's duration
+	progLat  string // network programming latency histogram
+	services string // gauge that reaches nServices when all is programmed ("" if none)
+	labels   string // label set of the IPv4 samples, e.g. {ip_family="IPv4"}
+
+	netnsName, netnsPath string
+	cmd                  *exec.Cmd
+	started              time.Time
+
+	// results
+	toProgrammed, firstSync time.Duration
+	changeSync, changeWall  []time.Duration
+	progMean                time.Duration
+	lines                   int
+	rss, rssAnon, rssFile   string
+}
+
+func main() {
+	flag.Parse()
+	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "sb-bench-proxy-")
+	must(err)
+	defer os.RemoveAll(dir)
+	cp, err := controlplane.Start(ctx, controlplane.Config{StateDir: dir})
+	must(err)
+	defer cp.Stop()
+	cfg := rest.CopyConfig(cp.RESTConfig)
+	cfg.QPS, cfg.Burst = 5000, 10000
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	client := kubernetes.NewForConfigOrDie(cfg)
+
+	rivals := []*rival{{
+		name: "switchboard", node: "sb-node",
+		argv: func(kc string) []string {
+			return []string{*sbBin, "proxy", "--kubeconfig", kc, "--hostname-override", "sb-node",
+				"--cluster-cidr", "10.244.0.0/16", "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249"}
+		},
+		syncDur: "switchboard_proxy_sync_duration_seconds", progLat: "switchboard_proxy_network_programming_duration_seconds",
+		services: "switchboard_proxy_services",
+	}}
+	if _, err := os.Stat(*kpBin); err == nil {
+		rivals = append(rivals, &rival{
+			name: "kube-proxy", node: "kp-node",
+			argv: func(kc string) []string {
+				return []string{*kpBin, "--proxy-mode", "nftables", "--kubeconfig", kc, "--hostname-override", "kp-node",
+					"--cluster-cidr", "10.244.0.0/16", "--conntrack-max-per-core", "0",
+					"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249"}
+			},
+			syncDur: "kubeproxy_sync_proxy_rules_duration_seconds", progLat: "kubeproxy_network_programming_duration_seconds",
+			// Its IPv4 proxier: the IPv6 one has nothing to program here.
+			labels: `{ip_family="IPv4"}`,
+		})
+	} else {
+		log.Printf("no kube-proxy at %s (../shared/reference/build.sh builds it): switchboard only", *kpBin)
+	}
+	// Namespaces and processes go away even when the run is interrupted.
+	cleanup := func() {
+		for _, r := range rivals {
+			if r.cmd != nil && r.cmd.Process != nil {
+				r.cmd.Process.Kill()
+				r.cmd.Wait()
+			}
+			if r.netnsName != "" {
+				exec.Command("ip", "netns", "delete", r.netnsName).Run()
+			}
+		}
+	}
+	defer cleanup()
+	atExit = func() { cleanup(); cp.Stop(); os.RemoveAll(dir) }
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() { <-sig; atExit(); os.Exit(1) }()
+
+	_, err = client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	must(err)
+	for _, r := range rivals {
+		must(registerNode(ctx, client, r.node))
+	}
+	start := time.Now()
+	ips := make([]string, *nServices)
+	measure.Parallel(*nServices, 32, func(i int) {
+		svc, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", i)},
+			Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		}, metav1.CreateOptions{})
+		must(err)
+		ips[i] = svc.Spec.ClusterIP
+		_, err = client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(i, 0), metav1.CreateOptions{})
+		must(err)
+	})
+	log.Printf("created %d Services x %d endpoints in %v", *nServices, *nEps, time.Since(start).Round(time.Millisecond))
+
+	for _, r := range rivals {
+		r.netnsName = netnamespace.Unique("sbbp")
+		var del func()
+		r.netnsPath, del, err = netnamespace.Create(r.netnsName)
+		must(err)
+		_ = del // cleanup deletes by name
+		kc, err := relayKubeconfig(cp, dir, r)
+		must(err)
+		argv := r.argv(kc)
+		r.cmd = exec.Command("ip", append([]string{"netns", "exec", r.netnsName}, argv...)...)
+		logf, err := os.Create(filepath.Join(dir, r.name+".log"))
+		must(err)
+		r.cmd.Stdout, r.cmd.Stderr = logf, logf
+		// One at a time: a start competes only with an idle rival.
+		r.started = time.Now()
+		must(r.cmd.Start())
+		r.waitProgrammed()
+		log.Printf("%s: programmed %d Services %v after start (first sync %v)", r.name, *nServices, r.toProgrammed, r.firstSync)
+	}
+	time.Sleep(3 * time.Second)
+	for i := range *nChanges {
+		idx := (i * 7919) % *nServices
+		before := map[*rival][2]float64{}
+		for _, r := range rivals {
+			c, s := r.histogram(r.syncDur)
+			before[r] = [2]float64{c, s}
+		}
+		sl := slice(idx, i+1)
+		cur, err := client.DiscoveryV1().EndpointSlices(ns).Get(ctx, sl.Name, metav1.GetOptions{})
+		must(err)
+		sl.ResourceVersion = cur.ResourceVersion
+		t0 := time.Now()
+		sl.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: t0.UTC().Format(time.RFC3339Nano)}
+		_, err = client.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{})
+		must(err)
+		for _, r := range rivals {
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				c, s := r.histogram(r.syncDur)
+				if c > before[r][0] {
+					r.changeWall = append(r.changeWall, time.Since(t0))
+					r.changeSync = append(r.changeSync, time.Duration((s-before[r][1])/(c-before[r][0])*float64(time.Second)))
+					break
+				}
+				if time.Now().After(deadline) {
+					fatalf("%s: change %d not programmed in 30s", r.name, i)
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+		// kube-proxy's --nftables-min-sync-period is 1s: space the changes
+		// so that neither proxy's rate limit delays one.
+		time.Sleep(1500 * time.Millisecond)
+	}
+	for _, r := range rivals {
+		c, s := r.histogram(r.progLat)
+		if c > 0 {
+			r.progMean = time.Duration(s / c * float64(time.Second))
+		}
+		pid := r.cmd.Process.Pid
+		r.rss, r.rssAnon, r.rssFile = measure.MB(measure.Status(pid, "VmRSS")), measure.MB(measure.Status(pid, "RssAnon")), measure.MB(measure.Status(pid, "RssFile"))
+		out, err := exec.Command("ip", "netns", "exec", r.netnsName, "nft", "list", "ruleset").Output()
+		if err == nil {
+			r.lines = strings.Count(string(out), "\n")
+		}
+	}
+	fmt.Printf("\n%d ClusterIP Services x %d endpoints, one kube-apiserver, each proxy in its own netns (%d changes)\n", *nServices, *nEps, *nChanges)
+	row := measure.Table(40, rivals, func(r *rival) string { return r.name })
+	row("start -> all Services programmed", func(r *rival) string { return r.toProgrammed.Round(time.Millisecond).String() })
+	row("first full sync (self-reported)", func(r *rival) string { return r.firstSync.Round(time.Millisecond).String() })
+	row("one endpoint change: sync p50", func(r *rival) string { return pct(r.changeSync, 50) })
+	row("one endpoint change: sync max", func(r *rival) string { return pct(r.changeSync, 100) })
+	row("API write -> change programmed p50", func(r *rival) string { return pct(r.changeWall, 50) })
+	row("API write -> change programmed max", func(r *rival) string { return pct(r.changeWall, 100) })
+	row("programming latency mean (trigger time)", func(r *rival) string { return r.progMean.Round(10 * time.Microsecond).String() })
+	row("nft list ruleset lines", func(r *rival) string { return strconv.Itoa(r.lines) })
+	row("RSS", func(r *rival) string { return r.rss })
+	row("  of which anonymous", func(r *rival) string { return r.rssAnon })
+	row("  of which file-backed", func(r *rival) string { return r.rssFile })
+}
+
+func pct(ds []time.Duration, p int) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s) - 1) * p / 100
+	return s[i].Round(10 * time.Microsecond).String()
+}
+
+// slice is Service i's one EndpointSlice; generation g moves endpoint 0 to
+// a new address (one endpoint replaced, the rest unchanged).
+func slice(i, g int) *discovery.EndpointSlice {
+	sl := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d-bench", i), Labels: map[string]string{
+			discovery.LabelServiceName: fmt.Sprintf("svc-%d", i), discovery.LabelManagedBy: "bench"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
+	}
+	for j := range *nEps {
+		n := uint32(0x0a800000) + uint32(i)*16 + uint32(j) + 1 // 10.128.0.0/9
+		if j == 0 && g > 0 {
+			n = uint32(0x0a000000) + uint32(0x400000) + uint32(g) // 10.64.0.0/10: replacements
+		}
+		ip := netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, n)))
+		sl.Endpoints = append(sl.Endpoints, discovery.Endpoint{Addresses: []string{ip.String()},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
+			NodeName:   ptr.To("elsewhere")})
+	}
+	return sl
+}
+
+// registerNode creates a Node with an InternalIP: kube-proxy waits for one.
+func registerNode(ctx context.Context, c kubernetes.Interface, name string) error {
+	n, err := c.CoreV1().Nodes().Create(ctx, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name,
+		Labels: map[string]string{v1.LabelHostname: name}}}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "10.0.0.1"}}
+	n.Status.Conditions = []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue}}
+	_, err = c.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	return err
+}
+
+// relayKubeconfig opens 127.0.0.1:6443 inside the rival's namespace,
+// relaying to the API server on the host's loopback (TLS stays end to end:
+// the serving certificate is valid for 127.0.0.1), and writes a kubeconfig
+// pointing there.
+func relayKubeconfig(cp *controlplane.ControlPlane, dir string, r *rival) (string, error) {
+	u, err := url.Parse(cp.RESTConfig.Host)
+	if err != nil {
+		return "", err
+	}
+	var l net.Listener
+	if err := netnamespace.Do(r.netnsPath, func() error {
+		var err error
+		l, err = net.Listen("tcp", "127.0.0.1:6443")
+		return err
+	}); err != nil {
+		return "", err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", u.Host)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go io.Copy(up, c)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	kc, err := clientcmd.LoadFromFile(cp.KubeconfigPath)
+	if err != nil {
+		return "", err
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server = "https://127.0.0.1:6443"
+	}
+	path := filepath.Join(dir, r.name+".kubeconfig")
+	return path, clientcmd.WriteToFile(*kc, path)
+}
+
+// metrics reads the rival's /metrics inside its namespace: sample (name
+// with its labels) -> value.
+func (r *rival) metrics() map[string]float64 {
+	resp, err := netnamespace.HTTPClient(r.netnsPath, 5*time.Second).Get("http://127.0.0.1:10249/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) != 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+			out[f[0]] = v
+		}
+	}
+	return out
+}
+
+func (r *rival) histogram(name string) (count, sum float64) {
+	m := r.metrics()
+	return m[name+"_count"+r.labels], m[name+"_sum"+r.labels]
+}
+
+// waitProgrammed waits for the first sync that holds every Service.
+func (r *rival) waitProgrammed() {
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		m := r.metrics()
+		count, sum := m[r.syncDur+"_count"+r.labels], m[r.syncDur+"_sum"+r.labels]
+		done := count >= 1
+		if r.services != "" {
+			done = done && m[r.services] >= float64(*nServices)
+		}
+		if done {
+			r.toProgrammed = time.Since(r.started)
+			r.firstSync = time.Duration(sum / count * float64(time.Second))
+			return
+		}
+		if r.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fatalf("%s: not programmed within 5 minutes", r.name)
+}
+
+// atExit removes the namespaces, processes and API server a failed run
+// leaves.
+var atExit = func() {}
+
+func fatalf(format string, args ...any) {
+	atExit()
+	log.Fatalf(format, args...)
+}
+
+func must(err error) {
+	if err != nil {
+		fatalf("%v", err)
+	}
+}

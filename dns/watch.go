@@ -98,16 +98,36 @@ func podAddrs(p *corev1.Pod) []netip.Addr {
 	return out
 }
 
-// trim drops what DNS never reads before objects enter the caches.
+// trim keeps only what DNS reads before objects enter the informers'
+// caches, which hold every object for as long as it exists: a fresh, small
+// object rather than the decoded one with its managed fields, annotations,
+// pod specs, topology and conditions.
 func trim(o any) (any, error) {
-	if m, ok := o.(metav1.Object); ok {
-		m.SetManagedFields(nil)
-		m.SetAnnotations(nil)
-		m.SetOwnerReferences(nil)
+	meta := func(m metav1.ObjectMeta) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
+			DeletionTimestamp: m.DeletionTimestamp}
 	}
-	if p, ok := o.(*corev1.Pod); ok {
-		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion},
-			Status: corev1.PodStatus{PodIPs: p.Status.PodIPs}}, nil
+	switch o := o.(type) {
+	case *corev1.Pod:
+		return &corev1.Pod{ObjectMeta: meta(o.ObjectMeta), Status: corev1.PodStatus{PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs}}, nil
+	case *corev1.Service:
+		spec := corev1.ServiceSpec{Type: o.Spec.Type, ClusterIP: o.Spec.ClusterIP, ClusterIPs: o.Spec.ClusterIPs, ExternalName: o.Spec.ExternalName}
+		for _, p := range o.Spec.Ports {
+			spec.Ports = append(spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port})
+		}
+		return &corev1.Service{ObjectMeta: meta(o.ObjectMeta), Spec: spec}, nil
+	case *discoveryv1.EndpointSlice:
+		m := meta(o.ObjectMeta)
+		if svc := o.Labels[discoveryv1.LabelServiceName]; svc != "" {
+			m.Labels = map[string]string{discoveryv1.LabelServiceName: svc}
+		}
+		eps := make([]discoveryv1.Endpoint, len(o.Endpoints))
+		for i, e := range o.Endpoints {
+			eps[i] = discoveryv1.Endpoint{Addresses: e.Addresses, Hostname: e.Hostname, Conditions: discoveryv1.EndpointConditions{Ready: e.Conditions.Ready}}
+		}
+		return &discoveryv1.EndpointSlice{ObjectMeta: m, AddressType: o.AddressType, Ports: o.Ports, Endpoints: eps}, nil
+	case *corev1.Namespace:
+		return &corev1.Namespace{ObjectMeta: meta(o.ObjectMeta)}, nil
 	}
 	return o, nil
 }

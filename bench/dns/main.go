@@ -13,7 +13,8 @@
 // query takes CPU from the shared cores), and with -v for latency.
 // Latency percentiles come from dnsperf -v's per-query latencies; CPU per
 // query is the server's utime+stime delta over the run divided by answered
-// queries; RSS is VmRSS after the run.
+// queries; RSS is VmRSS after the run, and its anonymous and file-backed
+// parts (RssAnon, RssFile).
 package main
 
 import (
@@ -75,7 +76,9 @@ type result struct {
 	lost     int64
 	p50, p99 time.Duration
 	cpuPerQ  time.Duration
-	rss      string
+	// rss is VmRSS; anon and file its parts (RssAnon: heap, stacks, the
+	// Go runtime's; RssFile: the binary's pages and other mapped files).
+	rss, anon, file string
 }
 
 func main() {
@@ -181,6 +184,8 @@ func main() {
 	line(fix+" lost", func(r row) string { return strconv.FormatInt(r.fix.lost, 10) })
 	line(fix+" CPU/query", func(r row) string { return r.fix.cpuPerQ.Round(100 * time.Nanosecond).String() })
 	line("RSS (VmRSS after runs)", func(r row) string { return r.fix.rss })
+	line("RssAnon after runs", func(r row) string { return r.fix.anon })
+	line("RssFile after runs", func(r row) string { return r.fix.file })
 }
 
 // stopControlPlane stops the housekeeping controllers and the control plane,
@@ -393,5 +398,7 @@ func drive(pid int, addr, queries string, verbose bool, extra []string) result {
 		r.p99 = lat[len(lat)*99/100]
 	}
 	r.rss = measure.Status(pid, "VmRSS")
+	r.anon = measure.Status(pid, "RssAnon")
+	r.file = measure.Status(pid, "RssFile")
 	return r
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -31,6 +32,16 @@ func dnsCmd() *cobra.Command {
 			rc, err := cf.restConfig("dns")
 			if err != nil {
 				return err
+			}
+			// Protobuf, as CoreDNS: cheaper to decode than JSON, and the
+			// first lists of every Service, slice and pod are the peak.
+			rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+			rc.ContentType = "application/vnd.kubernetes.protobuf"
+			if os.Getenv("GOGC") == "" {
+				// The informer caches are the heap and answering allocates
+				// nothing: collecting at 25% growth costs little CPU and
+				// keeps RSS close to the live data.
+				debug.SetGCPercent(25)
 			}
 			client, err := kubernetes.NewForConfig(rc)
 			if err != nil {
@@ -66,6 +77,9 @@ func dnsCmd() *cobra.Command {
 			if err := idx.Watch(ctx, client); err != nil {
 				return err
 			}
+			// The first lists were decoded whole and are garbage now: give
+			// their pages back rather than wait for the scavenger.
+			debug.FreeOSMemory()
 			srv.MarkReady()
 			cfg.Logger.Info("serving cluster DNS", "listen", listen, "zone", cfg.Zone, "upstreams", upstreams)
 			errc := make(chan error, len(pcs)+1)

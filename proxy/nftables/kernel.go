@@ -203,6 +203,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 	type delta struct{ add, del []Elem }
 	var d [2]delta
 	var udpGone [2][]netip.Addr
+	var udpActive [2][]netip.AddrPort
 	var affinityGone [2][]netip.AddrPort
 	for _, key := range changed {
 		old := k.applied[key]
@@ -213,6 +214,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 			d[i].add = append(d[i].add, add...)
 			d[i].del = append(d[i].del, del...)
 			udpGone[i] = append(udpGone[i], goneUDPEndpoints(old[i], now[i])...)
+			udpActive[i] = append(udpActive[i], k.newlyActiveUDP(i == 0, old[i], now[i])...)
 			affinityGone[i] = append(affinityGone[i], goneAffinityEndpoints(old[i], now[i])...)
 		}
 		if len(v4)+len(v6) == 0 {
@@ -239,6 +241,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 		return k.fail(fmt.Errorf("apply nftables transaction in %q: %w", k.cfg.NetNS, err))
 	}
 	k.clearConntrack(udpGone)
+	k.clearUntranslated(udpActive)
 	return nil
 }
 
@@ -299,6 +302,47 @@ func goneUDPEndpoints(old, now []Elem) []netip.Addr {
 		}
 	}
 	return gone
+}
+
+// newlyActiveUDP lists the UDP front-ends (address and port; NodePorts on
+// each node address of the family) that have endpoints now and had none
+// before. A client may have sent to one while this proxy did not yet know
+// the Service: that datagram was routed on untranslated and left a
+// conntrack entry, which every later datagram of the flow keeps alive and
+// follows, past the DNAT rules, for as long as the client keeps sending.
+// kube-proxy clears these too.
+func (k *Kernel) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
+	type front struct {
+		addr     netip.Addr
+		port     uint16
+		nodePort bool
+	}
+	fronts := func(elems []Elem) map[front]bool {
+		m := map[front]bool{}
+		for _, e := range elems {
+			if e.IsMap() && e.Proto == v1.ProtocolUDP {
+				m[front{e.Addr, e.Port, strings.HasPrefix(e.Set, setNodePortPrefix)}] = true
+			}
+		}
+		return m
+	}
+	before := fronts(old)
+	var out []netip.AddrPort
+	for f := range fronts(now) {
+		if before[f] {
+			continue
+		}
+		if !f.nodePort {
+			out = append(out, netip.AddrPortFrom(f.addr, f.port))
+			continue
+		}
+		for _, ip := range k.cfg.NodeIPs {
+			if ip.Is4() == is4 {
+				out = append(out, netip.AddrPortFrom(ip, f.port))
+			}
+		}
+	}
+	return out
 }
 
 // goneAffinityEndpoints lists endpoints an affinity Service stopped using:
@@ -385,6 +429,38 @@ func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
 			} else if n > 0 {
 				k.log.Debug("cleared UDP conntrack entries", "endpoint", a, "entries", n)
 			}
+		}
+	}
+}
+
+// clearUntranslated deletes the UDP conntrack entries to the front-ends
+// that were never translated (their reply comes from the front-end address
+// itself), so the flows' next datagrams pass the DNAT rules. Translated
+// entries, to endpoints, are left alone.
+func (k *Kernel) clearUntranslated(fronts [2][]netip.AddrPort) {
+	for i, list := range fronts {
+		if len(list) == 0 {
+			continue
+		}
+		fam := netlink.InetFamily(unix.AF_INET)
+		if i == 1 {
+			fam = unix.AF_INET6
+		}
+		var filters []netlink.CustomConntrackFilter
+		for _, ap := range list {
+			f := &netlink.ConntrackFilter{}
+			ip := ap.Addr().AsSlice()
+			if f.AddProtocol(unix.IPPROTO_UDP) != nil || f.AddIP(netlink.ConntrackOrigDstIP, ip) != nil ||
+				f.AddIP(netlink.ConntrackReplySrcIP, ip) != nil || f.AddPort(netlink.ConntrackOrigDstPort, ap.Port()) != nil {
+				continue
+			}
+			filters = append(filters, f)
+		}
+		// One dump of the table for all filters.
+		if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...); err != nil {
+			k.log.Warn("clear untranslated UDP conntrack entries", "err", err)
+		} else if n > 0 {
+			k.log.Debug("cleared untranslated UDP conntrack entries", "entries", n)
 		}
 	}
 }
@@ -532,9 +608,9 @@ func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat boo
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
 	case name == setLBAllowed:
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, a), nftables.TypeInvalid, true
-	case name == setNoEndpoints || name == setLBRestricted || name == setMasqExternal || name == setMasqCluster || strings.HasPrefix(name, setAffinityPrefix):
+	case name == setNoEndpoints || name == setNoLocalEndpoints || name == setLBRestricted || name == setMasqExternal || name == setMasqCluster || strings.HasPrefix(name, setAffinityPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
-	case name == setNoEndpointsNodePort || name == setMasqNodePort:
+	case name == setNoEndpointsNodePort || name == setNoLocalEndpointsNodePort || name == setMasqNodePort:
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
 	case name == setHairpin:
 		return nftables.MustConcatSetType(a, a), nftables.TypeInvalid, true
@@ -712,9 +788,13 @@ func dnatExprs(is4, withAddr bool, slots uint32, set *nftables.Set) []expr.Any {
 	)
 }
 
+// ipsDstNAT is the conntrack status bit of a connection whose destination
+// was translated (IPS_DST_NAT).
+const ipsDstNAT = 1 << 5
+
 // affinityRecordExprs remembers, for a new connection DNATed to a
 // front-end with this timeout, which endpoint the client got:
-// "ct original daddr . l4proto . ct original proto-dst @affinity-T update
+// "ct status dnat ct original daddr . l4proto . ct original proto-dst @affinity-T update
 // @affinity { ct original saddr . ct original daddr . l4proto . ct original
 // proto-dst timeout T : ip daddr . th dport }".
 func affinityRecordExprs(f *family, seconds uint32, set *nftables.Set) []expr.Any {
@@ -724,6 +804,15 @@ func affinityRecordExprs(f *family, seconds uint32, set *nftables.Set) []expr.An
 	}
 	r := uint32(reg0)
 	ex := []expr.Any{
+		// "ct status dnat": only connections the services chain really
+		// translated. A retransmitted first packet of a connection that
+		// began before this Service was programmed is still "new" but
+		// keeps its untranslated NAT binding; recording it would pin the
+		// client to the front-end address itself.
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 		ctAddr(expr.CtKeyDST, r),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + w},
 		ctAddr(expr.CtKeyPROTODST, r+w+1),
@@ -776,7 +865,7 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	rejects := chain("reject-check", nil, 0, "")
 	chain("affinity-record", nil, 0, "")
 	firewall := chain("firewall-check", nil, 0, "")
-	for _, name := range []string{setAffinity, setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
+	for _, name := range []string{setAffinity, setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setNoLocalEndpoints, setNoLocalEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
 		k.addSet(f, name)
 	}
 	for _, name := range existing {
@@ -894,6 +983,15 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
 		daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
 	}, append(ex, lookup(f.sets[setNoEndpointsNodePort]), reject)...)})
+	// Endpoints only on other nodes under a Local policy: dropped, like
+	// kube-proxy's "drop" verdict in its no-endpoint maps.
+	drop := &expr.Verdict{Kind: expr.VerdictDrop}
+	ex, _ = frontEnd(f.is4, true)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[setNoLocalEndpoints]), drop)})
+	ex, _ = frontEnd(f.is4, false)
+	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
+		daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
+	}, append(ex, lookup(f.sets[setNoLocalEndpointsNodePort]), drop)...)})
 	for _, name := range existing {
 		k.ensureBucket(f, name)
 	}

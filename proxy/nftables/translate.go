@@ -10,7 +10,9 @@
 // spreads evenly, and changing one endpoint rewrites one element. NodePorts
 // use the same scheme keyed by "protocol . port" (maps np-k) behind a check
 // for the node's addresses. Service ports without usable endpoints sit in
-// sets that filter chains reject from, so clients fail at once.
+// sets that filter chains reject from, so clients fail at once; those whose
+// endpoints are all on other nodes under a Local traffic policy sit in sets
+// the filter chains drop from, as kube-proxy does.
 //
 // This file is the pure half: Service ports in, set elements out.
 package nftables
@@ -34,6 +36,15 @@ const (
 	// usable endpoint; setNoEndpointsNodePort the same for NodePorts.
 	setNoEndpoints         = "no-endpoints"
 	setNoEndpointsNodePort = "no-endpoints-nodeport"
+	// setNoLocalEndpoints holds front-ends under a Local traffic policy
+	// (internal for ClusterIPs, external for the rest) whose Service has
+	// usable endpoints, but none on this node; setNoLocalEndpointsNodePort
+	// the same for NodePorts. Their traffic is dropped, not rejected, as
+	// kube-proxy does: the client (often a load balancer health-checking
+	// nodes) should not take "refused" to mean the Service has no
+	// endpoints at all.
+	setNoLocalEndpoints         = "no-local-endpoints"
+	setNoLocalEndpointsNodePort = "no-local-endpoints-nodeport"
 	// setMasqExternal holds externalIP/LB front-ends under Cluster policy,
 	// setMasqNodePort NodePorts under Cluster policy: their traffic is
 	// masqueraded so replies come back through this node.
@@ -126,9 +137,15 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	}
 	clusterEPs := fam(sp.ClusterEndpoints())
 	externalEPs := fam(sp.ExternalEndpoints())
+	// Upstream decides per family too: endpoints of the other family do
+	// not make this one's front-ends "without local endpoints".
+	noEndpoints, noEndpointsNodePort := setNoEndpoints, setNoEndpointsNodePort
+	if len(fam(sp.UsableEndpoints())) > 0 {
+		noEndpoints, noEndpointsNodePort = setNoLocalEndpoints, setNoLocalEndpointsNodePort
+	}
 	front := func(addr netip.Addr, eps []snapshot.Endpoint) {
 		if len(eps) == 0 {
-			out = append(out, Elem{Set: setNoEndpoints, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+			out = append(out, Elem{Set: noEndpoints, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
 			return
 		}
 		if sp.AffinityTimeout > 0 {
@@ -177,7 +194,7 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	}
 	if sp.NodePort != 0 {
 		if len(externalEPs) == 0 {
-			out = append(out, Elem{Set: setNoEndpointsNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
+			out = append(out, Elem{Set: noEndpointsNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
 		}
 		for i, e := range externalEPs {
 			out = append(out, Elem{Set: bucket(setNodePortPrefix, len(externalEPs)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})

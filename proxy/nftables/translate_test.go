@@ -90,10 +90,18 @@ func TestTranslate(t *testing.T) {
 		is4:  true,
 		want: []string{"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80", "hairpin 10.244.1.2 . 10.244.1.2"},
 	}, {
-		name: "internalTrafficPolicy Local without local endpoints: rejected",
+		name: "internalTrafficPolicy Local without local endpoints, endpoints elsewhere: dropped, as kube-proxy does",
 		sp: base(func(sp *snapshot.ServicePort) {
 			sp.InternalLocal = true
 			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4:  true,
+		want: []string{"no-local-endpoints 10.96.0.10 . tcp . 80"},
+	}, {
+		name: "internalTrafficPolicy Local without any endpoint: rejected",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.InternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.2.2", 80, false, false, false, false)}
 		}),
 		is4:  true,
 		want: []string{"no-endpoints 10.96.0.10 . tcp . 80"},
@@ -126,15 +134,54 @@ func TestTranslate(t *testing.T) {
 			"hairpin 10.244.1.2 . 10.244.1.2",
 		},
 	}, {
-		name: "externalTrafficPolicy Local without local endpoints: NodePort rejected",
+		name: "externalTrafficPolicy Local without local endpoints, endpoints elsewhere: NodePort, externalIP and LB IP dropped, as kube-proxy does",
 		sp: base(func(sp *snapshot.ServicePort) {
 			sp.NodePort = 30080
 			sp.ExternalLocal = true
+			sp.ExternalIPs = addrs("192.0.2.1")
+			sp.LoadBalancerIPs = addrs("198.51.100.1")
 			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
 		}),
 		is4: true,
 		want: []string{
 			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"no-local-endpoints 192.0.2.1 . tcp . 80",
+			"no-local-endpoints 198.51.100.1 . tcp . 80",
+			"no-local-endpoints-nodeport tcp . 30080",
+		},
+	}, {
+		name: "externalTrafficPolicy Local with a terminating endpoint elsewhere only: still dropped, not rejected",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort = 30080
+			sp.ExternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.2.2", 80, false, true, true, false)}
+		}),
+		is4: true,
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"no-local-endpoints-nodeport tcp . 30080",
+		},
+	}, {
+		name: "externalTrafficPolicy Local without any endpoint: everything rejected",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort = 30080
+			sp.ExternalLocal = true
+		}),
+		is4: true,
+		want: []string{
+			"no-endpoints 10.96.0.10 . tcp . 80",
+			"no-endpoints-nodeport tcp . 30080",
+		},
+	}, {
+		name: "externalTrafficPolicy Local, endpoints elsewhere only in the other family: this family rejects",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort = 30080
+			sp.ExternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{ready("fd00:244::2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"no-endpoints 10.96.0.10 . tcp . 80",
 			"no-endpoints-nodeport tcp . 30080",
 		},
 	}, {

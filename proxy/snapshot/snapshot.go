@@ -86,6 +86,12 @@ func (sp *ServicePort) ClusterEndpoints() []Endpoint { return pick(sp.Endpoints,
 // balancer traffic, per externalTrafficPolicy.
 func (sp *ServicePort) ExternalEndpoints() []Endpoint { return pick(sp.Endpoints, sp.ExternalLocal) }
 
+// UsableEndpoints are the endpoints some traffic could use, on any node,
+// regardless of traffic policy. A Service port with usable endpoints but
+// none for a Local policy drops the traffic that policy governs; one
+// without any rejects it.
+func (sp *ServicePort) UsableEndpoints() []Endpoint { return pick(sp.Endpoints, false) }
+
 // LocalReadyCount is the number of local endpoints a healthCheckNodePort
 // reports: those external traffic would use.
 func (sp *ServicePort) LocalReadyCount() int {

@@ -12,10 +12,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -65,6 +67,19 @@ func run(nSvc, nEps, nChanges int) error {
 		return err
 	}
 	defer del()
+	// A run stopped with Ctrl-C or kill would skip the deferred delete and
+	// leave its namespace (and the table in it) behind: delete it on the
+	// way out. The process exits at once, closing its netlink sockets, so
+	// nothing holds the namespace after that.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		sig := <-sigs
+		del()
+		fmt.Fprintf(os.Stderr, "bench/proxy: %v: removed network namespace %s\n", sig, name)
+		os.Exit(130)
+	}()
 	k, err := nftables.New(nftables.Config{NetNS: path, NodeIPs: []netip.Addr{netip.MustParseAddr("192.168.0.1")},
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {

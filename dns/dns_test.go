@@ -346,3 +346,54 @@ func FuzzRespond(f *testing.F) {
 		}
 	})
 }
+
+// TestPodRecords checks pod records follow CoreDNS v1.15.0 for terminating
+// pods: one first seen terminating has none, one that was running keeps
+// its record until it is gone; and only the primary address counts.
+func TestPodRecords(t *testing.T) {
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	ctx := context.Background()
+	const hold = "switchboard.dev/test-hold"
+	pod := func(name, ip string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Finalizers: []string{hold}},
+			Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}},
+			Status: corev1.PodStatus{PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}}
+	}
+	release := func(name string) {
+		if p, err := client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+			p.Finalizers = nil
+			client.CoreV1().Pods(ns).Update(ctx, p, metav1.UpdateOptions{})
+		}
+	}
+	t.Cleanup(func() { release("early"); release("late") })
+	create(t, client, ns, pod("early", "10.244.7.1"), pod("late", "10.244.7.2"))
+	// "early" is terminating (held by its finalizer) before DNS starts.
+	if err := client.CoreV1().Pods(ns).Delete(ctx, "early", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, client, nil)
+	name := func(ip string) string { return strings.ReplaceAll(ip, ".", "-") + "." + ns + ".pod.cluster.local." }
+	if in := ts.query(t, "udp", name("10.244.7.1"), dns.TypeA, 0); in.Rcode != dns.RcodeNameError {
+		t.Errorf("pod first seen terminating: %s, want NXDOMAIN", dns.RcodeToString[in.Rcode])
+	}
+	if in := ts.query(t, "udp", name("10.244.7.2"), dns.TypeA, 0); in.Rcode != dns.RcodeSuccess || len(in.Answer) != 1 {
+		t.Fatalf("running pod: %v", in)
+	}
+	if err := client.CoreV1().Pods(ns).Delete(ctx, "late", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // let the update reach the index
+	if in := ts.query(t, "udp", name("10.244.7.2"), dns.TypeA, 0); in.Rcode != dns.RcodeSuccess || len(in.Answer) != 1 {
+		t.Errorf("pod turned terminating: %v, want its record still", in)
+	}
+	release("late")
+	var in *dns.Msg
+	wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		in = ts.query(t, "udp", name("10.244.7.2"), dns.TypeA, 0)
+		return in.Rcode == dns.RcodeNameError, nil
+	})
+	if in.Rcode != dns.RcodeNameError {
+		t.Errorf("deleted pod: %s, want NXDOMAIN", dns.RcodeToString[in.Rcode])
+	}
+}

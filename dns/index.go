@@ -54,6 +54,7 @@ type Index struct {
 	slices     map[string]map[string]*discoveryv1.EndpointSlice // service ns/name -> slice name
 	namespaces map[string]int
 	podIPs     map[string]map[netip.Addr]int // namespace -> pod IP -> pods with it
+	pods       map[string]netip.Addr         // ns/name -> the address counted in podIPs
 	ptr        map[netip.Addr][]string       // address -> names (without zone)
 	// modified is the Unix time of the last change, read without the lock
 	// by every negative answer's SOA.
@@ -64,7 +65,7 @@ type Index struct {
 func NewIndex() *Index {
 	x := &Index{services: map[string]*service{}, specs: map[string]*corev1.Service{},
 		slices: map[string]map[string]*discoveryv1.EndpointSlice{}, namespaces: map[string]int{},
-		podIPs: map[string]map[netip.Addr]int{}, ptr: map[netip.Addr][]string{}}
+		podIPs: map[string]map[netip.Addr]int{}, pods: map[string]netip.Addr{}, ptr: map[netip.Addr][]string{}}
 	x.touch()
 	return x
 }
@@ -120,23 +121,30 @@ func (x *Index) SetNamespace(name string, exists bool) {
 	x.touch()
 }
 
-// SetPodIPs replaces a pod's addresses: old are removed, cur added.
-func (x *Index) SetPodIPs(ns string, old, cur []netip.Addr) {
+// SetPod records the address pod records answer for a pod (the zero
+// Addr forgets the pod), replacing the one recorded before.
+func (x *Index) SetPod(ns, name string, addr netip.Addr) {
+	key := ns + "/" + name
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	m := x.podIPs[ns]
-	if m == nil {
-		m = map[netip.Addr]int{}
-		x.podIPs[ns] = m
-	}
-	for _, a := range old {
-		if m[a]--; m[a] <= 0 {
-			delete(m, a)
+	if old, ok := x.pods[key]; ok {
+		m := x.podIPs[ns]
+		if m[old]--; m[old] <= 0 {
+			delete(m, old)
 		}
+		if len(m) == 0 {
+			delete(x.podIPs, ns)
+		}
+		delete(x.pods, key)
 	}
-	for _, a := range cur {
-		m[a]++
+	if !addr.IsValid() {
+		return
 	}
+	x.pods[key] = addr
+	if x.podIPs[ns] == nil {
+		x.podIPs[ns] = map[netip.Addr]int{}
+	}
+	x.podIPs[ns][addr]++
 }
 
 // rebuild recomputes one Service's answers and its PTR names. Callers hold

@@ -62,15 +62,22 @@ func (x *Index) Watch(ctx context.Context, client kubernetes.Interface) error {
 		AddFunc:    func(o any) { x.SetNamespace(o.(*corev1.Namespace).Name, true) },
 		DeleteFunc: func(o any) { x.SetNamespace(unwrap(o).(metav1.Object).GetName(), false) },
 	})
+	// As CoreDNS v1.15.0: pod records answer a pod's primary address only,
+	// and an add or update of a terminating pod is dropped, so a pod first
+	// seen terminating has no record while one that was running keeps its
+	// record until it is deleted.
+	setPod := func(o any) {
+		if p := o.(*corev1.Pod); p.DeletionTimestamp.IsZero() {
+			a, _ := netip.ParseAddr(p.Status.PodIP)
+			x.SetPod(p.Namespace, p.Name, a)
+		}
+	}
 	pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(o any) { p := o.(*corev1.Pod); x.SetPodIPs(p.Namespace, nil, podAddrs(p)) },
-		UpdateFunc: func(old, o any) {
-			p := o.(*corev1.Pod)
-			x.SetPodIPs(p.Namespace, podAddrs(old.(*corev1.Pod)), podAddrs(p))
-		},
+		AddFunc:    setPod,
+		UpdateFunc: func(_, o any) { setPod(o) },
 		DeleteFunc: func(o any) {
 			if p, ok := unwrap(o).(*corev1.Pod); ok {
-				x.SetPodIPs(p.Namespace, podAddrs(p), nil)
+				x.SetPod(p.Namespace, p.Name, netip.Addr{})
 			}
 		},
 	})
@@ -88,16 +95,6 @@ func unwrap(o any) any {
 	return o
 }
 
-func podAddrs(p *corev1.Pod) []netip.Addr {
-	var out []netip.Addr
-	for _, ip := range p.Status.PodIPs {
-		if a, err := netip.ParseAddr(ip.IP); err == nil {
-			out = append(out, a)
-		}
-	}
-	return out
-}
-
 // trim keeps only what DNS reads before objects enter the informers'
 // caches, which hold every object for as long as it exists: a fresh, small
 // object rather than the decoded one with its managed fields, annotations,
@@ -109,7 +106,7 @@ func trim(o any) (any, error) {
 	}
 	switch o := o.(type) {
 	case *corev1.Pod:
-		return &corev1.Pod{ObjectMeta: meta(o.ObjectMeta), Status: corev1.PodStatus{PodIP: o.Status.PodIP, PodIPs: o.Status.PodIPs}}, nil
+		return &corev1.Pod{ObjectMeta: meta(o.ObjectMeta), Status: corev1.PodStatus{PodIP: o.Status.PodIP}}, nil
 	case *corev1.Service:
 		spec := corev1.ServiceSpec{Type: o.Spec.Type, ClusterIP: o.Spec.ClusterIP, ClusterIPs: o.Spec.ClusterIPs, ExternalName: o.Spec.ExternalName}
 		for _, p := range o.Spec.Ports {

@@ -75,6 +75,19 @@ type Cluster struct {
 	wg       sync.WaitGroup
 	lock     *StateLock
 	logFile  *os.File
+
+	// runCtx lives as long as the cluster; each node proxy runs under a
+	// context of its own derived from it, so one can be restarted alone.
+	runCtx  context.Context
+	client  kubernetes.Interface
+	proxyMu sync.Mutex
+	proxies map[string]*nodeProxy
+}
+
+// nodeProxy is one run of a node's in-process proxy.
+type nodeProxy struct {
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // Start brings the cluster up: it locks the state directory, starts the
@@ -155,7 +168,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			cfg.Logger.Error("endpointslice controller stopped", "err", err)
 		}
 	}()
-	if err := c.startNodes(runCtx, restCfg); err != nil {
+	if err := c.startNodes(runCtx, restCfg, svcCIDR); err != nil {
 		return fail(err)
 	}
 	return c, nil
@@ -163,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 
 // startNodes builds the network, registers the nodes and starts the
 // scheduler and the pod runtimes.
-func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config) error {
+func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR netip.Prefix) error {
 	cfg, n := c.Config, c.Network
 	// Leftovers of a crashed run of this state directory go first.
 	n.TearDownAll()
@@ -177,7 +190,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config) error {
 	nodeLabels := map[string]labels.Set{}
 	for i := 1; i <= cfg.Nodes; i++ {
 		name := fmt.Sprintf("node-%d", i)
-		if err := n.SetUpNode(i, cfg.Nodes, name); err != nil {
+		if err := n.SetUpNode(i, cfg.Nodes, name, svcCIDR); err != nil {
 			return fmt.Errorf("node %s: %w", name, err)
 		}
 		info := NodeInfo{Name: name, NetNS: "/run/netns/" + n.NodeNS(name), IP: n.NodeIP(i),
@@ -205,19 +218,65 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config) error {
 	if err := c.startClusterDNS(ctx, client); err != nil {
 		return err
 	}
+	c.runCtx, c.client = ctx, client
+	c.proxyMu.Lock()
+	defer c.proxyMu.Unlock()
+	c.proxies = map[string]*nodeProxy{}
 	for _, info := range c.nodes {
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			// One node proxy per node, in process, programming that node's
-			// namespace, exactly as `switchboard proxy` would on a real node.
-			err := proxy.Run(ctx, proxy.Config{Client: client, NodeName: info.Name, NodeIPs: []netip.Addr{info.IP},
-				NetNS: info.NetNS, ClusterCIDRs: []netip.Prefix{n.PodCIDR},
-				HealthzBindAddress: "0.0.0.0:10256", MetricsBindAddress: "127.0.0.1:10249", Logger: cfg.Logger})
-			if err != nil && ctx.Err() == nil {
-				cfg.Logger.Error("node proxy stopped", "node", info.Name, "err", err)
-			}
-		}()
+		c.startProxy(info)
+	}
+	return nil
+}
+
+// startProxy starts a run of the node's proxy; the caller holds proxyMu.
+func (c *Cluster) startProxy(info NodeInfo) {
+	ctx, cancel := context.WithCancel(c.runCtx)
+	p := &nodeProxy{cancel: cancel, done: make(chan struct{})}
+	c.proxies[info.Name] = p
+	log := c.Config.Logger
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer close(p.done)
+		// One node proxy per node, in process, programming that node's
+		// namespace, exactly as `switchboard proxy` would on a real node.
+		err := proxy.Run(ctx, proxy.Config{Client: c.client, NodeName: info.Name, NodeIPs: []netip.Addr{info.IP},
+			NetNS: info.NetNS, ClusterCIDRs: []netip.Prefix{c.Network.PodCIDR},
+			HealthzBindAddress: "0.0.0.0:10256", MetricsBindAddress: "127.0.0.1:10249", Logger: log})
+		if err != nil && ctx.Err() == nil {
+			log.Error("node proxy stopped", "node", info.Name, "err", err)
+		}
+	}()
+}
+
+// RestartProxy stops the node's in-process proxy and starts a new one, as
+// restarting kube-proxy (or `switchboard proxy`) on a real node would. The
+// rules stay in the node's namespace in between, and the new run adopts the
+// table it finds and converges from there, so established connections
+// keep flowing: that is what this is for (end-to-end tests of a proxy
+// restart under traffic). It returns once the old run has ended and the new
+// one has started, not when the new one has synced; ctx bounds the wait for
+// the old run.
+func (c *Cluster) RestartProxy(ctx context.Context, node string) error {
+	c.proxyMu.Lock()
+	defer c.proxyMu.Unlock()
+	p := c.proxies[node]
+	if p == nil {
+		return fmt.Errorf("restart proxy: no node %q in this cluster", node)
+	}
+	p.cancel()
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return fmt.Errorf("restart proxy of node %s: the old run did not stop: %w", node, ctx.Err())
+	}
+	if err := c.runCtx.Err(); err != nil {
+		return fmt.Errorf("restart proxy of node %s: cluster stopped", node)
+	}
+	for _, info := range c.nodes {
+		if info.Name == node {
+			c.startProxy(info)
+		}
 	}
 	return nil
 }

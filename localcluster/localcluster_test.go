@@ -471,3 +471,17 @@ func testLogger() *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
+
+// TestRestartProxy: a node's proxy restarts on request (proxy/e2e checks
+// that connections survive it); a node the cluster lacks is an error.
+func TestRestartProxy(t *testing.T) {
+	need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cluster.RestartProxy(ctx, "node-9"); err == nil || !strings.Contains(err.Error(), "node-9") {
+		t.Errorf("restart proxy of a missing node: got %v, want an error naming it", err)
+	}
+	if err := cluster.RestartProxy(ctx, "node-2"); err != nil {
+		t.Fatal(err)
+	}
+}

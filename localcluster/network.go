@@ -103,9 +103,15 @@ func (n *Network) SetUpBridge() error {
 	})
 }
 
-// SetUpNode creates node i's namespace on the bridge, with forwarding on and
-// routes to the other nodes' pod CIDRs.
-func (n *Network) SetUpNode(i, nodes int, name string) error {
+// SetUpNode creates node i's namespace on the bridge, with forwarding on,
+// routes to the other nodes' pod CIDRs and a route for the Service CIDR.
+//
+// The Service route stands in for a real node's default route: a packet to
+// a ClusterIP the proxy does not DNAT (a Service without endpoints) must be
+// routed to reach the forward hook, where the proxy rejects it at once.
+// Without a route, routing drops it first and the client sees "network is
+// unreachable" only after its SYN retries, seconds later.
+func (n *Network) SetUpNode(i, nodes int, name string, serviceCIDR netip.Prefix) error {
 	ns := n.NodeNS(name)
 	if _, _, err := netnamespace.Create(ns); err != nil {
 		return err
@@ -120,7 +126,8 @@ func (n *Network) SetUpNode(i, nodes int, name string) error {
 	}
 	cmds = append(cmds,
 		[]string{"addr", "add", netip.PrefixFrom(n.NodeIP(i), n.NodeCIDR.Bits()).String(), "dev", "eth0"},
-		[]string{"link", "set", "eth0", "up"})
+		[]string{"link", "set", "eth0", "up"},
+		[]string{"route", "add", serviceCIDR.Masked().String(), "dev", "eth0"})
 	for j := 1; j <= nodes; j++ {
 		if j != i {
 			cmds = append(cmds, []string{"route", "add", n.NodePodCIDR(j).String(), "via", n.NodeIP(j).String()})

@@ -67,7 +67,9 @@ type Kernel struct {
 	// shared elements (hairpin entries of a pod behind two Services) stay
 	// until the last one goes.
 	refs [2]map[Elem]int
-	log  *slog.Logger
+	// elements counts, per family, the distinct elements programmed.
+	elements [2]int
+	log      *slog.Logger
 }
 
 // family is one IP family's table and its objects.
@@ -178,7 +180,7 @@ func (k *Kernel) Stats() Stats {
 	defer k.mu.Unlock()
 	var s Stats
 	for i, f := range k.fams {
-		s.Elements += len(k.refs[i])
+		s.Elements += k.elements[i]
 		if f.chains != nil {
 			// The skeleton's rules plus one DNAT rule per bucket map.
 			s.Rules += 14 + len(f.buckets)
@@ -256,20 +258,41 @@ func (k *Kernel) fail(err error) error {
 // elements that became wanted and those no longer wanted by anyone.
 func (k *Kernel) diff(fam int, old, now []Elem) (add, del []Elem) {
 	refs := k.refs[fam]
+	// A Service's own elements (keyed by its front-ends) are compared as
+	// sets; only shared ones go through the reference counts.
+	var oldOwn, nowOwn map[Elem]bool
+	if len(old) > 0 && len(now) > 0 {
+		oldOwn, nowOwn = make(map[Elem]bool, len(old)), make(map[Elem]bool, len(now))
+		for _, e := range old {
+			oldOwn[e] = !shared(e)
+		}
+		for _, e := range now {
+			nowOwn[e] = !shared(e)
+		}
+	}
 	for _, e := range old {
-		refs[e]--
-		if refs[e] <= 0 {
-			delete(refs, e)
+		if shared(e) {
+			refs[e]--
+			if refs[e] <= 0 {
+				delete(refs, e)
+				del = append(del, e)
+			}
+		} else if !nowOwn[e] {
 			del = append(del, e)
 		}
 	}
 	for _, e := range now {
-		refs[e]++
-		if refs[e] == 1 {
+		if shared(e) {
+			refs[e]++
+			if refs[e] == 1 {
+				add = append(add, e)
+			}
+		} else if !oldOwn[e] {
 			add = append(add, e)
 		}
 	}
-	// An element removed and re-added in the same change needs neither.
+	// A shared element removed and re-added in the same change needs
+	// neither.
 	if len(add) > 0 && len(del) > 0 {
 		dels := map[Elem]bool{}
 		for _, e := range del {
@@ -282,8 +305,15 @@ func (k *Kernel) diff(fam int, old, now []Elem) (add, del []Elem) {
 		add = slices.DeleteFunc(add, func(e Elem) bool { return dels[e] })
 		del = slices.DeleteFunc(del, func(e Elem) bool { return adds[e] })
 	}
+	k.elements[fam] += len(add) - len(del)
 	return add, del
 }
+
+// shared reports whether several Services may want the same element. Only
+// hairpin entries can be (a pod behind two Services); every other
+// element's key holds the Service's own front-end. Counting references for
+// those alone keeps a 50,000-element map out of the heap.
+func shared(e Elem) bool { return e.Set == setHairpin }
 
 // goneUDPEndpoints lists UDP endpoint addresses a Service stopped using:
 // their conntrack entries would keep steering a UDP "connection" to a dead
@@ -484,7 +514,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 	}
 	var all [2][]Elem
 	for i := range k.refs {
-		k.refs[i] = make(map[Elem]int, total[i])
+		k.refs[i], k.elements[i] = map[Elem]int{}, 0
 		all[i] = make([]Elem, 0, total[i]+len(k.cfg.NodeIPs))
 	}
 	for _, es := range k.applied {

@@ -51,6 +51,10 @@ var (
 	sbBin     = flag.String("switchboard", "/tmp/sb", "switchboard binary (go build -o /tmp/sb ./cmd/switchboard)")
 	kcmBin    = flag.String("kcm", "/work/ref/kube-controller-manager", "upstream kube-controller-manager binary; skipped if missing")
 	kcmFast   = flag.Bool("kcm-fast", true, "also run upstream with --kube-api-qps=1000 --kube-api-burst=2000")
+	traceOut  = flag.Bool("trace", false, "print one FLIP line per single flip (unix ns: patch sent, patch returned, pod watch event, slice watch event)")
+	only      = flag.String("only", "", "run only the controllers whose name starts with this")
+	sbArgs    = flag.String("switchboard-args", "", "extra arguments for switchboard controller, space-separated")
+	stateDir  = flag.String("state", "", "keep the control plane's state (and the controllers' logs) here and reuse its objects on the next run; default a temporary directory")
 )
 
 type result struct {
@@ -61,16 +65,59 @@ type result struct {
 	ackP50       time.Duration // from the patch's response
 	ackP99       time.Duration
 	burst        time.Duration
+	podP50       time.Duration // from sending the patch to the pod's own watch event here: the API server's floor
+	podP99       time.Duration
 	rss, hwm     string
+	anon, file   string // RssAnon, RssFile at end
 }
+
+// podWatch reports when a pod's Ready condition reaches a value in this
+// process's own pod watch: the latency any watcher, the controllers
+// included, cannot beat.
+type podWatch struct {
+	mu      sync.Mutex
+	waiters map[string]chan time.Time
+}
+
+func (p *podWatch) wait(pod string, ready bool) chan time.Time {
+	ch := make(chan time.Time, 1)
+	p.mu.Lock()
+	p.waiters[fmt.Sprintf("%s=%v", pod, ready)] = ch
+	p.mu.Unlock()
+	return ch
+}
+
+func (p *podWatch) update(_, obj any) {
+	now := time.Now()
+	pod := obj.(*v1.Pod)
+	ready := false
+	for _, c := range pod.Status.Conditions {
+		if c.Type == v1.PodReady {
+			ready = c.Status == v1.ConditionTrue
+		}
+	}
+	key := fmt.Sprintf("%s=%v", pod.Name, ready)
+	p.mu.Lock()
+	if ch, ok := p.waiters[key]; ok {
+		ch <- now
+		delete(p.waiters, key)
+	}
+	p.mu.Unlock()
+}
+
+var pods = &podWatch{waiters: map[string]chan time.Time{}}
 
 func main() {
 	flag.Parse()
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "sb-bench-eps-")
-	must(err)
-	defer os.RemoveAll(dir)
+	dir := *stateDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "sb-bench-eps-")
+		must(err)
+		defer os.RemoveAll(d)
+		dir = d
+	}
 	cp, err := controlplane.Start(ctx, controlplane.Config{StateDir: dir})
 	must(err)
 	defer cp.Stop()
@@ -81,14 +128,23 @@ func main() {
 	client := kubernetes.NewForConfigOrDie(cfg)
 
 	t0 := time.Now()
-	populate(ctx, client)
+	if _, err := client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err == nil {
+		log.Printf("reusing the objects in %s", dir)
+	} else {
+		populate(ctx, client)
+	}
 	log.Printf("created %d Services x %d pods (Ready) in %v", *nServices, *nPods, time.Since(t0).Round(time.Millisecond))
+	podFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns))
+	podInf := podFactory.Core().V1().Pods().Informer()
+	_, _ = podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: pods.update})
+	podFactory.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced)
 
 	var results []result
 	runs := []struct {
 		name, managedBy string
 		cmd             []string
-	}{{"switchboard", endpointslice.ManagedBy, []string{*sbBin, "controller", "--kubeconfig", cp.KubeconfigPath}}}
+	}{{"switchboard", endpointslice.ManagedBy, append([]string{*sbBin, "controller", "--kubeconfig", cp.KubeconfigPath}, strings.Fields(*sbArgs)...)}}
 	if _, err := os.Stat(*kcmBin); err == nil {
 		base := []string{*kcmBin, "--kubeconfig", cp.KubeconfigPath, "--controllers=endpointslice-controller", "--leader-elect=false", "--secure-port=0"}
 		runs = append(runs, struct {
@@ -105,6 +161,9 @@ func main() {
 		log.Printf("upstream %s not found, measuring switchboard only", *kcmBin)
 	}
 	for _, r := range runs {
+		if !strings.HasPrefix(r.name, *only) {
+			continue
+		}
 		results = append(results, measureController(ctx, client, r.name, r.managedBy, r.cmd, filepath.Join(dir, strings.Fields(r.name)[0]+".log")))
 	}
 
@@ -116,9 +175,13 @@ func main() {
 	row("flip->slice p99", func(r result) string { return r.p99.Round(10 * time.Microsecond).String() })
 	row("patch-ack->slice p50", func(r result) string { return r.ackP50.Round(10 * time.Microsecond).String() })
 	row("patch-ack->slice p99", func(r result) string { return r.ackP99.Round(10 * time.Microsecond).String() })
+	row("patch->own pod event p50", func(r result) string { return r.podP50.Round(10 * time.Microsecond).String() })
+	row("patch->own pod event p99", func(r result) string { return r.podP99.Round(10 * time.Microsecond).String() })
 	row("burst of 100 reflected", func(r result) string { return r.burst.Round(time.Millisecond).String() })
 	row("RSS (VmRSS at end)", func(r result) string { return r.rss })
 	row("peak RSS (VmHWM)", func(r result) string { return r.hwm })
+	row("RssAnon at end", func(r result) string { return r.anon })
+	row("RssFile at end", func(r result) string { return r.file })
 }
 
 func must(err error) {
@@ -291,6 +354,9 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	cmd.Stdout, cmd.Stderr = logf, logf
 	start := time.Now()
 	must(cmd.Start())
+	if *traceOut {
+		fmt.Printf("START %s %d\n", name, start.UnixNano())
+	}
 	defer func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
@@ -298,6 +364,9 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	select {
 	case done := <-obs.fullCh:
 		res.cold = done.Sub(start)
+		if *traceOut {
+			fmt.Printf("COMPLETE %s %d\n", name, done.UnixNano())
+		}
 	case <-time.After(5 * time.Minute):
 		log.Fatalf("%s: cold start did not complete (log %s)", name, logPath)
 	}
@@ -305,7 +374,7 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	time.Sleep(3 * time.Second) // let delayed resyncs settle before counting writes
 
 	// Single flips, one at a time, each on a different Service.
-	var lat, patchRTT, afterAck []time.Duration
+	var lat, patchRTT, afterAck, podLat []time.Duration
 	w0 := obs.writes.Load()
 	for i := range *nFlips {
 		pod := podName((i*7)%*nServices, i%*nPods)
@@ -313,17 +382,31 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 		want := !obs.ready[pod]
 		obs.mu.Unlock()
 		ch := obs.wait(pod, want)
+		podCh := pods.wait(pod, want)
 		t := time.Now()
 		flip(ctx, client, pod, want)
-		patchRTT = append(patchRTT, time.Since(t))
+		ack := time.Now()
+		patchRTT = append(patchRTT, ack.Sub(t))
+		var seen, podSeen time.Time
 		select {
-		case seen := <-ch:
+		case seen = <-ch:
 			lat = append(lat, seen.Sub(t))
 			afterAck = append(afterAck, seen.Sub(t)-patchRTT[len(patchRTT)-1])
 		case <-time.After(time.Minute):
 			log.Fatalf("%s: flip of %s never reflected", name, pod)
 		}
+		select {
+		case podSeen = <-podCh:
+			podLat = append(podLat, podSeen.Sub(t))
+		case <-time.After(time.Minute):
+			log.Fatalf("%s: flip of %s never seen in the pod watch", name, pod)
+		}
+		if *traceOut {
+			fmt.Printf("FLIP %s %d %d %d %d\n", pod, t.UnixNano(), ack.UnixNano(), podSeen.UnixNano(), seen.UnixNano())
+		}
 	}
+	sort.Slice(podLat, func(i, j int) bool { return podLat[i] < podLat[j] })
+	res.podP50, res.podP99 = podLat[len(podLat)/2], podLat[len(podLat)*99/100]
 	time.Sleep(2 * time.Second)
 	res.writesPerFlp = float64(obs.writes.Load()-w0) / float64(*nFlips)
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -365,5 +448,7 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	log.Printf("%s: burst issued in %v, reflected in %v", name, issued, res.burst)
 
 	res.rss, res.hwm = measure.MB(measure.Status(cmd.Process.Pid, "VmRSS")), measure.MB(measure.Status(cmd.Process.Pid, "VmHWM"))
+	mem := measure.Memory(cmd.Process.Pid)
+	res.anon, res.file = mem.Anon, mem.File
 	return res
 }

@@ -41,6 +41,16 @@ func MB(kB string) string {
 	return fmt.Sprintf("%.1f MB", float64(n)/1024)
 }
 
+// Mem is a process's resident memory split by kind, rendered in MB: Anon
+// (heap, stacks: what the program allocates) and File (mapped executable
+// and libraries), from /proc/PID/status.
+type Mem struct{ RSS, Anon, File string }
+
+// Memory reads a process's RSS, RssAnon and RssFile (pid 0: this process).
+func Memory(pid int) Mem {
+	return Mem{RSS: MB(Status(pid, "VmRSS")), Anon: MB(Status(pid, "RssAnon")), File: MB(Status(pid, "RssFile"))}
+}
+
 // CPUTime is a process's user plus system time from /proc/PID/stat.
 func CPUTime(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -33,7 +33,6 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -77,10 +76,11 @@ type Controller struct {
 	log    *slog.Logger
 
 	services corelisters.ServiceLister
-	pods     corelisters.PodLister
-	slices   discoverylisters.EndpointSliceLister
 	nodes    corelisters.NodeLister
 	synced   []cache.InformerSynced
+
+	// Indexers of the pod, Service and slice informers (see index.go).
+	podIndex, serviceIndex, sliceIndex cache.Indexer
 
 	reconciler   *reconcilerpkg.Reconciler
 	tracker      *esutil.EndpointSliceTracker
@@ -135,9 +135,17 @@ func NewController(client kubernetes.Interface, factory informers.SharedInformer
 			return nil, fmt.Errorf("set informer transform: %w (pass a factory whose informers have not started)", err)
 		}
 	}
+	for _, x := range []struct {
+		inf  cache.SharedIndexInformer
+		name string
+		fn   cache.IndexFunc
+	}{{podInf, podLabelIndex, podLabelIndexFunc}, {svcInf, serviceSelectorIdx, serviceSelectorIndexFunc}, {sliceInf, sliceServiceIndex, sliceServiceIndexFunc}} {
+		if err := x.inf.AddIndexers(cache.Indexers{x.name: x.fn}); err != nil {
+			return nil, fmt.Errorf("add informer index %s: %w", x.name, err)
+		}
+	}
+	c.podIndex, c.serviceIndex, c.sliceIndex = podInf.GetIndexer(), svcInf.GetIndexer(), sliceInf.GetIndexer()
 	c.services = factory.Core().V1().Services().Lister()
-	c.pods = factory.Core().V1().Pods().Lister()
-	c.slices = factory.Discovery().V1().EndpointSlices().Lister()
 	c.nodes = factory.Core().V1().Nodes().Lister()
 	c.synced = []cache.InformerSynced{svcInf.HasSynced, podInf.HasSynced, sliceInf.HasSynced, nodeInf.HasSynced}
 
@@ -150,8 +158,16 @@ func NewController(client kubernetes.Interface, factory informers.SharedInformer
 			UpdateFunc: func(_, cur any) { c.enqueueObject(cur) },
 			DeleteFunc: c.enqueueObject,
 		}},
-		{podInf, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { c.onPod(nil, obj) },
+		{podInf, cache.ResourceEventHandlerDetailedFuncs{
+			// Pods of the initial list need no mapping: every Service
+			// they could select is queued by its own add event, and
+			// mapping 10,000 pods to Services is most of a cold start's
+			// CPU otherwise.
+			AddFunc: func(obj any, isInInitialList bool) {
+				if !isInInitialList {
+					c.onPod(nil, obj)
+				}
+			},
 			UpdateFunc: c.onPod,
 			DeleteFunc: func(obj any) { c.onPod(obj, nil) },
 		}},
@@ -288,7 +304,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 		// whatever slices exist are someone else's to manage.
 		return nil
 	}
-	pods, err := c.pods.Pods(namespace).List(labels.Set(svc.Spec.Selector).AsSelectorPreValidated())
+	pods, err := podsSelectedBy(c.podIndex, namespace, svc.Spec.Selector)
 	if err != nil {
 		return fmt.Errorf("list pods of service %s: %w", key, err)
 	}
@@ -308,16 +324,13 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 
 // ownSlices lists the live slices this controller manages for a Service.
 func (c *Controller) ownSlices(namespace, name string) ([]*discovery.EndpointSlice, error) {
-	all, err := c.slices.EndpointSlices(namespace).List(labels.Set{
-		discovery.LabelServiceName: name,
-		discovery.LabelManagedBy:   ManagedBy,
-	}.AsSelectorPreValidated())
+	all, err := c.sliceIndex.ByIndex(sliceServiceIndex, namespace+"/"+name)
 	if err != nil {
 		return nil, fmt.Errorf("list endpoint slices of service %s/%s: %w", namespace, name, err)
 	}
-	out := all[:0:0]
-	for _, s := range all {
-		if s.DeletionTimestamp == nil {
+	out := make([]*discovery.EndpointSlice, 0, len(all))
+	for _, obj := range all {
+		if s, ok := obj.(*discovery.EndpointSlice); ok && s.Labels[discovery.LabelManagedBy] == ManagedBy && s.DeletionTimestamp == nil {
 			out = append(out, s)
 		}
 	}
@@ -364,7 +377,7 @@ func (c *Controller) onPod(old, cur any) {
 	if key == nil {
 		return
 	}
-	services, err := esutil.GetServicesToUpdate(c.services, key)
+	services, err := servicesToUpdate(c.serviceIndex, key)
 	if err != nil {
 		c.log.Error("map pod to services", "err", err)
 		return

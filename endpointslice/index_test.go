@@ -1,0 +1,118 @@
+package endpointslice
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	esutil "k8s.io/endpointslice/util"
+)
+
+// TestIndexesMatchUpstreamScans checks that the indexed lookups return
+// exactly what upstream's full scans return, on random pods and Services
+// over a few namespaces, label keys and values, including nil and empty
+// selectors and label changes with and without an endpoint change.
+func TestIndexesMatchUpstreamScans(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	randLabels := func() map[string]string {
+		if rng.IntN(8) == 0 {
+			return nil
+		}
+		m := map[string]string{}
+		for range rng.IntN(4) {
+			m[fmt.Sprintf("k%d", rng.IntN(3))] = fmt.Sprintf("v%d", rng.IntN(3))
+		}
+		return m
+	}
+	nss := []string{"a", "b"}
+	pods := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, podLabelIndex: podLabelIndexFunc})
+	services := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, serviceSelectorIdx: serviceSelectorIndexFunc})
+	for i := range 300 {
+		p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: nss[i%2], Name: fmt.Sprintf("p%d", i), Labels: randLabels()}}
+		if err := pods.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 60 {
+		s := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: nss[i%2], Name: fmt.Sprintf("s%d", i)}}
+		switch i % 10 {
+		case 0: // nil: selects nothing
+		case 1:
+			s.Spec.Selector = map[string]string{} // selects everything
+		default:
+			s.Spec.Selector = randLabels()
+			if s.Spec.Selector == nil {
+				s.Spec.Selector = map[string]string{"k0": "v0"}
+			}
+		}
+		if err := services.Add(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	podLister := corelisters.NewPodLister(pods)
+	svcLister := corelisters.NewServiceLister(services)
+
+	for _, obj := range services.List() {
+		s := obj.(*v1.Service)
+		if s.Spec.Selector == nil {
+			continue
+		}
+		want, err := podLister.Pods(s.Namespace).List(labels.Set(s.Spec.Selector).AsSelectorPreValidated())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := podsSelectedBy(pods, s.Namespace, s.Spec.Selector)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(podNames(got), podNames(want)) {
+			t.Errorf("pods of %s/%s selector %v:\n got  %v\n want %v", s.Namespace, s.Name, s.Spec.Selector, podNames(got), podNames(want))
+		}
+	}
+
+	for i := range 2000 {
+		old := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: nss[i%2], Name: "x", ResourceVersion: "1", Labels: randLabels()},
+			Status: v1.PodStatus{PodIP: "10.0.0.1"}}
+		cur := old.DeepCopy()
+		cur.ResourceVersion = "2"
+		if rng.IntN(2) == 0 {
+			cur.Labels = randLabels()
+		}
+		if rng.IntN(2) == 0 {
+			cur.Status.PodIP = "10.0.0.2"
+			cur.Status.PodIPs = []v1.PodIP{{IP: "10.0.0.2"}}
+		}
+		for _, ev := range [][2]any{{nil, cur}, {old, nil}, {old, cur}} {
+			key := esutil.GetPodUpdateProjectionKey(ev[0], ev[1])
+			if key == nil {
+				continue
+			}
+			want, err := esutil.GetServicesToUpdate(svcLister, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := servicesToUpdate(services, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Equal(want) {
+				t.Fatalf("services for %v -> %v: got %v, want %v", old.Labels, cur.Labels, got.List(), want.List())
+			}
+		}
+	}
+}
+
+func podNames(pods []*v1.Pod) []string {
+	out := make([]string, len(pods))
+	for i, p := range pods {
+		out[i] = p.Namespace + "/" + p.Name
+	}
+	slices.Sort(out)
+	return out
+}

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"runtime/debug"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
+	"github.com/switchboard/switchboard/workingset"
 )
 
 // Backend programs snapshots into a data plane. changed lists the Services
@@ -176,9 +176,9 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 			retry.Reset(time.Second)
 		} else {
 			if first {
-				// The initial lists' decoding garbage is gone for good:
-				// give it back to the OS instead of carrying it as RSS.
-				debug.FreeOSMemory()
+				// Start-up is over: its garbage and code need not stay
+				// resident.
+				workingset.Settle()
 			}
 			first = false
 			done := time.Now()

@@ -18,6 +18,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 
@@ -75,4 +76,15 @@ func madvise(addr, length uintptr) error {
 		return errno
 	}
 	return nil
+}
+
+// Settle marks the end of a component's start-up (its informers have
+// synced and its first full sync is done): the garbage of decoding the
+// initial lists goes back to the OS at once instead of waiting for the
+// scavenger, and executable pages only start-up ran (list decoding, TLS
+// set-up, the first full sync) are released like init's. What the steady
+// state runs faults back in from the page cache.
+func Settle() {
+	debug.FreeOSMemory()
+	Release()
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/switchboard/switchboard/dns"
+	"github.com/switchboard/switchboard/workingset"
 )
 
 func dnsCmd() *cobra.Command {
@@ -77,9 +78,8 @@ func dnsCmd() *cobra.Command {
 			if err := idx.Watch(ctx, client); err != nil {
 				return err
 			}
-			// The first lists were decoded whole and are garbage now: give
-			// their pages back rather than wait for the scavenger.
-			debug.FreeOSMemory()
+			// The first lists were decoded whole and are garbage now.
+			workingset.Settle()
 			srv.MarkReady()
 			cfg.Logger.Info("serving cluster DNS", "listen", listen, "zone", cfg.Zone, "upstreams", upstreams)
 			errc := make(chan error, len(pcs)+1)

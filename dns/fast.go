@@ -221,6 +221,13 @@ func (s *Server) fastService(q *fastQuery) (svc *service, ok bool) {
 	if s.zoneWire == nil || !bytes.HasSuffix(q.lower, s.zoneWire) {
 		return nil, false
 	}
+	// SOA and TXT are NODATA below the apex whether or not the name
+	// exists; a zone spelled with upper case shows in the SOA and SRV
+	// targets, not only in owner names equal to the question.
+	if q.qtype == dns.TypeSOA || q.qtype == dns.TypeTXT ||
+		(q.upper && !bytes.Equal(q.pkt[12+len(q.lower)-len(s.zoneWire):12+len(q.lower)], s.zoneWire)) {
+		return nil, false
+	}
 	k := q.nlabels - s.zoneLabels - 1 // labels before "svc"
 	if k < 2 || int(q.labels[k+1]) != len(q.lower)-len(s.zoneWire) || string(q.label(k)) != "svc" {
 		return nil, false
@@ -232,6 +239,11 @@ func (s *Server) fastService(q *fastQuery) (svc *service, ok bool) {
 	x.mu.RLock()
 	svc = x.services[string(b)]
 	x.mu.RUnlock()
+	if svc != nil && svc.externalName != "" {
+		// Its answers follow the CNAME into other Services' records or
+		// upstream, which this Service's cache could not keep current.
+		return nil, false
+	}
 	return svc, true
 }
 

@@ -86,7 +86,7 @@ func (s *Server) initFast() {
 		return
 	}
 	soa := make([]byte, 1024)
-	m, err := dns.PackRR(s.soa(), soa, 0, nil, false)
+	m, err := dns.PackRR(s.soa(s.zone), soa, 0, nil, false)
 	if err != nil {
 		return
 	}
@@ -144,8 +144,9 @@ func (s *Server) respond(r *dns.Msg, proto string) *dns.Msg {
 // it to the client, or reports that it belongs upstream.
 func (s *Server) zoneReply(r *dns.Msg) (m *dns.Msg, forward bool) {
 	q := r.Question[0]
-	q.Name = strings.ToLower(dns.Fqdn(q.Name))
-	a := s.resolve(q)
+	asked := dns.Fqdn(q.Name)
+	q.Name = strings.ToLower(asked)
+	a := s.resolve(q, q.Name == asked)
 	if a.forward {
 		return nil, true
 	}
@@ -154,8 +155,53 @@ func (s *Server) zoneReply(r *dns.Msg) (m *dns.Msg, forward bool) {
 	m.Authoritative = true
 	m.Rcode = a.rcode
 	m.Answer, m.Extra = a.answer, a.extra
-	if len(a.answer) == 0 {
-		m.Ns = []dns.RR{s.soa()}
+	if a.chase != "" {
+		// plugin/pkg/upstream: the target is asked of the whole server
+		// with the client's request, question replaced, and whatever
+		// answer records come back follow the CNAME.
+		sub := r.Copy()
+		sub.SetQuestion(a.chase, q.Qtype)
+		up, fwd := s.zoneReply(sub)
+		if fwd {
+			up = s.fwd.forward(sub)
+		}
+		if up != nil {
+			m.Answer = append(m.Answer, up.Answer...)
+		}
+	}
+	// CoreDNS's handler takes the zone from the query name as the client
+	// spelled it (zone = qname[len(qname)-len(zone):]), and plugin.SOA and
+	// the SRV targets built from msg.Service keys (zone path, then the
+	// Service's own lower-case names) carry that spelling.
+	zone := a.zone
+	if zone == "" {
+		zone = s.zone
+	}
+	spelled := zone
+	if n := len(asked) - len(zone); n >= 0 && strings.EqualFold(asked[n:], zone) {
+		spelled = asked[n:]
+	}
+	if len(m.Answer) == 0 {
+		m.Ns = []dns.RR{s.soa(spelled)}
+	}
+	if spelled != zone {
+		respell := func(name string) string {
+			if n := len(name) - len(zone); n >= 0 && name[n:] == zone {
+				return name[:n] + spelled
+			}
+			return name
+		}
+		for i, rr := range m.Answer {
+			switch rr := rr.(type) {
+			case *dns.SOA:
+				m.Answer[i] = s.soa(spelled)
+			case *dns.SRV:
+				rr.Target = respell(rr.Target)
+			}
+		}
+		for _, rr := range m.Extra {
+			rr.Header().Name = respell(rr.Header().Name)
+		}
 	}
 	// Answer in the case the client asked in (dns0x20).
 	for _, rr := range m.Answer {

@@ -468,3 +468,45 @@ func TestPodRecords(t *testing.T) {
 		t.Errorf("deleted pod: %s, want NXDOMAIN", dns.RcodeToString[in.Rcode])
 	}
 }
+
+// TestExternalNameUpstream checks an ExternalName outside the zone is
+// followed through the upstream resolvers for A queries, as CoreDNS's
+// plugin/pkg/upstream lookup through the whole server does.
+func TestExternalNameUpstream(t *testing.T) {
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	up := &dns.Server{Addr: "127.0.0.1:0", Net: "udp", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if r.Question[0].Qtype == dns.TypeA {
+			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("192.0.2.7")}}
+		}
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	up.NotifyStartedFunc = func() { close(started) }
+	go up.ListenAndServe()
+	<-started
+	t.Cleanup(func() { up.Shutdown() })
+	create(t, client, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ext"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.org"}})
+	ts := startServer(t, client, []string{up.PacketConn.LocalAddr().String()})
+	name := "ext." + ns + ".svc.cluster.local."
+	var in *dns.Msg
+	wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		in = ts.query(t, "udp", name, dns.TypeA, 0)
+		return len(in.Answer) == 2, nil
+	})
+	if in.Rcode != dns.RcodeSuccess || len(in.Answer) != 2 {
+		t.Fatalf("A %s: %v", name, in)
+	}
+	if c, ok := in.Answer[0].(*dns.CNAME); !ok || c.Target != "example.org." || c.Hdr.Name != name {
+		t.Errorf("first answer %v, want %s CNAME example.org.", in.Answer[0], name)
+	}
+	if a, ok := in.Answer[1].(*dns.A); !ok || a.Hdr.Name != "example.org." || a.A.String() != "192.0.2.7" {
+		t.Errorf("second answer %v, want example.org. A 192.0.2.7", in.Answer[1])
+	}
+	// No AAAA upstream: the CNAME alone.
+	if in := ts.query(t, "udp", name, dns.TypeAAAA, 0); in.Rcode != dns.RcodeSuccess || len(in.Answer) != 1 {
+		t.Errorf("AAAA %s: %v, want the CNAME alone", name, in)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -68,6 +69,11 @@ type Options struct {
 	MaxEndpointsPerSlice int32
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
+	// OnInitialSync, if set, is called once, after every Service of the
+	// initial lists has been synced and the work queue first ran empty:
+	// the moment a process can trade start-up speed for steady-state
+	// memory (switchboard controller tightens its GC then).
+	OnInitialSync func()
 }
 
 // Controller keeps EndpointSlices for Services with selectors.
@@ -90,6 +96,10 @@ type Controller struct {
 
 	queue         workqueue.TypedRateLimitingInterface[string]
 	topologyQueue workqueue.TypedRateLimitingInterface[string]
+
+	handlersSynced []cache.InformerSynced // every handler got its initial list
+	busy           atomic.Int32           // syncs in progress
+	onInitialSync  func()
 }
 
 // NewController builds a controller on factory's informers; call
@@ -109,7 +119,7 @@ func NewController(client kubernetes.Interface, factory informers.SharedInformer
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{client: client, log: log}
+	c := &Controller{client: client, log: log, onInitialSync: opts.OnInitialSync}
 
 	// Per-item exponential backoff (5 ms .. 1000 s) on errors, combined with an
 	// overall token bucket for retries only: a storm of failing Services
@@ -183,9 +193,11 @@ func NewController(client kubernetes.Interface, factory informers.SharedInformer
 		}},
 	}
 	for _, h := range handlers {
-		if _, err := h.inf.AddEventHandler(h.h); err != nil {
+		reg, err := h.inf.AddEventHandler(h.h)
+		if err != nil {
 			return nil, fmt.Errorf("add informer handler: %w", err)
 		}
+		c.handlersSynced = append(c.handlersSynced, reg.HasSynced)
 	}
 
 	c.broadcaster = record.NewBroadcaster()
@@ -222,6 +234,13 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 			}
 		})
 	}
+	if c.onInitialSync != nil {
+		wg.Go(func() {
+			if c.waitInitialSync(ctx) {
+				c.onInitialSync()
+			}
+		})
+	}
 	wg.Go(func() {
 		for {
 			key, quit := c.topologyQueue.Get()
@@ -246,11 +265,34 @@ func (c *Controller) Synced() bool {
 	return true
 }
 
+// waitInitialSync polls until every handler has seen its initial list and
+// the queue is empty with no sync running; false if ctx ended first.
+func (c *Controller) waitInitialSync(ctx context.Context) bool {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		synced := true
+		for _, s := range c.handlersSynced {
+			synced = synced && s()
+		}
+		if synced && c.queue.Len() == 0 && c.busy.Load() == 0 {
+			return true
+		}
+	}
+}
+
 func (c *Controller) processNext(ctx context.Context) bool {
 	key, quit := c.queue.Get()
 	if quit {
 		return false
 	}
+	c.busy.Add(1)
+	defer c.busy.Add(-1)
 	defer c.queue.Done(key)
 	err := c.sync(ctx, key)
 	switch {
@@ -373,7 +415,7 @@ func (c *Controller) enqueueObject(obj any) {
 // handler: upstream routes it through a second queue first, which costs a
 // goroutine hand-off per flip.
 func (c *Controller) onPod(old, cur any) {
-	key := esutil.GetPodUpdateProjectionKey(old, cur)
+	key := esutil.GetPodUpdateProjectionKey(asPod(old), asPod(cur))
 	if key == nil {
 		return
 	}

@@ -32,7 +32,7 @@ const (
 func labelKey(namespace, k, v string) string { return namespace + "/" + k + "=" + v }
 
 func podLabelIndexFunc(obj any) ([]string, error) {
-	p, ok := obj.(*v1.Pod)
+	p, ok := obj.(*cachedPod)
 	if !ok || len(p.Labels) == 0 {
 		return nil, nil
 	}
@@ -75,7 +75,7 @@ func sliceServiceIndexFunc(obj any) ([]string, error) {
 
 // podsSelectedBy returns the pods of namespace matching selector, like
 // PodLister.Pods(namespace).List(selector), from the smallest label bucket
-// the selector names.
+// the selector names, rebuilt as v1.Pods.
 func podsSelectedBy(pods cache.Indexer, namespace string, selector map[string]string) ([]*v1.Pod, error) {
 	sel := labels.ValidatedSetSelector(selector)
 	var candidates []any
@@ -104,8 +104,8 @@ func podsSelectedBy(pods cache.Indexer, namespace string, selector map[string]st
 	}
 	out := make([]*v1.Pod, 0, len(candidates))
 	for _, obj := range candidates {
-		if p, ok := obj.(*v1.Pod); ok && sel.Matches(labels.Set(p.Labels)) {
-			out = append(out, p)
+		if p, ok := obj.(*cachedPod); ok && sel.Matches(labels.Set(p.Labels)) {
+			out = append(out, p.toPod())
 		}
 	}
 	return out, nil

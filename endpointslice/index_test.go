@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -32,10 +33,15 @@ func TestIndexesMatchUpstreamScans(t *testing.T) {
 	}
 	nss := []string{"a", "b"}
 	pods := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, podLabelIndex: podLabelIndexFunc})
+	fullPods := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	services := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, serviceSelectorIdx: serviceSelectorIndexFunc})
 	for i := range 300 {
 		p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: nss[i%2], Name: fmt.Sprintf("p%d", i), Labels: randLabels()}}
-		if err := pods.Add(p); err != nil {
+		if err := fullPods.Add(p); err != nil {
+			t.Fatal(err)
+		}
+		cached, _ := trimPod(p.DeepCopy())
+		if err := pods.Add(cached); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -55,7 +61,7 @@ func TestIndexesMatchUpstreamScans(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	podLister := corelisters.NewPodLister(pods)
+	podLister := corelisters.NewPodLister(fullPods)
 	svcLister := corelisters.NewServiceLister(services)
 
 	for _, obj := range services.List() {
@@ -115,4 +121,49 @@ func podNames(pods []*v1.Pod) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestCachedPodRoundTrip checks that a pod rebuilt from the cache carries
+// every field the reconciler reads, as the API server sent it.
+func TestCachedPodRoundTrip(t *testing.T) {
+	always := v1.ContainerRestartPolicyAlways
+	now := metav1.Now()
+	full := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u1", ResourceVersion: "7", Labels: map[string]string{"app": "x"},
+			DeletionTimestamp: &now, Annotations: map[string]string{"big": "drop me"}, GenerateName: "p-"},
+		Spec: v1.PodSpec{NodeName: "n1", Hostname: "h", Subdomain: "sub",
+			Containers: []v1.Container{{Name: "app", Image: "img", Ports: []v1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: v1.ProtocolTCP}}},
+				{Name: "noports", Image: "img"}},
+			InitContainers: []v1.Container{{Name: "sidecar", RestartPolicy: &always, Ports: []v1.ContainerPort{{Name: "m", ContainerPort: 9000}}},
+				{Name: "plain-init", Ports: []v1.ContainerPort{{Name: "x", ContainerPort: 1}}}}},
+		Status: v1.PodStatus{Phase: v1.PodRunning, PodIP: "10.0.0.1", PodIPs: []v1.PodIP{{IP: "10.0.0.1"}, {IP: "fd00::1"}},
+			Conditions: []v1.PodCondition{{Type: v1.PodScheduled, Status: v1.ConditionTrue},
+				{Type: v1.PodReady, Status: v1.ConditionFalse, LastTransitionTime: now, Reason: "r", Message: "m"}}},
+	}
+	cached, err := trimPod(full.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := trimPod(cached)
+	if again != cached {
+		t.Error("trimPod is not idempotent on a cached pod")
+	}
+	got := cached.(*cachedPod).toPod()
+	want := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u1", ResourceVersion: "7", Labels: map[string]string{"app": "x"}, DeletionTimestamp: &now},
+		Spec: v1.PodSpec{NodeName: "n1", Hostname: "h", Subdomain: "sub",
+			Containers:     []v1.Container{{Name: "app", Ports: []v1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: v1.ProtocolTCP}}}},
+			InitContainers: []v1.Container{{Name: "sidecar", RestartPolicy: &always, Ports: []v1.ContainerPort{{Name: "m", ContainerPort: 9000}}}}},
+		Status: v1.PodStatus{Phase: v1.PodRunning, PodIP: "10.0.0.1", PodIPs: []v1.PodIP{{IP: "10.0.0.1"}, {IP: "fd00::1"}},
+			Conditions: []v1.PodCondition{{Type: v1.PodReady, Status: v1.ConditionFalse, LastTransitionTime: now}}},
+	}
+	if !equality.Semantic.DeepEqual(got, want) {
+		t.Errorf("rebuilt pod:\n got  %+v\n want %+v", got, want)
+	}
+	if cp := cached.(*cachedPod).DeepCopyObject().(*cachedPod); !equality.Semantic.DeepEqual(cp.toPod(), want) {
+		t.Errorf("deep copy differs: %+v", cp.toPod())
+	}
+	if key := esutil.GetPodUpdateProjectionKey(asPod(cache.DeletedFinalStateUnknown{Key: "ns/p", Obj: cached}), nil); key == nil || key.Labels["app"] != "x" {
+		t.Errorf("tombstone of a cached pod: projection key %+v", key)
+	}
 }

@@ -38,6 +38,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	reconcilerpkg "k8s.io/endpointslice"
+	esmetrics "k8s.io/endpointslice/metrics"
 	"k8s.io/endpointslice/topologycache"
 	esutil "k8s.io/endpointslice/util"
 	"k8s.io/klog/v2"
@@ -200,6 +201,10 @@ func NewController(client kubernetes.Interface, factory informers.SharedInformer
 		c.handlersSynced = append(c.handlersSynced, reg.HasSynced)
 	}
 
+	// Upstream's endpoint_slice_controller_* metrics: the reconciler
+	// records changes, endpoints added/removed and desired counts; syncs are
+	// counted in processNext. Registering is idempotent and process-wide.
+	esmetrics.RegisterMetrics()
 	c.broadcaster = record.NewBroadcaster()
 	recorder := c.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "switchboard-endpointslice-controller"})
 	c.tracker = esutil.NewEndpointSliceTracker()
@@ -295,6 +300,7 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	defer c.busy.Add(-1)
 	defer c.queue.Done(key)
 	err := c.sync(ctx, key)
+	trackSync(err)
 	switch {
 	case err == nil:
 		c.queue.Forget(key)
@@ -310,6 +316,20 @@ func (c *Controller) processNext(ctx context.Context) bool {
 		c.queue.Forget(key)
 	}
 	return true
+}
+
+// trackSync counts a sync in endpoint_slice_controller_syncs by result, as
+// upstream's controller does ("stale" when the slice cache lagged behind our
+// own writes).
+func trackSync(err error) {
+	result := "success"
+	if err != nil {
+		result = "error"
+		if isStale(err) {
+			result = "stale"
+		}
+	}
+	esmetrics.EndpointSliceSyncs.WithLabelValues(result).Inc()
 }
 
 func isStale(err error) bool {

@@ -3,6 +3,7 @@ package endpointslice
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -22,27 +23,48 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/testutil"
+	esmetrics "k8s.io/endpointslice/metrics"
 
 	"github.com/switchboard/switchboard/clustertest"
 )
 
 func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
 
-// writeCounter counts mutating requests that pass through a rest.Config.
+// writeCounter counts mutating requests that pass through a rest.Config,
+// and answers the first throttle slice writes itself with 429 Too Many
+// Requests, as API priority and fairness does when it sheds load.
 type writeCounter struct {
-	rt     http.RoundTripper
-	writes atomic.Int64
-	slices atomic.Int64
+	rt        http.RoundTripper
+	writes    atomic.Int64
+	slices    atomic.Int64
+	throttle  atomic.Int64 // slice writes still to refuse
+	throttled atomic.Int64
 }
 
 func (w *writeCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.Method != http.MethodGet {
-		w.writes.Add(1)
 		if strings.Contains(r.URL.Path, "/endpointslices") {
+			if w.throttle.Add(-1) >= 0 {
+				w.throttled.Add(1)
+				return tooManyRequests(r), nil
+			}
 			w.slices.Add(1)
 		}
+		w.writes.Add(1)
 	}
 	return w.rt.RoundTrip(r)
+}
+
+func tooManyRequests(r *http.Request) *http.Response {
+	if r.Body != nil {
+		_ = r.Body.Close()
+	}
+	body := `{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too many requests","reason":"TooManyRequests","code":429}`
+	return &http.Response{StatusCode: http.StatusTooManyRequests, Status: "429 Too Many Requests", Request: r,
+		Header: http.Header{"Retry-After": {"1"}, "Content-Type": {"application/json"}},
+		Body:   io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body))}
 }
 
 // harness runs one controller whose informers see only namespace ns, so
@@ -59,13 +81,21 @@ type harness struct {
 
 func startController(t *testing.T, restCfg *rest.Config, ns string, max int32) *harness {
 	t.Helper()
+	return startControllerWith(t, restCfg, ns, Options{MaxEndpointsPerSlice: max}, 0)
+}
+
+// startControllerWith starts a controller with opts whose first throttle
+// slice writes are answered with 429.
+func startControllerWith(t *testing.T, restCfg *rest.Config, ns string, opts Options, throttle int64) *harness {
+	t.Helper()
 	cfg := rest.CopyConfig(restCfg)
 	counter := &writeCounter{}
+	counter.throttle.Store(throttle)
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { counter.rt = rt; return counter }
 	cfg.QPS, cfg.Burst = 500, 1000
 	client := kubernetes.NewForConfigOrDie(cfg)
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns))
-	ctrl, err := NewController(client, factory, Options{MaxEndpointsPerSlice: max})
+	ctrl, err := NewController(client, factory, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -508,13 +538,22 @@ func TestScaleAndFlips(t *testing.T) {
 			})
 			h.idle()
 
-			// One flip, one slice write.
+			// One flip, one slice write, counted in upstream's metrics.
 			before := h.counter.writes.Load()
+			updates, syncs := counterValue(t, esmetrics.EndpointSliceChanges.WithLabelValues("update")), counterValue(t, esmetrics.EndpointSliceSyncs.WithLabelValues("success"))
 			setReady(t, client, ns, "p007", false)
 			waitFor(t, func() bool { return endpointReady(t, client, ns, "big", "p007") == "false" })
 			h.idle()
 			if got := h.counter.writes.Load() - before; got != 1 {
 				t.Errorf("writes for one Ready flip = %d, want 1", got)
+			}
+			// Other tests' controllers share the process-wide counters, so
+			// only a lower bound holds.
+			if got := counterValue(t, esmetrics.EndpointSliceChanges.WithLabelValues("update")) - updates; got < 1 {
+				t.Errorf("endpoint_slice_controller_changes{operation=update} grew by %v, want >= 1", got)
+			}
+			if got := counterValue(t, esmetrics.EndpointSliceSyncs.WithLabelValues("success")) - syncs; got < 1 {
+				t.Errorf("endpoint_slice_controller_syncs{result=success} grew by %v, want >= 1", got)
 			}
 
 			// Restart: a fresh controller converges without writing.
@@ -628,5 +667,58 @@ func TestOwnershipBoundaries(t *testing.T) {
 	}
 	if n := len(ownSlicesOf(t, client, ns, "ext")) + len(ownSlicesOf(t, client, ns, "manual")); n != 0 {
 		t.Errorf("%d slices of ours for ExternalName/selectorless Services, want 0", n)
+	}
+}
+
+func counterValue(t *testing.T, c metrics.CounterMetric) float64 {
+	t.Helper()
+	v, err := testutil.GetCounterMetricValue(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestThrottledWrites covers what the controller does when the API server
+// sheds its writes with 429 and Retry-After (API priority and fairness):
+// client-go waits and retries the same request, so the Service converges
+// with exactly one successful write and no extra syncs; and OnInitialSync
+// fires once the first full sync is done.
+func TestThrottledWrites(t *testing.T) {
+	t.Parallel()
+	client, restCfg := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	ctx := context.Background()
+	sel := map[string]string{"app": "t"}
+	createPod(t, client, ns, podSpec{name: "a", ip: "10.4.0.1", labels: sel, ready: true})
+	if _, err := client.CoreV1().Services(ns).Create(ctx, service("thr", sel, intstr.FromInt32(80)), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan struct{})
+	var calls atomic.Int32
+	h := startControllerWith(t, restCfg, ns, Options{OnInitialSync: func() {
+		if calls.Add(1) == 1 {
+			close(synced)
+		}
+	}}, 2)
+	start := time.Now()
+	waitSummaries(t, client, ns, "thr", []string{"IPv4 [http:80/TCP(http)] {10.4.0.1 r=true s=true t=false ref=Pod/a}"})
+	select {
+	case <-synced:
+	case <-time.After(30 * time.Second):
+		t.Fatal("OnInitialSync not called")
+	}
+	h.idle()
+	if got := h.counter.throttled.Load(); got != 2 {
+		t.Errorf("throttled slice writes = %d, want 2", got)
+	}
+	if got := h.counter.slices.Load(); got != 1 {
+		t.Errorf("slice writes that reached the API server = %d, want 1", got)
+	}
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("converged in %v: Retry-After (1 s, twice) was not honoured", took)
+	}
+	if got := calls.Load(); got != 1 {
+		t.Errorf("OnInitialSync called %d times, want 1", got)
 	}
 }

@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/switchboard/switchboard/endpointslice"
 )
@@ -41,6 +46,7 @@ func controllerCmd() *cobra.Command {
 		workers   int
 		maxPerSlc int32
 		verbose   bool
+		metrics   string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -71,6 +77,11 @@ func controllerCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if metrics != "" {
+				if err := serveControllerMetrics(ctx, metrics); err != nil {
+					return err
+				}
+			}
 			return endpointslice.Run(ctx, rc, endpointslice.Options{
 				MaxEndpointsPerSlice: maxPerSlc,
 				OnInitialSync:        onSynced,
@@ -82,5 +93,25 @@ func controllerCmd() *cobra.Command {
 	cmd.Flags().IntVar(&workers, "concurrent-service-endpoint-syncs", 32, "Services synced in parallel")
 	cmd.Flags().Int32Var(&maxPerSlc, "max-endpoints-per-slice", endpointslice.DefaultMaxEndpointsPerSlice, "endpoints per EndpointSlice, 1 to 1000")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "debug logging")
+	cmd.Flags().StringVar(&metrics, "metrics-bind-address", "", "address for /metrics (upstream's endpoint_slice_controller_* series) and /healthz, e.g. 127.0.0.1:10258; empty disables")
 	return cmd
+}
+
+// serveControllerMetrics serves the process-wide Kubernetes metrics registry,
+// where the EndpointSlice metrics live, until ctx ends.
+func serveControllerMetrics(ctx context.Context, addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", legacyregistry.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	return nil
 }

@@ -7,8 +7,10 @@
 // writes", including placeholder slices, packing so that one pod change costs
 // one slice write, trigger-time annotations and trafficDistribution hints.
 // This package owns everything around it, designed for latency and memory:
-// pod events are mapped to Services inline (no second queue hop), informer
-// caches hold trimmed objects, the client speaks protobuf, and slices of
+// pod events are mapped to Services inline (no second queue hop) through a
+// selector index, a sync finds its pods through a label index instead of
+// scanning the namespace, the pod cache holds compact records (cachedPod)
+// and the other caches trimmed objects, the client speaks protobuf, and slices of
 // deleted Services are deleted here because a cluster may run without a
 // garbage collector.
 package endpointslice

@@ -78,6 +78,17 @@ func madvise(addr, length uintptr) error {
 	return nil
 }
 
+// CollectSooner makes the garbage collector run at 25% heap growth instead
+// of 100%, unless the operator set GOGC. The heap of a switchboard component
+// is its informer caches, and its steady state (answering, syncing one
+// change) allocates little, so collecting sooner costs little CPU and keeps
+// RSS near the live data instead of at twice it.
+func CollectSooner() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(25)
+	}
+}
+
 // Settle marks the end of a component's start-up (its informers have
 // synced and its first full sync is done): the garbage of decoding the
 // initial lists goes back to the OS at once instead of waiting for the

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/switchboard/switchboard/endpointslice"
+	"github.com/switchboard/switchboard/workingset"
 )
 
 // controllerCmd is `switchboard controller`, a drop-in for
@@ -61,19 +61,14 @@ func controllerCmd() *cobra.Command {
 			if verbose {
 				level = slog.LevelDebug
 			}
-			// The caches are the heap. While they fill and every Service is
-			// synced, the default GOGC=100 keeps the collector to a quarter of
-			// the CPU it costs at 25 (a cold start is CPU-bound: 1,000
-			// Services take ~2 s of CPU on a 2-core machine shared with the
-			// API server). Once the first full sync is done, collecting at 25%
-			// growth and handing the start-up garbage back to the OS keeps the
-			// steady-state RSS low; flips allocate little.
-			tuneGC := os.Getenv("GOGC") == ""
+			// While the caches fill and every Service is synced, the default
+			// GOGC=100 keeps the collector to a quarter of the CPU it costs
+			// at 25 (a cold start is CPU-bound: 1,000 Services take ~2 s of
+			// CPU on a 2-core machine shared with the API server). Once the
+			// first full sync is done, collect sooner and settle.
 			onSynced := func() {
-				if tuneGC {
-					debug.SetGCPercent(25)
-					debug.FreeOSMemory()
-				}
+				workingset.CollectSooner()
+				workingset.Settle()
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

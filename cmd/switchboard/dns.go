@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -34,16 +33,7 @@ func dnsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// Protobuf, as CoreDNS: cheaper to decode than JSON, and the
-			// first lists of every Service, slice and pod are the peak.
-			rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-			rc.ContentType = "application/vnd.kubernetes.protobuf"
-			if os.Getenv("GOGC") == "" {
-				// The informer caches are the heap and answering allocates
-				// nothing: collecting at 25% growth costs little CPU and
-				// keeps RSS close to the live data.
-				debug.SetGCPercent(25)
-			}
+			workingset.CollectSooner()
 			client, err := kubernetes.NewForConfig(rc)
 			if err != nil {
 				return err

@@ -7,13 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/switchboard/switchboard/proxy"
+	"github.com/switchboard/switchboard/workingset"
 )
 
 // proxyCmd is `switchboard proxy`, a drop-in for kube-proxy in nftables mode.
@@ -74,16 +74,8 @@ func proxyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// Protobuf, as kube-proxy: cheaper to decode than JSON.
-			rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
-			rc.ContentType = "application/vnd.kubernetes.protobuf"
 			cfg.RESTConfig = rc
-			if os.Getenv("GOGC") == "" {
-				// The caches and the applied rules are the heap, and a sync
-				// allocates little: collecting at 25% growth costs little
-				// CPU and keeps RSS close to the live data.
-				debug.SetGCPercent(25)
-			}
+			workingset.CollectSooner()
 			level := slog.LevelInfo
 			if verbose {
 				level = slog.LevelDebug

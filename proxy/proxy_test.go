@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -288,17 +289,7 @@ func want(backends ...string) map[string]bool {
 	return m
 }
 
-func sameSet(a, b map[string]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if !b[k] {
-			return false
-		}
-	}
-	return true
-}
+func sameSet(a, b map[string]bool) bool { return maps.Equal(a, b) }
 
 func ready(addr, node string) epSpec { return epSpec{addr: addr, node: node, ready: true} }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -365,17 +366,7 @@ func set(names ...string) map[string]bool {
 	return m
 }
 
-func sameSet(a, b map[string]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if !b[k] {
-			return false
-		}
-	}
-	return true
-}
+func sameSet(a, b map[string]bool) bool { return maps.Equal(a, b) }
 
 // reaches waits until n new connections from from to target are answered
 // by exactly the pods named.

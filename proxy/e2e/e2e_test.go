@@ -517,13 +517,17 @@ func TestTerminatingEndpointsStillServe(t *testing.T) {
 		return nil
 	})
 	// The proxies sync within milliseconds of the slice change; keep asking
-	// for a while so a proxy that dropped the endpoint would be caught.
+	// for a while so a proxy that dropped the endpoint would be caught. Paced:
+	// back to back, about one run in eight saw EHOSTUNREACH near the 3,000th
+	// connection in 3 s from one pod (cause not yet found; paced, 8 of 8
+	// runs pass), which is load this check does not need.
 	deadline := time.Now().Add(3 * time.Second)
 	for n := 0; n < 10 || time.Now().Before(deadline); n++ {
 		r, err := request(from, target)
 		if err != nil || r.Pod != "drainer" {
 			t.Fatalf("request %d with only a terminating endpoint: %+v, %v; want the terminating pod to answer", n, r, err)
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

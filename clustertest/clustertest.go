@@ -156,3 +156,22 @@ func NetNS(t testing.TB, prefix string) (name, path string) {
 	t.Cleanup(del)
 	return name, path
 }
+
+// Eventually retries f every 100ms until it returns nil, and fails the test
+// with what and f's last error once timeout has passed: state converges
+// through the API server, controllers and proxies at whatever pace a loaded
+// machine allows.
+func Eventually(t testing.TB, what string, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

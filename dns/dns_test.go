@@ -321,23 +321,31 @@ func TestTruncation(t *testing.T) {
 	}
 }
 
-// TestForwarding checks out-of-zone names go upstream, are cached, and
-// that with no upstream answering the client gets SERVFAIL, not silence.
-func TestForwarding(t *testing.T) {
-	client, _ := clustertest.Client(t)
-	var asked atomic.Int32
-	up := &dns.Server{Addr: "127.0.0.1:0", Net: "udp", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		asked.Add(1)
-		m := new(dns.Msg)
-		m.SetReply(r)
-		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("192.0.2.7")}}
-		w.WriteMsg(m)
-	})}
+// startUpstream runs a UDP resolver on loopback answering with handle,
+// standing in for the host's upstream DNS.
+func startUpstream(t *testing.T, handle func(dns.ResponseWriter, *dns.Msg)) *dns.Server {
+	t.Helper()
+	up := &dns.Server{Addr: "127.0.0.1:0", Net: "udp", Handler: dns.HandlerFunc(handle)}
 	started := make(chan struct{})
 	up.NotifyStartedFunc = func() { close(started) }
 	go up.ListenAndServe()
 	<-started
 	t.Cleanup(func() { up.Shutdown() })
+	return up
+}
+
+// TestForwarding checks out-of-zone names go upstream, are cached, and
+// that with no upstream answering the client gets SERVFAIL, not silence.
+func TestForwarding(t *testing.T) {
+	client, _ := clustertest.Client(t)
+	var asked atomic.Int32
+	up := startUpstream(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		asked.Add(1)
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("192.0.2.7")}}
+		w.WriteMsg(m)
+	})
 	ts := startServer(t, client, []string{up.PacketConn.LocalAddr().String()})
 	for i := 0; i < 3; i++ {
 		in := ts.query(t, "udp", "www.example.com.", dns.TypeA, 0)
@@ -475,19 +483,14 @@ func TestPodRecords(t *testing.T) {
 func TestExternalNameUpstream(t *testing.T) {
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
-	up := &dns.Server{Addr: "127.0.0.1:0", Net: "udp", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	up := startUpstream(t, func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
 		if r.Question[0].Qtype == dns.TypeA {
 			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("192.0.2.7")}}
 		}
 		w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	up.NotifyStartedFunc = func() { close(started) }
-	go up.ListenAndServe()
-	<-started
-	t.Cleanup(func() { up.Shutdown() })
+	})
 	create(t, client, ns, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ext"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.org"}})
 	ts := startServer(t, client, []string{up.PacketConn.LocalAddr().String()})
 	name := "ext." + ns + ".svc.cluster.local."

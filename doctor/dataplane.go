@@ -4,9 +4,9 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -25,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/proxy"
@@ -68,17 +69,76 @@ type Options struct {
 // the report.
 const checkTimeout = 3 * time.Second
 
+// observation is what the data-plane checks read once per doctor run, for
+// one Service or a whole namespace: each node's proxy state and the cluster
+// DNS server. A namespace of fifty Services costs one request per node, not
+// fifty.
+type observation struct {
+	opts Options
+	// nodesErr is set when the nodes could not be listed.
+	nodesErr error
+	nodes    []string
+	states   []*proxy.DebugState // per node; nil where errs has the reason
+	errs     []error
+	// dnsServer is the cluster DNS Service's address; dnsSkip, when set,
+	// says why DNS cannot be checked.
+	dnsServer netip.Addr
+	dnsSkip   *Finding
+}
+
+// observe reads the data plane for the Service name of namespace (every
+// Service of it when name is ""); nil when opts has no DataPlane.
+func observe(ctx context.Context, client kubernetes.Interface, opts Options, namespace, name string) *observation {
+	if opts.DataPlane == nil {
+		return nil
+	}
+	o := &observation{opts: opts}
+	if nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err != nil {
+		o.nodesErr = err
+	} else {
+		for _, n := range nodes.Items {
+			o.nodes = append(o.nodes, n.Name)
+		}
+	}
+	o.states, o.errs = make([]*proxy.DebugState, len(o.nodes)), make([]error, len(o.nodes))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, node := range o.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+			defer cancel()
+			o.states[i], o.errs[i] = opts.DataPlane.ProxyState(cctx, node, namespace, name)
+		}()
+	}
+	wg.Wait()
+
+	dnsNS, dnsName, _ := strings.Cut(cmp.Or(opts.DNSService, "kube-system/kube-dns"), "/")
+	dnsSvc, err := client.CoreV1().Services(dnsNS).Get(ctx, dnsName, metav1.GetOptions{})
+	if err != nil {
+		o.dnsSkip = &Finding{Code: CodeDNSUnavailable, Severity: Warning,
+			Message: fmt.Sprintf("did not check DNS: cluster DNS service %s/%s: %v", dnsNS, dnsName, err)}
+	} else if o.dnsServer, err = netip.ParseAddr(dnsSvc.Spec.ClusterIP); err != nil {
+		o.dnsSkip = &Finding{Code: CodeDNSUnavailable, Severity: Warning,
+			Message: fmt.Sprintf("did not check DNS: cluster DNS service %s/%s has no ClusterIP", dnsNS, dnsName)}
+	}
+	return o
+}
+
 // checkDataPlane adds the data-plane findings to r and settles its verdict.
-func checkDataPlane(ctx context.Context, client kubernetes.Interface, opts Options, s Snapshot, r *Report) {
+func checkDataPlane(ctx context.Context, o *observation, s Snapshot, r *Report) {
 	svc := s.Service
-	if opts.DataPlane == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
+	if o == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return
 	}
 	var found []Finding
 	if svc.Spec.ClusterIP != corev1.ClusterIPNone && svc.Spec.ClusterIP != "" {
-		found = append(found, proxyFindings(ctx, client, opts.DataPlane, s)...)
+		found = append(found, proxyFindings(o, s)...)
 	}
-	found = append(found, dnsFindings(ctx, client, opts, s)...)
+	found = append(found, dnsFindings(ctx, o, s)...)
 	// Most likely cause first: problems, then warnings, then facts.
 	rank := map[Severity]int{Problem: 0, Warning: 1, Info: 2}
 	slices.SortStableFunc(found, func(a, b Finding) int { return rank[a.Severity] - rank[b.Severity] })
@@ -95,7 +155,7 @@ func readyBySlicePort(slices []discoveryv1.EndpointSlice) map[string]map[string]
 			if p.Port == nil {
 				continue
 			}
-			key := portKey(deref(p.Name), string(protocolOf(deref(p.Protocol))))
+			key := portKey(ptr.Deref(p.Name, ""), string(protocolOf(ptr.Deref(p.Protocol, ""))))
 			if out[key] == nil {
 				out[key] = map[string]bool{}
 			}
@@ -112,50 +172,24 @@ func readyBySlicePort(slices []discoveryv1.EndpointSlice) map[string]map[string]
 	return out
 }
 
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
-}
-
 func portKey(name, proto string) string { return name + "/" + proto }
 
-// proxyFindings asks every node's proxy what it programmed for the Service
-// and compares it with the EndpointSlices.
-func proxyFindings(ctx context.Context, client kubernetes.Interface, dp DataPlane, s Snapshot) []Finding {
-	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return []Finding{{Code: CodeProxyUnreachable, Severity: Warning, Message: fmt.Sprintf("could not list nodes to ask their proxies: %v", err)}}
+// proxyFindings compares what every node's proxy programmed for the
+// Service with the EndpointSlices.
+func proxyFindings(o *observation, s Snapshot) []Finding {
+	if o.nodesErr != nil {
+		return []Finding{{Code: CodeProxyUnreachable, Severity: Warning, Message: fmt.Sprintf("could not list nodes to ask their proxies: %v", o.nodesErr)}}
 	}
 	svc := s.Service
 	want := readyBySlicePort(s.Slices)
-	states := make([]*proxy.DebugState, len(nodes.Items))
-	errs := make([]error, len(nodes.Items))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i, n := range nodes.Items {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-			defer cancel()
-			states[i], errs[i] = dp.ProxyState(cctx, n.Name, svc.Namespace, svc.Name)
-		}()
-	}
-	wg.Wait()
 	var out []Finding
-	for i, n := range nodes.Items {
-		node := n.Name
-		if errs[i] != nil {
+	for i, node := range o.nodes {
+		if o.errs[i] != nil {
 			out = append(out, Finding{Code: CodeProxyUnreachable, Severity: Warning,
-				Message: fmt.Sprintf("could not read the proxy state of node %s: %v", node, errs[i])})
+				Message: fmt.Sprintf("could not read the proxy state of node %s: %v", node, o.errs[i])})
 			continue
 		}
-		st := states[i]
+		st := o.states[i]
 		var ds *proxy.DebugService
 		for j := range st.Services {
 			if st.Services[j].Namespace == svc.Namespace && st.Services[j].Name == svc.Name {
@@ -218,12 +252,12 @@ func staleEndpoints(node string, ds *proxy.DebugService, want map[string]map[str
 		if label == "" {
 			label = strconv.Itoa(int(p.Port))
 		}
-		for _, ep := range sortedKeys(w) {
+		for _, ep := range slices.Sorted(maps.Keys(w)) {
 			if !have[ep] {
 				details = append(details, fmt.Sprintf("port %s/%s: endpoint %s is ready in the EndpointSlices but not programmed", label, p.Protocol, ep))
 			}
 		}
-		for _, ep := range sortedKeys(have) {
+		for _, ep := range slices.Sorted(maps.Keys(have)) {
 			if !w[ep] {
 				details = append(details, fmt.Sprintf("port %s/%s: endpoint %s is programmed but no longer ready in the EndpointSlices", label, p.Protocol, ep))
 			}
@@ -235,15 +269,6 @@ func staleEndpoints(node string, ds *proxy.DebugService, want map[string]map[str
 	return Finding{Code: CodeProxyStale, Severity: Problem,
 		Message: fmt.Sprintf("node %s's proxy programs endpoints that differ from the EndpointSlices (%s)", node, since),
 		Details: details}, true
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // podsByIP names the pod (and its node) behind each pod IP.
@@ -302,28 +327,21 @@ func packetPath(node string, ds *proxy.DebugService, who map[netip.Addr]string) 
 
 // dnsFindings resolves the Service's name through cluster DNS from a pod of
 // its namespace and compares the answer with what the API says.
-func dnsFindings(ctx context.Context, client kubernetes.Interface, opts Options, s Snapshot) []Finding {
+func dnsFindings(ctx context.Context, o *observation, s Snapshot) []Finding {
+	if o.dnsSkip != nil {
+		return []Finding{*o.dnsSkip}
+	}
 	svc := s.Service
-	domain := strings.Trim(cmp.Or(opts.ClusterDomain, "cluster.local"), ".")
-	dnsNS, dnsName, _ := strings.Cut(cmp.Or(opts.DNSService, "kube-system/kube-dns"), "/")
+	domain := strings.Trim(cmp.Or(o.opts.ClusterDomain, "cluster.local"), ".")
 	fqdn := fmt.Sprintf("%s.%s.svc.%s.", svc.Name, svc.Namespace, domain)
-	dnsSvc, err := client.CoreV1().Services(dnsNS).Get(ctx, dnsName, metav1.GetOptions{})
-	if err != nil {
-		return []Finding{{Code: CodeDNSUnavailable, Severity: Warning,
-			Message: fmt.Sprintf("did not check DNS: cluster DNS service %s/%s: %v", dnsNS, dnsName, err)}}
-	}
-	server, err := netip.ParseAddr(dnsSvc.Spec.ClusterIP)
-	if err != nil {
-		return []Finding{{Code: CodeDNSUnavailable, Severity: Warning,
-			Message: fmt.Sprintf("did not check DNS: cluster DNS service %s/%s has no ClusterIP", dnsNS, dnsName)}}
-	}
+	server := o.dnsServer
 	want := expectedAddrs(s)
 	from := clientPod(s)
 	var got []string
 	var where string
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
 		cctx, cancel := context.WithTimeout(ctx, checkTimeout)
-		addrs, w, rcode, err := lookup(cctx, opts.DataPlane, from, server, fqdn, qtype)
+		addrs, w, rcode, err := lookup(cctx, o.opts.DataPlane, from, server, fqdn, qtype)
 		cancel()
 		where = w
 		if err != nil {
@@ -401,47 +419,47 @@ func clientPod(s Snapshot) *corev1.Pod {
 	return backend
 }
 
-// lookup sends one query over UDP (TCP when truncated) from pod's network.
+// lookup sends one query over UDP, and again over TCP when the answer is
+// truncated, from pod's network.
 func lookup(ctx context.Context, dp DataPlane, pod *corev1.Pod, server netip.Addr, fqdn string, qtype uint16) ([]string, string, int, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(fqdn, qtype)
 	m.RecursionDesired = true
-	addr := netip.AddrPortFrom(server, 53).String()
-	var where string
-	for _, network := range []string{"udp", "tcp"} {
-		c, w, err := dp.Dial(ctx, pod, network, addr)
-		where = w
-		if err != nil {
-			return nil, where, 0, err
-		}
-		if dl, ok := ctx.Deadline(); ok {
-			c.SetDeadline(dl)
-		}
-		dc := &dns.Conn{Conn: c}
-		err = dc.WriteMsg(m)
-		var resp *dns.Msg
-		if err == nil {
-			resp, err = dc.ReadMsg()
-		}
-		c.Close()
-		if err != nil {
-			return nil, where, 0, err
-		}
-		if resp.Truncated && network == "udp" {
-			continue
-		}
-		var out []string
-		for _, rr := range resp.Answer {
-			switch rr := rr.(type) {
-			case *dns.A:
-				out = append(out, rr.A.String())
-			case *dns.AAAA:
-				out = append(out, rr.AAAA.String())
-			}
-		}
-		return out, where, resp.Rcode, nil
+	resp, where, err := exchange(ctx, dp, pod, "udp", server, m)
+	if err == nil && resp.Truncated {
+		resp, where, err = exchange(ctx, dp, pod, "tcp", server, m)
 	}
-	return nil, where, 0, errors.New("unreachable")
+	if err != nil {
+		return nil, where, 0, err
+	}
+	var out []string
+	for _, rr := range resp.Answer {
+		switch rr := rr.(type) {
+		case *dns.A:
+			out = append(out, rr.A.String())
+		case *dns.AAAA:
+			out = append(out, rr.AAAA.String())
+		}
+	}
+	return out, where, resp.Rcode, nil
+}
+
+// exchange sends m to server:53 over network from pod's network.
+func exchange(ctx context.Context, dp DataPlane, pod *corev1.Pod, network string, server netip.Addr, m *dns.Msg) (*dns.Msg, string, error) {
+	c, where, err := dp.Dial(ctx, pod, network, netip.AddrPortFrom(server, 53).String())
+	if err != nil {
+		return nil, where, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	dc := &dns.Conn{Conn: c}
+	if err := dc.WriteMsg(m); err != nil {
+		return nil, where, err
+	}
+	resp, err := dc.ReadMsg()
+	return resp, where, err
 }
 
 // APIServerDataPlane reaches a real cluster's node proxies through the API
@@ -467,9 +485,14 @@ func (a APIServerDataPlane) ProxyState(ctx context.Context, node, namespace, nam
 	if err != nil {
 		return nil, fmt.Errorf("through the API server's node proxy to port %d: %w", port, err)
 	}
+	return decodeProxyState(body, "node "+node)
+}
+
+// decodeProxyState parses a DebugPath answer read from where.
+func decodeProxyState(body []byte, where string) (*proxy.DebugState, error) {
 	var st proxy.DebugState
 	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("decode %s of node %s: %w", proxy.DebugPath, node, err)
+		return nil, fmt.Errorf("decode %s of %s: %w", proxy.DebugPath, where, err)
 	}
 	return &st, nil
 }
@@ -500,11 +523,7 @@ func FetchProxyState(ctx context.Context, client *http.Client, base, namespace, 
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
-	var st proxy.DebugState
-	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", u, err)
-	}
-	return &st, nil
+	return decodeProxyState(body, u)
 }
 
 // NamespaceDataPlane reaches nodes and pods that are network namespaces on

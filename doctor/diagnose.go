@@ -33,7 +33,7 @@ func Diagnose(ctx context.Context, client kubernetes.Interface, namespace, name 
 	}
 	snap := Snapshot{Service: svc, Pods: pods.Items, Slices: slices.Items}
 	r := Analyze(snap)
-	checkDataPlane(ctx, client, opts, snap, &r)
+	checkDataPlane(ctx, observe(ctx, client, opts, namespace, name), snap, &r)
 	return r, nil
 }
 
@@ -57,12 +57,13 @@ func DiagnoseNamespace(ctx context.Context, client kubernetes.Interface, namespa
 		byService[sl.Labels[discoveryv1.LabelServiceName]] = append(byService[sl.Labels[discoveryv1.LabelServiceName]], sl)
 	}
 	sort.Slice(svcs.Items, func(i, j int) bool { return svcs.Items[i].Name < svcs.Items[j].Name })
+	obs := observe(ctx, client, opts, namespace, "")
 	reports := make([]Report, 0, len(svcs.Items))
 	for i := range svcs.Items {
 		svc := &svcs.Items[i]
 		snap := Snapshot{Service: svc, Pods: pods.Items, Slices: byService[svc.Name]}
 		r := Analyze(snap)
-		checkDataPlane(ctx, client, opts, snap, &r)
+		checkDataPlane(ctx, obs, snap, &r)
 		reports = append(reports, r)
 	}
 	return reports, nil

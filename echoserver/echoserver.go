@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -55,6 +56,26 @@ func ParsePort(s string) (Port, error) {
 		return Port{}, fmt.Errorf("port %q: protocol %q not served by the echo server (TCP or UDP)", s, proto)
 	}
 	return Port{Number: n, Protocol: proto}, nil
+}
+
+// ParseArgs parses the arguments the local cluster's runtime gives the echo
+// command (--pod, --namespace, --pod-ip and one --port per containerPort),
+// for programs that serve it without switchboard's CLI: test binaries that
+// run themselves as the pods' echo server.
+func ParseArgs(args []string) (Server, []Port, error) {
+	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
+	var s Server
+	fs.StringVar(&s.Pod, "pod", "", "pod name to report")
+	fs.StringVar(&s.Namespace, "namespace", "", "pod namespace to report")
+	fs.StringVar(&s.PodIP, "pod-ip", "", "pod IP to report")
+	var ports []Port
+	fs.Func("port", "port to serve, NUMBER[/TCP|/UDP] (repeatable)", func(v string) error {
+		p, err := ParsePort(v)
+		ports = append(ports, p)
+		return err
+	})
+	err := fs.Parse(args)
+	return s, ports, err
 }
 
 // Server answers on a set of ports.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -73,18 +72,10 @@ func testConfig(dir string, nodes int) localcluster.Config {
 }
 
 func runEcho(args []string) int {
-	fs := flag.NewFlagSet("echo", flag.ExitOnError)
-	var s echoserver.Server
-	fs.StringVar(&s.Pod, "pod", "", "")
-	fs.StringVar(&s.Namespace, "namespace", "", "")
-	fs.StringVar(&s.PodIP, "pod-ip", "", "")
-	var ports []echoserver.Port
-	fs.Func("port", "", func(v string) error {
-		p, err := echoserver.ParsePort(v)
-		ports = append(ports, p)
-		return err
-	})
-	fs.Parse(args)
+	s, ports, err := echoserver.ParseArgs(args)
+	if err != nil {
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	if err := s.Serve(ctx, ports); err != nil {

@@ -69,7 +69,7 @@ type DebugPort struct {
 
 // inspector reads back what the data plane holds for a Service.
 type inspector interface {
-	Inspect(key snapshot.ServiceKey) (nftables.ServiceState, error)
+	Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]nftables.ServiceState, error)
 }
 
 // debugState builds the answer from the last programmed snapshot.
@@ -97,17 +97,27 @@ func (h *health) debugState(namespace, name string) DebugState {
 				ClusterEndpoints: addrPorts(sp.ClusterEndpoints()), ExternalEndpoints: externalOnly(sp),
 			})
 		}
-		if insp != nil {
-			var err error
-			if ds.Kernel, err = insp.Inspect(key); err != nil {
-				ds.KernelError = err.Error()
-			}
-		}
 		st.Services = append(st.Services, ds)
 	}
 	slices.SortFunc(st.Services, func(a, b DebugService) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
+	if insp == nil || len(st.Services) == 0 {
+		return st
+	}
+	// One read-back for all of them: they share the kernel's sets.
+	keys := make([]snapshot.ServiceKey, len(st.Services))
+	for i, ds := range st.Services {
+		keys[i] = snapshot.ServiceKey{Namespace: ds.Namespace, Name: ds.Name}
+	}
+	kernel, err := insp.Inspect(keys...)
+	for i := range st.Services {
+		if err != nil {
+			st.Services[i].KernelError = err.Error()
+		} else {
+			st.Services[i].Kernel = kernel[keys[i]]
+		}
+	}
 	return st
 }
 

@@ -44,7 +44,6 @@ type health struct {
 	// the data plane back (see DebugPath).
 	programmed *snapshot.Snapshot
 	inspect    inspector
-	profiling  bool
 	servers    []*http.Server
 	hcnp       map[int32]*hcServer
 }
@@ -84,7 +83,7 @@ func (h *health) start(l net.Listener, handler http.Handler) *http.Server {
 	return srv
 }
 
-func (h *health) serve(ctx context.Context, healthz, metricsAddr string, m *metrics) error {
+func (h *health) serve(ctx context.Context, healthz, metricsAddr string, profiling bool, m *metrics) error {
 	if healthz != "" {
 		l, err := h.listen(healthz)
 		if err != nil {
@@ -103,7 +102,7 @@ func (h *health) serve(ctx context.Context, healthz, metricsAddr string, m *metr
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 		mux.HandleFunc(DebugPath, h.serveDebug)
-		if h.profiling {
+		if profiling {
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)

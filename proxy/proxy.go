@@ -140,8 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer kern.Close()
 	m := newMetrics()
 	hs := newHealth(cfg.NodeName, cfg.NetNS, tracker, kern, log)
-	hs.profiling = cfg.EnableProfiling
-	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, m); err != nil {
+	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, cfg.EnableProfiling, m); err != nil {
 		return err
 	}
 	defer hs.stop()

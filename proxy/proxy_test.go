@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	neturl "net/url"
 	"os"
 	"strings"
 	"sync"
@@ -140,13 +139,14 @@ func serveEcho(t *testing.T, path, addr string, port int) {
 
 // dial opens a TCP connection from the client namespace.
 func (w *world) dial(target string) (net.Conn, error) {
-	var c net.Conn
-	err := netnamespace.Do(w.clientNS, func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", target, 3*time.Second)
-		return err
-	})
-	return c, err
+	return dialFrom(w.clientNS, target, 3*time.Second)
+}
+
+// dialFrom opens a TCP connection from inside the namespace at path.
+func dialFrom(path, target string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return netnamespace.Dial(ctx, path, "tcp", target)
 }
 
 // ask sends one line on c and returns the echo's backend and peer.
@@ -176,21 +176,10 @@ func (w *world) request(target string) (backend, peer string, err error) {
 	return ask(c)
 }
 
-// eventually retries f until it returns nil, for state that converges
-// through the API server and informers.
+// eventually is clustertest.Eventually with this package's patience.
 func eventually(t *testing.T, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	clustertest.Eventually(t, what, 30*time.Second, f)
 }
 
 // seen makes n connections and returns the set of backends reached.
@@ -572,21 +561,7 @@ func TestSessionAffinitySticks(t *testing.T) {
 
 // httpGet fetches url from inside the namespace at path.
 func httpGet(path, url string) (*http.Response, string, error) {
-	var conn net.Conn
-	u, err := neturl.Parse(url)
-	if err != nil {
-		return nil, "", err
-	}
-	if err := netnamespace.Do(path, func() error {
-		var err error
-		conn, err = net.DialTimeout("tcp", u.Host, 3*time.Second)
-		return err
-	}); err != nil {
-		return nil, "", err
-	}
-	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 3 * time.Second}).Get(url)
+	resp, err := netnamespace.HTTPClient(path, 3*time.Second).Get(url)
 	if err != nil {
 		return nil, "", err
 	}
@@ -665,12 +640,7 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 	}
 	restrict("192.168.0.0/16")
 	eventually(t, "client outside loadBalancerSourceRanges is kept out", func() error {
-		var c net.Conn
-		err := netnamespace.Do(w.clientNS, func() error {
-			var err error
-			c, err = net.DialTimeout("tcp", "192.0.2.10:80", 500*time.Millisecond)
-			return err
-		})
+		c, err := dialFrom(w.clientNS, "192.0.2.10:80", 500*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return errors.New("connected from outside the allowed ranges")
@@ -690,12 +660,8 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 	setSlice(t, client, ns, "self", []epSpec{ready(b[0], "node-a")})
 	backendNS := w.backendNS[0]
 	eventually(t, "hairpin is masqueraded", func() error {
-		var c net.Conn
-		if err := netnamespace.Do(backendNS, func() error {
-			var err error
-			c, err = net.DialTimeout("tcp", net.JoinHostPort(self.Spec.ClusterIP, "80"), 3*time.Second)
-			return err
-		}); err != nil {
+		c, err := dialFrom(backendNS, net.JoinHostPort(self.Spec.ClusterIP, "80"), 3*time.Second)
+		if err != nil {
 			return err
 		}
 		defer c.Close()

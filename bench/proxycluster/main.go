@@ -68,6 +68,7 @@ type rival struct {
 	labels   string // label set of the IPv4 samples, e.g. {ip_family="IPv4"}
 
 	netnsName, netnsPath string
+	deleteNetns          func()
 	cmd                  *exec.Cmd
 	started              time.Time
 
@@ -125,8 +126,8 @@ func main() {
 				r.cmd.Process.Kill()
 				r.cmd.Wait()
 			}
-			if r.netnsName != "" {
-				exec.Command("ip", "netns", "delete", r.netnsName).Run()
+			if r.deleteNetns != nil {
+				r.deleteNetns()
 			}
 		}
 	}
@@ -157,10 +158,8 @@ func main() {
 
 	for _, r := range rivals {
 		r.netnsName = netnamespace.Unique("sbbp")
-		var del func()
-		r.netnsPath, del, err = netnamespace.Create(r.netnsName)
+		r.netnsPath, r.deleteNetns, err = netnamespace.Create(r.netnsName)
 		must(err)
-		_ = del // cleanup deletes by name
 		kc, err := relayKubeconfig(cp, dir, r)
 		must(err)
 		argv := r.argv(kc)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"os"
 	"os/signal"
 	"syscall"
@@ -12,31 +14,24 @@ import (
 )
 
 func echoCmd() *cobra.Command {
-	var s echoserver.Server
-	var ports []string
-	cmd := &cobra.Command{
-		Use:    "echo",
-		Short:  "Run the built-in echo server (what a local-cluster container without a command runs)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			var ps []echoserver.Port
-			for _, p := range ports {
-				port, err := echoserver.ParsePort(p)
-				if err != nil {
-					return err
-				}
-				ps = append(ps, port)
+	return &cobra.Command{
+		Use:   "echo [--pod NAME] [--namespace NS] [--pod-ip IP] [--port NUMBER[/TCP|/UDP]]...",
+		Short: "Run the built-in echo server (what a local-cluster container without a command runs)",
+		// The runtime's argument contract is echoserver.ParseArgs's, so test
+		// binaries standing in for this command parse it the same way.
+		DisableFlagParsing: true,
+		Hidden:             true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, ports, err := echoserver.ParseArgs(args)
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
+			if err != nil {
+				return err
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return s.Serve(ctx, ps)
+			return s.Serve(ctx, ports)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&s.Pod, "pod", "", "pod name to report")
-	f.StringVar(&s.Namespace, "namespace", "", "pod namespace to report")
-	f.StringVar(&s.PodIP, "pod-ip", "", "pod IP to report")
-	f.StringArrayVar(&ports, "port", nil, "port to serve, NUMBER[/TCP|/UDP] (repeatable)")
-	return cmd
 }

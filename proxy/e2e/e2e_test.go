@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -89,18 +88,10 @@ func run(m *testing.M) int {
 }
 
 func runEcho(args []string) int {
-	fs := flag.NewFlagSet("echo", flag.ExitOnError)
-	var s echoserver.Server
-	fs.StringVar(&s.Pod, "pod", "", "")
-	fs.StringVar(&s.Namespace, "namespace", "", "")
-	fs.StringVar(&s.PodIP, "pod-ip", "", "")
-	var ports []echoserver.Port
-	fs.Func("port", "", func(v string) error {
-		p, err := echoserver.ParsePort(v)
-		ports = append(ports, p)
-		return err
-	})
-	fs.Parse(args)
+	s, ports, err := echoserver.ParseArgs(args)
+	if err != nil {
+		return 2
+	}
 	ctx := context.Background()
 	if os.Getenv(ignoreTermEnv) != "" {
 		signal.Ignore(syscall.SIGTERM) // SIGKILL at the end of the grace period ends it
@@ -277,22 +268,10 @@ func (e *env) delete(pod string, grace int64) {
 	}
 }
 
-// eventually retries f until it returns nil: state converges through the
-// API server, the EndpointSlice controller and the proxies, at whatever
-// pace a loaded machine allows.
+// eventually is clustertest.Eventually with this package's patience.
 func eventually(t *testing.T, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	clustertest.Eventually(t, what, 60*time.Second, f)
 }
 
 // conn is a TCP connection made from inside a namespace, speaking HTTP/1.1

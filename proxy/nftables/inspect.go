@@ -1,7 +1,6 @@
 package nftables
 
 import (
-	"bytes"
 	"fmt"
 	"sort"
 
@@ -23,66 +22,73 @@ type ServiceState struct {
 	Missing []string `json:"missing,omitempty"`
 }
 
-// Inspect reports what was applied for a Service and reads the kernel's
-// sets back to find applied elements it no longer holds. It reads only the
-// sets the Service uses, so it costs one netlink dump per set.
-func (k *Kernel) Inspect(key snapshot.ServiceKey) (ServiceState, error) {
+// Inspect reports what was applied for each of the Services and reads the
+// kernel's sets back to find applied elements it no longer holds. Each set
+// the Services use is dumped once, however many of them share it (a bucket
+// map holds every Service with as many endpoints).
+func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]ServiceState, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var st ServiceState
-	applied := k.applied[key]
+	out := make(map[snapshot.ServiceKey]ServiceState, len(keys))
 	for i, f := range k.fams {
-		bySet := map[string][]Elem{}
-		for _, e := range applied[i] {
-			st.Applied = append(st.Applied, e.String())
-			bySet[e.Set] = append(bySet[e.Set], e)
-		}
-		for name, elems := range bySet {
-			missing, err := k.missingFrom(f, name, elems)
-			if err != nil {
-				return st, err
+		bySet := map[string]bool{}
+		for _, key := range keys {
+			for _, e := range k.applied[key][i] {
+				bySet[e.Set] = true
 			}
-			st.Missing = append(st.Missing, missing...)
+		}
+		held := map[string]map[string]bool{}
+		for name := range bySet {
+			h, err := k.held(f, name)
+			if err != nil {
+				return nil, err
+			}
+			held[name] = h
+		}
+		for _, key := range keys {
+			st := out[key]
+			for _, e := range k.applied[key][i] {
+				st.Applied = append(st.Applied, e.String())
+				want, err := encode(f.is4, e)
+				if err != nil {
+					return nil, err
+				}
+				if !held[e.Set][elementID(want)] {
+					st.Missing = append(st.Missing, e.String())
+				}
+			}
+			out[key] = st
 		}
 	}
-	sort.Strings(st.Missing)
-	return st, nil
+	for key, st := range out {
+		sort.Strings(st.Missing)
+		out[key] = st
+	}
+	return out, nil
 }
 
-// missingFrom lists the elems the kernel's set name does not hold with the
-// same key and value.
-func (k *Kernel) missingFrom(f *family, name string, elems []Elem) ([]string, error) {
+// held dumps the kernel's set name and returns the identities of its
+// elements. Interval sets come back as separate start and end elements;
+// only the starts are kept, as encode's element carries its start key.
+func (k *Kernel) held(f *family, name string) (map[string]bool, error) {
 	set := f.sets[name]
-	var have []nftables.SetElement
-	if set != nil {
-		var err error
-		if have, err = k.conn.GetSetElements(set); err != nil {
-			return nil, fmt.Errorf("read set %s of table %s in %q: %w", name, TableName, k.cfg.NetNS, err)
-		}
+	if set == nil {
+		return nil, nil
 	}
-	var missing []string
+	elems, err := k.conn.GetSetElements(set)
+	if err != nil {
+		return nil, fmt.Errorf("read set %s of table %s in %q: %w", name, TableName, k.cfg.NetNS, err)
+	}
+	ids := make(map[string]bool, len(elems))
 	for _, e := range elems {
-		want, err := encode(f.is4, e)
-		if err != nil {
-			return nil, err
-		}
-		if !holds(have, want) {
-			missing = append(missing, e.String())
+		if !e.IntervalEnd {
+			ids[elementID(e)] = true
 		}
 	}
-	return missing, nil
+	return ids, nil
 }
 
-// holds reports whether the dump has want. Interval sets come back as
-// separate start and end elements, so only the start key is compared.
-func holds(have []nftables.SetElement, want nftables.SetElement) bool {
-	for _, h := range have {
-		if h.IntervalEnd || !bytes.Equal(h.Key, want.Key) {
-			continue
-		}
-		if want.Val == nil || bytes.Equal(h.Val, want.Val) {
-			return true
-		}
-	}
-	return false
+// elementID is an element's key and value as one comparable string.
+func elementID(e nftables.SetElement) string {
+	return string(e.Key) + "\x00" + string(e.Val)
 }

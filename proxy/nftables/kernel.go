@@ -1007,21 +1007,20 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	if !f.is4 {
 		reject = &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 4}
 	}
-	ex, _ = frontEnd(f.is4, true)
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[setNoEndpoints]), reject)})
-	ex, _ = frontEnd(f.is4, false)
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
-		daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
-	}, append(ex, lookup(f.sets[setNoEndpointsNodePort]), reject)...)})
+	// filter applies verdict to front-ends in set (address . protocol .
+	// port) and to NodePorts in nodePortSet reached on the node's addresses.
+	filter := func(set, nodePortSet string, verdict expr.Any) {
+		ex, _ := frontEnd(f.is4, true)
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[set]), verdict)})
+		ex, _ = frontEnd(f.is4, false)
+		c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
+			daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
+		}, append(ex, lookup(f.sets[nodePortSet]), verdict)...)})
+	}
+	filter(setNoEndpoints, setNoEndpointsNodePort, reject)
 	// Endpoints only on other nodes under a Local policy: dropped, like
 	// kube-proxy's "drop" verdict in its no-endpoint maps.
-	drop := &expr.Verdict{Kind: expr.VerdictDrop}
-	ex, _ = frontEnd(f.is4, true)
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[setNoLocalEndpoints]), drop)})
-	ex, _ = frontEnd(f.is4, false)
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
-		daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
-	}, append(ex, lookup(f.sets[setNoLocalEndpointsNodePort]), drop)...)})
+	filter(setNoLocalEndpoints, setNoLocalEndpointsNodePort, &expr.Verdict{Kind: expr.VerdictDrop})
 	for _, name := range existing {
 		k.ensureBucket(f, name)
 	}

@@ -23,7 +23,6 @@ import (
 
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
-	"github.com/switchboard/switchboard/workingset"
 )
 
 // Backend programs snapshots into a data plane. changed lists the Services
@@ -55,6 +54,11 @@ type Config struct {
 	// EnableProfiling serves net/http/pprof under /debug/pprof/ on the
 	// metrics address, as kube-proxy's enableProfiling does.
 	EnableProfiling bool
+	// OnInitialSync, if set, is called once, after the first full sync
+	// has programmed the whole world: the moment a process can trade
+	// start-up memory for steady-state memory (switchboard proxy settles
+	// its working set then).
+	OnInitialSync func()
 	// MinSyncInterval coalesces bursts of changes; 0 uses 10ms.
 	MinSyncInterval time.Duration
 	Logger          *slog.Logger
@@ -174,10 +178,8 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 			t.Requeue(u.Changed)
 			retry.Reset(time.Second)
 		} else {
-			if first {
-				// Start-up is over: its garbage and code need not stay
-				// resident.
-				workingset.Settle()
+			if first && cfg.OnInitialSync != nil {
+				cfg.OnInitialSync()
 			}
 			first = false
 			done := time.Now()

@@ -50,3 +50,45 @@ func TestReleaseDropsExecutablePagesAndKeepsRunning(t *testing.T) {
 	}
 	t.Logf("RssFile %d kB -> %d kB (%d MB of mappings released)", before, after, released>>20)
 }
+
+// TestSettleReadsBackInPages checks Settle's release leaves every
+// read-only mapping of the executable marked for random access ("rr" in
+// smaps' VmFlags), so what faults back in comes a page at a time, and that
+// the process keeps running.
+func TestSettleReadsBackInPages(t *testing.T) {
+	if _, err := release(true); err != nil {
+		t.Fatal(err)
+	}
+	if got := strconv.Quote(strings.Repeat("ok", 3)); got != `"okokok"` {
+		t.Errorf("after release: %s", got)
+	}
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no /proc/self/smaps: %v", err)
+	}
+	var mapping string
+	checked := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 6 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
+			mapping = ""
+			if fields[5] == exe && fields[1][1] != 'w' {
+				mapping = line
+			}
+			continue
+		}
+		if mapping != "" && len(fields) > 0 && fields[0] == "VmFlags:" {
+			checked++
+			if !strings.Contains(line, " rr") {
+				t.Errorf("mapping %q not marked random: %s", mapping, line)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("found no read-only mapping of the executable in smaps")
+	}
+}

@@ -76,6 +76,9 @@ func proxyCmd() *cobra.Command {
 			}
 			cfg.RESTConfig = rc
 			workingset.CollectSooner()
+			// Start-up is over once the whole world is programmed: its
+			// garbage and code need not stay resident.
+			cfg.OnInitialSync = workingset.Settle
 			level := slog.LevelInfo
 			if verbose {
 				level = slog.LevelDebug

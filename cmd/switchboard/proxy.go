@@ -75,10 +75,15 @@ func proxyCmd() *cobra.Command {
 				return err
 			}
 			cfg.RESTConfig = rc
-			workingset.CollectSooner()
 			// Start-up is over once the whole world is programmed: its
-			// garbage and code need not stay resident.
-			cfg.OnInitialSync = workingset.Settle
+			// garbage and code need not stay resident. Until then the
+			// default GOGC keeps the collector off the first sync's path
+			// (it is CPU-bound: decoding the lists, building the ruleset);
+			// after it, collect sooner, as the controller does.
+			cfg.OnInitialSync = func() {
+				workingset.CollectSooner()
+				workingset.Settle()
+			}
 			level := slog.LevelInfo
 			if verbose {
 				level = slog.LevelDebug

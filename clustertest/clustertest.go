@@ -78,6 +78,11 @@ func Main(m *testing.M) int {
 	return code
 }
 
+// ServiceCIDRs are the test API server's Service ranges: dual-stack, so
+// tests can create IPv6 and dual-stack Services; a Service that asks for
+// nothing is IPv4, as on a single-stack cluster.
+const ServiceCIDRs = "10.96.0.0/16,fd00:10:96::/112"
+
 // APIServer returns the test binary's shared control plane, starting it on
 // first use (about 4 s). Tests should isolate themselves with Namespace.
 func APIServer(t testing.TB) *controlplane.ControlPlane {
@@ -88,7 +93,7 @@ func APIServer(t testing.TB) *controlplane.ControlPlane {
 			return
 		}
 		start := time.Now()
-		shared, sharedErr = controlplane.Start(context.Background(), controlplane.Config{StateDir: sharedDir})
+		shared, sharedErr = controlplane.Start(context.Background(), controlplane.Config{StateDir: sharedDir, ServiceCIDR: ServiceCIDRs})
 		if sharedErr == nil {
 			var hkCtx context.Context
 			hkCtx, stopHousekeeping = context.WithCancel(context.Background())

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,7 +48,10 @@ type Config struct {
 	// StateDir holds etcd's data, the PKI and the admin kubeconfig. Reusing a
 	// directory brings back the same cluster.
 	StateDir string
-	// ServiceCIDR is the range ClusterIPs come from (default 10.96.0.0/16).
+	// ServiceCIDR is the range ClusterIPs come from (default 10.96.0.0/16);
+	// an IPv4 and an IPv6 range, comma-separated as kube-apiserver's
+	// --service-cluster-ip-range, make the cluster dual-stack, the first
+	// being the primary family.
 	ServiceCIDR string
 	// NodePortRange is the range NodePorts come from (default 30000-32767).
 	NodePortRange string
@@ -89,10 +93,18 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.NodePortRange == "" {
 		cfg.NodePortRange = "30000-32767"
 	}
-	prefix, err := netip.ParsePrefix(cfg.ServiceCIDR)
-	if err != nil {
-		return nil, fmt.Errorf("service CIDR %q: %w", cfg.ServiceCIDR, err)
+	var prefixes []netip.Prefix
+	for _, c := range strings.Split(cfg.ServiceCIDR, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("service CIDR %q: %w", cfg.ServiceCIDR, err)
+		}
+		prefixes = append(prefixes, p)
 	}
+	if len(prefixes) > 2 || len(prefixes) == 2 && prefixes[0].Addr().Is4() == prefixes[1].Addr().Is4() {
+		return nil, fmt.Errorf("service CIDR %q: want one range, or one IPv4 and one IPv6 range", cfg.ServiceCIDR)
+	}
+	prefix := prefixes[0]
 	if cfg.LogOutput == nil {
 		cfg.LogOutput = io.Discard
 	}

@@ -148,6 +148,9 @@ func TestRecords(t *testing.T) {
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "extip"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "192.0.2.1"}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "alias"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "web." + ns + ".svc.cluster.local"}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "dangling"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "nosuch." + ns + ".svc.cluster.local"}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "ds"}, Spec: corev1.ServiceSpec{
+			IPFamilyPolicy: ptr.To(corev1.IPFamilyPolicyRequireDualStack), IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}},
 		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}},
 			Status: corev1.PodStatus{PodIP: "10.244.9.12", PodIPs: []corev1.PodIP{{IP: "10.244.9.12"}}}},
 	)
@@ -156,6 +159,14 @@ func TestRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	vip := svc.Spec.ClusterIP
+	ds, err := client.CoreV1().Services(ns).Get(context.Background(), "ds", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds.Spec.ClusterIPs) != 2 {
+		t.Fatalf("dual-stack service got cluster IPs %v", ds.Spec.ClusterIPs)
+	}
+	ds4, ds6 := ds.Spec.ClusterIPs[0], ds.Spec.ClusterIPs[1]
 	ts := startServer(t, client, nil)
 	z := "cluster.local."
 	s := func(name string) string { return name + "." + ns + ".svc." + z }
@@ -183,6 +194,15 @@ func TestRecords(t *testing.T) {
 		{"_nope._tcp." + s("web"), dns.TypeSRV, dns.RcodeNameError, nil, nil, ""},
 		{s("web"), dns.TypeSRV, dns.RcodeSuccess, []string{s("web") + " 30 IN SRV 0 50 53 " + s("web"), s("web") + " 30 IN SRV 0 50 80 " + s("web")}, []string{s("web") + " 30 IN A " + vip}, ""},
 		{s("nosuch"), dns.TypeA, dns.RcodeNameError, nil, nil, ""},
+		// A dual-stack Service answers A and AAAA with its two cluster IPs,
+		// and each has its PTR. As CoreDNS, its SRV weighs the port once
+		// per cluster IP (100/2) before merging the two same-target
+		// records into one.
+		{s("ds"), dns.TypeA, dns.RcodeSuccess, []string{s("ds") + " 30 IN A " + ds4}, nil, ""},
+		{s("ds"), dns.TypeAAAA, dns.RcodeSuccess, []string{s("ds") + " 30 IN AAAA " + ds6}, nil, ""},
+		{"_http._tcp." + s("ds"), dns.TypeSRV, dns.RcodeSuccess, []string{"_http._tcp." + s("ds") + " 30 IN SRV 0 50 80 " + s("ds")},
+			[]string{s("ds") + " 30 IN A " + ds4, s("ds") + " 30 IN AAAA " + ds6}, ""},
+		{mustReverse(t, ds6), dns.TypePTR, dns.RcodeSuccess, []string{mustReverse(t, ds6) + " 30 IN PTR " + s("ds")}, nil, ""},
 		{s("db"), dns.TypeA, dns.RcodeSuccess, []string{s("db") + " 30 IN A 10.244.9.11", s("db") + " 30 IN A 10.244.9.12", s("db") + " 30 IN A 10.244.9.14"}, nil, ""},
 		{"db-0." + s("db"), dns.TypeA, dns.RcodeSuccess, []string{"db-0." + s("db") + " 30 IN A 10.244.9.11"}, nil, ""},
 		{"10-244-9-12." + s("db"), dns.TypeA, dns.RcodeSuccess, []string{"10-244-9-12." + s("db") + " 30 IN A 10.244.9.12"}, nil, ""},
@@ -289,6 +309,16 @@ func TestRecords(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mustReverse is ip's reverse-lookup name (in-addr.arpa or ip6.arpa).
+func mustReverse(t *testing.T, ip string) string {
+	t.Helper()
+	r, err := dns.ReverseAddr(ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 // TestTruncation checks a headless answer too big for 512 bytes sets TC

@@ -407,14 +407,40 @@ func TestSliceContent(t *testing.T) {
 		// (and the Service retried) unless publishNotReadyAddresses is set.
 		want: []string{"IPv4 " + port + " {10.1.5.1 r=true s=true t=false node=NODE zone=zone-a ref=Pod/a}"},
 	}, {
-		// The API server's service CIDR is IPv4 only, so the Service is
-		// IPv4; a dual-stack pod contributes its IPv4 address only.
+		// A Service that asks for no family is single-stack IPv4 (the
+		// cluster's primary); a dual-stack pod contributes its IPv4
+		// address only.
 		name:   "dual-stack pod on an IPv4 Service",
 		target: intstr.FromInt32(8080),
 		pods: []podSpec{
 			{name: "a", ip: "10.1.6.1", ip6: "fd00::6:1", labels: sel, ready: true},
 		},
 		want: []string{"IPv4 " + port + " {10.1.6.1 r=true s=true t=false ref=Pod/a}"},
+	}, {
+		name:   "dual-stack Service: one slice per family",
+		target: intstr.FromInt32(8080),
+		svc: func(s *v1.Service) {
+			s.Spec.IPFamilyPolicy = ptr(v1.IPFamilyPolicyRequireDualStack)
+			s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol, v1.IPv4Protocol}
+		},
+		pods: []podSpec{
+			{name: "a", ip: "10.1.8.1", ip6: "fd00::8:1", labels: sel, ready: true},
+			{name: "b", ip: "10.1.8.2", ip6: "fd00::8:2", labels: sel, ready: false},
+			{name: "v4only", ip: "10.1.8.3", labels: sel, ready: true},
+		},
+		want: []string{
+			"IPv4 " + port + " {10.1.8.1 r=true s=true t=false ref=Pod/a; 10.1.8.2 r=false s=false t=false ref=Pod/b; 10.1.8.3 r=true s=true t=false ref=Pod/v4only}",
+			"IPv6 " + port + " {fd00::8:1 r=true s=true t=false ref=Pod/a; fd00::8:2 r=false s=false t=false ref=Pod/b}",
+		},
+	}, {
+		name:   "IPv6-only Service",
+		target: intstr.FromInt32(8080),
+		svc:    func(s *v1.Service) { s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol} },
+		pods: []podSpec{
+			{name: "a", ip: "10.1.9.1", ip6: "fd00::9:1", labels: sel, ready: true},
+			{name: "v4only", ip: "10.1.9.2", labels: sel, ready: true},
+		},
+		want: []string{"IPv6 " + port + " {fd00::9:1 r=true s=true t=false ref=Pod/a}"},
 	}, {
 		name:   "selector matching nothing gets one empty slice",
 		target: intstr.FromInt32(8080),

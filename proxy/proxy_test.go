@@ -33,15 +33,17 @@ func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
 
 // world is a test topology of network namespaces: a "node" whose proxy
 // programs its own namespace and routes between a client namespace
-// (10.0.1.2, node side 10.0.1.1) and backend namespaces (10.244.i.2, node
-// side 10.244.i.1) that run TCP and UDP echo servers on port 8080 and 9090.
+// (10.0.1.2 and fd00:1::2, node side 10.0.1.1 and fd00:1::1) and backend
+// namespaces (10.244.i.2 and fd00:244:i::2, node side .1 and ::1) that run
+// TCP and UDP echo servers on port 8080 and 9090 of both families.
 type world struct {
 	t         *testing.T
 	node      string // namespace names
 	nodePath  string
 	client    string
 	clientNS  string
-	backends  []string // backend addresses
+	backends  []string // backend IPv4 addresses
+	backends6 []string // their IPv6 addresses, in the same order
 	backendNS []string // their namespace paths, in the same order
 }
 
@@ -58,7 +60,7 @@ func newWorld(t *testing.T, backends int) *world {
 		}
 	}
 	w.node, w.nodePath = mk("sbn")
-	_, err := netnamespace.Exec(w.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	_, err := netnamespace.Exec(w.node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	must(err)
 	// A default route, as real nodes have: traffic to a VIP without
 	// endpoints must reach the forward hook to be rejected.
@@ -66,21 +68,29 @@ func newWorld(t *testing.T, backends int) *world {
 	must(netnamespace.IP(w.node, "link", "set", "uplink-peer", "up"))
 	must(netnamespace.IP(w.node, "link", "set", "uplink", "up"))
 	must(netnamespace.IP(w.node, "route", "add", "default", "dev", "uplink"))
-	link := func(peerNS, nodeSide, peerSide string) {
-		must(netnamespace.IP(w.node, "link", "add", "v-"+peerNS[len(peerNS)-6:], "type", "veth", "peer", "name", "eth0", "netns", peerNS))
-		must(netnamespace.IP(w.node, "addr", "add", nodeSide+"/24", "dev", "v-"+peerNS[len(peerNS)-6:]))
-		must(netnamespace.IP(w.node, "link", "set", "v-"+peerNS[len(peerNS)-6:], "up"))
-		must(netnamespace.IP(peerNS, "addr", "add", peerSide+"/24", "dev", "eth0"))
+	// link joins peerNS to the node: node side .1 (::1), peer side .2
+	// (::2) of an IPv4 /24 and an IPv6 /64 (without duplicate address
+	// detection, so the addresses work at once).
+	link := func(peerNS, net4, net6 string) {
+		dev := "v-" + peerNS[len(peerNS)-6:]
+		must(netnamespace.IP(w.node, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", peerNS))
+		must(netnamespace.IP(w.node, "addr", "add", net4+".1/24", "dev", dev))
+		must(netnamespace.IP(w.node, "addr", "add", net6+"::1/64", "dev", dev, "nodad"))
+		must(netnamespace.IP(w.node, "link", "set", dev, "up"))
+		must(netnamespace.IP(peerNS, "addr", "add", net4+".2/24", "dev", "eth0"))
+		must(netnamespace.IP(peerNS, "addr", "add", net6+"::2/64", "dev", "eth0", "nodad"))
 		must(netnamespace.IP(peerNS, "link", "set", "eth0", "up"))
-		must(netnamespace.IP(peerNS, "route", "add", "default", "via", nodeSide))
+		must(netnamespace.IP(peerNS, "route", "add", "default", "via", net4+".1"))
+		must(netnamespace.IP(peerNS, "-6", "route", "add", "default", "via", net6+"::1"))
 	}
 	w.client, w.clientNS = mk("sbc")
-	link(w.client, nodeIP, "10.0.1.2")
+	link(w.client, "10.0.1", "fd00:1")
 	for i := 1; i <= backends; i++ {
 		name, path := mk("sbb")
 		addr := fmt.Sprintf("10.244.%d.2", i)
-		link(name, fmt.Sprintf("10.244.%d.1", i), addr)
+		link(name, fmt.Sprintf("10.244.%d", i), fmt.Sprintf("fd00:244:%d", i))
 		w.backends = append(w.backends, addr)
+		w.backends6 = append(w.backends6, fmt.Sprintf("fd00:244:%d::2", i))
 		w.backendNS = append(w.backendNS, path)
 		for _, port := range []int{8080, 9090} {
 			serveEcho(t, path, addr, port)
@@ -242,12 +252,17 @@ func service(t *testing.T, c kubernetes.Interface, ns, name string, mod func(*v1
 	return svc
 }
 
-// setSlice writes the Service's one EndpointSlice, as an EndpointSlice
-// controller would: the named target port "echo" resolves to 8080.
+// setSlice writes the Service's one EndpointSlice of the endpoints' family
+// (IPv4 when there are none), as an EndpointSlice controller would: the
+// named target port "echo" resolves to 8080.
 func setSlice(t *testing.T, c kubernetes.Interface, ns, svc string, eps []epSpec) {
+	name, family := svc+"-x", discoveryv1.AddressTypeIPv4
+	if len(eps) > 0 && strings.Contains(eps[0].addr, ":") {
+		name, family = svc+"-x6", discoveryv1.AddressTypeIPv6
+	}
 	sl := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: svc + "-x", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: family,
 		Ports: []discoveryv1.EndpointPort{
 			{Name: ptr.To("tcp"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)},
 			{Name: ptr.To("udp"), Port: ptr.To[int32](9090), Protocol: ptr.To(v1.ProtocolUDP)},
@@ -338,6 +353,48 @@ func TestClusterIPBalancingScalingAndRefusal(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDualStackClusterIP checks a dual-stack Service with an IPv4 and an
+// IPv6 slice: each of its cluster IPs balances over the endpoints of its own
+// family, with real packets through the node's ip and ip6 tables.
+func TestDualStackClusterIP(t *testing.T) {
+	w := newWorld(t, 2)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "web", func(s *v1.Service) {
+		s.Spec.IPFamilyPolicy = ptr.To(v1.IPFamilyPolicyRequireDualStack)
+		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol, v1.IPv4Protocol}
+	})
+	if len(svc.Spec.ClusterIPs) != 2 {
+		t.Fatalf("dual-stack Service got cluster IPs %v", svc.Spec.ClusterIPs)
+	}
+	setSlice(t, client, ns, "web", []epSpec{ready(w.backends[0], "node-a"), ready(w.backends[1], "node-a")})
+	setSlice(t, client, ns, "web", []epSpec{ready(w.backends6[0], "node-a"), ready(w.backends6[1], "node-a")})
+	for _, ip := range svc.Spec.ClusterIPs {
+		vip := net.JoinHostPort(ip, "80")
+		eventually(t, "every backend answers on "+vip, func() error {
+			got, err := w.seen(vip, 20)
+			if err != nil {
+				return err
+			}
+			if !sameSet(got, want(w.backends...)) {
+				return fmt.Errorf("reached %v, want %v", got, w.backends)
+			}
+			return nil
+		})
+		// The echo reports the address it was reached from: the family of
+		// the cluster IP, not a translation into the other.
+		_, peer, err := w.request(vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host, _, _ := net.SplitHostPort(peer)
+		if a := netip.MustParseAddr(host); a.Is4() != netip.MustParseAddr(ip).Is4() {
+			t.Errorf("request to %s arrived from %s", vip, peer)
+		}
+	}
 }
 
 func TestNodePortAndExternalTrafficPolicy(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
@@ -178,5 +179,24 @@ func Eventually(t testing.TB, what string, timeout time.Duration, f func() error
 			t.Fatalf("%s: %v", what, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ApplySlice creates the EndpointSlice sl in namespace ns, or replaces the
+// one of that name, as a test standing in for an EndpointSlice controller
+// does on every change.
+func ApplySlice(t testing.TB, c kubernetes.Interface, ns string, sl *discoveryv1.EndpointSlice) {
+	t.Helper()
+	ctx := context.Background()
+	slices := c.DiscoveryV1().EndpointSlices(ns)
+	cur, err := slices.Get(ctx, sl.Name, metav1.GetOptions{})
+	if err == nil {
+		sl.ResourceVersion = cur.ResourceVersion
+		_, err = slices.Update(ctx, sl, metav1.UpdateOptions{})
+	} else {
+		_, err = slices.Create(ctx, sl, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Fatalf("apply endpoint slice %s/%s: %v", ns, sl.Name, err)
 	}
 }

@@ -153,17 +153,7 @@ func setEndpoints(t *testing.T, c kubernetes.Interface, ns, svc string, ips ...s
 	for _, ip := range ips {
 		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
 	}
-	ctx := context.Background()
-	cur, err := c.DiscoveryV1().EndpointSlices(ns).Get(ctx, sl.Name, metav1.GetOptions{})
-	if err == nil {
-		sl.ResourceVersion = cur.ResourceVersion
-		_, err = c.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{})
-	} else {
-		_, err = c.DiscoveryV1().EndpointSlices(ns).Create(ctx, sl, metav1.CreateOptions{})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	clustertest.ApplySlice(t, c, ns, sl)
 }
 
 // startNodeProxy runs a real node proxy programming netns, its metrics

@@ -272,17 +272,7 @@ func setSlice(t *testing.T, c kubernetes.Interface, ns, svc string, eps []epSpec
 		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{e.addr}, NodeName: ptr.To(e.node),
 			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(e.ready), Serving: ptr.To(e.ready || e.terminating), Terminating: ptr.To(e.terminating)}})
 	}
-	ctx := context.Background()
-	old, err := c.DiscoveryV1().EndpointSlices(ns).Get(ctx, sl.Name, metav1.GetOptions{})
-	if err == nil {
-		sl.ResourceVersion = old.ResourceVersion
-		_, err = c.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{})
-	} else {
-		_, err = c.DiscoveryV1().EndpointSlices(ns).Create(ctx, sl, metav1.CreateOptions{})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	clustertest.ApplySlice(t, c, ns, sl)
 }
 
 func want(backends ...string) map[string]bool {

@@ -166,6 +166,17 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 		changed := u.Changed
 		if first {
 			changed = nil
+		} else if len(changed) == 0 {
+			// A signal for changes an earlier Next already took (they
+			// coalesce): nothing to program. Syncing no Services would
+			// be a full sync, repainting the whole table for nothing.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.Changed():
+			case <-retry.C:
+			}
+			continue
 		}
 		start := time.Now()
 		err := b.Sync(u.Snapshot, changed)

@@ -166,17 +166,6 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 		changed := u.Changed
 		if first {
 			changed = nil
-		} else if len(changed) == 0 {
-			// A signal for changes an earlier Next already took (they
-			// coalesce): nothing to program. Syncing no Services would
-			// be a full sync, repainting the whole table for nothing.
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-t.Changed():
-			case <-retry.C:
-			}
-			continue
 		}
 		start := time.Now()
 		err := b.Sync(u.Snapshot, changed)
@@ -189,6 +178,8 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 			t.Requeue(u.Changed)
 			retry.Reset(time.Second)
 		} else {
+			// A retry still pending would wake the loop to nothing.
+			retry.Stop()
 			if first && cfg.OnInitialSync != nil {
 				cfg.OnInitialSync()
 			}

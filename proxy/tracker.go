@@ -38,7 +38,8 @@ func NewTracker(node string) *Tracker {
 	}
 }
 
-// Changed is signalled (coalesced) whenever a change is pending.
+// Changed is signalled (coalesced) whenever a change is pending; Next takes
+// the signal with the changes, so a signal always means work.
 func (t *Tracker) Changed() <-chan struct{} { return t.notify }
 
 func (t *Tracker) markLocked(k snapshot.ServiceKey) {
@@ -166,6 +167,13 @@ func (t *Tracker) Next() Update {
 		}
 	}
 	clear(t.dirty)
+	// A mark since the last Next left a signal for changes this Next has
+	// just taken: drop it, or the loop would wake to nothing pending and,
+	// as an empty change list, sync everything.
+	select {
+	case <-t.notify:
+	default:
+	}
 	t.current = next
 	u.Snapshot = next
 	return u

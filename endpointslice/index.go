@@ -33,12 +33,12 @@ func labelKey(namespace, k, v string) string { return namespace + "/" + k + "=" 
 
 func podLabelIndexFunc(obj any) ([]string, error) {
 	p, ok := obj.(*cachedPod)
-	if !ok || len(p.Labels) == 0 {
+	if !ok || len(p.labelSet()) == 0 {
 		return nil, nil
 	}
-	keys := make([]string, 0, len(p.Labels))
-	for k, v := range p.Labels {
-		keys = append(keys, labelKey(p.Namespace, k, v))
+	keys := make([]string, 0, len(p.labelSet()))
+	for k, v := range p.labelSet() {
+		keys = append(keys, labelKey(p.namespace, k, v))
 	}
 	return keys, nil
 }
@@ -104,7 +104,7 @@ func podsSelectedBy(pods cache.Indexer, namespace string, selector map[string]st
 	}
 	out := make([]*v1.Pod, 0, len(candidates))
 	for _, obj := range candidates {
-		if p, ok := obj.(*cachedPod); ok && sel.Matches(labels.Set(p.Labels)) {
+		if p, ok := obj.(*cachedPod); ok && sel.Matches(labels.Set(p.labelSet())) {
 			out = append(out, p.toPod())
 		}
 	}

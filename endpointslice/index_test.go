@@ -3,8 +3,10 @@ package endpointslice
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -13,6 +15,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	esutil "k8s.io/endpointslice/util"
+
+	"github.com/switchboard/switchboard/clustertest"
 )
 
 // TestIndexesMatchUpstreamScans checks that the indexed lookups return
@@ -166,4 +170,47 @@ func TestCachedPodRoundTrip(t *testing.T) {
 	if key := esutil.GetPodUpdateProjectionKey(asPod(cache.DeletedFinalStateUnknown{Key: "ns/p", Obj: cached}), nil); key == nil || key.Labels["app"] != "x" {
 		t.Errorf("tombstone of a cached pod: projection key %+v", key)
 	}
+}
+
+// TestInternedPodPartsAreSharedAndReleased checks that pods with equal
+// labels and container ports share one copy of each, that different ones
+// do not, and that a shared value's entry goes once no cached pod holds it.
+func TestInternedPodPartsAreSharedAndReleased(t *testing.T) {
+	pod := func(name, app string, port int32) *v1.Pod {
+		return &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "intern-ns", Name: name, Labels: map[string]string{"app": app, "tier": "web"}},
+			Spec: v1.PodSpec{Containers: []v1.Container{{Name: "app", Ports: []v1.ContainerPort{{Name: "http", ContainerPort: port, Protocol: v1.ProtocolTCP}}}}}}
+	}
+	trim := func(p *v1.Pod) *cachedPod {
+		c, err := trimPod(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*cachedPod)
+	}
+	labelsBefore, ctrsBefore := podLabels.len(), podContainers.len()
+	a, b, c := trim(pod("a", "intern-x", 8080)), trim(pod("b", "intern-x", 8080)), trim(pod("c", "intern-y", 9090))
+	if a.labels != b.labels || a.containers != b.containers {
+		t.Error("pods with equal labels and ports do not share them")
+	}
+	if a.labels == c.labels || a.containers == c.containers {
+		t.Error("pods with different labels or ports share them")
+	}
+	if got := c.toPod().Spec.Containers[0].Ports[0].ContainerPort; got != 9090 {
+		t.Errorf("pod c resolves port %d, want 9090", got)
+	}
+	if podLabels.len() != labelsBefore+2 || podContainers.len() != ctrsBefore+2 {
+		t.Errorf("intern tables grew by %d labels and %d containers, want 2 and 2", podLabels.len()-labelsBefore, podContainers.len()-ctrsBefore)
+	}
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(b)
+	runtime.KeepAlive(c)
+	a, b, c = nil, nil, nil
+	clustertest.Eventually(t, "interned pod parts released", 5*time.Second, func() error {
+		runtime.GC()
+		if podLabels.len() > labelsBefore || podContainers.len() > ctrsBefore {
+			return fmt.Errorf("intern tables hold %d labels and %d containers after the pods went, want %d and %d",
+				podLabels.len(), podContainers.len(), labelsBefore, ctrsBefore)
+		}
+		return nil
+	})
 }

@@ -1,13 +1,18 @@
 package endpointslice
 
 import (
+	"fmt"
 	"slices"
+	"strings"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -25,21 +30,31 @@ func trimMeta(m *metav1.ObjectMeta) {
 // cachedPod is what the pod cache holds instead of a v1.Pod: the fields the
 // reconciler and the pod-to-Service mapping read, and nothing else. A
 // v1.Pod is 1,192 bytes before any of its strings (PodSpec and PodStatus are
-// embedded values), so even a trimmed one costs about 1.7 KB per pod with
-// its container; this is about a third of that, which at 10,000 pods is
-// most of the controller's heap. Consumers get real pods back from toPod.
+// embedded values) and a trimmed one still about 1.7 KB with its container
+// and labels; a cachedPod is a 224-byte record plus its name, UID and IPs,
+// because labels and container ports, the same for every pod of a
+// Deployment, are interned, and so are the namespace, node and phase
+// strings. At 10,000 pods that is most of the controller's heap. Consumers
+// get real pods back from toPod.
 type cachedPod struct {
-	metav1.ObjectMeta
-	nodeName, hostname, subdomain string
-	phase                         v1.PodPhase
-	podIP                         string
-	podIPs                        []v1.PodIP
-	// ready is the Ready condition's status and transition time (the
-	// trigger-time annotation reads it); readyStatus "" means no condition.
+	name, namespace   string
+	uid               types.UID
+	resourceVersion   string
+	deletionTimestamp *metav1.Time
+	labels            *shared[map[string]string] // nil: no labels
+	containers        *shared[[]cachedContainer] // containers with ports only; nil: none
+	nodeName          string
+	hostname          string
+	subdomain         string
+	phase             v1.PodPhase
+	// podIPs is status.podIPs; status.podIP is always its first element
+	// (the API server fills one from the other).
+	podIPs []v1.PodIP
+	// readyStatus and readySince are the Ready condition's status and
+	// transition time (the trigger-time annotation reads it); readyStatus
+	// "" means no condition.
 	readyStatus v1.ConditionStatus
 	readySince  metav1.Time
-	// containers with ports only: named targetPorts resolve against them.
-	containers []cachedContainer
 }
 
 type cachedContainer struct {
@@ -51,20 +66,42 @@ type cachedContainer struct {
 	restartPolicy *v1.ContainerRestartPolicy
 }
 
+var (
+	podLabels     internTable[map[string]string]
+	podContainers internTable[[]cachedContainer]
+)
+
 // GetObjectKind and DeepCopyObject make cachedPod a runtime.Object, which
 // the informer machinery expects of what it stores.
 func (p *cachedPod) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 
+// DeepCopyObject copies the record; interned parts are immutable and shared.
 func (p *cachedPod) DeepCopyObject() runtime.Object {
 	c := *p
-	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	c.deletionTimestamp = p.deletionTimestamp.DeepCopy()
 	c.podIPs = slices.Clone(p.podIPs)
 	p.readySince.DeepCopyInto(&c.readySince)
-	c.containers = make([]cachedContainer, len(p.containers))
-	for i, ctr := range p.containers {
-		c.containers[i] = cachedContainer{name: ctr.name, ports: slices.Clone(ctr.ports), init: ctr.init, restartPolicy: ctr.restartPolicy}
-	}
 	return &c
+}
+
+// GetObjectMeta gives the informer machinery (keys, the namespace index)
+// the metadata it reads. It builds a fresh ObjectMeta on each call: cheaper
+// than carrying a 232-byte ObjectMeta in each of 10,000 records, since keys
+// are computed once per event.
+func (p *cachedPod) GetObjectMeta() metav1.Object { return p.objectMeta() }
+
+func (p *cachedPod) objectMeta() *metav1.ObjectMeta {
+	return &metav1.ObjectMeta{Name: p.name, Namespace: p.namespace, UID: p.uid, ResourceVersion: p.resourceVersion,
+		DeletionTimestamp: p.deletionTimestamp, Labels: p.labelSet()}
+}
+
+// labelSet is the pod's labels, shared with every pod that has the same:
+// read only.
+func (p *cachedPod) labelSet() map[string]string {
+	if p.labels == nil {
+		return nil
+	}
+	return p.labels.v
 }
 
 // trimPod turns a Pod into a cachedPod. Objects already trimmed pass
@@ -74,42 +111,74 @@ func trimPod(obj any) (any, error) {
 	if !ok {
 		return obj, nil
 	}
-	c := &cachedPod{ObjectMeta: p.ObjectMeta, nodeName: p.Spec.NodeName, hostname: p.Spec.Hostname, subdomain: p.Spec.Subdomain,
-		phase: p.Status.Phase, podIP: p.Status.PodIP, podIPs: p.Status.PodIPs}
-	trimMeta(&c.ObjectMeta)
-	c.OwnerReferences = nil
-	c.GenerateName = ""
+	c := &cachedPod{name: p.Name, namespace: unique.Make(p.Namespace).Value(), uid: p.UID, resourceVersion: p.ResourceVersion,
+		deletionTimestamp: p.DeletionTimestamp,
+		nodeName:          unique.Make(p.Spec.NodeName).Value(), hostname: p.Spec.Hostname, subdomain: p.Spec.Subdomain,
+		phase: unique.Make(p.Status.Phase).Value(), podIPs: p.Status.PodIPs}
+	if len(c.podIPs) == 0 && p.Status.PodIP != "" {
+		c.podIPs = []v1.PodIP{{IP: p.Status.PodIP}}
+	}
+	if len(p.Labels) > 0 {
+		c.labels = podLabels.get(labels.Set(p.Labels).String(), func() map[string]string { return p.Labels })
+	}
+	var ctrs []cachedContainer
 	for _, ctr := range p.Spec.Containers {
 		if len(ctr.Ports) > 0 {
-			c.containers = append(c.containers, cachedContainer{name: ctr.Name, ports: ctr.Ports})
+			ctrs = append(ctrs, cachedContainer{name: ctr.Name, ports: ctr.Ports})
 		}
 	}
 	for _, ctr := range p.Spec.InitContainers {
 		if len(ctr.Ports) > 0 && ctr.RestartPolicy != nil {
-			c.containers = append(c.containers, cachedContainer{name: ctr.Name, ports: ctr.Ports, init: true, restartPolicy: ctr.RestartPolicy})
+			ctrs = append(ctrs, cachedContainer{name: ctr.Name, ports: ctr.Ports, init: true, restartPolicy: ctr.RestartPolicy})
 		}
+	}
+	if len(ctrs) > 0 {
+		c.containers = podContainers.get(containersKey(ctrs), func() []cachedContainer { return ctrs })
 	}
 	for _, cond := range p.Status.Conditions {
 		if cond.Type == v1.PodReady {
-			c.readyStatus, c.readySince = cond.Status, cond.LastTransitionTime
+			c.readyStatus, c.readySince = unique.Make(cond.Status).Value(), cond.LastTransitionTime
 		}
 	}
 	return c, nil
+}
+
+// containersKey spells out every field of ctrs that toPod gives back, so
+// that equal keys mean interchangeable containers.
+func containersKey(ctrs []cachedContainer) string {
+	var b strings.Builder
+	for _, c := range ctrs {
+		policy := ""
+		if c.restartPolicy != nil {
+			policy = string(*c.restartPolicy)
+		}
+		fmt.Fprintf(&b, "%q %t %q[", c.name, c.init, policy)
+		for _, p := range c.ports {
+			fmt.Fprintf(&b, "%q %d %q %q %d,", p.Name, p.ContainerPort, p.Protocol, p.HostIP, p.HostPort)
+		}
+		b.WriteString("]")
+	}
+	return b.String()
 }
 
 // toPod rebuilds the Pod the reconciler sees: every field it reads, as the
 // API server sent it. Like a lister's result, its labels, IPs and ports are
 // shared with the cache and must not be modified.
 func (p *cachedPod) toPod() *v1.Pod {
-	pod := &v1.Pod{ObjectMeta: p.ObjectMeta,
+	pod := &v1.Pod{ObjectMeta: *p.objectMeta(),
 		Spec:   v1.PodSpec{NodeName: p.nodeName, Hostname: p.hostname, Subdomain: p.subdomain},
-		Status: v1.PodStatus{Phase: p.phase, PodIP: p.podIP, PodIPs: p.podIPs}}
-	for _, ctr := range p.containers {
-		c := v1.Container{Name: ctr.name, Ports: ctr.ports, RestartPolicy: ctr.restartPolicy}
-		if ctr.init {
-			pod.Spec.InitContainers = append(pod.Spec.InitContainers, c)
-		} else {
-			pod.Spec.Containers = append(pod.Spec.Containers, c)
+		Status: v1.PodStatus{Phase: p.phase, PodIPs: p.podIPs}}
+	if len(p.podIPs) > 0 {
+		pod.Status.PodIP = p.podIPs[0].IP
+	}
+	if p.containers != nil {
+		for _, ctr := range p.containers.v {
+			c := v1.Container{Name: ctr.name, Ports: ctr.ports, RestartPolicy: ctr.restartPolicy}
+			if ctr.init {
+				pod.Spec.InitContainers = append(pod.Spec.InitContainers, c)
+			} else {
+				pod.Spec.Containers = append(pod.Spec.Containers, c)
+			}
 		}
 	}
 	if p.readyStatus != "" {

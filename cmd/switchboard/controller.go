@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -47,6 +48,7 @@ func controllerCmd() *cobra.Command {
 		maxPerSlc int32
 		verbose   bool
 		metrics   string
+		profiling bool
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -73,7 +75,7 @@ func controllerCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if metrics != "" {
-				if err := serveControllerMetrics(ctx, metrics); err != nil {
+				if err := serveControllerMetrics(ctx, metrics, profiling); err != nil {
 					return err
 				}
 			}
@@ -89,12 +91,14 @@ func controllerCmd() *cobra.Command {
 	cmd.Flags().Int32Var(&maxPerSlc, "max-endpoints-per-slice", endpointslice.DefaultMaxEndpointsPerSlice, "endpoints per EndpointSlice, 1 to 1000")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	cmd.Flags().StringVar(&metrics, "metrics-bind-address", "", "address for /metrics (upstream's endpoint_slice_controller_* series) and /healthz, e.g. 127.0.0.1:10258; empty disables")
+	cmd.Flags().BoolVar(&profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	return cmd
 }
 
 // serveControllerMetrics serves the process-wide Kubernetes metrics registry,
-// where the EndpointSlice metrics live, until ctx ends.
-func serveControllerMetrics(ctx context.Context, addr string) error {
+// where the EndpointSlice metrics live, and with profiling net/http/pprof,
+// until ctx ends.
+func serveControllerMetrics(ctx context.Context, addr string, profiling bool) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics listener: %w", err)
@@ -102,6 +106,12 @@ func serveControllerMetrics(ctx context.Context, addr string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", legacyregistry.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	go func() {

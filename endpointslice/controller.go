@@ -231,10 +231,11 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 		c.topologyQueue.ShutDown()
 		wg.Wait()
 	}()
+	start := time.Now()
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("endpointslice controller: caches not synced: %w", ctx.Err())
 	}
-	c.log.Info("endpointslice controller started", "workers", workers, "managedBy", ManagedBy)
+	c.log.Info("endpointslice controller started", "workers", workers, "managedBy", ManagedBy, "cacheSync", time.Since(start).Round(time.Millisecond))
 	for range workers {
 		wg.Go(func() {
 			for c.processNext(ctx) {

@@ -3,6 +3,13 @@
 // control plane: cold start of 1,000 Services x 10 pods, slice writes per pod
 // Ready flip, flip-to-slice latency, a burst of 100 flips, and RSS.
 //
+// Before any controller runs it measures the API server's own floor for the
+// same work, from this process: a pod informer's initial sync, creating the
+// 1,000 slices a cold start writes (same shape: ten endpoints with target
+// references, node, zone and conditions), and an ideal controller's flip,
+// which updates the slice the instant it sees the pod's event. No
+// controller can beat those on this machine; the gap to them is its own.
+//
 //	go build -o /tmp/sb ./cmd/switchboard
 //	go run ./bench/endpointslice [-switchboard /tmp/sb] [-kcm /work/ref/kube-controller-manager]
 //
@@ -60,6 +67,7 @@ var (
 type result struct {
 	name         string
 	cold         time.Duration
+	firstSlice   time.Duration // from start to the first slice written: start-up and the initial lists
 	coldCPU      time.Duration // the controller's user+system CPU until cold start completed
 	writesPerFlp float64
 	p50, p99     time.Duration // from sending the status patch
@@ -69,6 +77,8 @@ type result struct {
 	burstIssued  time.Duration // until the last of the 100 patches returned: the API server's floor for the burst
 	podP50       time.Duration // from sending the patch to the pod's own watch event here: the API server's floor
 	podP99       time.Duration
+	afterPodP50  time.Duration // from the pod's watch event here to its slice's: the controller's part (and its write)
+	afterPodP99  time.Duration
 	rss, hwm     string
 	anon, file   string // RssAnon, RssFile at end
 }
@@ -139,10 +149,14 @@ func main() {
 	podFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns))
 	podInf := podFactory.Core().V1().Pods().Informer()
 	_, _ = podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{UpdateFunc: pods.update})
+	listStart := time.Now()
 	podFactory.Start(ctx.Done())
 	cache.WaitForCacheSync(ctx.Done(), podInf.HasSynced)
+	listFloor := time.Since(listStart)
+	log.Printf("API server floor: this process's pod informer synced %d pods in %v", *nServices**nPods, listFloor.Round(time.Millisecond))
 
-	floor := createFloor(ctx, client)
+	floor := measureFloor(ctx, client)
+	floor.list = listFloor
 
 	var results []result
 	runs := []struct {
@@ -174,6 +188,7 @@ func main() {
 	fmt.Printf("\n%d Services x %d pods, %d single flips, burst of 100\n", *nServices, *nPods, *nFlips)
 	row := measure.Table(26, results, func(r result) string { return r.name })
 	row("cold start", func(r result) string { return r.cold.Round(time.Millisecond).String() })
+	row("  of which until first slice", func(r result) string { return r.firstSlice.Round(time.Millisecond).String() })
 	row("CPU used by cold start", func(r result) string { return r.coldCPU.String() })
 	row("slice writes per flip", func(r result) string { return fmt.Sprintf("%.2f", r.writesPerFlp) })
 	row("flip->slice p50", func(r result) string { return r.p50.Round(10 * time.Microsecond).String() })
@@ -182,13 +197,28 @@ func main() {
 	row("patch-ack->slice p99", func(r result) string { return r.ackP99.Round(10 * time.Microsecond).String() })
 	row("patch->own pod event p50", func(r result) string { return r.podP50.Round(10 * time.Microsecond).String() })
 	row("patch->own pod event p99", func(r result) string { return r.podP99.Round(10 * time.Microsecond).String() })
+	row("own pod event->slice p50", func(r result) string { return r.afterPodP50.Round(10 * time.Microsecond).String() })
+	row("own pod event->slice p99", func(r result) string { return r.afterPodP99.Round(10 * time.Microsecond).String() })
 	row("burst of 100 reflected", func(r result) string { return r.burst.Round(time.Millisecond).String() })
 	row("burst patches returned", func(r result) string { return r.burstIssued.Round(time.Millisecond).String() })
 	row("RSS (VmRSS at end)", func(r result) string { return r.rss })
 	row("peak RSS (VmHWM)", func(r result) string { return r.hwm })
 	row("RssAnon at end", func(r result) string { return r.anon })
 	row("RssFile at end", func(r result) string { return r.file })
-	fmt.Println("API server floor, no controller running:", floor)
+	fmt.Printf("\nAPI server floor, measured by this process with no controller running:\n")
+	fmt.Printf("  pod informer sync (%d pods, as a controller's first list)  %v\n", *nServices**nPods, floor.list.Round(time.Millisecond))
+	fmt.Printf("  create the %d slices a controller writes, 32 in parallel  %v\n", *nServices, floor.create.Round(time.Millisecond))
+	fmt.Printf("  ideal controller flip->slice p50 / p99                   %v / %v\n",
+		floor.p50.Round(10*time.Microsecond), floor.p99.Round(10*time.Microsecond))
+	fmt.Printf("    of which pod event->slice p50 / p99                    %v / %v\n",
+		floor.afterPodP50.Round(10*time.Microsecond), floor.afterPodP99.Round(10*time.Microsecond))
+	fmt.Printf("    (patch a pod, wait for its event, update its slice at once, wait for that event: no work in between)\n")
+}
+
+// percentiles sorts d and returns its median and 99th percentile.
+func percentiles(d []time.Duration) (p50, p99 time.Duration) {
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[len(d)/2], d[len(d)*99/100]
 }
 
 func must(err error) {
@@ -249,6 +279,7 @@ type observer struct {
 	waiters map[string]chan time.Time // "pod=ready" -> notify
 	full    int                       // Services with all nPods endpoints
 	fullCh  chan time.Time
+	first   time.Time // the first event
 }
 
 func newObserver() *observer {
@@ -261,6 +292,9 @@ func (o *observer) apply(s *discovery.EndpointSlice, deleted bool) {
 	o.writes.Add(1)
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.first.IsZero() {
+		o.first = now
+	}
 	svc := s.Labels[discovery.LabelServiceName]
 	if o.perSvc[svc] == nil {
 		o.perSvc[svc] = map[string]int{}
@@ -371,6 +405,9 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	select {
 	case done := <-obs.fullCh:
 		res.cold = done.Sub(start)
+		obs.mu.Lock()
+		res.firstSlice = obs.first.Sub(start)
+		obs.mu.Unlock()
 		res.coldCPU, _ = measure.CPUTime(cmd.Process.Pid)
 		if *traceOut {
 			fmt.Printf("COMPLETE %s %d\n", name, done.UnixNano())
@@ -382,7 +419,7 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	time.Sleep(3 * time.Second) // let delayed resyncs settle before counting writes
 
 	// Single flips, one at a time, each on a different Service.
-	var lat, patchRTT, afterAck, podLat []time.Duration
+	var lat, patchRTT, afterAck, podLat, afterPod []time.Duration
 	w0 := obs.writes.Load()
 	for i := range *nFlips {
 		pod := podName((i*7)%*nServices, i%*nPods)
@@ -406,6 +443,7 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 		select {
 		case podSeen = <-podCh:
 			podLat = append(podLat, podSeen.Sub(t))
+			afterPod = append(afterPod, seen.Sub(podSeen))
 		case <-time.After(time.Minute):
 			log.Fatalf("%s: flip of %s never seen in the pod watch", name, pod)
 		}
@@ -415,6 +453,7 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	}
 	sort.Slice(podLat, func(i, j int) bool { return podLat[i] < podLat[j] })
 	res.podP50, res.podP99 = podLat[len(podLat)/2], podLat[len(podLat)*99/100]
+	res.afterPodP50, res.afterPodP99 = percentiles(afterPod)
 	time.Sleep(2 * time.Second)
 	res.writesPerFlp = float64(obs.writes.Load()-w0) / float64(*nFlips)
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -462,32 +501,117 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 	return res
 }
 
-// createFloor times 1,000 slice creates sent by this process itself, 32 at a
-// time, then deletes them: the API server's throughput for the writes a cold
-// start needs, which no controller can beat on this machine.
-func createFloor(ctx context.Context, client kubernetes.Interface) string {
-	const n, par = 1000, 32
-	labels := map[string]string{discovery.LabelManagedBy: "bench-floor", discovery.LabelServiceName: "floor"}
-	var lat []time.Duration
-	var mu sync.Mutex
-	t0 := time.Now()
-	measure.Parallel(n, par, func(i int) {
-		ip := fmt.Sprintf("10.200.%d.%d", i/250, i%250+1)
-		s := &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("floor-%04d", i), Labels: labels},
-			AddressType: discovery.AddressTypeIPv4, Endpoints: []discovery.Endpoint{{Addresses: []string{ip}}}}
-		t := time.Now()
-		_, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, s, metav1.CreateOptions{})
-		must(err)
-		mu.Lock()
-		lat = append(lat, time.Since(t))
-		mu.Unlock()
+// floors are what the API server itself delivers here, measured by this
+// process with no controller running, for the same work a controller does.
+type floors struct {
+	list                     time.Duration // a pod informer's initial sync
+	create                   time.Duration // creating one full slice per Service, 32 at a time
+	p50, p99                 time.Duration // an ideal controller's flip->slice: two writes back to back, no work between
+	afterPodP50, afterPodP99 time.Duration // of which from the pod's event to the slice's: the slice write alone
+}
+
+// floorManager labels the slices measureFloor writes; no controller touches them.
+const floorManager = "bench-floor"
+
+// measureFloor times, from this process, the API work a cold start and a
+// flip need, on slices shaped exactly like the controllers' (ten endpoints
+// with target references, node, zone, conditions and a port; labels, an
+// owner reference and the trigger-time annotation): creating one per
+// Service, 32 in parallel, then 200 flips done by an ideal controller that
+// updates the slice the moment it sees the pod's event. It deletes its
+// slices afterwards and leaves every pod Ready.
+func measureFloor(ctx context.Context, client kubernetes.Interface) floors {
+	var f floors
+	svcs, err := client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	must(err)
+	podList, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	must(err)
+	podsByApp := map[string][]v1.Pod{}
+	for _, p := range podList.Items {
+		podsByApp[p.Labels["app"]] = append(podsByApp[p.Labels["app"]], p)
+	}
+	yes, no := true, false
+	port, proto, node, zone := int32(8080), v1.ProtocolTCP, "bench-node", "zone-a"
+	desired := make([]*discovery.EndpointSlice, len(svcs.Items))
+	for i, svc := range svcs.Items {
+		s := &discovery.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: svc.Name + "-floor", Namespace: ns,
+				Labels:          map[string]string{discovery.LabelManagedBy: floorManager, discovery.LabelServiceName: svc.Name + "-floor"},
+				Annotations:     map[string]string{v1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339Nano)},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Service", Name: svc.Name, UID: svc.UID, Controller: &yes, BlockOwnerDeletion: &yes}}},
+			AddressType: discovery.AddressTypeIPv4,
+			Ports:       []discovery.EndpointPort{{Name: &svc.Spec.Ports[0].Name, Port: &port, Protocol: &proto}},
+		}
+		for _, p := range podsByApp[svc.Name] {
+			s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addresses: []string{p.Status.PodIP},
+				Conditions: discovery.EndpointConditions{Ready: &yes, Serving: &yes, Terminating: &no},
+				TargetRef:  &v1.ObjectReference{Kind: "Pod", Namespace: ns, Name: p.Name, UID: p.UID},
+				NodeName:   &node, Zone: &zone})
+		}
+		desired[i] = s
+	}
+
+	obs := newObserver()
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discovery.LabelManagedBy + "=" + floorManager }))
+	inf := factory.Discovery().V1().EndpointSlices().Informer()
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
+		UpdateFunc: func(_, obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
 	})
-	took := time.Since(t0)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	msg := fmt.Sprintf("%d slice creates, %d in parallel, from the benchmark itself: %v (each p50 %v p99 %v)", n, par,
-		took.Round(time.Millisecond), lat[n/2].Round(10*time.Microsecond), lat[n*99/100].Round(10*time.Microsecond))
-	log.Printf("API server floor: %s", msg)
+	factory.Start(wctx.Done())
+	cache.WaitForCacheSync(wctx.Done(), inf.HasSynced)
+
+	created := make([]*discovery.EndpointSlice, len(desired))
+	t0 := time.Now()
+	measure.Parallel(len(desired), 32, func(i int) {
+		c, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, desired[i], metav1.CreateOptions{})
+		must(err)
+		created[i] = c
+	})
+	f.create = time.Since(t0)
+	log.Printf("API server floor: %d full slice creates, 32 in parallel: %v", len(desired), f.create.Round(time.Millisecond))
+
+	var lat, afterPod []time.Duration
+	for i := range *nFlips / 2 {
+		si := (i * 7) % len(created)
+		for _, want := range []bool{false, true} {
+			slice := created[si]
+			pod := slice.Endpoints[i%len(slice.Endpoints)].TargetRef.Name
+			podCh, sliceCh := pods.wait(pod, want), obs.wait(pod, want)
+			t := time.Now()
+			flip(ctx, client, pod, want)
+			var podSeen time.Time
+			select {
+			case podSeen = <-podCh:
+			case <-time.After(time.Minute):
+				log.Fatalf("floor: flip of %s never seen in the pod watch", pod)
+			}
+			next := slice.DeepCopy()
+			for j := range next.Endpoints {
+				if next.Endpoints[j].TargetRef.Name == pod {
+					next.Endpoints[j].Conditions.Ready, next.Endpoints[j].Conditions.Serving = &want, &want
+				}
+			}
+			next.Annotations[v1.EndpointsLastChangeTriggerTime] = time.Now().UTC().Format(time.RFC3339Nano)
+			updated, err := client.DiscoveryV1().EndpointSlices(ns).Update(ctx, next, metav1.UpdateOptions{})
+			must(err)
+			created[si] = updated
+			select {
+			case seen := <-sliceCh:
+				lat = append(lat, seen.Sub(t))
+				afterPod = append(afterPod, seen.Sub(podSeen))
+			case <-time.After(time.Minute):
+				log.Fatalf("floor: slice update for %s never seen", pod)
+			}
+		}
+	}
+	f.p50, f.p99 = percentiles(lat)
+	f.afterPodP50, f.afterPodP99 = percentiles(afterPod)
+	log.Printf("API server floor: ideal controller flip->slice p50 %v p99 %v (pod event->slice p50 %v p99 %v)", f.p50, f.p99, f.afterPodP50, f.afterPodP99)
 	must(client.DiscoveryV1().EndpointSlices(ns).DeleteCollection(ctx, metav1.DeleteOptions{},
-		metav1.ListOptions{LabelSelector: discovery.LabelManagedBy + "=bench-floor"}))
-	return msg
+		metav1.ListOptions{LabelSelector: discovery.LabelManagedBy + "=" + floorManager}))
+	return f
 }

@@ -49,12 +49,16 @@ func controllerCmd() *cobra.Command {
 		verbose   bool
 		metrics   string
 		profiling bool
+		gates     string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
 		Short: "Run the EndpointSlice controller: keep every selector Service's EndpointSlices",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := featureGates(gates); err != nil {
+				return err
+			}
 			rc, err := cf.restConfig("controller")
 			if err != nil {
 				return err
@@ -91,6 +95,7 @@ func controllerCmd() *cobra.Command {
 	cmd.Flags().Int32Var(&maxPerSlc, "max-endpoints-per-slice", endpointslice.DefaultMaxEndpointsPerSlice, "endpoints per EndpointSlice, 1 to 1000")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	cmd.Flags().StringVar(&metrics, "metrics-bind-address", "", "address for /metrics (upstream's endpoint_slice_controller_* series) and /healthz, e.g. 127.0.0.1:10258; empty disables")
+	cmd.Flags().StringVar(&gates, "feature-gates", "", "Kubernetes feature gates, e.g. WatchListClient=false (as kube-controller-manager's)")
 	cmd.Flags().BoolVar(&profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	return cmd
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/pflag"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -18,6 +19,18 @@ type clientFlags struct {
 	master     string
 	qps        float32
 	burst      int
+}
+
+// featureGates sets Kubernetes feature gates (client-go's included) from a
+// comma-separated list of Name=bool pairs, as upstream's --feature-gates.
+func featureGates(spec string) error {
+	if spec == "" {
+		return nil
+	}
+	if err := utilfeature.DefaultMutableFeatureGate.Set(spec); err != nil {
+		return fmt.Errorf("--feature-gates %q: %w", spec, err)
+	}
+	return nil
 }
 
 func (c *clientFlags) addTo(fs *pflag.FlagSet, defaultQPS float32, defaultBurst int) {

@@ -331,6 +331,28 @@ func (o *observer) apply(s *discovery.EndpointSlice, deleted bool) {
 	}
 }
 
+// watchSlices starts an observer of one manager's slices and returns once
+// its cache has synced; stop ends the watch.
+func watchSlices(ctx context.Context, client kubernetes.Interface, managedBy string) (obs *observer, stop func()) {
+	obs = newObserver()
+	wctx, stop := context.WithCancel(ctx)
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discovery.LabelManagedBy + "=" + managedBy }))
+	inf := factory.Discovery().V1().EndpointSlices().Informer()
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
+		UpdateFunc: func(_, obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
+		DeleteFunc: func(obj any) {
+			if s, ok := obj.(*discovery.EndpointSlice); ok {
+				obs.apply(s, true)
+			}
+		},
+	})
+	factory.Start(wctx.Done())
+	cache.WaitForCacheSync(wctx.Done(), inf.HasSynced)
+	return obs, stop
+}
+
 func (o *observer) count(svc string) int {
 	n := 0
 	for _, c := range o.perSvc[svc] {
@@ -370,23 +392,8 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	obs := newObserver()
-	wctx, stopWatch := context.WithCancel(ctx)
+	obs, stopWatch := watchSlices(ctx, client, managedBy)
 	defer stopWatch()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discovery.LabelManagedBy + "=" + managedBy }))
-	inf := factory.Discovery().V1().EndpointSlices().Informer()
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
-		UpdateFunc: func(_, obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
-		DeleteFunc: func(obj any) {
-			if s, ok := obj.(*discovery.EndpointSlice); ok {
-				obs.apply(s, true)
-			}
-		},
-	})
-	factory.Start(wctx.Done())
-	cache.WaitForCacheSync(wctx.Done(), inf.HasSynced)
 
 	logf, err := os.Create(logPath)
 	must(err)
@@ -551,18 +558,8 @@ func measureFloor(ctx context.Context, client kubernetes.Interface) floors {
 		desired[i] = s
 	}
 
-	obs := newObserver()
-	wctx, stopWatch := context.WithCancel(ctx)
+	obs, stopWatch := watchSlices(ctx, client, floorManager)
 	defer stopWatch()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discovery.LabelManagedBy + "=" + floorManager }))
-	inf := factory.Discovery().V1().EndpointSlices().Informer()
-	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
-		UpdateFunc: func(_, obj any) { obs.apply(obj.(*discovery.EndpointSlice), false) },
-	})
-	factory.Start(wctx.Done())
-	cache.WaitForCacheSync(wctx.Done(), inf.HasSynced)
 
 	created := make([]*discovery.EndpointSlice, len(desired))
 	t0 := time.Now()

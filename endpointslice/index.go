@@ -33,11 +33,15 @@ func labelKey(namespace, k, v string) string { return namespace + "/" + k + "=" 
 
 func podLabelIndexFunc(obj any) ([]string, error) {
 	p, ok := obj.(*cachedPod)
-	if !ok || len(p.labelSet()) == 0 {
+	if !ok {
 		return nil, nil
 	}
-	keys := make([]string, 0, len(p.labelSet()))
-	for k, v := range p.labelSet() {
+	set := p.labelSet()
+	if len(set) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, 0, len(set))
+	for k, v := range set {
 		keys = append(keys, labelKey(p.namespace, k, v))
 	}
 	return keys, nil

@@ -214,3 +214,10 @@ func TestInternedPodPartsAreSharedAndReleased(t *testing.T) {
 		return nil
 	})
 }
+
+// len reports how many keys have an entry (live or awaiting cleanup).
+func (t *internTable[T]) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}

@@ -47,10 +47,3 @@ func (t *internTable[T]) drop(key string) {
 		delete(t.m, key)
 	}
 }
-
-// len reports how many keys have an entry (live or awaiting cleanup).
-func (t *internTable[T]) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.m)
-}

@@ -458,19 +458,15 @@ func measureController(ctx context.Context, client kubernetes.Interface, name, m
 			fmt.Printf("FLIP %s %d %d %d %d\n", pod, t.UnixNano(), ack.UnixNano(), podSeen.UnixNano(), seen.UnixNano())
 		}
 	}
-	sort.Slice(podLat, func(i, j int) bool { return podLat[i] < podLat[j] })
-	res.podP50, res.podP99 = podLat[len(podLat)/2], podLat[len(podLat)*99/100]
+	res.podP50, res.podP99 = percentiles(podLat)
 	res.afterPodP50, res.afterPodP99 = percentiles(afterPod)
 	time.Sleep(2 * time.Second)
 	res.writesPerFlp = float64(obs.writes.Load()-w0) / float64(*nFlips)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	res.p50 = lat[len(lat)/2]
-	res.p99 = lat[len(lat)*99/100]
-	sort.Slice(afterAck, func(i, j int) bool { return afterAck[i] < afterAck[j] })
-	res.ackP50, res.ackP99 = afterAck[len(afterAck)/2], afterAck[len(afterAck)*99/100]
-	sort.Slice(patchRTT, func(i, j int) bool { return patchRTT[i] < patchRTT[j] })
+	res.p50, res.p99 = percentiles(lat)
+	res.ackP50, res.ackP99 = percentiles(afterAck)
+	rttP50, rttP99 := percentiles(patchRTT)
 	log.Printf("%s: flips p50 %v p99 %v, %.2f writes/flip (the status patch alone: p50 %v p99 %v)", name, res.p50, res.p99, res.writesPerFlp,
-		patchRTT[len(patchRTT)/2], patchRTT[len(patchRTT)*99/100])
+		rttP50, rttP99)
 
 	// Burst: 100 flips on 100 Services, issued concurrently (well within one
 	// second), until every one is reflected.

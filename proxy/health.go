@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/proxy/nftables"
@@ -30,12 +32,22 @@ const healthTimeout = 60 * time.Second
 type health struct {
 	node    string
 	netns   string
+	nodeIPs []netip.Addr
+	// nodeObj returns this proxy's Node (nil until seen), for
+	// nodeEligible.
+	nodeObj func() *v1.Node
 	tracker *Tracker
 	log     *slog.Logger
 	started time.Time
 
-	mu          sync.Mutex
+	mu sync.Mutex
+	// lastUpdated is when the data plane last took a snapshot (or the
+	// sync loop started), per family: one transaction programs both.
 	lastUpdated time.Time
+	// pendingSince is when the oldest change not yet programmed was
+	// queued; a failed sync keeps it, so a proxy that keeps failing turns
+	// unhealthy (kube-proxy's oldestPendingQueued).
+	pendingSince time.Time
 	// lastError is the error of the last failed sync, cleared by a
 	// successful one.
 	lastError     string
@@ -48,16 +60,17 @@ type health struct {
 	hcnp       map[int32]*hcServer
 }
 
-func newHealth(node, netns string, t *Tracker, inspect inspector, log *slog.Logger) *health {
-	return &health{node: node, netns: netns, tracker: t, inspect: inspect, log: log, started: time.Now(), hcnp: map[int32]*hcServer{}}
+func newHealth(node, netns string, nodeIPs []netip.Addr, nodeObj func() *v1.Node, t *Tracker, inspect inspector, log *slog.Logger) *health {
+	return &health{node: node, netns: netns, nodeIPs: nodeIPs, nodeObj: nodeObj, tracker: t, inspect: inspect, log: log,
+		started: time.Now(), hcnp: map[int32]*hcServer{}}
 }
 
-// listen opens a TCP listener inside the proxy's namespace.
-func (h *health) listen(addr string) (net.Listener, error) {
+// listen opens a TCP listener inside the proxy's network namespace.
+func (h *health) listen(network, addr string) (net.Listener, error) {
 	var l net.Listener
 	err := netnamespace.Do(h.netnsOrCurrent(), func() error {
 		var err error
-		l, err = net.Listen("tcp", addr)
+		l, err = net.Listen(network, addr)
 		return err
 	})
 	if err != nil {
@@ -85,17 +98,17 @@ func (h *health) start(l net.Listener, handler http.Handler) *http.Server {
 
 func (h *health) serve(ctx context.Context, healthz, metricsAddr string, profiling bool, m *metrics) error {
 	if healthz != "" {
-		l, err := h.listen(healthz)
+		l, err := h.listen("tcp", healthz)
 		if err != nil {
 			return fmt.Errorf("proxy: healthz: %w", err)
 		}
 		mux := http.NewServeMux()
 		mux.HandleFunc("/healthz", h.healthz)
-		mux.HandleFunc("/livez", h.healthz)
+		mux.HandleFunc("/livez", h.livez)
 		h.servers = append(h.servers, h.start(l, mux))
 	}
 	if metricsAddr != "" {
-		l, err := h.listen(metricsAddr)
+		l, err := h.listen("tcp", metricsAddr)
 		if err != nil {
 			return fmt.Errorf("proxy: metrics: %w", err)
 		}
@@ -120,63 +133,164 @@ func (h *health) stop() {
 		s.Close()
 	}
 	for _, s := range h.hcnp {
-		s.srv.Close()
+		s.close()
 	}
 }
 
-// healthz answers like kube-proxy: 200 unless a change has waited longer
-// than healthTimeout, with a JSON body of timestamps.
-func (h *health) healthz(w http.ResponseWriter, _ *http.Request) {
+// proxierHealth and proxyHealth are kube-proxy's healthz and livez bodies
+// (pkg/proxy/healthcheck ProxierHealth and ProxyHealth), field for field:
+// tools read them.
+type proxierHealth struct {
+	LastUpdated time.Time `json:"lastUpdated"`
+	Healthy     bool      `json:"healthy"`
+}
+
+type proxyHealth struct {
+	LastUpdated  time.Time `json:"lastUpdated"`
+	CurrentTime  time.Time `json:"currentTime"`
+	NodeEligible *bool     `json:"nodeEligible,omitempty"`
+	Healthy      bool      `json:"healthy"`
+	// Status is per IP family ("IPv4", "IPv6"): switchboard programs both
+	// families' tables in every sync, as a dual-stack kube-proxy runs one
+	// proxier per family.
+	Status map[v1.IPFamily]proxierHealth `json:"status,omitempty"`
+}
+
+// health reports like kube-proxy's ProxyHealthServer.Health: healthy
+// unless a change has waited longer than healthTimeout to be programmed.
+func (h *health) health(now time.Time) proxyHealth {
 	h.mu.Lock()
-	last := h.lastUpdated
+	last, pending := h.lastUpdated, h.pendingSince
 	h.mu.Unlock()
+	if oldest := h.tracker.OldestPending(); !oldest.IsZero() && (pending.IsZero() || oldest.Before(pending)) {
+		pending = oldest
+	}
+	ph := proxyHealth{Healthy: true, CurrentTime: now, LastUpdated: last, Status: map[v1.IPFamily]proxierHealth{}}
+	if last.IsZero() {
+		// Still starting: kube-proxy is healthy and has no families yet.
+		return ph
+	}
+	if !pending.IsZero() && now.Sub(pending) >= healthTimeout {
+		ph.Healthy = false
+	}
+	for _, f := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		ph.Status[f] = proxierHealth{LastUpdated: last, Healthy: ph.Healthy}
+	}
+	return ph
+}
+
+// nodeEligible is kube-proxy's: the Node is known, not being deleted, and
+// not tainted for deletion by the cluster autoscaler, so load balancers
+// drain it in time.
+func (h *health) nodeEligible() bool {
+	n := h.nodeObj()
+	if n == nil || n.DeletionTimestamp != nil {
+		return false
+	}
+	for _, t := range n.Spec.Taints {
+		if t.Key == toBeDeletedTaint {
+			return false
+		}
+	}
+	return true
+}
+
+// toBeDeletedTaint is the cluster autoscaler's taint on a node it is about
+// to remove (kube-proxy's healthcheck.ToBeDeletedTaint).
+const toBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// healthz answers like kube-proxy's /healthz: 503 when unhealthy or the
+// node is not eligible, with the ProxyHealth body; a healthy answer's
+// lastUpdated is the current time, as upstream keeps it for old clients.
+func (h *health) healthz(w http.ResponseWriter, _ *http.Request) {
 	now := time.Now()
-	oldest := h.tracker.OldestPending()
-	healthy := !last.IsZero() && (oldest.IsZero() || now.Sub(oldest) < healthTimeout)
+	ph := h.health(now)
+	eligible := h.nodeEligible()
+	ph.NodeEligible = &eligible
+	writeHealth(w, ph, ph.Healthy && eligible, now)
+}
+
+// livez is /healthz without the node's eligibility.
+func (h *health) livez(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now()
+	ph := h.health(now)
+	writeHealth(w, ph, ph.Healthy, now)
+}
+
+func writeHealth(w http.ResponseWriter, ph proxyHealth, ok bool, now time.Time) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	if !healthy {
+	if !ok {
 		w.WriteHeader(http.StatusServiceUnavailable)
+	} else {
+		w.WriteHeader(http.StatusOK)
+		ph.LastUpdated = now
 	}
-	json.NewEncoder(w).Encode(map[string]any{
-		"lastUpdated":  last.Format(time.RFC3339Nano),
-		"currentTime":  now.Format(time.RFC3339Nano),
-		"nodeEligible": true,
-	})
+	out, _ := json.Marshal(ph)
+	w.Write(out)
 }
 
-// failed records a failed sync for DebugPath.
-func (h *health) failed(at time.Time, err error) {
+// loopStarted records the start of the sync loop, as kube-proxy's SyncLoop
+// does, so a proxy whose first sync never succeeds still reports a time.
+func (h *health) loopStarted(at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastUpdated = at
+}
+
+// failed records a failed sync of changes queued since queued (for
+// health) and the error (for DebugPath).
+func (h *health) failed(at, queued time.Time, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastError, h.lastErrorTime = err.Error(), at
-}
-
-// hcServer answers a healthCheckNodePort for external load balancers.
-type hcServer struct {
-	srv *http.Server
-	mu  sync.Mutex
-	svc snapshot.ServiceKey
-	n   int
-}
-
-// ServeHTTP answers like kube-proxy's service health server: 200 with the
-// count of local endpoints, or 503 when there are none, so a load balancer
-// sends externalTrafficPolicy=Local traffic only to nodes with endpoints.
-func (s *hcServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	s.mu.Lock()
-	svc, n := s.svc, s.n
-	s.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(n))
-	if n == 0 {
-		w.WriteHeader(http.StatusServiceUnavailable)
+	if !queued.IsZero() && (h.pendingSince.IsZero() || queued.Before(h.pendingSince)) {
+		h.pendingSince = queued
 	}
-	json.NewEncoder(w).Encode(map[string]any{
-		"service":             map[string]string{"namespace": svc.Namespace, "name": svc.Name},
-		"localEndpoints":      n,
-		"serviceProxyHealthy": true,
+}
+
+// hcServer answers one Service's healthCheckNodePort on each node address
+// of the Service's families, as kube-proxy's service health server does
+// (one per family, on the node's addresses, never on loopback).
+type hcServer struct {
+	servers []*http.Server
+	h       *health
+	mu      sync.Mutex
+	svc     snapshot.ServiceKey
+	// fams says which families the Service has ([0] IPv4, [1] IPv6); n
+	// counts its ready local endpoints per family.
+	fams [2]bool
+	n    [2]int
+}
+
+func (s *hcServer) close() {
+	for _, srv := range s.servers {
+		srv.Close()
+	}
+}
+
+// handler serves the family is4's count.
+func (s *hcServer) handler(is4 bool) http.Handler {
+	fam := 1
+	if is4 {
+		fam = 0
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		s.mu.Lock()
+		svc, n := s.svc, s.n[fam]
+		s.mu.Unlock()
+		healthy := s.h.health(time.Now()).Healthy
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(n))
+		if n != 0 && healthy {
+			w.WriteHeader(http.StatusOK)
+		} else {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		// kube-proxy's body, byte for byte (it dedents a template).
+		fmt.Fprintf(w, "{\n\t\"service\": {\n\t\t\"namespace\": %q,\n\t\t\"name\": %q\n\t},\n\t\"localEndpoints\": %d,\n\t\"serviceProxyHealthy\": %v\n}",
+			svc.Namespace, svc.Name, n, healthy)
 	})
 }
 
@@ -189,23 +303,28 @@ func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
 			if sp.HealthCheckNodePort == 0 {
 				continue
 			}
-			s := want[sp.HealthCheckNodePort]
-			if s == nil {
-				s = &hcServer{svc: key}
-				want[sp.HealthCheckNodePort] = s
+			s := &hcServer{h: h, svc: key}
+			for _, ip := range sp.ClusterIPs {
+				fam := 1
+				if ip.Is4() {
+					fam = 0
+				}
+				s.fams[fam] = true
+				s.n[fam] = snapshot.LocalReadyEndpoints(ports, ip.Is4())
 			}
-			// Per Service, not per port: the ports share their pods.
-			s.n = max(s.n, sp.LocalReadyCount())
+			want[sp.HealthCheckNodePort] = s
+			break
 		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastUpdated = at
+	h.pendingSince = time.Time{}
 	h.programmed = snap
 	h.lastError, h.lastErrorTime = "", time.Time{}
 	for port, s := range h.hcnp {
-		if _, ok := want[port]; !ok {
-			s.srv.Close()
+		if w, ok := want[port]; !ok || w.fams != s.fams {
+			s.close()
 			delete(h.hcnp, port)
 		}
 	}
@@ -216,12 +335,21 @@ func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
 			s.mu.Unlock()
 			continue
 		}
-		l, err := h.listen(":" + strconv.Itoa(int(port)))
-		if err != nil {
-			h.log.Error("open healthCheckNodePort", "service", w.svc, "port", port, "err", err)
-			continue
+		for _, ip := range h.nodeIPs {
+			if !w.fams[map[bool]int{true: 0, false: 1}[ip.Is4()]] {
+				continue
+			}
+			network := "tcp6"
+			if ip.Is4() {
+				network = "tcp4"
+			}
+			l, err := h.listen(network, netip.AddrPortFrom(ip, uint16(port)).String())
+			if err != nil {
+				h.log.Error("open healthCheckNodePort", "service", w.svc, "port", port, "err", err)
+				continue
+			}
+			w.servers = append(w.servers, h.start(l, w.handler(ip.Is4())))
 		}
-		w.srv = h.start(l, w)
 		h.hcnp[port] = w
 	}
 }

@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
@@ -114,6 +116,24 @@ func Run(ctx context.Context, cfg Config) error {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
 		}))
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
+	zone := func(o any) {
+		if n, ok := o.(*v1.Node); ok {
+			tracker.SetZone(n.Labels[v1.LabelTopologyZone])
+		}
+	}
+	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: zone, UpdateFunc: func(_, o any) { zone(o) },
+	}); err != nil {
+		return fmt.Errorf("proxy: watch node: %w", err)
+	}
+	// The Service CIDRs, as kube-proxy learns them (the
+	// MultiCIDRServiceAllocator gate is GA and locked on): new connections
+	// to an address in them that no Service holds are dropped.
+	cidrInf := factory.Networking().V1().ServiceCIDRs().Informer()
+	cidrReg, err := cidrInf.AddEventHandler(serviceCIDRHandler(cidrInf.GetStore(), tracker))
+	if err != nil {
+		return fmt.Errorf("proxy: watch servicecidrs: %w", err)
+	}
 	factory.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
 	defer factory.Shutdown()
@@ -132,7 +152,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// The handlers' registrations, not the informers: the first sync must
 	// see every object the initial lists delivered, or it would program a
 	// partial world and then stream the rest in as changes.
-	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced, cidrReg.HasSynced) {
 		return nil // stopped before the first sync
 	}
 
@@ -143,7 +163,13 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer kern.Close()
 	m := newMetrics()
-	hs := newHealth(cfg.NodeName, cfg.NetNS, tracker, kern, log)
+	nodeObj := func() *v1.Node {
+		if o, ok, _ := nodeInf.GetStore().GetByKey(cfg.NodeName); ok {
+			return o.(*v1.Node)
+		}
+		return nil
+	}
+	hs := newHealth(cfg.NodeName, cfg.NetNS, nodeIPs, nodeObj, tracker, kern, log)
 	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, cfg.EnableProfiling, m); err != nil {
 		return err
 	}
@@ -159,6 +185,7 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 	Stats() nftables.Stats
 }, m *metrics, hs *health, log *slog.Logger) error {
 	first := true
+	hs.loopStarted(time.Now())
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	for {
@@ -173,7 +200,7 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 		m.syncDuration.Observe(took.Seconds())
 		if err != nil {
 			m.syncErrors.Inc()
-			hs.failed(time.Now(), err)
+			hs.failed(time.Now(), u.Queued, err)
 			log.Error("sync failed; retrying", "err", err)
 			t.Requeue(u.Changed)
 			retry.Reset(time.Second)
@@ -210,6 +237,37 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 			case <-time.After(wait):
 			}
 		}
+	}
+}
+
+// serviceCIDRHandler hands the union of every ServiceCIDR's CIDRs to the
+// tracker on each change.
+func serviceCIDRHandler(store cache.Store, t *Tracker) cache.ResourceEventHandler {
+	update := func() {
+		var cidrs []netip.Prefix
+		for _, o := range store.List() {
+			sc, ok := o.(*networkingv1.ServiceCIDR)
+			if !ok {
+				continue
+			}
+			for _, s := range sc.Spec.CIDRs {
+				if p, err := netip.ParsePrefix(s); err == nil {
+					cidrs = append(cidrs, p.Masked())
+				}
+			}
+		}
+		slices.SortFunc(cidrs, func(a, b netip.Prefix) int {
+			if c := a.Addr().Compare(b.Addr()); c != 0 {
+				return c
+			}
+			return a.Bits() - b.Bits()
+		})
+		t.SetServiceCIDRs(slices.Compact(cidrs))
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { update() },
+		UpdateFunc: func(_, _ any) { update() },
+		DeleteFunc: func(any) { update() },
 	}
 }
 

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"maps"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,20 +18,21 @@ import (
 // immutable snapshots and the list of Services that changed since the last
 // one, so a backend's work grows with the change, not the cluster.
 type Tracker struct {
-	node string
-
 	mu       sync.Mutex
+	node     snapshot.Node
 	services map[snapshot.ServiceKey]*v1.Service
 	slices   map[snapshot.ServiceKey]map[string]*discoveryv1.EndpointSlice
 	dirty    map[snapshot.ServiceKey]time.Time // first time it became dirty
 	current  *snapshot.Snapshot
 	notify   chan struct{}
+	// serviceCIDRs are the cluster's Service CIDRs, for every snapshot.
+	serviceCIDRs []netip.Prefix
 }
 
 // NewTracker returns an empty tracker for the proxy on node.
 func NewTracker(node string) *Tracker {
 	return &Tracker{
-		node:     node,
+		node:     snapshot.Node{Name: node},
 		services: map[snapshot.ServiceKey]*v1.Service{},
 		slices:   map[snapshot.ServiceKey]map[string]*discoveryv1.EndpointSlice{},
 		dirty:    map[snapshot.ServiceKey]time.Time{},
@@ -64,6 +67,40 @@ func (t *Tracker) OldestPending() time.Time {
 		}
 	}
 	return oldest
+}
+
+// SetZone records this node's topology zone (its topology.kubernetes.io/zone
+// label). Zone hints are read against it, so a change rebuilds every
+// Service, as kube-proxy's OnTopologyChange does.
+func (t *Tracker) SetZone(zone string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if zone == t.node.Zone {
+		return
+	}
+	t.node.Zone = zone
+	for k := range t.services {
+		t.markLocked(k)
+	}
+	for k := range t.slices {
+		t.markLocked(k)
+	}
+}
+
+// SetServiceCIDRs records the cluster's Service CIDRs (from its
+// ServiceCIDR objects). The backend rebuilds its node-wide rules when the
+// list changes (kube-proxy applies them at its next full sync).
+func (t *Tracker) SetServiceCIDRs(cidrs []netip.Prefix) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if slices.Equal(cidrs, t.serviceCIDRs) {
+		return
+	}
+	t.serviceCIDRs = cidrs
+	select {
+	case t.notify <- struct{}{}:
+	default:
+	}
 }
 
 // ServiceHandler is the informer handler for Services.
@@ -140,6 +177,9 @@ type Update struct {
 	Snapshot *snapshot.Snapshot
 	Changed  []snapshot.ServiceKey
 	Triggers []time.Time
+	// Queued is when the oldest of the changes was queued (zero if none),
+	// for health when the sync fails.
+	Queued time.Time
 }
 
 // Next builds the snapshot for everything pending and clears the pending
@@ -148,9 +188,13 @@ type Update struct {
 func (t *Tracker) Next() Update {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	next := &snapshot.Snapshot{Ports: maps.Clone(t.current.Ports), Generation: t.current.Generation + 1}
+	next := &snapshot.Snapshot{Ports: maps.Clone(t.current.Ports), Generation: t.current.Generation + 1,
+		ServiceCIDRs: t.serviceCIDRs}
 	var u Update
-	for k := range t.dirty {
+	for k, at := range t.dirty {
+		if u.Queued.IsZero() || at.Before(u.Queued) {
+			u.Queued = at
+		}
 		var sl []*discoveryv1.EndpointSlice
 		for _, s := range t.slices[k] {
 			sl = append(sl, s)

@@ -8,7 +8,7 @@ import (
 
 // The informer transforms below keep only what snapshot.BuildService and
 // the tracker read, before objects enter the caches: at 5,000 Services x 10
-// endpoints the full objects (managed fields, targetRefs, hints) are most
+// endpoints the full objects (managed fields, targetRefs) are most
 // of the proxy's memory. They must be pure.
 
 // trimMeta keeps identity and the resource version.
@@ -29,7 +29,7 @@ func trimService(obj any) (any, error) {
 
 // trimSlice keeps the Service name label, the trigger-time annotation (for
 // the programming latency metric), the address type, the ports and, per
-// endpoint, its addresses, conditions and node.
+// endpoint, its addresses, conditions, node and topology hints.
 func trimSlice(obj any) (any, error) {
 	sl, ok := obj.(*discoveryv1.EndpointSlice)
 	if !ok {
@@ -45,7 +45,7 @@ func trimSlice(obj any) (any, error) {
 	out := &discoveryv1.EndpointSlice{ObjectMeta: trimMeta(sl.ObjectMeta, labels, annotations),
 		AddressType: sl.AddressType, Ports: sl.Ports, Endpoints: make([]discoveryv1.Endpoint, len(sl.Endpoints))}
 	for i, ep := range sl.Endpoints {
-		out.Endpoints[i] = discoveryv1.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName}
+		out.Endpoints[i] = discoveryv1.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName, Hints: ep.Hints}
 	}
 	return out, nil
 }

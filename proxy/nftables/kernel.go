@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -69,7 +70,10 @@ type Kernel struct {
 	refs [2]map[Elem]int
 	// elements counts, per family, the distinct elements programmed.
 	elements [2]int
-	log      *slog.Logger
+	// serviceCIDRs are the Service CIDRs the tables' rules drop
+	// unallocated addresses of; a change rebuilds the tables.
+	serviceCIDRs []netip.Prefix
+	log          *slog.Logger
 }
 
 // family is one IP family's table and its objects.
@@ -79,6 +83,11 @@ type family struct {
 	chains  map[string]*nftables.Chain
 	sets    map[string]*nftables.Set
 	buckets map[string]bool // bucket maps that exist with their rule
+	// fixedRules counts the skeleton's rules.
+	fixedRules int
+	// affinity are the sessionAffinity front-ends affinity-record has a
+	// rule for.
+	affinity map[affinityFront]bool
 }
 
 // New opens netlink sockets in cfg.NetNS. Nothing is programmed before the
@@ -86,6 +95,9 @@ type family struct {
 func New(cfg Config) (*Kernel, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Options.NodeIPs == nil {
+		cfg.Options.NodeIPs = cfg.NodeIPs
 	}
 	k := &Kernel{cfg: cfg, nsFd: -1, applied: map[snapshot.ServiceKey][2][]Elem{}, log: cfg.Logger}
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
@@ -182,8 +194,9 @@ func (k *Kernel) Stats() Stats {
 	for i, f := range k.fams {
 		s.Elements += k.elements[i]
 		if f.chains != nil {
-			// The skeleton's rules plus one DNAT rule per bucket map.
-			s.Rules += 14 + len(f.buckets)
+			// The skeleton's rules, one per bucket map, one per
+			// affinity front-end.
+			s.Rules += f.fixedRules + len(f.buckets) + len(f.affinity)
 		}
 	}
 	return s
@@ -197,7 +210,7 @@ func (k *Kernel) Stats() Stats {
 func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if changed == nil || !k.synced {
+	if changed == nil || !k.synced || !slices.Equal(snap.ServiceCIDRs, k.serviceCIDRs) {
 		err := k.fullSync(snap)
 		k.synced = err == nil
 		return err
@@ -237,6 +250,11 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 		}
 		if err := k.queue(f, d[i].add, false); err != nil {
 			return k.fail(err)
+		}
+		// Only a change of affinity front-ends rewrites their rules.
+		isAffinity := func(e Elem) bool { return strings.HasPrefix(e.Set, setAffinityPrefix) }
+		if slices.ContainsFunc(d[i].add, isAffinity) || slices.ContainsFunc(d[i].del, isAffinity) {
+			k.recordAffinity(f, i, false)
 		}
 	}
 	if err := k.conn.Flush(); err != nil {
@@ -309,11 +327,12 @@ func (k *Kernel) diff(fam int, old, now []Elem) (add, del []Elem) {
 	return add, del
 }
 
-// shared reports whether several Services may want the same element. Only
-// hairpin entries can be (a pod behind two Services); every other
-// element's key holds the Service's own front-end. Counting references for
-// those alone keeps a 50,000-element map out of the heap.
-func shared(e Elem) bool { return e.Set == setHairpin }
+// shared reports whether several Services, or several ports of one, may
+// want the same element: hairpin entries (a pod behind two Services) and
+// ClusterIPs (one per port). Every other element's key holds the Service
+// port's own front-end. Counting references for those alone keeps a
+// 50,000-element map out of the heap.
+func shared(e Elem) bool { return e.Set == setHairpin || e.Set == setClusterIPs }
 
 // goneUDPEndpoints lists UDP endpoint addresses a Service stopped using:
 // their conntrack entries would keep steering a UDP "connection" to a dead
@@ -351,7 +370,7 @@ func (k *Kernel) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
 		m := map[front]bool{}
 		for _, e := range elems {
 			if e.IsMap() && e.Proto == v1.ProtocolUDP {
-				m[front{e.Addr, e.Port, strings.HasPrefix(e.Set, setNodePortPrefix)}] = true
+				m[front{e.Addr, e.Port, !e.Addr.IsValid()}] = true
 			}
 		}
 		return m
@@ -500,6 +519,7 @@ func (k *Kernel) clearUntranslated(fronts [2][]netip.AddrPort) {
 // The table itself is never deleted, so nothing is briefly unprogrammed.
 func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 	k.applied = make(map[snapshot.ServiceKey][2][]Elem, len(snap.Ports))
+	k.serviceCIDRs = snap.ServiceCIDRs
 	// Translate first and size everything once: growing multi-megabyte
 	// slices and maps element by element dominated the full sync.
 	var total [2]int
@@ -540,6 +560,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		if err := k.queue(f, all[i], false); err != nil {
 			return err
 		}
+		k.recordAffinity(f, i, true)
 	}
 	if err := k.conn.Flush(); err != nil {
 		return fmt.Errorf("apply full nftables transaction in %q: %w", k.cfg.NetNS, err)
@@ -627,10 +648,10 @@ func addrType(is4 bool) nftables.SetDatatype {
 func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat bool) {
 	a := addrType(is4)
 	switch {
-	case strings.HasPrefix(name, setServicePrefix):
+	case strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setShortCircuitPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
-	case strings.HasPrefix(name, setNodePortPrefix):
+	case strings.HasPrefix(name, setNodePortPrefix) || strings.HasPrefix(name, setShortCircuitNodePortPrefix):
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
 	case name == setAffinity:
@@ -638,13 +659,13 @@ func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat boo
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
 	case name == setLBAllowed:
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, a), nftables.TypeInvalid, true
-	case name == setNoEndpoints || name == setNoLocalEndpoints || name == setLBRestricted || name == setMasqExternal || name == setMasqCluster || strings.HasPrefix(name, setAffinityPrefix):
+	case name == setNoEndpoints || name == setNoLocalEndpoints || name == setLBRestricted || name == setMasqExternal || name == setMasqCluster || name == setShortCircuit || strings.HasPrefix(name, setAffinityPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
-	case name == setNoEndpointsNodePort || name == setNoLocalEndpointsNodePort || name == setMasqNodePort:
+	case name == setNoEndpointsNodePort || name == setNoLocalEndpointsNodePort || name == setMasqNodePort || name == setShortCircuitNodePort:
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
 	case name == setHairpin:
 		return nftables.MustConcatSetType(a, a), nftables.TypeInvalid, true
-	default: // setNodeIPs
+	default: // setNodeIPs, setClusterIPs
 		return a, nftables.TypeInvalid, false
 	}
 }
@@ -711,9 +732,10 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
-// bucketSlots parses the slot count out of a bucket map's name.
+// bucketSlots parses the slot count (for affinity-T sets, the timeout in
+// seconds) out of a bucket map's name.
 func bucketSlots(name string) (uint32, bool) {
-	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix} {
+	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix} {
 		if s, ok := strings.CutPrefix(name, p); ok {
 			n, err := strconv.ParseUint(s, 10, 32)
 			return uint32(n), err == nil && n > 0
@@ -753,13 +775,20 @@ func (k *Kernel) ensureBucket(f *family, name string) {
 	}
 	set := k.addSet(f, name)
 	f.buckets[name] = true
+	rule := func(chain string, ex []expr.Any) {
+		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains[chain], Exprs: ex})
+	}
 	switch {
-	case strings.HasPrefix(name, setServicePrefix):
-		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["services"], Exprs: dnatExprs(f.is4, true, slots, set)})
 	case strings.HasPrefix(name, setAffinityPrefix):
-		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["affinity-record"], Exprs: affinityRecordExprs(f, slots, set)})
+		// Listed for inspection; affinity-record has a rule per front-end.
+	case strings.HasPrefix(name, setServicePrefix):
+		rule("services", dnatExprs(f.is4, true, slots, set))
+	case strings.HasPrefix(name, setShortCircuitPrefix):
+		rule("short-circuit", dnatExprs(f.is4, true, slots, set))
+	case strings.HasPrefix(name, setShortCircuitNodePortPrefix):
+		rule("short-circuit-nodeport", dnatExprs(f.is4, false, slots, set))
 	default:
-		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["nodeports"], Exprs: dnatExprs(f.is4, false, slots, set)})
+		rule("nodeports", dnatExprs(f.is4, false, slots, set))
 	}
 }
 
@@ -822,18 +851,25 @@ func dnatExprs(is4, withAddr bool, slots uint32, set *nftables.Set) []expr.Any {
 // was translated (IPS_DST_NAT).
 const ipsDstNAT = 1 << 5
 
-// affinityRecordExprs remembers, for a new connection DNATed to a
-// front-end with this timeout, which endpoint the client got:
-// "ct status dnat ct original daddr . l4proto . ct original proto-dst @affinity-T update
-// @affinity { ct original saddr . ct original daddr . l4proto . ct original
-// proto-dst timeout T : ip daddr . th dport }".
-func affinityRecordExprs(f *family, seconds uint32, set *nftables.Set) []expr.Any {
+// affinityFront is a sessionAffinity front-end and its timeout.
+type affinityFront struct {
+	addr    netip.Addr
+	proto   v1.Protocol
+	port    uint16
+	seconds uint32
+}
+
+// affinityRecordExprs remembers, for a new connection DNATed from this
+// front-end, which endpoint the client got: "ct status dnat ct original
+// daddr A meta l4proto P ct original proto-dst N update @affinity { ip
+// saddr . A . P . N timeout T : ip daddr . th dport }". The front-end part
+// of the key is constants, not conntrack fields: nft 1.0.6 (Debian 12)
+// aborts printing a set key concatenated from "ct original saddr/daddr"
+// (netlink_parse_concat_expr), and operators run `nft list ruleset`.
+func affinityRecordExprs(f *family, a affinityFront) []expr.Any {
 	w := addrLen(f.is4) / 4
-	ctAddr := func(key expr.CtKey, reg uint32) expr.Any {
-		return &expr.Ct{Key: key, Register: reg, Direction: 0} // original direction
-	}
 	r := uint32(reg0)
-	ex := []expr.Any{
+	return []expr.Any{
 		// "ct status dnat": only connections the services chain really
 		// translated. A retransmitted first packet of a connection that
 		// began before this Service was programmed is still "new" but
@@ -843,20 +879,74 @@ func affinityRecordExprs(f *family, seconds uint32, set *nftables.Set) []expr.An
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		ctAddr(expr.CtKeyDST, r),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + w},
-		ctAddr(expr.CtKeyPROTODST, r+w+1),
-		lookup(set),
-		ctAddr(expr.CtKeySRC, r),
-		ctAddr(expr.CtKeyDST, r+w),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r + 2*w},
-		ctAddr(expr.CtKeyPROTODST, r+2*w+1),
+		&expr.Ct{Key: expr.CtKeyDST, Register: 1, Direction: 0},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.addr.AsSlice()},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNum(a.proto)}},
+		&expr.Ct{Key: expr.CtKeyPROTODST, Register: 1, Direction: 0},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, a.port)},
+		saddr(f.is4, r),
+		&expr.Immediate{Register: r + w, Data: a.addr.AsSlice()},
+		&expr.Immediate{Register: r + 2*w, Data: []byte{protoNum(a.proto)}},
+		&expr.Immediate{Register: r + 2*w + 1, Data: binary.BigEndian.AppendUint16(nil, a.port)},
 		daddr(f.is4, r+2*w+2),
 		&expr.Payload{DestRegister: r + 3*w + 2, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Dynset{SrcRegKey: r, SrcRegData: r + 2*w + 2, SetName: setAffinity, SetID: f.sets[setAffinity].ID,
-			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(seconds) * time.Second},
+			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(a.seconds) * time.Second},
 	}
-	return ex
+}
+
+// clientFrontEnd loads "ip saddr . ip daddr . meta l4proto . th dport",
+// the affinity map's key, into registers from reg.
+func clientFrontEnd(is4 bool, reg uint32) []expr.Any {
+	w := addrLen(is4) / 4
+	return []expr.Any{
+		saddr(is4, reg), daddr(is4, reg+w),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg + 2*w},
+		&expr.Payload{DestRegister: reg + 2*w + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	}
+}
+
+// natTo DNATs to the address . port in registers from reg.
+func natTo(is4 bool, reg uint32) expr.Any {
+	nfproto := uint32(unix.NFPROTO_IPV4)
+	if !is4 {
+		nfproto = unix.NFPROTO_IPV6
+	}
+	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: reg, RegProtoMin: reg + addrLen(is4)/4, Specified: true}
+}
+
+// recordAffinity rewrites the affinity-record chain when the set of
+// sessionAffinity front-ends changed: one rule per front-end. Affinity
+// Services are few; the rewrite costs in proportion to them.
+func (k *Kernel) recordAffinity(f *family, fam int, force bool) {
+	want := map[affinityFront]bool{}
+	for _, es := range k.applied {
+		for _, e := range es[fam] {
+			if s, ok := strings.CutPrefix(e.Set, setAffinityPrefix); ok {
+				secs, _ := strconv.ParseUint(s, 10, 32)
+				want[affinityFront{e.Addr, e.Proto, e.Port, uint32(secs)}] = true
+			}
+		}
+	}
+	if !force && maps.Equal(want, f.affinity) {
+		return
+	}
+	f.affinity = want
+	ch := f.chains["affinity-record"]
+	k.conn.FlushChain(ch)
+	fronts := slices.SortedFunc(maps.Keys(want), func(a, b affinityFront) int {
+		if c := a.addr.Compare(b.addr); c != 0 {
+			return c
+		}
+		if c := strings.Compare(string(a.proto), string(b.proto)); c != 0 {
+			return c
+		}
+		return int(a.port) - int(b.port)
+	})
+	for _, a := range fronts {
+		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: affinityRecordExprs(f, a)})
+	}
 }
 
 func lookup(set *nftables.Set) expr.Any {
@@ -877,6 +967,11 @@ func setMasqMark() []expr.Any {
 func (k *Kernel) skeleton(f *family, existing []string) {
 	c := k.conn
 	c.AddTable(f.table)
+	f.fixedRules = 0
+	add := func(r *nftables.Rule) {
+		c.AddRule(r)
+		f.fixedRules++
+	}
 	f.chains, f.sets, f.buckets = map[string]*nftables.Chain{}, map[string]*nftables.Set{}, map[string]bool{}
 	chain := func(name string, hook *nftables.ChainHook, prio int32, typ nftables.ChainType) *nftables.Chain {
 		ch := &nftables.Chain{Name: name, Table: f.table}
@@ -893,9 +988,13 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	services := chain("services", nil, 0, "")
 	nodeports := chain("nodeports", nil, 0, "")
 	rejects := chain("reject-check", nil, 0, "")
+	clusterIPs := chain("cluster-ips-check", nil, 0, "")
 	chain("affinity-record", nil, 0, "")
+	shortCircuit := chain("short-circuit", nil, 0, "")
+	shortCircuitNP := chain("short-circuit-nodeport", nil, 0, "")
 	firewall := chain("firewall-check", nil, 0, "")
-	for _, name := range []string{setAffinity, setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setNoLocalEndpoints, setNoLocalEndpointsNodePort, setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs} {
+	for _, name := range []string{setAffinity, setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setNoLocalEndpoints, setNoLocalEndpointsNodePort,
+		setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs, setClusterIPs, setShortCircuit, setShortCircuitNodePort} {
 		k.addSet(f, name)
 	}
 	for _, name := range existing {
@@ -908,92 +1007,131 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 		}
 	}
 	jump := func(to string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: to} }
+	ctNew := []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
 	for _, h := range []struct {
 		name string
 		hook *nftables.ChainHook
 		prio int32
 		typ  nftables.ChainType
-		to   string
+		to   []string
 	}{
-		{"nat-prerouting", nftables.ChainHookPrerouting, -100, nftables.ChainTypeNAT, "services"},
-		{"nat-output", nftables.ChainHookOutput, -100, nftables.ChainTypeNAT, "services"},
+		{"nat-prerouting", nftables.ChainHookPrerouting, -100, nftables.ChainTypeNAT, []string{"services"}},
+		{"nat-output", nftables.ChainHookOutput, -100, nftables.ChainTypeNAT, []string{"services"}},
 		// Before DNAT (priority -100), while the destination is still the
-		// load balancer's address.
-		{"filter-prerouting", nftables.ChainHookPrerouting, -110, nftables.ChainTypeFilter, "firewall-check"},
-		{"filter-input", nftables.ChainHookInput, -10, nftables.ChainTypeFilter, "reject-check"},
-		{"filter-forward", nftables.ChainHookForward, -10, nftables.ChainTypeFilter, "reject-check"},
-		{"filter-output", nftables.ChainHookOutput, -10, nftables.ChainTypeFilter, "reject-check"},
+		// load balancer's address; on the output path too, so the node's
+		// own traffic is held to loadBalancerSourceRanges (kube-proxy's
+		// filter-prerouting-pre-dnat and filter-output-pre-dnat).
+		{"filter-prerouting", nftables.ChainHookPrerouting, -110, nftables.ChainTypeFilter, []string{"firewall-check"}},
+		{"filter-output-pre-dnat", nftables.ChainHookOutput, -110, nftables.ChainTypeFilter, []string{"firewall-check"}},
+		// After DNAT: what is still addressed to a front-end had no
+		// endpoint; what is still addressed to a ClusterIP or the Service
+		// CIDRs is to a port or address no Service has.
+		{"filter-input", nftables.ChainHookInput, -10, nftables.ChainTypeFilter, []string{"reject-check"}},
+		{"filter-forward", nftables.ChainHookForward, -10, nftables.ChainTypeFilter, []string{"reject-check", "cluster-ips-check"}},
+		{"filter-output", nftables.ChainHookOutput, -10, nftables.ChainTypeFilter, []string{"reject-check", "cluster-ips-check"}},
 		// Right after DNAT (priority -100) the packet carries the chosen
 		// endpoint, which affinity records.
-		{"affinity-prerouting", nftables.ChainHookPrerouting, -90, nftables.ChainTypeFilter, "affinity-record"},
-		{"affinity-output", nftables.ChainHookOutput, -90, nftables.ChainTypeFilter, "affinity-record"},
+		{"affinity-prerouting", nftables.ChainHookPrerouting, -90, nftables.ChainTypeFilter, []string{"affinity-record"}},
+		{"affinity-output", nftables.ChainHookOutput, -90, nftables.ChainTypeFilter, []string{"affinity-record"}},
 	} {
 		ch := chain(h.name, h.hook, h.prio, h.typ)
-		ex := []expr.Any{jump(h.to)}
-		if h.typ == nftables.ChainTypeFilter {
-			// Only new connections can be to a Service with no endpoints.
-			ex = append([]expr.Any{
-				&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-			}, ex...)
+		for _, to := range h.to {
+			ex := []expr.Any{jump(to)}
+			if h.typ == nftables.ChainTypeFilter {
+				// Only new connections are judged or recorded.
+				ex = append(slices.Clone(ctNew), ex...)
+			}
+			add(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
 		}
-		c.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
 	}
 	post := chain("nat-postrouting", nftables.ChainHookPostrouting, 100, nftables.ChainTypeNAT)
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
+	add(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(masqMark), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 		&expr.Masq{},
 	}})
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
+	add(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
 		saddr(f.is4, reg0), daddr(f.is4, reg0+addrLen(f.is4)/4), lookup(f.sets[setHairpin]), &expr.Masq{},
 	}})
 
-	// Marks come first: DNAT ends the chain.
-	ex, _ := frontEnd(f.is4, true)
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(ex, lookup(f.sets[setMasqExternal])), setMasqMark()...)})
-	for _, cidr := range k.cfg.Options.ClusterCIDRs {
-		if cidr.Addr().Is4() != f.is4 {
-			continue
-		}
+	// inCIDR matches a source (or destination) address in cidr.
+	inCIDR := func(cidr netip.Prefix, src bool) []expr.Any {
 		mask := make([]byte, addrLen(f.is4))
 		for i := 0; i < cidr.Bits(); i++ {
 			mask[i/8] |= 0x80 >> (i % 8)
 		}
-		ex, _ := frontEnd(f.is4, true)
-		rule := append([]expr.Any{
-			saddr(f.is4, 1),
+		load := daddr(f.is4, 1)
+		if src {
+			load = saddr(f.is4, 1)
+		}
+		return []expr.Any{load,
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: addrLen(f.is4), Mask: mask, Xor: make([]byte, addrLen(f.is4))},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: cidr.Masked().Addr().AsSlice()},
-		}, ex...)
-		c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(rule, lookup(f.sets[setMasqCluster])), setMasqMark()...)})
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: cidr.Masked().Addr().AsSlice()},
+		}
 	}
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
+	var clusterCIDRs []netip.Prefix
+	for _, cidr := range k.cfg.Options.ClusterCIDRs {
+		if cidr.Addr().Is4() == f.is4 {
+			clusterCIDRs = append(clusterCIDRs, cidr)
+		}
+	}
+
+	// Marks come first: DNAT ends the chain.
+	ex, _ := frontEnd(f.is4, true)
+	add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(ex, lookup(f.sets[setMasqExternal])), setMasqMark()...)})
+	for _, cidr := range clusterCIDRs {
+		rule := inCIDR(cidr, true)
+		rule[len(rule)-1].(*expr.Cmp).Op = expr.CmpOpNeq
+		ex, _ := frontEnd(f.is4, true)
+		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(append(rule, ex...), lookup(f.sets[setMasqCluster])), setMasqMark()...)})
+	}
+	add(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
 		daddr(f.is4, reg0), lookup(f.sets[setNodeIPs]), jump("nodeports"),
 	}})
 	// sessionAffinity: a client that has an endpoint for this front-end
 	// gets it again; "dnat to ip saddr . ip daddr . l4proto . th dport map
 	// @affinity".
 	{
-		w := addrLen(f.is4) / 4
-		nfproto := uint32(unix.NFPROTO_IPV4)
-		if !f.is4 {
-			nfproto = unix.NFPROTO_IPV6
-		}
-		c.AddRule(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
-			saddr(f.is4, reg0), daddr(f.is4, reg0+w),
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg0 + 2*w},
-			&expr.Payload{DestRegister: reg0 + 2*w + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		ex := append(clientFrontEnd(f.is4, reg0),
 			&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: setAffinity, SetID: f.sets[setAffinity].ID},
-			&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: reg0, RegProtoMin: reg0 + w, Specified: true},
-		}})
+			natTo(f.is4, reg0))
+		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: ex})
+	}
+	// externalTrafficPolicy Local short-circuit: traffic from the node
+	// itself ("fib saddr type local") or from its pods (the cluster CIDRs,
+	// as kube-proxy's detect-local-mode ClusterCIDR) to a Local front-end
+	// goes to the Cluster-policy endpoints.
+	local := []expr.Any{
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+	sources := [][]expr.Any{local}
+	for _, cidr := range clusterCIDRs {
+		sources = append(sources, inCIDR(cidr, true))
+	}
+	for _, src := range sources {
+		ex, _ := frontEnd(f.is4, true)
+		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(slices.Clone(src), ex...), lookup(f.sets[setShortCircuit]), jump("short-circuit"))})
 	}
 	ex, _ = frontEnd(f.is4, false)
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(ex, lookup(f.sets[setMasqNodePort])), setMasqMark()...)})
+	add(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(ex, lookup(f.sets[setMasqNodePort])), setMasqMark()...)})
+	for _, src := range sources {
+		ex, _ := frontEnd(f.is4, false)
+		add(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(slices.Clone(src), ex...), lookup(f.sets[setShortCircuitNodePort]), jump("short-circuit-nodeport"))})
+	}
+	// The node's own traffic to a Local front-end is masqueraded: its
+	// source may be the front-end itself (kube-proxy's "masquerade local
+	// traffic").
+	for _, ch := range []*nftables.Chain{shortCircuit, shortCircuitNP} {
+		add(&nftables.Rule{Table: f.table, Chain: ch, Exprs: append(slices.Clone(local), setMasqMark()...)})
+	}
 
 	// loadBalancerSourceRanges: "ip daddr . l4proto . th dport
 	// @lb-restricted ip daddr . l4proto . th dport . ip saddr != @lb-allowed drop".
@@ -1001,7 +1139,7 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	ex = append(ex, lookup(f.sets[setLBRestricted]), saddr(f.is4, r),
 		&expr.Lookup{SourceRegister: reg0, SetName: setLBAllowed, SetID: f.sets[setLBAllowed].ID, Invert: true},
 		&expr.Verdict{Kind: expr.VerdictDrop})
-	c.AddRule(&nftables.Rule{Table: f.table, Chain: firewall, Exprs: ex})
+	add(&nftables.Rule{Table: f.table, Chain: firewall, Exprs: ex})
 
 	reject := &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3} // port unreachable
 	if !f.is4 {
@@ -1011,9 +1149,9 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	// port) and to NodePorts in nodePortSet reached on the node's addresses.
 	filter := func(set, nodePortSet string, verdict expr.Any) {
 		ex, _ := frontEnd(f.is4, true)
-		c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[set]), verdict)})
+		add(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[set]), verdict)})
 		ex, _ = frontEnd(f.is4, false)
-		c.AddRule(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
+		add(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
 			daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
 		}, append(ex, lookup(f.sets[nodePortSet]), verdict)...)})
 	}
@@ -1021,6 +1159,18 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	// Endpoints only on other nodes under a Local policy: dropped, like
 	// kube-proxy's "drop" verdict in its no-endpoint maps.
 	filter(setNoLocalEndpoints, setNoLocalEndpointsNodePort, &expr.Verdict{Kind: expr.VerdictDrop})
+	// kube-proxy's cluster-ips-check: a ClusterIP on a port its Service
+	// does not have is rejected; any other address of the Service CIDRs
+	// (unallocated, or a deleted Service's) is dropped, so it never leaves
+	// the node by its default route.
+	add(&nftables.Rule{Table: f.table, Chain: clusterIPs, Exprs: []expr.Any{
+		daddr(f.is4, reg0), lookup(f.sets[setClusterIPs]), reject,
+	}})
+	for _, cidr := range k.serviceCIDRs {
+		if cidr.Addr().Is4() == f.is4 {
+			add(&nftables.Rule{Table: f.table, Chain: clusterIPs, Exprs: append(inCIDR(cidr, false), &expr.Verdict{Kind: expr.VerdictDrop})})
+		}
+	}
 	for _, name := range existing {
 		k.ensureBucket(f, name)
 	}

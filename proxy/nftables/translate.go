@@ -20,6 +20,7 @@ package nftables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -70,6 +71,22 @@ const (
 	setLBRestricted   = "lb-restricted"
 	setLBAllowed      = "lb-allowed"
 	setAffinityPrefix = "affinity-"
+	// setClusterIPs holds every programmed ClusterIP: a new connection to
+	// one on a port its Service does not have is rejected, and one to
+	// another address of the Service CIDRs dropped (kube-proxy's
+	// cluster-ips-check chain).
+	setClusterIPs = "cluster-ips"
+	// setShortCircuit holds externalIP and LB front-ends under
+	// externalTrafficPolicy Local with usable endpoints somewhere;
+	// setShortCircuitNodePort the same for NodePorts. Traffic to them
+	// from this node's pods (the cluster CIDRs) or from the node itself
+	// is not external: it goes to the Cluster-policy endpoints in the
+	// bucket maps scx-k (keyed like svc-k) and scnp-k (like np-k), as
+	// kube-proxy's "short-circuit" rules send it.
+	setShortCircuit               = "short-circuit"
+	setShortCircuitNodePort       = "short-circuit-nodeport"
+	setShortCircuitPrefix         = "scx-"
+	setShortCircuitNodePortPrefix = "scnp-"
 )
 
 // Elem is one desired set or map element in one family's table. Which
@@ -118,8 +135,14 @@ func (e Elem) String() string {
 type Options struct {
 	// ClusterCIDRs, when set, make traffic to ClusterIPs from outside them
 	// masqueraded (kube-proxy's --cluster-cidr with detect-local-mode
-	// ClusterCIDR).
+	// ClusterCIDR), and traffic from inside them to externalTrafficPolicy
+	// Local front-ends short-circuited to all endpoints.
 	ClusterCIDRs []netip.Prefix
+	// NodeIPs are the node's addresses: a loadBalancerSourceRanges entry
+	// holding one also admits the load balancer's own address as a
+	// source (a node reaching a VIP it holds locally comes from the VIP),
+	// as kube-proxy does.
+	NodeIPs []netip.Addr
 }
 
 // Translate returns the elements one Service port needs in the table of
@@ -151,8 +174,9 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 		if sp.AffinityTimeout > 0 {
 			out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(sp.AffinityTimeout.Seconds())), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
 		}
+		name := bucket(setServicePrefix, len(eps))
 		for i, e := range eps {
-			out = append(out, Elem{Set: bucket(setServicePrefix, len(eps)), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
+			out = append(out, Elem{Set: name, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
 		}
 	}
 	used := map[netip.Addr]bool{}
@@ -162,6 +186,7 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			continue
 		}
 		hasFamily = true
+		out = append(out, Elem{Set: setClusterIPs, Addr: cip, Slot: -1})
 		front(cip, clusterEPs)
 		if len(opts.ClusterCIDRs) > 0 && len(clusterEPs) > 0 {
 			out = append(out, Elem{Set: setMasqCluster, Addr: cip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
@@ -173,22 +198,49 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	if !hasFamily {
 		return nil
 	}
+	// Under externalTrafficPolicy Local, traffic from this node's pods and
+	// from the node itself skips the policy for the Cluster-policy
+	// endpoints (kube-proxy's short-circuit), so it works on nodes
+	// without a local endpoint too.
+	var shortCircuit []snapshot.Endpoint
+	if sp.ExternalLocal {
+		shortCircuit = fam(sp.ClusterPolicyEndpoints())
+		for _, e := range shortCircuit {
+			used[e.Addr] = true
+		}
+	}
+	ranges := lbSourceRanges(sp.LoadBalancerSourceRanges, is4)
+	allowFromNode := slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return slices.ContainsFunc(opts.NodeIPs, r.Contains) })
 	for li, list := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, ip := range list {
 			if ip.Is4() != is4 {
 				continue
 			}
-			if li == 1 && len(sp.LoadBalancerSourceRanges) > 0 {
+			if li == 1 && len(ranges) > 0 {
 				out = append(out, Elem{Set: setLBRestricted, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
-				for _, r := range sp.LoadBalancerSourceRanges {
-					if r.Addr().Is4() == is4 {
-						out = append(out, Elem{Set: setLBAllowed, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1, Range: r})
-					}
+				for _, r := range ranges {
+					out = append(out, Elem{Set: setLBAllowed, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1, Range: r})
+				}
+				if allowFromNode {
+					out = append(out, Elem{Set: setLBAllowed, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1,
+						Range: netip.PrefixFrom(ip, ip.BitLen())})
 				}
 			}
 			front(ip, externalEPs)
 			if !sp.ExternalLocal && len(externalEPs) > 0 {
 				out = append(out, Elem{Set: setMasqExternal, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+			}
+			if len(shortCircuit) > 0 {
+				out = append(out, Elem{Set: setShortCircuit, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+				if sp.AffinityTimeout > 0 && len(externalEPs) == 0 {
+					// front() lists it for affinity only when it has
+					// endpoints of its own.
+					out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(sp.AffinityTimeout.Seconds())), Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+				}
+				name := bucket(setShortCircuitPrefix, len(shortCircuit))
+				for i, e := range shortCircuit {
+					out = append(out, Elem{Set: name, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
+				}
 			}
 		}
 	}
@@ -202,6 +254,12 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 		if !sp.ExternalLocal && len(externalEPs) > 0 {
 			out = append(out, Elem{Set: setMasqNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
 		}
+		if len(shortCircuit) > 0 {
+			out = append(out, Elem{Set: setShortCircuitNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
+			for i, e := range shortCircuit {
+				out = append(out, Elem{Set: bucket(setShortCircuitNodePortPrefix, len(shortCircuit)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+			}
+		}
 	}
 	if sp.HasExternal() {
 		for _, e := range externalEPs {
@@ -210,7 +268,7 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	}
 	// Only this node's pods can hairpin through this node's rules: a remote
 	// pod's traffic is translated by its own node's proxy.
-	for _, e := range append(clusterEPs, externalEPs...) {
+	for _, e := range append(append(clusterEPs, externalEPs...), shortCircuit...) {
 		if e.Local && used[e.Addr] {
 			out = append(out, Elem{Set: setHairpin, Addr: e.Addr, Addr2: e.Addr, Slot: -1})
 			delete(used, e.Addr)
@@ -219,9 +277,27 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	return out
 }
 
+// lbSourceRanges are the loadBalancerSourceRanges of family is4, as
+// kube-proxy reads them: per family, and a zero-length prefix ("allow
+// any") in a family lifts that family's restriction altogether (so does a
+// family without ranges).
+func lbSourceRanges(all []netip.Prefix, is4 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range all {
+		if r.Addr().Is4() != is4 {
+			continue
+		}
+		if r.Bits() == 0 {
+			return nil
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
 // bucketNames caches bucket map names: building them per element would
 // dominate a full sync.
-var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil}
+var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil, setShortCircuitPrefix: nil, setShortCircuitNodePortPrefix: nil}
 
 func bucket(prefix string, n int) string {
 	if n < 64 {

@@ -40,7 +40,18 @@ func TestTranslate(t *testing.T) {
 		is4  bool
 		opts Options
 		want []string
+		// withClusterIPs keeps the cluster-ips elements (every case has
+		// them; most leave them out of want).
+		withClusterIPs bool
 	}{{
+		name: "every ClusterIP is listed, whatever its endpoints, for cluster-ips-check",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.ClusterIPs = addrs("10.96.0.10", "fd00:96::10")
+		}),
+		is4:            true,
+		withClusterIPs: true,
+		want:           []string{"cluster-ips 10.96.0.10", "no-endpoints 10.96.0.10 . tcp . 80"},
+	}, {
 		name: "ClusterIP with two ready endpoints fills bucket 2, numeric targetPort",
 		sp: base(func(sp *snapshot.ServicePort) {
 			sp.Endpoints = []snapshot.Endpoint{ready("10.244.1.2", 8080), ready("10.244.2.2", 8080)}
@@ -131,6 +142,9 @@ func TestTranslate(t *testing.T) {
 		want: []string{
 			"svc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80", "svc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.2 . 80",
 			"np-1 tcp . 30080 . 0 : 10.244.1.2 . 80",
+			// Pods and the node itself short-circuit to every endpoint.
+			"short-circuit-nodeport tcp . 30080",
+			"scnp-2 tcp . 30080 . 0 : 10.244.1.2 . 80", "scnp-2 tcp . 30080 . 1 : 10.244.2.2 . 80",
 			"hairpin 10.244.1.2 . 10.244.1.2",
 		},
 	}, {
@@ -146,8 +160,11 @@ func TestTranslate(t *testing.T) {
 		want: []string{
 			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
 			"no-local-endpoints 192.0.2.1 . tcp . 80",
+			"short-circuit 192.0.2.1 . tcp . 80", "scx-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80",
 			"no-local-endpoints 198.51.100.1 . tcp . 80",
+			"short-circuit 198.51.100.1 . tcp . 80", "scx-1 198.51.100.1 . tcp . 80 . 0 : 10.244.2.2 . 80",
 			"no-local-endpoints-nodeport tcp . 30080",
+			"short-circuit-nodeport tcp . 30080", "scnp-1 tcp . 30080 . 0 : 10.244.2.2 . 80",
 		},
 	}, {
 		name: "externalTrafficPolicy Local with a terminating endpoint elsewhere only: still dropped, not rejected",
@@ -160,6 +177,7 @@ func TestTranslate(t *testing.T) {
 		want: []string{
 			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
 			"no-local-endpoints-nodeport tcp . 30080",
+			"short-circuit-nodeport tcp . 30080", "scnp-1 tcp . 30080 . 0 : 10.244.2.2 . 80",
 		},
 	}, {
 		name: "externalTrafficPolicy Local without any endpoint: everything rejected",
@@ -210,6 +228,48 @@ func TestTranslate(t *testing.T) {
 			"svc-1 198.51.100.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 198.51.100.1 . tcp . 80",
 		},
 	}, {
+		name: "loadBalancerSourceRanges per family: none of this family, or 0.0.0.0/0, lift the restriction",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.LoadBalancerIPs = addrs("198.51.100.1")
+			sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("0.0.0.0/0")}
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"svc-1 198.51.100.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 198.51.100.1 . tcp . 80",
+		},
+	}, {
+		name: "loadBalancerSourceRanges holding a node IP also admit the LB IP itself as a source",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.LoadBalancerIPs = addrs("198.51.100.1")
+			sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4:  true,
+		opts: Options{NodeIPs: addrs("10.0.1.1")},
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
+			"lb-restricted 198.51.100.1 . tcp . 80", "lb-allowed 198.51.100.1 . tcp . 80 . 10.0.0.0/8", "lb-allowed 198.51.100.1 . tcp . 80 . 198.51.100.1/32",
+			"svc-1 198.51.100.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 198.51.100.1 . tcp . 80",
+		},
+	}, {
+		name: "topology: Cluster policy uses only the endpoints hinted for this node's zone; Local policy ignores hints",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort, sp.ExternalLocal = 30080, true
+			out := ready("10.244.2.2", 80)
+			out.OutOfTopology = true
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.1.2", 80, true, true, false, true), out, ready("10.244.3.2", 80)}
+			sp.Endpoints[0].OutOfTopology = true
+		}),
+		is4: true,
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.3.2 . 80",
+			"np-1 tcp . 30080 . 0 : 10.244.1.2 . 80",
+			"short-circuit-nodeport tcp . 30080", "scnp-1 tcp . 30080 . 0 : 10.244.3.2 . 80",
+			"hairpin 10.244.1.2 . 10.244.1.2",
+		},
+	}, {
 		name: "cluster CIDR known: ClusterIP listed for off-cluster masquerade",
 		sp:   base(func(sp *snapshot.ServicePort) { sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)} }),
 		is4:  true,
@@ -233,6 +293,9 @@ func TestTranslate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []string
 			for _, e := range Translate(tc.sp, tc.is4, tc.opts) {
+				if e.Set == setClusterIPs && !tc.withClusterIPs {
+					continue
+				}
 				got = append(got, e.String())
 			}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
@@ -251,8 +314,8 @@ func TestDiffTouchesOnlyTheChange(t *testing.T) {
 		Endpoints: []snapshot.Endpoint{ready("10.244.1.2", 80), ready("10.244.1.3", 80), ready("10.244.1.4", 80)}}
 	old := Translate(sp, true, Options{})
 	add, del := k.diff(0, nil, old)
-	if len(add) != 3 || len(del) != 0 {
-		t.Fatalf("first program: add %d del %d, want 3/0", len(add), len(del))
+	if len(add) != 4 || len(del) != 0 {
+		t.Fatalf("first program: add %d del %d, want 4/0 (three endpoints, one ClusterIP)", len(add), len(del))
 	}
 	sp2 := *sp
 	sp2.Endpoints = slices.Clone(sp.Endpoints)

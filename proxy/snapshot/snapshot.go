@@ -7,7 +7,7 @@ package snapshot
 import (
 	"net/netip"
 	"slices"
-
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -43,6 +43,11 @@ type Endpoint struct {
 	Terminating bool       `json:"terminating"`
 	// Local is true when the endpoint runs on this proxy's node.
 	Local bool `json:"local"`
+	// OutOfTopology is true when the slice's topology hints send this
+	// node's Cluster-policy traffic to other endpoints (kube-proxy's
+	// topologyModeFromHints / availableForTopology): the endpoint is
+	// ready, but hinted for another zone or node.
+	OutOfTopology bool `json:"outOfTopology,omitempty"`
 }
 
 // AddrPort is the endpoint's destination.
@@ -80,42 +85,79 @@ func (sp *ServicePort) HasExternal() bool {
 
 // ClusterEndpoints are the endpoints for traffic to the ClusterIP, per
 // internalTrafficPolicy and upstream's order of preference.
-func (sp *ServicePort) ClusterEndpoints() []Endpoint { return pick(sp.Endpoints, sp.InternalLocal) }
+func (sp *ServicePort) ClusterEndpoints() []Endpoint {
+	if sp.InternalLocal {
+		return sp.LocalPolicyEndpoints()
+	}
+	return sp.ClusterPolicyEndpoints()
+}
 
 // ExternalEndpoints are the endpoints for NodePort, externalIP and load
 // balancer traffic, per externalTrafficPolicy.
-func (sp *ServicePort) ExternalEndpoints() []Endpoint { return pick(sp.Endpoints, sp.ExternalLocal) }
+func (sp *ServicePort) ExternalEndpoints() []Endpoint {
+	if sp.ExternalLocal {
+		return sp.LocalPolicyEndpoints()
+	}
+	return sp.ClusterPolicyEndpoints()
+}
+
+// ClusterPolicyEndpoints are the endpoints a Cluster traffic policy uses
+// (kube-proxy's clusterEndpoints): the ready ones the topology hints give
+// this node, or if no endpoint is ready anywhere the serving-and-
+// terminating ones. Traffic from pods and from the node itself to an
+// externalTrafficPolicy=Local front-end uses them too (kube-proxy's
+// short-circuit).
+func (sp *ServicePort) ClusterPolicyEndpoints() []Endpoint {
+	return pick(sp.Endpoints, func(e Endpoint) bool { return !e.OutOfTopology }, nil)
+}
+
+// LocalPolicyEndpoints are the endpoints a Local traffic policy uses: this
+// node's ready endpoints, or if none is ready its serving-and-terminating
+// ones. Topology hints do not apply.
+func (sp *ServicePort) LocalPolicyEndpoints() []Endpoint {
+	local := func(e Endpoint) bool { return e.Local }
+	return pick(sp.Endpoints, local, local)
+}
 
 // UsableEndpoints are the endpoints some traffic could use, on any node,
 // regardless of traffic policy. A Service port with usable endpoints but
 // none for a Local policy drops the traffic that policy governs; one
 // without any rejects it.
-func (sp *ServicePort) UsableEndpoints() []Endpoint { return pick(sp.Endpoints, false) }
+func (sp *ServicePort) UsableEndpoints() []Endpoint { return pick(sp.Endpoints, nil, nil) }
 
-// LocalReadyCount is the number of local endpoints a healthCheckNodePort
-// reports: those external traffic would use.
-func (sp *ServicePort) LocalReadyCount() int {
-	if !sp.ExternalLocal {
-		return 0
+// LocalReadyEndpoints is what a Service's healthCheckNodePort reports on an
+// address of family is4, as kube-proxy's health server does: the number of
+// distinct addresses of ready endpoints of that family on this node, over
+// all of the Service's ports. Serving-but-terminating endpoints do not
+// count, so load balancers drain a node whose pods are going away.
+func LocalReadyEndpoints(ports []*ServicePort, is4 bool) int {
+	seen := map[netip.Addr]bool{}
+	for _, sp := range ports {
+		for _, e := range sp.Endpoints {
+			if e.Local && e.Ready && e.Addr.Is4() == is4 {
+				seen[e.Addr] = true
+			}
+		}
 	}
-	return len(sp.ExternalEndpoints())
+	return len(seen)
 }
 
-// pick applies upstream's preference: ready endpoints; if there are none,
-// serving-and-terminating ones (so connections drain during a rollout
-// instead of failing); if none, nothing. localOnly first restricts the pool
-// to this node's endpoints.
-func pick(all []Endpoint, localOnly bool) []Endpoint {
+// pick applies upstream's preference: ready endpoints that readyOK
+// accepts; if there are none, serving-and-terminating ones that
+// terminatingOK accepts (so connections drain during a rollout instead of
+// failing); if none, nothing. A nil filter accepts every endpoint.
+func pick(all []Endpoint, readyOK, terminatingOK func(Endpoint) bool) []Endpoint {
 	var ready, terminating []Endpoint
 	for _, e := range all {
-		if localOnly && !e.Local {
-			continue
-		}
 		switch {
 		case e.Ready:
-			ready = append(ready, e)
+			if readyOK == nil || readyOK(e) {
+				ready = append(ready, e)
+			}
 		case e.Serving && e.Terminating:
-			terminating = append(terminating, e)
+			if terminatingOK == nil || terminatingOK(e) {
+				terminating = append(terminating, e)
+			}
 		}
 	}
 	if len(ready) > 0 {
@@ -131,18 +173,25 @@ type Snapshot struct {
 	Ports map[ServiceKey][]*ServicePort
 	// Generation increases with every snapshot.
 	Generation uint64
+	// ServiceCIDRs are the cluster's Service CIDRs (its ServiceCIDR
+	// objects), sorted: new connections to an address in them that no
+	// Service holds are dropped.
+	ServiceCIDRs []netip.Prefix
 }
 
-// Node is what the proxy knows of its own node.
+// Node is what building a Service needs to know of the proxy's own node.
 type Node struct {
+	// Name tells this node's endpoints (and node hints) from others.
 	Name string
-	IPs  []netip.Addr
+	// Zone is the node's topology.kubernetes.io/zone label, for zone
+	// hints; "" when the node has none.
+	Zone string
 }
 
 // BuildService reduces a Service and its EndpointSlices to ServicePorts for
 // the proxy on node. It returns nil for Services the proxy does not program
 // (headless, ExternalName, or without a ClusterIP).
-func BuildService(svc *v1.Service, slicesOf []*discoveryv1.EndpointSlice, node string) []*ServicePort {
+func BuildService(svc *v1.Service, slicesOf []*discoveryv1.EndpointSlice, node Node) []*ServicePort {
 	if svc == nil || svc.Spec.Type == v1.ServiceTypeExternalName {
 		return nil
 	}
@@ -168,6 +217,13 @@ func BuildService(svc *v1.Service, slicesOf []*discoveryv1.EndpointSlice, node s
 	}
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			// ipMode Proxy: the load balancer proxies to the nodes itself,
+			// so its address must not be captured here or traffic from
+			// inside the cluster would skip it (kube-proxy's IsVIPMode;
+			// the LoadBalancerIPMode gate is GA and gone in 1.36).
+			if ing.IPMode != nil && *ing.IPMode != v1.LoadBalancerIPModeVIP {
+				continue
+			}
 			if a, err := netip.ParseAddr(ing.IP); err == nil {
 				lbs = append(lbs, a.Unmap())
 			}
@@ -175,7 +231,8 @@ func BuildService(svc *v1.Service, slicesOf []*discoveryv1.EndpointSlice, node s
 	}
 	var ranges []netip.Prefix
 	for _, s := range svc.Spec.LoadBalancerSourceRanges {
-		if p, err := netip.ParsePrefix(s); err == nil {
+		// Validation lets whitespace padding through; kube-proxy trims it.
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil {
 			ranges = append(ranges, p.Masked())
 		}
 	}
@@ -222,13 +279,15 @@ func BuildService(svc *v1.Service, slicesOf []*discoveryv1.EndpointSlice, node s
 // slice carries the resolved targetPort number, which is how named target
 // ports work), deduplicated by address and limited to the Service's
 // families.
-func endpointsFor(slicesOf []*discoveryv1.EndpointSlice, name string, proto v1.Protocol, cips []netip.Addr, node string) []Endpoint {
+func endpointsFor(slicesOf []*discoveryv1.EndpointSlice, name string, proto v1.Protocol, cips []netip.Addr, node Node) []Endpoint {
 	families := map[bool]bool{}
 	for _, a := range cips {
 		families[a.Is4()] = true
 	}
 	seen := map[netip.AddrPort]bool{}
 	var out []Endpoint
+	// hints[i] are out[i]'s topology hints.
+	var hints []*discoveryv1.EndpointHints
 	for _, sl := range slicesOf {
 		if sl.AddressType != discoveryv1.AddressTypeIPv4 && sl.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
@@ -264,16 +323,22 @@ func endpointsFor(slicesOf []*discoveryv1.EndpointSlice, name string, proto v1.P
 			}
 			seen[ap] = true
 			c := ep.Conditions
+			// Unset conditions read as the API documents them: ready and
+			// serving true, terminating false (as kube-proxy reads them).
 			e := Endpoint{
 				Addr:        a,
 				Port:        port,
 				Ready:       c.Ready == nil || *c.Ready,
-				Serving:     c.Serving == nil && (c.Ready == nil || *c.Ready) || c.Serving != nil && *c.Serving,
+				Serving:     c.Serving == nil || *c.Serving,
 				Terminating: c.Terminating != nil && *c.Terminating,
-				Local:       ep.NodeName != nil && *ep.NodeName == node && node != "",
+				Local:       ep.NodeName != nil && *ep.NodeName == node.Name && node.Name != "",
 			}
 			out = append(out, e)
+			hints = append(hints, ep.Hints)
 		}
+	}
+	for _, is4 := range []bool{true, false} {
+		applyTopology(out, hints, is4, node)
 	}
 	slices.SortFunc(out, func(a, b Endpoint) int {
 		if c := a.Addr.Compare(b.Addr); c != 0 {
@@ -282,6 +347,57 @@ func endpointsFor(slicesOf []*discoveryv1.EndpointSlice, name string, proto v1.P
 		return int(a.Port) - int(b.Port)
 	})
 	return out
+}
+
+// applyTopology marks the endpoints of one family that topology hints keep
+// from this node's Cluster-policy traffic, as kube-proxy's
+// topologyModeFromHints and availableForTopology do per Service port and
+// family: if every ready endpoint has a node hint and one is for this
+// node, only those hinted for it (PreferSameNode; the
+// PreferSameTrafficDistribution gate is GA and locked on in 1.36);
+// otherwise if every ready endpoint has a zone hint and one is for this
+// node's zone, only those (PreferSameZone); otherwise all of them.
+func applyTopology(eps []Endpoint, hints []*discoveryv1.EndpointHints, is4 bool, node Node) {
+	forNode := func(h *discoveryv1.EndpointHints) bool {
+		return h != nil && slices.ContainsFunc(h.ForNodes, func(n discoveryv1.ForNode) bool { return n.Name == node.Name })
+	}
+	forZone := func(h *discoveryv1.EndpointHints) bool {
+		return h != nil && slices.ContainsFunc(h.ForZones, func(z discoveryv1.ForZone) bool { return z.Name == node.Zone })
+	}
+	anyReady, allNode, allZone, someNode, someZone := false, true, true, false, false
+	for i, e := range eps {
+		if e.Addr.Is4() != is4 || !e.Ready {
+			continue
+		}
+		anyReady = true
+		h := hints[i]
+		if h == nil || len(h.ForNodes) == 0 {
+			allNode = false
+		} else if forNode(h) {
+			someNode = true
+		}
+		if h == nil || len(h.ForZones) == 0 {
+			allZone = false
+		} else if forZone(h) {
+			someZone = true
+		}
+	}
+	var keep func(*discoveryv1.EndpointHints) bool
+	switch {
+	case !anyReady:
+		return
+	case allNode && someNode:
+		keep = forNode
+	case allZone && someZone:
+		keep = forZone
+	default:
+		return
+	}
+	for i := range eps {
+		if eps[i].Addr.Is4() == is4 && !keep(hints[i]) {
+			eps[i].OutOfTopology = true
+		}
+	}
 }
 
 // LastChangeTriggerTime is the newest endpoints.kubernetes.io/last-change-trigger-time

@@ -1,0 +1,113 @@
+package nftables
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchboard/switchboard/clustertest"
+	"github.com/switchboard/switchboard/netnamespace"
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// TestNftListsEveryFeature programs every feature the proxy has, in both
+// families, into a fresh namespace and requires the distribution's nft tool
+// to print the ruleset back: an operator's first debugging command must not
+// crash (nft 1.0.6, Debian 12's, aborted on affinity keys made of
+// conntrack addresses). Then it updates and removes the Services
+// incrementally and lists again.
+func TestNftListsEveryFeature(t *testing.T) {
+	clustertest.RequireRoot(t)
+	node, nodePath := clustertest.NetNS(t, "sbnl")
+	mustAddr := netip.MustParseAddr
+	local := func(a string, port int32) snapshot.Endpoint {
+		return snapshot.Endpoint{Addr: mustAddr(a), Port: port, Ready: true, Serving: true, Local: true}
+	}
+	remote := func(a string, port int32) snapshot.Endpoint {
+		return snapshot.Endpoint{Addr: mustAddr(a), Port: port, Ready: true, Serving: true}
+	}
+	port := func(name string, mod func(*snapshot.ServicePort)) *snapshot.ServicePort {
+		sp := &snapshot.ServicePort{Key: snapshot.PortKey{ServiceKey: snapshot.ServiceKey{Namespace: "ns", Name: name}, Protocol: v1.ProtocolTCP},
+			Protocol: v1.ProtocolTCP, Port: 80}
+		mod(sp)
+		return sp
+	}
+	eps := []snapshot.Endpoint{local("10.244.1.2", 8080), remote("10.244.2.2", 8080), local("fd00:244:1::2", 8080), remote("fd00:244:2::2", 8080)}
+	ports := []*snapshot.ServicePort{
+		port("affinity", func(sp *snapshot.ServicePort) {
+			sp.ClusterIPs = []netip.Addr{mustAddr("10.96.0.10"), mustAddr("fd00:96::10")}
+			sp.AffinityTimeout = 30 * time.Second
+			sp.ExternalIPs = []netip.Addr{mustAddr("192.0.2.1"), mustAddr("2001:db8::1")}
+			sp.Endpoints = eps
+		}),
+		port("lb-local", func(sp *snapshot.ServicePort) {
+			sp.ClusterIPs = []netip.Addr{mustAddr("10.96.0.11"), mustAddr("fd00:96::11")}
+			sp.NodePort, sp.HealthCheckNodePort, sp.ExternalLocal = 30080, 31000, true
+			sp.AffinityTimeout = 60 * time.Second
+			sp.LoadBalancerIPs = []netip.Addr{mustAddr("198.51.100.1"), mustAddr("2001:db8::2")}
+			sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
+			sp.Endpoints = []snapshot.Endpoint{remote("10.244.2.2", 8080), remote("fd00:244:2::2", 8080)}
+		}),
+		port("lb-cluster", func(sp *snapshot.ServicePort) {
+			sp.Protocol, sp.Port = v1.ProtocolUDP, 53
+			sp.ClusterIPs = []netip.Addr{mustAddr("10.96.0.12")}
+			sp.NodePort = 30053
+			sp.LoadBalancerIPs = []netip.Addr{mustAddr("198.51.100.2")}
+			sp.Endpoints = eps[:2]
+		}),
+		port("internal-local", func(sp *snapshot.ServicePort) {
+			sp.Protocol = v1.ProtocolSCTP
+			sp.ClusterIPs = []netip.Addr{mustAddr("fd00:96::13")}
+			sp.InternalLocal = true
+			sp.Endpoints = []snapshot.Endpoint{remote("fd00:244:2::2", 8080)}
+		}),
+		port("empty", func(sp *snapshot.ServicePort) {
+			sp.ClusterIPs = []netip.Addr{mustAddr("10.96.0.14")}
+			sp.NodePort = 30014
+		}),
+	}
+	snap := &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{},
+		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/112")}}
+	for _, sp := range ports {
+		snap.Ports[sp.Key.ServiceKey] = append(snap.Ports[sp.Key.ServiceKey], sp)
+	}
+	k, err := New(Config{NetNS: nodePath, NodeIPs: []netip.Addr{mustAddr("10.0.1.1"), mustAddr("fd00:1::1")},
+		Options: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/48")}}})
+	must(t, err)
+	defer k.Close()
+	list := func(what string) string {
+		t.Helper()
+		out, err := netnamespace.Exec(node, "nft", "list", "ruleset")
+		if err != nil {
+			t.Fatalf("nft list ruleset after %s: %v\n%s", what, err, out)
+		}
+		return out
+	}
+	must(t, k.Sync(snap, nil))
+	out := list("a full sync")
+	for _, want := range []string{"update @affinity", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, out)
+		}
+	}
+
+	// Incremental: endpoints move, a Service goes.
+	next := &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{}, ServiceCIDRs: snap.ServiceCIDRs}
+	for key, ps := range snap.Ports {
+		if key.Name == "empty" {
+			continue
+		}
+		sp := *ps[0]
+		sp.Endpoints = append(append([]snapshot.Endpoint{}, sp.Endpoints...), local("10.244.1.3", 8080), local("fd00:244:1::3", 8080))
+		next.Ports[key] = []*snapshot.ServicePort{&sp}
+	}
+	var changed []snapshot.ServiceKey
+	for key := range snap.Ports {
+		changed = append(changed, key)
+	}
+	must(t, k.Sync(next, changed))
+	list("an incremental sync")
+}

@@ -621,6 +621,7 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 	w := newWorld(t, 2)
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
+	ensureNode(t, client, "node-a", nil)
 	startProxy(t, w, proxy.Config{Client: client, NodeName: "node-a",
 		HealthzBindAddress: "127.0.0.1:10256", MetricsBindAddress: "127.0.0.1:10249"})
 	b := w.backends
@@ -643,7 +644,7 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, `"localEndpoints":0`) {
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, `"localEndpoints": 0`) {
 			return fmt.Errorf("got %d %s", resp.StatusCode, body)
 		}
 		return nil
@@ -654,7 +655,7 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"localEndpoints":1`) ||
+		if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"localEndpoints": 1`) ||
 			resp.Header.Get("X-Load-Balancing-Endpoint-Weight") != "1" || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
 			return fmt.Errorf("got %d %v %s", resp.StatusCode, resp.Header, body)
 		}

@@ -1116,15 +1116,16 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	for _, cidr := range clusterCIDRs {
 		sources = append(sources, inCIDR(cidr, true))
 	}
+	// The set first: the source test costs a route lookup.
 	for _, src := range sources {
 		ex, _ := frontEnd(f.is4, true)
-		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(slices.Clone(src), ex...), lookup(f.sets[setShortCircuit]), jump("short-circuit"))})
+		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(append(ex, lookup(f.sets[setShortCircuit])), src...), jump("short-circuit"))})
 	}
 	ex, _ = frontEnd(f.is4, false)
 	add(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(ex, lookup(f.sets[setMasqNodePort])), setMasqMark()...)})
 	for _, src := range sources {
 		ex, _ := frontEnd(f.is4, false)
-		add(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(slices.Clone(src), ex...), lookup(f.sets[setShortCircuitNodePort]), jump("short-circuit-nodeport"))})
+		add(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(append(ex, lookup(f.sets[setShortCircuitNodePort])), src...), jump("short-circuit-nodeport"))})
 	}
 	// The node's own traffic to a Local front-end is masqueraded: its
 	// source may be the front-end itself (kube-proxy's "masquerade local

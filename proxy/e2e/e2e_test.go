@@ -892,3 +892,53 @@ func TestProxyRestartKeepsEstablishedConnections(t *testing.T) {
 		}
 	}
 }
+
+// TestServiceCIDRAddressesWithoutAServiceStayOnTheNode (issue 15, item 1):
+// from a pod, a ClusterIP's port its Service lacks is refused at once, and
+// an address of the Service CIDR no Service holds is dropped (a timeout),
+// as kube-proxy does, instead of being routed off the node.
+func TestServiceCIDRAddressesWithoutAServiceStayOnTheNode(t *testing.T) {
+	e := newEnv(t)
+	app := map[string]string{"app": "cidr"}
+	e.run(echoPod("cidr-1", node2, app, httpPort), clientPod("client", node1))
+	svc := e.service("cidr", app, nil)
+	from := e.podNS("client")
+	reaches(t, from, vip(svc, 80), 5, "cidr-1")
+	eventually(t, "unknown port of a ClusterIP refused", func() error {
+		_, err := dial(from, net.JoinHostPort(svc.Spec.ClusterIP, "81"), 2*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("got %v, want connection refused", err)
+		}
+		return nil
+	})
+	// The last address of the default 10.96.0.0/16 is never handed out
+	// while the tests' few Services use the range.
+	eventually(t, "unallocated Service CIDR address dropped", func() error {
+		c, err := dial(from, "10.96.255.254:80", 1500*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return errors.New("connected")
+		}
+		if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
+			return fmt.Errorf("%v, want a timeout (dropped)", err)
+		}
+		return nil
+	})
+}
+
+// TestExternalTrafficPolicyLocalFromPodsShortCircuits (issue 15, item 5):
+// a pod's traffic to a NodePort under externalTrafficPolicy Local is not
+// external: on a node without a local endpoint it still reaches the
+// Service's endpoint on the other node, as with kube-proxy.
+func TestExternalTrafficPolicyLocalFromPodsShortCircuits(t *testing.T) {
+	e := newEnv(t)
+	app := map[string]string{"app": "sc"}
+	e.run(echoPod("sc-remote", node2, app, httpPort), clientPod("client", node1))
+	svc := e.service("sc", app, func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeNodePort
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	})
+	np := net.JoinHostPort(nodeIP(node1), strconv.Itoa(int(svc.Spec.Ports[0].NodePort)))
+	reaches(t, e.podNS("client"), np, 5, "sc-remote")
+	reaches(t, nodeNS(node1), np, 5, "sc-remote")
+}

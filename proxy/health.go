@@ -269,12 +269,17 @@ func (s *hcServer) close() {
 	}
 }
 
+// famIndex indexes per-family arrays: [0] IPv4, [1] IPv6.
+func famIndex(is4 bool) int {
+	if is4 {
+		return 0
+	}
+	return 1
+}
+
 // handler serves the family is4's count.
 func (s *hcServer) handler(is4 bool) http.Handler {
-	fam := 1
-	if is4 {
-		fam = 0
-	}
+	fam := famIndex(is4)
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
 		svc, n := s.svc, s.n[fam]
@@ -305,12 +310,8 @@ func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
 			}
 			s := &hcServer{h: h, svc: key}
 			for _, ip := range sp.ClusterIPs {
-				fam := 1
-				if ip.Is4() {
-					fam = 0
-				}
-				s.fams[fam] = true
-				s.n[fam] = snapshot.LocalReadyEndpoints(ports, ip.Is4())
+				s.fams[famIndex(ip.Is4())] = true
+				s.n[famIndex(ip.Is4())] = snapshot.LocalReadyEndpoints(ports, ip.Is4())
 			}
 			want[sp.HealthCheckNodePort] = s
 			break
@@ -336,7 +337,7 @@ func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
 			continue
 		}
 		for _, ip := range h.nodeIPs {
-			if !w.fams[map[bool]int{true: 0, false: 1}[ip.Is4()]] {
+			if !w.fams[famIndex(ip.Is4())] {
 				continue
 			}
 			network := "tcp6"

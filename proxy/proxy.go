@@ -152,9 +152,18 @@ func Run(ctx context.Context, cfg Config) error {
 	// The handlers' registrations, not the informers: the first sync must
 	// see every object the initial lists delivered, or it would program a
 	// partial world and then stream the rest in as changes.
-	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced, cidrReg.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced) {
 		return nil // stopped before the first sync
 	}
+	// The Service CIDRs normally arrive with the rest: waiting a little
+	// spares a second full sync. An API server without ServiceCIDRs (or a
+	// role without list/watch on them) must not hold the proxy up; kube-
+	// proxy does not wait for them either.
+	cidrCtx, cidrCancel := context.WithTimeout(ctx, 2*time.Second)
+	if !cache.WaitForCacheSync(cidrCtx.Done(), cidrReg.HasSynced) && ctx.Err() == nil {
+		log.Warn("ServiceCIDRs not listed yet; unallocated Service addresses are dropped once they are")
+	}
+	cidrCancel()
 
 	kern, err := nftables.New(nftables.Config{NetNS: cfg.NetNS, NodeIPs: nodeIPs,
 		Options: nftables.Options{ClusterCIDRs: cfg.ClusterCIDRs}, Logger: log})

@@ -389,3 +389,37 @@ func TestTopologyHints(t *testing.T) {
 		return nil
 	})
 }
+
+// Item 7 with kube-proxy's --nodeport-addresses: NodePorts and the
+// healthCheckNodePort answer on the node's addresses in the CIDRs only.
+func TestNodePortAddresses(t *testing.T) {
+	w := newWorld(t, 1)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client, NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}})
+	svc := service(t, client, ns, "lb", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	})
+	setSlice(t, client, ns, "lb", []epSpec{ready(w.backends[0], "node-a")})
+	np, hc := fmt.Sprint(svc.Spec.Ports[0].NodePort), fmt.Sprint(svc.Spec.HealthCheckNodePort)
+	eventually(t, "NodePort and health check answer on the address in --nodeport-addresses", func() error {
+		if _, _, err := w.request(net.JoinHostPort("10.244.1.1", np)); err != nil {
+			return err
+		}
+		resp, _, err := httpGet(w.clientNS, "http://"+net.JoinHostPort("10.244.1.1", hc)+"/")
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("health check: %d", resp.StatusCode)
+		}
+		return nil
+	})
+	if err := refused(w.clientNS, net.JoinHostPort(nodeIP, np)); err != nil {
+		t.Errorf("NodePort on an address outside --nodeport-addresses: %v", err)
+	}
+	if err := refused(w.clientNS, net.JoinHostPort(nodeIP, hc)); err != nil {
+		t.Errorf("health check on an address outside --nodeport-addresses: %v", err)
+	}
+}

@@ -43,6 +43,11 @@ type Config struct {
 	// NodeIPs are the addresses NodePorts answer on; empty takes the
 	// Node's InternalIP addresses.
 	NodeIPs []netip.Addr
+	// NodePortAddresses, when set, are kube-proxy's --nodeport-addresses
+	// CIDRs: NodePorts and healthCheckNodePorts answer on the namespace's
+	// addresses in them instead of on NodeIPs (kube-proxy's default
+	// "primary").
+	NodePortAddresses []netip.Prefix
 	// NetNS is the network namespace to program and to serve health and
 	// metrics in, as a path like /run/netns/NAME; "" is the current one.
 	NetNS string
@@ -165,8 +170,19 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	cidrCancel()
 
-	kern, err := nftables.New(nftables.Config{NetNS: cfg.NetNS, NodeIPs: nodeIPs,
-		Options: nftables.Options{ClusterCIDRs: cfg.ClusterCIDRs}, Logger: log})
+	// The node's own addresses (kube-proxy's node IPs) admit a load
+	// balancer's address as a source; NodePorts answer on nodePortIPs.
+	primary, nodePortAddrs := nodeIPs, nodeIPs
+	if len(cfg.NodePortAddresses) > 0 {
+		if nodePortAddrs, err = nodePortIPs(cfg.NetNS, cfg.NodePortAddresses); err != nil {
+			return fmt.Errorf("proxy: --nodeport-addresses: %w", err)
+		}
+		if len(nodePortAddrs) == 0 {
+			log.Error("no address of the node matches --nodeport-addresses; NodePorts will not answer", "cidrs", cfg.NodePortAddresses)
+		}
+	}
+	kern, err := nftables.New(nftables.Config{NetNS: cfg.NetNS, NodeIPs: nodePortAddrs,
+		Options: nftables.Options{ClusterCIDRs: cfg.ClusterCIDRs, NodeIPs: primary}, Logger: log})
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -178,12 +194,12 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	}
-	hs := newHealth(cfg.NodeName, cfg.NetNS, nodeIPs, nodeObj, tracker, kern, log)
+	hs := newHealth(cfg.NodeName, cfg.NetNS, nodePortAddrs, nodeObj, tracker, kern, log)
 	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, cfg.EnableProfiling, m); err != nil {
 		return err
 	}
 	defer hs.stop()
-	log.Info("proxy started", "netns", cfg.NetNS, "nodeIPs", nodeIPs)
+	log.Info("proxy started", "netns", cfg.NetNS, "nodeIPs", nodeIPs, "nodePortAddresses", nodePortAddrs)
 	return loop(ctx, cfg, tracker, kern, m, hs, log)
 }
 

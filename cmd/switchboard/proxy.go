@@ -27,6 +27,7 @@ func proxyCmd() *cobra.Command {
 		clusterCIDR string
 		detectLocal string
 		nodeIPs     []string
+		npAddrs     []string
 		netns       string
 		verbose     bool
 		profiling   bool
@@ -70,6 +71,15 @@ func proxyCmd() *cobra.Command {
 				}
 				cfg.NodeIPs = append(cfg.NodeIPs, a)
 			}
+			if !(len(npAddrs) == 1 && npAddrs[0] == "primary") {
+				for _, s := range npAddrs {
+					p, err := netip.ParsePrefix(strings.TrimSpace(s))
+					if err != nil {
+						return fmt.Errorf("--nodeport-addresses %q: want CIDRs or \"primary\": %w", s, err)
+					}
+					cfg.NodePortAddresses = append(cfg.NodePortAddresses, p.Masked())
+				}
+			}
 			rc, err := cf.restConfig("proxy")
 			if err != nil {
 				return err
@@ -102,7 +112,8 @@ func proxyCmd() *cobra.Command {
 	f.StringVar(&metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "address for /metrics and /debug/switchboard/services (what switchboard doctor reads); empty disables")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "comma-separated pod CIDRs; traffic to ClusterIPs from outside them is masqueraded")
 	f.StringVar(&detectLocal, "detect-local-mode", "ClusterCIDR", "how to tell cluster-local traffic: ClusterCIDR (uses --cluster-cidr)")
-	f.StringSliceVar(&nodeIPs, "node-ip", nil, "addresses NodePorts answer on (default: the Node's InternalIPs)")
+	f.StringSliceVar(&nodeIPs, "node-ip", nil, "the node's addresses (default: the Node's InternalIPs); NodePorts answer on them unless --nodeport-addresses says otherwise")
+	f.StringSliceVar(&npAddrs, "nodeport-addresses", []string{"primary"}, "as kube-proxy's: CIDRs whose local addresses NodePorts and healthCheckNodePorts answer on, or \"primary\" for the node's addresses")
 	f.StringVar(&netns, "netns", "", "network namespace path to program (default: the current one)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "log every sync")
 	f.BoolVar(&profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")

@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -71,10 +72,15 @@ type ControlPlane struct {
 	// Client is a clientset built from RESTConfig.
 	Client kubernetes.Interface
 
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error
-	etcd   *embed.Etcd
+	// EtcdSocket is the unix socket etcd serves on; its directory is
+	// mode 0700, so only this process's user can connect.
+	EtcdSocket string
+
+	cancel        context.CancelFunc
+	done          chan struct{}
+	err           error
+	etcd          *embed.Etcd
+	tempSocketDir string
 }
 
 // apiServerOnce guards against a second kube-apiserver in one process: it
@@ -83,26 +89,71 @@ type ControlPlane struct {
 var apiServerOnce sync.Mutex
 var apiServerRunning bool
 
+// Validate checks the configuration without touching anything, so bad
+// input fails before a state directory, a PKI or etcd exists.
+func (cfg Config) Validate() error {
+	_, err := cfg.serviceCIDRs()
+	if err != nil {
+		return err
+	}
+	if cfg.NodePortRange != "" {
+		pr, err := utilnet.ParsePortRange(cfg.NodePortRange)
+		if err != nil {
+			return fmt.Errorf("service node port range %q: %w", cfg.NodePortRange, err)
+		}
+		if pr.Base < 1 || pr.Base+pr.Size-1 > 65535 {
+			return fmt.Errorf("service node port range %q: ports must be within 1-65535", cfg.NodePortRange)
+		}
+	}
+	if cfg.APIServerPort < 0 || cfg.APIServerPort > 65535 {
+		return fmt.Errorf("API server port %d: want 0 (any free port) to 65535", cfg.APIServerPort)
+	}
+	if cfg.StateDir == "" {
+		return errors.New("state directory: empty path")
+	}
+	return nil
+}
+
+// serviceCIDRs parses ServiceCIDR (default 10.96.0.0/16): one range, or an
+// IPv4 and an IPv6 range, the first being the primary family.
+func (cfg Config) serviceCIDRs() ([]netip.Prefix, error) {
+	cidrs := cfg.ServiceCIDR
+	if cidrs == "" {
+		cidrs = "10.96.0.0/16"
+	}
+	var prefixes []netip.Prefix
+	for _, c := range strings.Split(cidrs, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("service CIDR %q: %w", cidrs, err)
+		}
+		prefixes = append(prefixes, p)
+	}
+	if len(prefixes) > 2 || len(prefixes) == 2 && prefixes[0].Addr().Is4() == prefixes[1].Addr().Is4() {
+		return nil, fmt.Errorf("service CIDR %q: want one range, or one IPv4 and one IPv6 range", cidrs)
+	}
+	return prefixes, nil
+}
+
 // Start brings up etcd and the API server and returns once the API server
 // reports ready and the default namespace exists. Cancel ctx or call Stop to
 // shut both down.
+//
+// etcd serves on a unix socket in a directory only this process's user can
+// enter, with no peer listener: the API server is its only client, and
+// nobody else on the machine can read or write the cluster's objects
+// behind the API server's authentication and admission (a pod written
+// straight into etcd would run as root).
 func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	prefixes, _ := cfg.serviceCIDRs()
 	if cfg.ServiceCIDR == "" {
 		cfg.ServiceCIDR = "10.96.0.0/16"
 	}
 	if cfg.NodePortRange == "" {
 		cfg.NodePortRange = "30000-32767"
-	}
-	var prefixes []netip.Prefix
-	for _, c := range strings.Split(cfg.ServiceCIDR, ",") {
-		p, err := netip.ParsePrefix(strings.TrimSpace(c))
-		if err != nil {
-			return nil, fmt.Errorf("service CIDR %q: %w", cfg.ServiceCIDR, err)
-		}
-		prefixes = append(prefixes, p)
-	}
-	if len(prefixes) > 2 || len(prefixes) == 2 && prefixes[0].Addr().Is4() == prefixes[1].Addr().Is4() {
-		return nil, fmt.Errorf("service CIDR %q: want one range, or one IPv4 and one IPv6 range", cfg.ServiceCIDR)
 	}
 	prefix := prefixes[0]
 	if cfg.LogOutput == nil {
@@ -112,46 +163,50 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The port goes first: a taken port must fail before anything is
+	// written or started.
+	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", cfg.APIServerPort))
+	if err != nil {
+		return nil, fmt.Errorf("listen for kube-apiserver on 127.0.0.1:%d: %w", cfg.APIServerPort, err)
+	}
+	port := listener.Addr().(*net.TCPAddr).Port
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		listener.Close()
 		return nil, fmt.Errorf("state dir %s: %w", stateDir, err)
 	}
 
 	apiServerOnce.Lock()
 	if apiServerRunning {
 		apiServerOnce.Unlock()
+		listener.Close()
 		return nil, errors.New("a kube-apiserver is already running in this process")
 	}
 	apiServerRunning = true
 	apiServerOnce.Unlock()
 
-	pki := PKI{Dir: filepath.Join(stateDir, "pki")}
-	if err := pki.Ensure(firstServiceIP(prefix)); err != nil {
-		return nil, err
-	}
-
 	ctx, cancel := context.WithCancel(ctx)
 	cp := &ControlPlane{cancel: cancel, done: make(chan struct{})}
 	fail := func(err error) (*ControlPlane, error) {
 		cancel()
+		listener.Close()
 		if cp.etcd != nil {
 			cp.etcd.Close()
 		}
+		cp.removeSocketDir()
 		apiServerOnce.Lock()
 		apiServerRunning = false
 		apiServerOnce.Unlock()
 		return nil, err
 	}
 
-	etcdURL, err := startEtcd(cp, filepath.Join(stateDir, "etcd"), cfg.LogOutput)
+	pki := PKI{Dir: filepath.Join(stateDir, "pki")}
+	if err := pki.Ensure(firstServiceIP(prefix)); err != nil {
+		return fail(err)
+	}
+	etcdURL, err := startEtcd(cp, stateDir, cfg.LogOutput)
 	if err != nil {
 		return fail(err)
 	}
-
-	listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", cfg.APIServerPort))
-	if err != nil {
-		return fail(fmt.Errorf("listen for kube-apiserver on 127.0.0.1:%d: %w", cfg.APIServerPort, err))
-	}
-	port := listener.Addr().(*net.TCPAddr).Port
 
 	redirectKlog(cfg.LogOutput)
 
@@ -200,6 +255,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cp.err = app.Run(ctx, completed)
 		cp.etcd.Close()
 		<-cp.etcd.Server.StopNotify()
+		cp.removeSocketDir()
 		apiServerOnce.Lock()
 		apiServerRunning = false
 		apiServerOnce.Unlock()
@@ -246,27 +302,54 @@ func firstServiceIP(p netip.Prefix) net.IP {
 	return net.IP(p.Masked().Addr().Next().AsSlice())
 }
 
-func startEtcd(cp *ControlPlane, dir string, logOut io.Writer) (string, error) {
-	clientPort, err := freePort()
-	if err != nil {
-		return "", err
+// etcdSocketName is etcd's client socket inside its socket directory.
+const etcdSocketName = "etcd.sock"
+
+// maxSocketPath is the longest path a unix socket can be bound at
+// (sun_path is 108 bytes with its terminating NUL).
+const maxSocketPath = 107
+
+// startEtcd starts etcd with its data in STATE/etcd, serving clients only
+// on a unix socket in STATE/etcd-socket (mode 0700, so only this user can
+// connect), and with no peer listener at all: a one-member cluster never
+// talks to peers. When the state directory's path is too long for a socket
+// path, the socket directory is a fresh 0700 directory under the system's
+// temporary directory instead, removed on stop.
+func startEtcd(cp *ControlPlane, stateDir string, logOut io.Writer) (string, error) {
+	dir := filepath.Join(stateDir, "etcd")
+	sockDir := filepath.Join(stateDir, "etcd-socket")
+	if len(filepath.Join(sockDir, etcdSocketName)) > maxSocketPath {
+		tmp, err := os.MkdirTemp("", "switchboard-etcd-")
+		if err != nil {
+			return "", fmt.Errorf("etcd socket directory: %w", err)
+		}
+		sockDir, cp.tempSocketDir = tmp, tmp
 	}
-	peerPort, err := freePort()
-	if err != nil {
-		return "", err
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		return "", fmt.Errorf("etcd socket directory: %w", err)
 	}
+	// MkdirAll keeps the mode of a directory that exists; the socket's
+	// protection is this mode, so set it whatever was there.
+	if err := os.Chmod(sockDir, 0o700); err != nil {
+		return "", fmt.Errorf("etcd socket directory: %w", err)
+	}
+	socket := filepath.Join(sockDir, etcdSocketName)
+	cp.EtcdSocket = socket
 	ec := embed.NewConfig()
 	ec.Name = "switchboard"
 	ec.Dir = dir
-	clientURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
-	peerURL := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
+	clientURL := url.URL{Scheme: "unix", Path: socket}
 	ec.ListenClientUrls = []url.URL{clientURL}
-	ec.AdvertiseClientUrls = []url.URL{clientURL}
-	ec.ListenPeerUrls = []url.URL{peerURL}
-	ec.AdvertisePeerUrls = []url.URL{peerURL}
+	ec.ListenPeerUrls = nil
+	// etcd wants advertised URLs in host:port form and records them in the
+	// membership; nothing dials them (one member, one local client).
+	placeholder := url.URL{Scheme: "unix", Host: "localhost:0"}
+	ec.AdvertiseClientUrls = []url.URL{placeholder}
+	ec.AdvertisePeerUrls = []url.URL{placeholder}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
-	// A restart reuses the existing member; the peer port is new each time,
-	// which etcd accepts for a single-member cluster whose data dir exists.
+	// A restart reuses the existing member, whatever peer URL it was
+	// created with: with its data directory present etcd takes the
+	// membership from its write-ahead log.
 	if fileExists(filepath.Join(dir, "member")) {
 		ec.ClusterState = embed.ClusterStateFlagExisting
 	}
@@ -288,16 +371,14 @@ func startEtcd(cp *ControlPlane, dir string, logOut io.Writer) (string, error) {
 		e.Close()
 		return "", errors.New("etcd did not become ready within 60s")
 	}
-	return clientURL.String(), nil
+	return "unix://" + socket, nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free loopback port: %w", err)
+// removeSocketDir removes the temporary socket directory, if one was made.
+func (cp *ControlPlane) removeSocketDir() {
+	if cp.tempSocketDir != "" {
+		os.RemoveAll(cp.tempSocketDir)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // waitReady polls /readyz, then waits for the default namespace and the

@@ -2,12 +2,17 @@ package localcluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -15,6 +20,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/switchboard/switchboard/controlplane"
 	"github.com/switchboard/switchboard/endpointslice"
@@ -39,6 +45,14 @@ type Config struct {
 	// Default: this executable's "echo" subcommand.
 	EchoCommand []string
 	Logger      *slog.Logger
+	// Terminal, if set, is the terminal `up` talks to (a duplicate of
+	// standard error, see DupStderr): it gets one progress line per
+	// start-up phase, and while the cluster runs Start points the
+	// process's standard error at the state directory's log file, so the
+	// chatter libraries write straight to standard error (the etcd
+	// client's and grpc's loggers) lands in the log, not on the terminal.
+	// Crash reports go to both. Only for a process running one cluster.
+	Terminal *os.File
 }
 
 func (c *Config) defaults() {
@@ -75,6 +89,8 @@ type Cluster struct {
 	wg       sync.WaitGroup
 	lock     *StateLock
 	logFile  *os.File
+	// diverted is set while standard error points at logFile.
+	diverted bool
 
 	// runCtx lives as long as the cluster; each node proxy runs under a
 	// context of its own derived from it, so one can be restarted alone.
@@ -88,39 +104,93 @@ type Cluster struct {
 type nodeProxy struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+	// synced is closed once the run has programmed every Service.
+	synced chan struct{}
+}
+
+// Validate checks the configuration (the flags of `up`) without touching
+// anything: Start calls it before it writes a file or starts a part, and
+// `up` calls it before anything else. Unset fields take their defaults.
+func (c Config) Validate() error {
+	c.defaults()
+	_, err := c.parse()
+	return err
+}
+
+// parsed is a validated Config's addresses.
+type parsed struct {
+	network *Network
+	service netip.Prefix
+}
+
+func (c Config) parse() (parsed, error) {
+	if c.Nodes < 1 {
+		return parsed{}, fmt.Errorf("--nodes must be at least 1, got %d", c.Nodes)
+	}
+	if c.APIServerPort < 0 || c.APIServerPort > 65535 {
+		return parsed{}, fmt.Errorf("--apiserver-port %d: want 0 (any free port) to 65535", c.APIServerPort)
+	}
+	if c.StateDir == "" {
+		return parsed{}, errors.New("--state-dir: empty path")
+	}
+	if fi, err := os.Stat(c.StateDir); err == nil && !fi.IsDir() {
+		return parsed{}, fmt.Errorf("--state-dir %s: not a directory", c.StateDir)
+	}
+	nodeCIDR, err := netip.ParsePrefix(c.NodeCIDR)
+	if err != nil {
+		return parsed{}, fmt.Errorf("--node-cidr %q: %w", c.NodeCIDR, err)
+	}
+	podCIDR, err := netip.ParsePrefix(c.PodCIDR)
+	if err != nil {
+		return parsed{}, fmt.Errorf("--pod-cidr %q: %w", c.PodCIDR, err)
+	}
+	svcCIDR, err := netip.ParsePrefix(c.ServiceCIDR)
+	if err != nil {
+		return parsed{}, fmt.Errorf("--service-cidr %q: %w", c.ServiceCIDR, err)
+	}
+	dnsIP, err := netip.ParseAddr(c.DNSIP)
+	if err != nil {
+		return parsed{}, fmt.Errorf("--cluster-dns %q: %w", c.DNSIP, err)
+	}
+	if !svcCIDR.Contains(dnsIP) {
+		return parsed{}, fmt.Errorf("--cluster-dns %s: not in --service-cidr %s (it is the kube-dns Service's ClusterIP)", dnsIP, svcCIDR)
+	}
+	cp := controlplane.Config{StateDir: c.StateDir, ServiceCIDR: c.ServiceCIDR, NodePortRange: c.NodePortRange, APIServerPort: c.APIServerPort}
+	if err := cp.Validate(); err != nil {
+		if c.NodePortRange != "" && strings.Contains(err.Error(), "node port range") {
+			return parsed{}, fmt.Errorf("--service-node-port-range: %w", err)
+		}
+		return parsed{}, err
+	}
+	dir, err := filepath.Abs(c.StateDir)
+	if err != nil {
+		return parsed{}, fmt.Errorf("--state-dir %s: %w", c.StateDir, err)
+	}
+	network := NewNetwork(dir, nodeCIDR, podCIDR)
+	if err := network.Validate(svcCIDR, c.Nodes); err != nil {
+		return parsed{}, err
+	}
+	return parsed{network: network, service: svcCIDR}, nil
 }
 
 // Start brings the cluster up: it locks the state directory, starts the
 // control plane and the housekeeping controllers, builds the node and pod
 // network, registers the nodes and starts the scheduler and each node's pod
-// runtime. It returns when the API is ready and the nodes are Ready. Stop
-// tears down everything Start made.
+// runtime, cluster DNS and node proxies. It returns when the API is ready,
+// the nodes are Ready and every node's proxy has programmed the Services
+// that exist. Stop tears down everything Start made.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	cfg.defaults()
-	if cfg.Nodes < 1 {
-		return nil, fmt.Errorf("--nodes must be at least 1, got %d", cfg.Nodes)
-	}
-	nodeCIDR, err := netip.ParsePrefix(cfg.NodeCIDR)
+	p, err := cfg.parse()
 	if err != nil {
-		return nil, fmt.Errorf("--node-cidr %q: %w", cfg.NodeCIDR, err)
-	}
-	podCIDR, err := netip.ParsePrefix(cfg.PodCIDR)
-	if err != nil {
-		return nil, fmt.Errorf("--pod-cidr %q: %w", cfg.PodCIDR, err)
-	}
-	svcCIDR, err := netip.ParsePrefix(cfg.ServiceCIDR)
-	if err != nil {
-		return nil, fmt.Errorf("--service-cidr %q: %w", cfg.ServiceCIDR, err)
+		return nil, err
 	}
 	dir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	cfg.StateDir = dir
-	network := NewNetwork(dir, nodeCIDR, podCIDR)
-	if err := network.Validate(svcCIDR, cfg.Nodes); err != nil {
-		return nil, err
-	}
+	network, svcCIDR := p.network, p.service
 	if os.Geteuid() != 0 {
 		return nil, fmt.Errorf("switchboard up creates network namespaces and needs root (run it with sudo)")
 	}
@@ -143,6 +213,19 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	fail := func(err error) (*Cluster, error) {
 		c.Stop()
 		return nil, err
+	}
+	if cfg.Terminal != nil {
+		if err := divertStderr(c.logFile, cfg.Terminal); err != nil {
+			return fail(err)
+		}
+		c.diverted = true
+	}
+	phase := time.Now()
+	progress := func(format string, args ...any) {
+		if cfg.Terminal != nil {
+			fmt.Fprintf(cfg.Terminal, "switchboard: "+format+" (%.1fs)\n", append(args, time.Since(phase).Seconds())...)
+		}
+		phase = time.Now()
 	}
 	c.ControlPlane, err = controlplane.Start(runCtx, controlplane.Config{
 		StateDir:      dir,
@@ -168,15 +251,21 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 			cfg.Logger.Error("endpointslice controller stopped", "err", err)
 		}
 	}()
-	if err := c.startNodes(runCtx, restCfg, svcCIDR); err != nil {
+	progress("control plane ready: etcd, kube-apiserver, controllers")
+	if err := c.startNodes(runCtx, restCfg, svcCIDR, progress); err != nil {
 		return fail(err)
 	}
 	return c, nil
 }
 
+// nodeSetUpParallelism bounds how many nodes are wired and registered at
+// once: each waits on a namespace being created and a few API round trips.
+const nodeSetUpParallelism = 8
+
 // startNodes builds the network, registers the nodes and starts the
-// scheduler and the pod runtimes.
-func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR netip.Prefix) error {
+// scheduler, the pod runtimes, cluster DNS and the node proxies, reporting
+// each phase through progress.
+func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR netip.Prefix, progress func(string, ...any)) error {
 	cfg, n := c.Config, c.Network
 	// Leftovers of a crashed run of this state directory go first.
 	n.TearDownAll()
@@ -187,22 +276,32 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	if err != nil {
 		return err
 	}
+	c.nodes = make([]NodeInfo, cfg.Nodes)
+	for i := range c.nodes {
+		name := fmt.Sprintf("node-%d", i+1)
+		c.nodes[i] = NodeInfo{Name: name, NetNS: "/run/netns/" + n.NodeNS(name), IP: n.NodeIP(i + 1),
+			PodCIDR: n.NodePodCIDR(i + 1), Zone: zones[i%len(zones)], StateDir: cfg.StateDir}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(nodeSetUpParallelism)
+	for i, info := range c.nodes {
+		g.Go(func() error {
+			if err := n.SetUpNode(i+1, cfg.Nodes, info.Name, svcCIDR); err != nil {
+				return fmt.Errorf("node %s: %w", info.Name, err)
+			}
+			return registerNode(gctx, client, info)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
 	nodeLabels := map[string]labels.Set{}
-	for i := 1; i <= cfg.Nodes; i++ {
-		name := fmt.Sprintf("node-%d", i)
-		if err := n.SetUpNode(i, cfg.Nodes, name, svcCIDR); err != nil {
-			return fmt.Errorf("node %s: %w", name, err)
-		}
-		info := NodeInfo{Name: name, NetNS: "/run/netns/" + n.NodeNS(name), IP: n.NodeIP(i),
-			PodCIDR: n.NodePodCIDR(i), Zone: zones[(i-1)%len(zones)], StateDir: cfg.StateDir}
-		if err := registerNode(ctx, client, info); err != nil {
-			return err
-		}
-		nodeLabels[name] = labels.Set{corev1.LabelHostname: name, corev1.LabelTopologyZone: info.Zone, corev1.LabelOSStable: "linux"}
-		c.nodes = append(c.nodes, info)
+	for _, info := range c.nodes {
+		nodeLabels[info.Name] = labels.Set{corev1.LabelHostname: info.Name, corev1.LabelTopologyZone: info.Zone, corev1.LabelOSStable: "linux"}
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); keepNodeReady(ctx, client, info, cfg.Logger) }()
 	}
+	progress("%d nodes ready", len(c.nodes))
 	factory := informers.NewSharedInformerFactory(client, 0)
 	startScheduler(ctx, client, factory, c.nodes, nodeLabels, cfg.Logger)
 	resolv := func(ns string) string {
@@ -214,24 +313,87 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 		rt.start(ctx, factory)
 		c.runtimes = append(c.runtimes, rt)
 	}
+	c.removePodLogsWithPods(ctx, factory)
 	factory.Start(ctx.Done())
 	if err := c.startClusterDNS(ctx, client); err != nil {
 		return err
 	}
-	c.runCtx, c.client = ctx, client
-	c.proxyMu.Lock()
-	defer c.proxyMu.Unlock()
-	c.proxies = map[string]*nodeProxy{}
-	for _, info := range c.nodes {
-		c.startProxy(info)
+	progress("cluster DNS serving at %s on %d nodes", cfg.DNSIP, len(c.nodes))
+	// The proxies get a client of their own: N of them list and watch at
+	// once, and the shared client's rate limit would queue them.
+	proxyCfg := rest.CopyConfig(restCfg)
+	proxyCfg.QPS, proxyCfg.Burst = -1, 0
+	proxyClient, err := kubernetes.NewForConfig(proxyCfg)
+	if err != nil {
+		return err
 	}
+	c.runCtx, c.client = ctx, proxyClient
+	c.proxyMu.Lock()
+	c.proxies = map[string]*nodeProxy{}
+	var started []*nodeProxy
+	for _, info := range c.nodes {
+		started = append(started, c.startProxy(info))
+	}
+	c.proxyMu.Unlock()
+	for i, p := range started {
+		select {
+		case <-p.synced:
+		case <-p.done:
+			return fmt.Errorf("node proxy of %s stopped before programming its rules (see the log)", c.nodes[i].Name)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	progress("node proxies programmed on %d nodes", len(c.nodes))
 	return nil
 }
 
+// removePodLogsWithPods deletes a pod's log directory when the pod is
+// deleted from the API, as the kubelet does, and, once the pods are
+// listed, the directories of pods deleted while the cluster was down.
+func (c *Cluster) removePodLogsWithPods(ctx context.Context, factory informers.SharedInformerFactory) {
+	logDir := filepath.Join(c.Config.StateDir, "logs", "pods")
+	inf := factory.Core().V1().Pods().Informer()
+	store := inf.GetStore()
+	remove := func(namespace, name string) {
+		// A pod of the same name created since has its own (same) directory.
+		if _, exists, _ := store.GetByKey(namespace + "/" + name); exists {
+			return
+		}
+		os.RemoveAll(filepath.Join(logDir, podLogDirName(namespace, name)))
+	}
+	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		if p, ok := obj.(*corev1.Pod); ok {
+			remove(p.Namespace, p.Name)
+		}
+	}})
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return
+		}
+		entries, _ := os.ReadDir(logDir)
+		for _, e := range entries {
+			if namespace, name, ok := strings.Cut(e.Name(), "_"); ok && e.IsDir() {
+				remove(namespace, name)
+			}
+		}
+	}()
+}
+
+// podLogDirName is the directory under STATE/logs/pods holding a pod's
+// container logs. Namespaces and pod names cannot contain "_".
+func podLogDirName(namespace, pod string) string { return namespace + "_" + pod }
+
 // startProxy starts a run of the node's proxy; the caller holds proxyMu.
-func (c *Cluster) startProxy(info NodeInfo) {
+func (c *Cluster) startProxy(info NodeInfo) *nodeProxy {
 	ctx, cancel := context.WithCancel(c.runCtx)
-	p := &nodeProxy{cancel: cancel, done: make(chan struct{})}
+	p := &nodeProxy{cancel: cancel, done: make(chan struct{}), synced: make(chan struct{})}
+	var once sync.Once
 	c.proxies[info.Name] = p
 	log := c.Config.Logger
 	c.wg.Add(1)
@@ -242,11 +404,13 @@ func (c *Cluster) startProxy(info NodeInfo) {
 		// namespace, exactly as `switchboard proxy` would on a real node.
 		err := proxy.Run(ctx, proxy.Config{Client: c.client, NodeName: info.Name, NodeIPs: []netip.Addr{info.IP},
 			NetNS: info.NetNS, ClusterCIDRs: []netip.Prefix{c.Network.PodCIDR},
-			HealthzBindAddress: "0.0.0.0:10256", MetricsBindAddress: "127.0.0.1:10249", Logger: log})
+			HealthzBindAddress: "0.0.0.0:10256", MetricsBindAddress: "127.0.0.1:10249", Logger: log,
+			OnInitialSync: func() { once.Do(func() { close(p.synced) }) }})
 		if err != nil && ctx.Err() == nil {
 			log.Error("node proxy stopped", "node", info.Name, "err", err)
 		}
 	}()
+	return p
 }
 
 // RestartProxy stops the node's in-process proxy and starts a new one, as
@@ -298,6 +462,9 @@ func (c *Cluster) Stop() {
 	c.Network.TearDownAll()
 	if c.ControlPlane != nil {
 		c.ControlPlane.Stop()
+	}
+	if c.diverted {
+		restoreStderr(c.Config.Terminal)
 	}
 	if c.logFile != nil {
 		c.logFile.Close()

@@ -4,11 +4,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/switchboard/switchboard/netnamespace"
 )
@@ -92,19 +96,26 @@ func (n *Network) Validate(serviceCIDR netip.Prefix, nodes int) error {
 	return nil
 }
 
-// SetUpBridge creates the bridge namespace.
+// SetUpBridge creates the bridge namespace and its bridge.
 func (n *Network) SetUpBridge() error {
 	if _, _, err := netnamespace.Create(n.BridgeNS()); err != nil {
 		return err
 	}
-	return runAll(n.BridgeNS(), [][]string{
-		{"link", "add", "br0", "type", "bridge"},
-		{"link", "set", "br0", "up"},
+	return withNetlink(n.BridgeNS(), func(h *netlink.Handle) error {
+		la := netlink.NewLinkAttrs()
+		la.Name, la.Flags = "br0", net.FlagUp
+		if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			return fmt.Errorf("bridge namespace %s: add br0: %w", n.BridgeNS(), err)
+		}
+		return nil
 	})
 }
 
 // SetUpNode creates node i's namespace on the bridge, with forwarding on,
 // routes to the other nodes' pod CIDRs and a route for the Service CIDR.
+// Everything but creating the namespace goes through netlink from this
+// process: a cluster of N nodes has N*(N-1) pod routes, and one `ip`
+// process per route made 100 nodes take minutes.
 //
 // The Service route stands in for a real node's default route: a packet to
 // a ClusterIP the proxy does not DNAT (a Service without endpoints) must be
@@ -113,30 +124,57 @@ func (n *Network) SetUpBridge() error {
 // unreachable" only after its SYN retries, seconds later.
 func (n *Network) SetUpNode(i, nodes int, name string, serviceCIDR netip.Prefix) error {
 	ns := n.NodeNS(name)
-	if _, _, err := netnamespace.Create(ns); err != nil {
+	nsPath, _, err := netnamespace.Create(ns)
+	if err != nil {
 		return err
 	}
+	nodeNS, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("node %s: open namespace: %w", name, err)
+	}
+	defer nodeNS.Close()
 	port := fmt.Sprintf("%s-n%d", n.Prefix, i)
-	cmds := [][]string{}
-	if err := netnamespace.IP(n.BridgeNS(), "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+	err = withNetlink(n.BridgeNS(), func(h *netlink.Handle) error {
+		br, err := h.LinkByName("br0")
+		if err != nil {
+			return fmt.Errorf("find br0: %w", err)
+		}
+		la := netlink.NewLinkAttrs()
+		la.Name, la.MasterIndex, la.Flags = port, br.Attrs().Index, net.FlagUp
+		return h.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerTxQLen: -1, PeerNamespace: netlink.NsFd(nodeNS)})
+	})
+	if err != nil {
 		return fmt.Errorf("wire node %s to the bridge: %w", name, err)
 	}
-	if err := runAll(n.BridgeNS(), [][]string{{"link", "set", port, "master", "br0", "up"}}); err != nil {
-		return err
+	h, err := netlink.NewHandleAt(nodeNS)
+	if err != nil {
+		return fmt.Errorf("node %s: netlink: %w", name, err)
 	}
-	cmds = append(cmds,
-		[]string{"addr", "add", netip.PrefixFrom(n.NodeIP(i), n.NodeCIDR.Bits()).String(), "dev", "eth0"},
-		[]string{"link", "set", "eth0", "up"},
-		[]string{"route", "add", serviceCIDR.Masked().String(), "dev", "eth0"})
+	defer h.Close()
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("node %s: find eth0: %w", name, err)
+	}
+	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(n.NodeIP(i), n.NodeCIDR.Bits()))}); err != nil {
+		return fmt.Errorf("node %s: address eth0: %w", name, err)
+	}
+	if err := h.LinkSetUp(eth0); err != nil {
+		return fmt.Errorf("node %s: set eth0 up: %w", name, err)
+	}
+	link := eth0.Attrs().Index
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: link, Dst: ipNet(serviceCIDR.Masked())}); err != nil {
+		return fmt.Errorf("node %s: route %s: %w", name, serviceCIDR.Masked(), err)
+	}
 	for j := 1; j <= nodes; j++ {
-		if j != i {
-			cmds = append(cmds, []string{"route", "add", n.NodePodCIDR(j).String(), "via", n.NodeIP(j).String()})
+		if j == i {
+			continue
+		}
+		r := &netlink.Route{LinkIndex: link, Dst: ipNet(n.NodePodCIDR(j)), Gw: n.NodeIP(j).AsSlice()}
+		if err := h.RouteAdd(r); err != nil {
+			return fmt.Errorf("node %s: route %s via %s: %w", name, n.NodePodCIDR(j), n.NodeIP(j), err)
 		}
 	}
-	if err := runAll(ns, cmds); err != nil {
-		return err
-	}
-	return netnamespace.Do("/run/netns/"+ns, func() error {
+	return netnamespace.Do(nsPath, func() error {
 		// /proc/sys/net follows the calling thread's namespace.
 		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv4/conf/all/route_localnet"} {
 			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
@@ -145,6 +183,26 @@ func (n *Network) SetUpNode(i, nodes int, name string, serviceCIDR netip.Prefix)
 		}
 		return nil
 	})
+}
+
+// withNetlink runs fn with a netlink handle bound to the named namespace;
+// the calling thread stays where it is.
+func withNetlink(ns string, fn func(*netlink.Handle) error) error {
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	h, err := netlink.NewHandleAt(target)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", ns, err)
+	}
+	defer h.Close()
+	return fn(h)
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // PodNet is the wiring of one pod.

@@ -228,7 +228,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 		return
 	}
 	defer r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
-	logDir := filepath.Join(r.logDir, pod.Namespace+"_"+pod.Name)
+	logDir := filepath.Join(r.logDir, podLogDirName(pod.Namespace, pod.Name))
 	os.MkdirAll(logDir, 0o755)
 
 	started := metav1.Now()
@@ -240,7 +240,14 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 		ctrs[i] = &container{spec: c, waitReason: "ContainerCreating"}
 		for _, cs := range pod.Status.ContainerStatuses {
 			if cs.Name == c.Name {
-				ctrs[i].restarts = cs.RestartCount
+				ctrs[i].restarts, ctrs[i].lastTerm = cs.RestartCount, cs.LastTerminationState.Terminated
+				if cs.State.Running != nil {
+					// It ran under an earlier `up` and is gone: a restart,
+					// reported as the kubelet does after a node reboot.
+					ctrs[i].restarts++
+					ctrs[i].lastTerm = &corev1.ContainerStateTerminated{ExitCode: 255, Reason: "Unknown",
+						StartedAt: cs.State.Running.StartedAt, FinishedAt: metav1.Now(), ContainerID: cs.ContainerID}
+				}
 			}
 		}
 	}

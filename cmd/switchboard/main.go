@@ -93,9 +93,18 @@ func upCmd() *cobra.Command {
 		Short: "Run a one-machine Kubernetes cluster in this process until interrupted",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Bad flags fail here, before anything is written or started.
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			terminal, err := localcluster.DupStderr()
+			if err != nil {
+				return err
+			}
+			cfg.Terminal = terminal
+			cfg.Logger = slog.New(slog.NewTextHandler(terminal, nil))
 			c, err := localcluster.Start(ctx, cfg)
 			if err != nil {
 				return err

@@ -2,6 +2,7 @@ package localcluster_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -85,15 +87,27 @@ func runEcho(args []string) int {
 	return 0
 }
 
+// strayLine stands for what a library writes straight to standard error
+// while `up` runs: it must land in the log file, not on the terminal.
+const strayLine = "stray line a library wrote to standard error"
+
 func runUp(dir string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	c, err := localcluster.Start(ctx, testConfig(dir, 1))
+	cfg := testConfig(dir, 1)
+	terminal, err := localcluster.DupStderr()
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	cfg.Terminal = terminal
+	c, err := localcluster.Start(ctx, cfg)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1
 	}
 	fmt.Println("switchboard is up; export KUBECONFIG=" + c.ControlPlane.KubeconfigPath)
+	fmt.Fprintln(os.Stderr, strayLine)
 	<-ctx.Done()
 	c.Stop()
 	return 0
@@ -361,15 +375,19 @@ func TestRestartWithBackoff(t *testing.T) {
 
 // TestRestartAndCleanup runs `up` as its own process (one API server per
 // process), restarts it on the same state directory, and checks the pod
-// comes back with its IP, a second `up` refuses, and nothing is left behind.
+// comes back with its IP and its restart counted, a second `up` refuses,
+// the terminal gets one line per start-up phase and nothing written to
+// standard error by others, a deleted pod's logs go with it, and nothing
+// is left behind.
 func TestRestartAndCleanup(t *testing.T) {
 	clustertest.RequireRoot(t)
 	dir := t.TempDir()
+	var terminal syncBuffer
 	start := func() (*exec.Cmd, string) {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), "SWITCHBOARD_TEST_UP="+dir)
 		out, _ := cmd.StdoutPipe()
-		cmd.Stderr = os.Stderr
+		cmd.Stderr = io.MultiWriter(os.Stderr, &terminal)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -399,6 +417,7 @@ func TestRestartAndCleanup(t *testing.T) {
 	kubectl(kc, "apply", "-f", manifest)
 	kubectl(kc, "wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s")
 	ip := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.podIP}")
+	before := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.running.startedAt}")
 
 	second := exec.Command(os.Args[0], "-test.run=^$")
 	second.Env = append(os.Environ(), "SWITCHBOARD_TEST_UP="+dir)
@@ -411,13 +430,82 @@ func TestRestartAndCleanup(t *testing.T) {
 	n := localcluster.NewNetwork(dir, cluster.Network.NodeCIDR, cluster.Network.PodCIDR)
 	assertNothingLeft(t, n.Prefix)
 
+	// The terminal got the phases and the ready line's companions only.
+	for _, phase := range []string{"control plane ready", "1 nodes ready", "cluster DNS serving", "node proxies programmed"} {
+		if !strings.Contains(terminal.String(), "switchboard: "+phase) {
+			t.Errorf("terminal of up lacks the progress line %q:\n%s", phase, terminal.String())
+		}
+	}
+	if strings.Contains(terminal.String(), strayLine) {
+		t.Errorf("a line written to standard error reached the terminal instead of the log")
+	}
+	if log, _ := os.ReadFile(filepath.Join(dir, "logs", "control-plane.log")); !strings.Contains(string(log), strayLine) {
+		t.Errorf("a line written to standard error is not in logs/control-plane.log")
+	}
+
+	// A log directory whose pod was deleted while up was down goes at start.
+	ghost := filepath.Join(dir, "logs", "pods", "default_ghost")
+	if err := os.MkdirAll(ghost, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	up, kc = start()
 	kubectl(kc, "wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s")
 	if again := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.podIP}"); again != ip {
 		t.Errorf("pod IP after restart %s, want %s", again, ip)
 	}
+	// RESTARTS never goes back, and counts the container's restart if up
+	// had to start it again (the kubelet's count after a node reboot).
+	after := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.running.startedAt}")
+	var restartsBefore, restartsAfter int
+	var startedBefore, startedAfter string
+	fmt.Sscan(before, &restartsBefore, &startedBefore)
+	fmt.Sscan(after, &restartsAfter, &startedAfter)
+	want := restartsBefore
+	if startedAfter != startedBefore {
+		want++
+	}
+	t.Logf("keeper across a restart of up: restartCount %d -> %d, started at %s -> %s", restartsBefore, restartsAfter, startedBefore, startedAfter)
+	if restartsAfter != want {
+		t.Errorf("restartCount %d -> %d across a restart of up (container started at %s, then %s), want %d",
+			restartsBefore, restartsAfter, startedBefore, startedAfter, want)
+	}
+	clustertest.Eventually(t, "log directory of a pod deleted while up was down removed", 30*time.Second, func() error {
+		if _, err := os.Stat(ghost); err == nil {
+			return fmt.Errorf("%s still exists", ghost)
+		}
+		return nil
+	})
+	keeperLogs := filepath.Join(dir, "logs", "pods", "default_keeper")
+	if _, err := os.Stat(keeperLogs); err != nil {
+		t.Errorf("log directory of a live pod: %v", err)
+	}
+	kubectl(kc, "delete", "pod", "keeper", "--wait=true", "--timeout=60s")
+	clustertest.Eventually(t, "log directory of a deleted pod removed", 30*time.Second, func() error {
+		if _, err := os.Stat(keeperLogs); err == nil {
+			return fmt.Errorf("%s still exists", keeperLogs)
+		}
+		return nil
+	})
 	stop(up)
 	assertNothingLeft(t, n.Prefix)
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and readers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func assertNothingLeft(t *testing.T, prefix string) {
@@ -442,14 +530,28 @@ func TestBadInput(t *testing.T) {
 		{"zero nodes", localcluster.Config{Nodes: 0}, "--nodes must be at least 1"},
 		{"bad CIDR", localcluster.Config{Nodes: 1, NodeCIDR: "nonsense"}, "--node-cidr"},
 		{"unwritable state dir", localcluster.Config{Nodes: 1, StateDir: "/proc/switchboard-state"}, "/proc/switchboard-state"},
+		{"API server port out of range", localcluster.Config{Nodes: 1, APIServerPort: 70000}, "--apiserver-port 70000"},
+		{"bad node port range", localcluster.Config{Nodes: 1, NodePortRange: "30000-x"}, "--service-node-port-range"},
+		{"node port range beyond 65535", localcluster.Config{Nodes: 1, NodePortRange: "65000-66000"}, "--service-node-port-range"},
+		{"cluster DNS outside the service CIDR", localcluster.Config{Nodes: 1, DNSIP: "10.0.0.10"}, "--cluster-dns 10.0.0.10"},
+		{"too many nodes", localcluster.Config{Nodes: 201}, "--nodes 201"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.cfg.StateDir == "" {
-				tc.cfg.StateDir = t.TempDir()
+			fresh := tc.cfg.StateDir == ""
+			if fresh {
+				tc.cfg.StateDir = filepath.Join(t.TempDir(), "state")
 			}
 			_, err := localcluster.Start(context.Background(), tc.cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+			// Bad flags fail before anything is written (no state
+			// directory, PKI or etcd data), and Validate alone says so.
+			if _, err := os.Stat(tc.cfg.StateDir); fresh && err == nil {
+				t.Errorf("state directory %s created by a start that failed on its flags", tc.cfg.StateDir)
+			}
+			if err := tc.cfg.Validate(); tc.name != "unwritable state dir" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("Validate: got %v, want an error mentioning %q", err, tc.want)
 			}
 		})
 	}

@@ -301,7 +301,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 		c.wg.Add(1)
 		go func() { defer c.wg.Done(); keepNodeReady(ctx, client, info, cfg.Logger) }()
 	}
-	progress("%d nodes ready", len(c.nodes))
+	progress("%s ready", plural(len(c.nodes), "node"))
 	factory := informers.NewSharedInformerFactory(client, 0)
 	startScheduler(ctx, client, factory, c.nodes, nodeLabels, cfg.Logger)
 	resolv := func(ns string) string {
@@ -318,7 +318,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	if err := c.startClusterDNS(ctx, client); err != nil {
 		return err
 	}
-	progress("cluster DNS serving at %s on %d nodes", cfg.DNSIP, len(c.nodes))
+	progress("cluster DNS serving at %s on %s", cfg.DNSIP, plural(len(c.nodes), "node"))
 	// The proxies get a client of their own: N of them list and watch at
 	// once, and the shared client's rate limit would queue them.
 	proxyCfg := rest.CopyConfig(restCfg)
@@ -344,7 +344,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 			return ctx.Err()
 		}
 	}
-	progress("node proxies programmed on %d nodes", len(c.nodes))
+	progress("node proxies programmed on %s", plural(len(c.nodes), "node"))
 	return nil
 }
 
@@ -383,6 +383,14 @@ func (c *Cluster) removePodLogsWithPods(ctx context.Context, factory informers.S
 			}
 		}
 	}()
+}
+
+// plural is "1 node", "3 nodes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // podLogDirName is the directory under STATE/logs/pods holding a pod's

@@ -431,7 +431,7 @@ func TestRestartAndCleanup(t *testing.T) {
 	assertNothingLeft(t, n.Prefix)
 
 	// The terminal got the phases and the ready line's companions only.
-	for _, phase := range []string{"control plane ready", "1 nodes ready", "cluster DNS serving", "node proxies programmed"} {
+	for _, phase := range []string{"control plane ready", "1 node ready", "cluster DNS serving", "node proxies programmed"} {
 		if !strings.Contains(terminal.String(), "switchboard: "+phase) {
 			t.Errorf("terminal of up lacks the progress line %q:\n%s", phase, terminal.String())
 		}

@@ -210,8 +210,22 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
+	// Cancelling ctx while the cluster starts (Ctrl-C during a long start)
+	// gives up at once; once started, the cluster lives until Stop.
+	starting := make(chan struct{})
+	defer close(starting)
+	go func() {
+		select {
+		case <-ctx.Done():
+			cancel()
+		case <-starting:
+		}
+	}()
 	fail := func(err error) (*Cluster, error) {
 		c.Stop()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("interrupted while starting: %w", context.Cause(ctx))
+		}
 		return nil, err
 	}
 	if cfg.Terminal != nil {

@@ -97,12 +97,13 @@ func (cfg Config) Validate() error {
 		return err
 	}
 	if cfg.NodePortRange != "" {
+		// Named as kube-apiserver's flag (and `up`'s) that takes it.
 		pr, err := utilnet.ParsePortRange(cfg.NodePortRange)
 		if err != nil {
-			return fmt.Errorf("service node port range %q: %w", cfg.NodePortRange, err)
+			return fmt.Errorf("--service-node-port-range %q: %w", cfg.NodePortRange, err)
 		}
 		if pr.Base < 1 || pr.Base+pr.Size-1 > 65535 {
-			return fmt.Errorf("service node port range %q: ports must be within 1-65535", cfg.NodePortRange)
+			return fmt.Errorf("--service-node-port-range %q: ports must be within 1-65535", cfg.NodePortRange)
 		}
 	}
 	if cfg.APIServerPort < 0 || cfg.APIServerPort > 65535 {

@@ -157,9 +157,6 @@ func (c Config) parse() (parsed, error) {
 	}
 	cp := controlplane.Config{StateDir: c.StateDir, ServiceCIDR: c.ServiceCIDR, NodePortRange: c.NodePortRange, APIServerPort: c.APIServerPort}
 	if err := cp.Validate(); err != nil {
-		if c.NodePortRange != "" && strings.Contains(err.Error(), "node port range") {
-			return parsed{}, fmt.Errorf("--service-node-port-range: %w", err)
-		}
 		return parsed{}, err
 	}
 	dir, err := filepath.Abs(c.StateDir)

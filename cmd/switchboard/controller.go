@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -13,6 +12,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	componentbaseconfig "k8s.io/component-base/config"
+	componentbaseoptions "k8s.io/component-base/config/options"
 	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/switchboard/switchboard/endpointslice"
@@ -44,12 +48,23 @@ import (
 func controllerCmd() *cobra.Command {
 	var (
 		cf        clientFlags
+		lf        logFlags
 		workers   int
 		maxPerSlc int32
-		verbose   bool
 		metrics   string
 		profiling bool
 		gates     string
+		// kube-controller-manager's leader election defaults, with our
+		// own Lease name.
+		le = componentbaseconfig.LeaderElectionConfiguration{
+			LeaderElect:       true,
+			LeaseDuration:     metav1.Duration{Duration: 15 * time.Second},
+			RenewDeadline:     metav1.Duration{Duration: 10 * time.Second},
+			RetryPeriod:       metav1.Duration{Duration: 2 * time.Second},
+			ResourceLock:      resourcelock.LeasesResourceLock,
+			ResourceName:      "switchboard-controller",
+			ResourceNamespace: metav1.NamespaceSystem,
+		}
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -59,13 +74,17 @@ func controllerCmd() *cobra.Command {
 			if err := featureGates(gates); err != nil {
 				return err
 			}
-			rc, err := cf.restConfig("controller")
+			log, err := lf.logger(os.Stderr)
 			if err != nil {
 				return err
 			}
-			level := slog.LevelInfo
-			if verbose {
-				level = slog.LevelDebug
+			el, err := election(le)
+			if err != nil {
+				return err
+			}
+			rc, err := cf.restConfig("controller")
+			if err != nil {
+				return err
 			}
 			// While the caches fill and every Service is synced, the default
 			// GOGC=100 keeps the collector to a quarter of the CPU it costs
@@ -83,21 +102,53 @@ func controllerCmd() *cobra.Command {
 					return err
 				}
 			}
-			return endpointslice.Run(ctx, rc, endpointslice.Options{
+			return endpointslice.RunElected(ctx, rc, endpointslice.Options{
 				MaxEndpointsPerSlice: maxPerSlc,
 				OnInitialSync:        onSynced,
-				Logger:               slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
-			}, workers)
+				Logger:               log,
+			}, workers, el)
 		},
 	}
 	cf.addTo(cmd.Flags(), 500, 1000)
 	cmd.Flags().IntVar(&workers, "concurrent-service-endpoint-syncs", 32, "Services synced in parallel")
 	cmd.Flags().Int32Var(&maxPerSlc, "max-endpoints-per-slice", endpointslice.DefaultMaxEndpointsPerSlice, "endpoints per EndpointSlice, 1 to 1000")
-	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "debug logging")
+	lf.addTo(cmd.Flags())
+	componentbaseoptions.BindLeaderElectionFlags(&le, cmd.Flags())
 	cmd.Flags().StringVar(&metrics, "metrics-bind-address", "", "address for /metrics (upstream's endpoint_slice_controller_* series) and /healthz, e.g. 127.0.0.1:10258; empty disables")
 	cmd.Flags().StringVar(&gates, "feature-gates", "", "Kubernetes feature gates, e.g. WatchListClient=false (as kube-controller-manager's)")
 	cmd.Flags().BoolVar(&profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	return cmd
+}
+
+// election turns kube-controller-manager's leader election settings into
+// the controller's; nil when --leader-elect=false.
+func election(c componentbaseconfig.LeaderElectionConfiguration) (*endpointslice.Election, error) {
+	if !c.LeaderElect {
+		return nil, nil
+	}
+	if c.ResourceLock != resourcelock.LeasesResourceLock {
+		return nil, fmt.Errorf("--leader-elect-resource-lock %q: only %q is supported", c.ResourceLock, resourcelock.LeasesResourceLock)
+	}
+	if c.ResourceName == "" || c.ResourceNamespace == "" {
+		return nil, fmt.Errorf("--leader-elect-resource-name and --leader-elect-resource-namespace must not be empty")
+	}
+	if c.LeaseDuration.Duration <= c.RenewDeadline.Duration {
+		return nil, fmt.Errorf("--leader-elect-lease-duration %v must be greater than --leader-elect-renew-deadline %v", c.LeaseDuration.Duration, c.RenewDeadline.Duration)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, fmt.Errorf("leader election identity: %w", err)
+	}
+	// As kube-controller-manager: the host (the pod's name) and a UUID,
+	// unique even for two processes on one host.
+	return &endpointslice.Election{
+		Namespace:     c.ResourceNamespace,
+		Name:          c.ResourceName,
+		Identity:      host + "_" + string(uuid.NewUUID()),
+		LeaseDuration: c.LeaseDuration.Duration,
+		RenewDeadline: c.RenewDeadline.Duration,
+		RetryPeriod:   c.RetryPeriod.Duration,
+	}, nil
 }
 
 // serveControllerMetrics serves the process-wide Kubernetes metrics registry,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +20,7 @@ import (
 
 func dnsCmd() *cobra.Command {
 	var cf clientFlags
+	var lf logFlags
 	var cfg dns.Config
 	var listen, health, resolvConf string
 	var upstreams []string
@@ -29,6 +29,10 @@ func dnsCmd() *cobra.Command {
 		Short: "Serve cluster DNS (a drop-in for CoreDNS's kubernetes plugin) on UDP and TCP",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := lf.logger(os.Stderr)
+			if err != nil {
+				return err
+			}
 			rc, err := cf.restConfig("dns")
 			if err != nil {
 				return err
@@ -44,7 +48,7 @@ func dnsCmd() *cobra.Command {
 				}
 			}
 			cfg.Upstreams = upstreams
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			// One UDP socket per CPU, each with its own reader.
@@ -86,6 +90,7 @@ func dnsCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	cf.addTo(f, 50, 100)
+	lf.addTo(f)
 	f.StringVar(&listen, "listen", ":53", "address to serve DNS on, UDP and TCP")
 	f.StringVar(&cfg.Zone, "zone", "cluster.local", "cluster domain")
 	f.Uint32Var(&cfg.TTL, "ttl", 30, "TTL of answers from the cluster zone, seconds")

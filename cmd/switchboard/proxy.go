@@ -3,41 +3,112 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/switchboard/switchboard/proxy"
+	"github.com/switchboard/switchboard/proxy/kubeproxyconfig"
+	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/workingset"
 )
 
 // proxyCmd is `switchboard proxy`, a drop-in for kube-proxy in nftables mode.
 func proxyCmd() *cobra.Command {
 	var (
-		cf          clientFlags
-		hostname    string
-		mode        string
-		healthz     string
-		metricsAddr string
-		clusterCIDR string
-		detectLocal string
-		nodeIPs     []string
-		npAddrs     []string
-		netns       string
-		verbose     bool
-		profiling   bool
+		cf               clientFlags
+		lf               logFlags
+		configFile       string
+		hostname         string
+		mode             string
+		healthz          string
+		metricsAddr      string
+		clusterCIDR      string
+		detectLocal      string
+		nodeIPs          []string
+		npAddrs          []string
+		netns            string
+		profiling        bool
+		cleanup          bool
+		cleanupKubeProxy bool
+		minSync          time.Duration // only from --config's nftables.minSyncPeriod
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Run the node proxy: program Service VIPs, NodePorts and traffic policies into nftables",
-		Args:  cobra.NoArgs,
+		Long: `proxy programs Services into nftables (its own tables "switchboard", ip and ip6), as kube-proxy's
+nftables mode. On SIGTERM it exits and leaves its rules, so traffic flows until the next proxy adopts them.
+--cleanup removes its tables (and kube-proxy's leftovers) and exits, as kube-proxy --cleanup.
+--config reads kube-proxy's KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1): its fields win
+over flags, except --hostname-override, -v and --logging-format, as in kube-proxy.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if mode != "nftables" {
+			var ignored []string
+			if configFile != "" {
+				s, err := kubeproxyconfig.Load(configFile)
+				if err != nil {
+					return err
+				}
+				fs := cmd.Flags()
+				// The file wins over flags, except these (kube-proxy's
+				// Complete and processHostnameOverrideFlag).
+				set := func(dst *string, v, flag string) {
+					if v != "" && !(flag != "" && fs.Changed(flag)) {
+						*dst = v
+					}
+				}
+				set(&cf.kubeconfig, s.Kubeconfig, "")
+				set(&hostname, s.HostnameOverride, "hostname-override")
+				set(&healthz, s.HealthzBindAddress, "")
+				set(&metricsAddr, s.MetricsBindAddress, "")
+				set(&clusterCIDR, s.ClusterCIDR, "")
+				set(&detectLocal, s.DetectLocalMode, "")
+				set(&lf.format, s.LoggingFormat, "logging-format")
+				if s.QPS != 0 {
+					cf.qps = s.QPS
+				}
+				if s.Burst != 0 {
+					cf.burst = int(s.Burst)
+				}
+				if s.Verbosity != 0 && !fs.Changed("v") {
+					lf.verbosity = s.Verbosity
+				}
+				profiling = profiling || s.EnableProfiling
+				minSync = s.MinSyncPeriod
+				ignored = s.Ignored
+				if s.Lenient != nil {
+					ignored = append(ignored, "read leniently (strict decoding failed: "+s.Lenient.Error()+")")
+				}
+			}
+			log, err := lf.logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			for _, f := range ignored {
+				log.Warn("kube-proxy configuration field not applied", "file", configFile, "field", f)
+			}
+			if cleanup || cleanupKubeProxy {
+				removed, err := nftables.CleanupKubeProxy(netns)
+				for _, r := range removed {
+					log.Info("removed kube-proxy's leftover", "what", r)
+				}
+				if err != nil {
+					return fmt.Errorf("clean up kube-proxy's rules: %w", err)
+				}
+			}
+			if cleanup {
+				removed, err := nftables.Cleanup(netns)
+				for _, r := range removed {
+					log.Info("removed", "what", r)
+				}
+				return err
+			}
+			if mode != "nftables" && mode != "" {
 				return fmt.Errorf("--mode %q: only nftables is supported", mode)
 			}
 			if hostname == "" {
@@ -94,18 +165,21 @@ func proxyCmd() *cobra.Command {
 				workingset.CollectSooner()
 				workingset.Settle()
 			}
-			level := slog.LevelInfo
-			if verbose {
-				level = slog.LevelDebug
-			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			cfg.Logger = log
+			cfg.MinSyncInterval = minSync
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return proxy.Run(ctx, cfg)
+			err = proxy.Run(ctx, cfg)
+			if err == nil && ctx.Err() != nil {
+				log.Info("stopped; the rules stay in the kernel until the next proxy adopts them (--cleanup removes them)")
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
 	cf.addTo(f, 50, 100)
+	lf.addTo(f)
+	f.StringVar(&configFile, "config", "", "kube-proxy's configuration file (KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1); its fields win over flags but --hostname-override, -v and --logging-format")
 	f.StringVar(&hostname, "hostname-override", "", "this node's name (default: the hostname)")
 	f.StringVar(&mode, "mode", "nftables", "proxy mode; only nftables")
 	f.StringVar(&healthz, "healthz-bind-address", "0.0.0.0:10256", "address for /healthz and /livez; empty disables")
@@ -115,7 +189,8 @@ func proxyCmd() *cobra.Command {
 	f.StringSliceVar(&nodeIPs, "node-ip", nil, "the node's addresses (default: the Node's InternalIPs); NodePorts answer on them unless --nodeport-addresses says otherwise")
 	f.StringSliceVar(&npAddrs, "nodeport-addresses", []string{"primary"}, "as kube-proxy's: CIDRs whose local addresses NodePorts and healthCheckNodePorts answer on, or \"primary\" for the node's addresses")
 	f.StringVar(&netns, "netns", "", "network namespace path to program (default: the current one)")
-	f.BoolVarP(&verbose, "verbose", "v", false, "log every sync")
 	f.BoolVar(&profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
+	f.BoolVar(&cleanup, "cleanup", false, "remove switchboard's nftables tables and kube-proxy's leftovers, then exit (as kube-proxy --cleanup)")
+	f.BoolVar(&cleanupKubeProxy, "cleanup-kube-proxy", false, "at start, remove kube-proxy's leftovers (its nftables tables, its iptables-nft chains), as kube-proxy removes other modes' rules; use once kube-proxy no longer runs on the node")
 	return cmd
 }

@@ -92,7 +92,7 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 			for _, f := range ignored {
 				log.Warn("kube-proxy configuration field not applied", "file", configFile, "field", f)
 			}
-			if cleanup || cleanupKubeProxy {
+			removeKubeProxy := func() error {
 				removed, err := nftables.CleanupKubeProxy(netns)
 				for _, r := range removed {
 					log.Info("removed kube-proxy's leftover", "what", r)
@@ -100,8 +100,12 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 				if err != nil {
 					return fmt.Errorf("clean up kube-proxy's rules: %w", err)
 				}
+				return nil
 			}
 			if cleanup {
+				if err := removeKubeProxy(); err != nil {
+					return err
+				}
 				removed, err := nftables.Cleanup(netns)
 				for _, r := range removed {
 					log.Info("removed", "what", r)
@@ -162,6 +166,13 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 			// (it is CPU-bound: decoding the lists, building the ruleset);
 			// after it, collect sooner, as the controller does.
 			cfg.OnInitialSync = func() {
+				// kube-proxy's rules go once ours are in: until then
+				// they keep serving, so the node never goes without.
+				if cleanupKubeProxy {
+					if err := removeKubeProxy(); err != nil {
+						log.Error("kube-proxy's leftovers stay", "err", err)
+					}
+				}
 				workingset.CollectSooner()
 				workingset.Settle()
 			}
@@ -191,6 +202,6 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 	f.StringVar(&netns, "netns", "", "network namespace path to program (default: the current one)")
 	f.BoolVar(&profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
 	f.BoolVar(&cleanup, "cleanup", false, "remove switchboard's nftables tables and kube-proxy's leftovers, then exit (as kube-proxy --cleanup)")
-	f.BoolVar(&cleanupKubeProxy, "cleanup-kube-proxy", false, "at start, remove kube-proxy's leftovers (its nftables tables, its iptables-nft chains), as kube-proxy removes other modes' rules; use once kube-proxy no longer runs on the node")
+	f.BoolVar(&cleanupKubeProxy, "cleanup-kube-proxy", false, "once the first sync is programmed, remove kube-proxy's leftovers (its nftables tables, its iptables-nft chains), as kube-proxy removes other modes' rules; for a node where kube-proxy no longer runs")
 	return cmd
 }

@@ -236,7 +236,7 @@ func layerOf(exe []byte, created time.Time) (layer []byte, diffID string, err er
 		return nil, "", err
 	}
 	var gz bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&gz, gzip.DefaultCompression)
 	if err != nil {
 		return nil, "", err
 	}

@@ -140,9 +140,31 @@ func TestProxyWithItsServiceAccount(t *testing.T) {
 	})
 	netnsName, path := clustertest.NetNS(t, "sbrbac")
 	kc := serviceAccountKubeconfig(t, admin, "switchboard-proxy")
-	args := []string{"proxy", "--kubeconfig", kc, "--hostname-override", "rbac-node", "--node-ip", "10.0.0.1",
-		"--netns", path, "--healthz-bind-address", "", "--metrics-bind-address", ""}
-	p := start(t, args...)
+	// The first run reads kube-proxy's file, as the DaemonSet does: the
+	// kubeconfig and verbosity come from it, the flag's node name wins over
+	// its hostnameOverride, and the conntrack section is named as ignored.
+	config := filepath.Join(t.TempDir(), "config.conf")
+	if err := os.WriteFile(config, []byte(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+hostnameOverride: not-this-node
+clientConnection:
+  kubeconfig: `+kc+`
+clusterCIDR: 10.244.0.0/16
+healthzBindAddress: ""
+metricsBindAddress: ""
+conntrack:
+  maxPerCore: 32768
+logging:
+  verbosity: 4
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "proxy", "--config", config, "--hostname-override", "rbac-node", "--node-ip", "10.0.0.1", "--netns", path,
+		"--healthz-bind-address", "", "--metrics-bind-address", "")
+	waitLog(t, p, "kube-proxy configuration field not applied", "conntrack")
+	waitLog(t, p, "proxy started", "node=rbac-node")
+	waitLog(t, p, "level=DEBUG", "synced")
 	clustertest.Eventually(t, "the Service's cluster IP in the proxy's table", time.Minute, func() error {
 		out, err := netnamespace.Exec(netnsName, "nft", "list", "table", "ip", "switchboard")
 		if err != nil {
@@ -160,7 +182,8 @@ func TestProxyWithItsServiceAccount(t *testing.T) {
 	}
 
 	withoutVerb(t, admin, "switchboard-proxy", "endpointslices", "watch")
-	p = start(t, args...)
+	p = start(t, "proxy", "--kubeconfig", kc, "--hostname-override", "rbac-node", "--node-ip", "10.0.0.1",
+		"--netns", path, "--healthz-bind-address", "", "--metrics-bind-address", "")
 	waitLog(t, p, "is forbidden", "system:serviceaccount:kube-system:switchboard-proxy", "cannot watch resource", "endpointslices")
 	p.stop(t)
 

@@ -78,6 +78,9 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 				if s.Verbosity != 0 && !fs.Changed("v") {
 					lf.verbosity = s.Verbosity
 				}
+				if len(s.NodePortAddresses) > 0 {
+					npAddrs = s.NodePortAddresses
+				}
 				profiling = profiling || s.EnableProfiling
 				minSync = s.MinSyncPeriod
 				ignored = s.Ignored

@@ -28,6 +28,8 @@ type Settings struct {
 	EnableProfiling    bool
 	ClusterCIDR        string
 	DetectLocalMode    string
+	// NodePortAddresses are CIDRs, or the one word "primary".
+	NodePortAddresses []string
 	// MinSyncPeriod is nftables.minSyncPeriod: how long changes coalesce.
 	MinSyncPeriod time.Duration
 	// LoggingFormat and Verbosity are logging.format and .verbosity.
@@ -102,6 +104,7 @@ func Decode(data []byte) (*Settings, error) {
 	s.HealthzBindAddress, s.MetricsBindAddress = c.HealthzBindAddress, c.MetricsBindAddress
 	s.EnableProfiling = c.EnableProfiling
 	s.ClusterCIDR, s.DetectLocalMode = c.ClusterCIDR, string(c.DetectLocalMode)
+	s.NodePortAddresses = c.NodePortAddresses
 	s.MinSyncPeriod = c.NFTables.MinSyncPeriod.Duration
 	s.LoggingFormat, s.Verbosity = c.Logging.Format, int(c.Logging.Verbosity)
 
@@ -113,7 +116,6 @@ func Decode(data []byte) (*Settings, error) {
 	ignore(cc.ContentType != "" || cc.AcceptContentTypes != "", "clientConnection.contentType", "switchboard always speaks protobuf")
 	ignore(len(c.FeatureGates) > 0, "featureGates", "no feature gate changes what switchboard proxy does")
 	ignore(c.BindAddress != "" && c.BindAddress != "0.0.0.0" && c.BindAddress != "::", "bindAddress", "unused, as in kube-proxy's nftables mode")
-	ignore(len(c.NodePortAddresses) > 0, "nodePortAddresses", "NodePorts answer on the Node's InternalIPs (or --node-ip)")
 	ignore(c.NFTables.SyncPeriod.Duration != 0, "nftables.syncPeriod", "switchboard resyncs on change and repairs from its own state")
 	ct := c.Conntrack
 	ignore(ct.MaxPerCore != nil && *ct.MaxPerCore != 0 || ct.Min != nil && *ct.Min != 0 ||

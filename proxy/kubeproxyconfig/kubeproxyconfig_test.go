@@ -65,7 +65,8 @@ nftables:
   masqueradeBit: null
   minSyncPeriod: 1s
   syncPeriod: 0s
-nodePortAddresses: null
+nodePortAddresses:
+- primary
 oomScoreAdj: null
 portRange: ""
 showHiddenMetricsForVersion: ""
@@ -86,7 +87,8 @@ func TestDecodeKubeadmConfig(t *testing.T) {
 		t.Errorf("kubeadm's file needed lenient decoding: %v", s.Lenient)
 	}
 	if s.Kubeconfig != "/var/lib/kube-proxy/kubeconfig.conf" || s.ClusterCIDR != "10.244.0.0/16" ||
-		s.MetricsBindAddress != "0.0.0.0:10249" || s.HealthzBindAddress != "" || s.Verbosity != 2 || s.MinSyncPeriod != time.Second {
+		s.MetricsBindAddress != "0.0.0.0:10249" || s.HealthzBindAddress != "" || s.Verbosity != 2 || s.MinSyncPeriod != time.Second ||
+		len(s.NodePortAddresses) != 1 || s.NodePortAddresses[0] != "primary" {
 		t.Errorf("settings %+v", s)
 	}
 	if len(s.Ignored) != 1 || !strings.HasPrefix(s.Ignored[0], "conntrack:") {

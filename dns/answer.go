@@ -42,12 +42,22 @@ var reverseZones = [...]string{"in-addr.arpa.", "ip6.arpa."}
 // index. lower reports that the client spelled the name in lower case.
 func (s *Server) resolve(q dns.Question, lower bool) answer {
 	name := q.Name
+	// The kubernetes plugin refuses zone transfers anywhere in its zones
+	// (handler.go returns dns.RcodeRefused; kubeadm's Corefile has no
+	// transfer plugin), over UDP and TCP alike.
+	transfer := q.Qtype == dns.TypeAXFR || q.Qtype == dns.TypeIXFR
 	for _, rz := range reverseZones {
 		if name == rz || strings.HasSuffix(name, "."+rz) {
+			if transfer {
+				return answer{rcode: dns.RcodeRefused}
+			}
 			return s.resolveReverse(q, rz)
 		}
 	}
 	zone := s.zone
+	if transfer && (name == zone || strings.HasSuffix(name, "."+zone)) {
+		return answer{rcode: dns.RcodeRefused}
+	}
 	if name == zone {
 		return s.apex(q, lower)
 	}

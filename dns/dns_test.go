@@ -398,17 +398,17 @@ func TestMalformed(t *testing.T) {
 	two := new(dns.Msg)
 	two.SetQuestion("a.cluster.local.", dns.TypeA)
 	two.Question = append(two.Question, dns.Question{Name: "b.cluster.local.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
-	if m := srv.respond(two, "udp"); m.Rcode != dns.RcodeFormatError {
+	if m := srv.respond(two, "udp", 0); m.Rcode != dns.RcodeFormatError {
 		t.Errorf("two questions: %s, want FORMERR", dns.RcodeToString[m.Rcode])
 	}
 	upd := new(dns.Msg)
 	upd.SetUpdate("cluster.local.")
-	if m := srv.respond(upd, "udp"); m.Rcode != dns.RcodeNotImplemented {
+	if m := srv.respond(upd, "udp", 0); m.Rcode != dns.RcodeNotImplemented {
 		t.Errorf("UPDATE: %s, want NOTIMP", dns.RcodeToString[m.Rcode])
 	}
 	weird := new(dns.Msg)
 	weird.SetQuestion("x.svc.cluster.local.", 65280)
-	if m := srv.respond(weird, "udp"); m.Rcode != dns.RcodeNameError {
+	if m := srv.respond(weird, "udp", 0); m.Rcode != dns.RcodeNameError {
 		t.Errorf("unknown type for a missing name: %s, want NXDOMAIN", dns.RcodeToString[m.Rcode])
 	}
 }
@@ -434,10 +434,31 @@ func FuzzRespond(f *testing.F) {
 			f.Add(query(name, dns.TypeSRV, 9, true, true, edns, true))
 		}
 	}
+	// What CoreDNS answers before any lookup: EDNS versions above 0, two
+	// OPT records, zone transfers, another class.
+	for _, edit := range []func(*dns.Msg){
+		func(m *dns.Msg) { m.SetEdns0(1232, true); m.IsEdns0().SetVersion(1) },
+		func(m *dns.Msg) {
+			m.SetEdns0(1232, false)
+			m.Extra = append(m.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: 512}})
+		},
+		func(m *dns.Msg) { m.Question[0].Qtype = dns.TypeAXFR },
+		func(m *dns.Msg) { m.Question[0].Qtype = dns.TypeIXFR; m.SetEdns0(4096, false) },
+		func(m *dns.Msg) { m.Question[0].Qclass = dns.ClassCHAOS },
+	} {
+		for _, name := range []string{"hl001.bench.svc.cluster.local.", "cluster.local.", "in-addr.arpa."} {
+			m := new(dns.Msg)
+			m.SetQuestion(name, dns.TypeA)
+			edit(m)
+			b, _ := m.Pack()
+			f.Add(b)
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// The fast path, where it answers, answers as the slow path.
-		if fast := fastReply(bench, b); fast != nil {
-			if slow := slowReply(t, bench, b); !bytes.Equal(fast, slow) {
+		seed := uint64(len(b))
+		if fast := fastReply(bench, b, seed); fast != nil {
+			if slow := slowReply(t, bench, b, seed); !bytes.Equal(fast, slow) {
 				t.Fatalf("fast reply\n%x\nslow\n%x", fast, slow)
 			}
 		}
@@ -445,7 +466,24 @@ func FuzzRespond(f *testing.F) {
 		if err := r.Unpack(b); err != nil {
 			return // the wire server answers FORMERR before us
 		}
-		m := srv.respond(r, "udp")
+		m := srv.respond(r, "udp", 0)
+		if len(r.Question) == 1 && r.Opcode == dns.OpcodeQuery {
+			want := -1
+			switch opt := r.IsEdns0(); {
+			case optCount(r) > 1:
+				want = dns.RcodeFormatError
+			case r.Question[0].Qclass != dns.ClassINET:
+				want = dns.RcodeRefused
+			case opt != nil && opt.Version() != 0:
+				want = dns.RcodeBadVers
+			case (r.Question[0].Qtype == dns.TypeAXFR || r.Question[0].Qtype == dns.TypeIXFR) &&
+				dns.IsSubDomain("cluster.local.", strings.ToLower(dns.Fqdn(r.Question[0].Name))):
+				want = dns.RcodeRefused
+			}
+			if want >= 0 && m.Rcode != want {
+				t.Fatalf("%v: rcode %s, want %s", r.Question[0], dns.RcodeToString[m.Rcode], dns.RcodeToString[want])
+			}
+		}
 		out, err := m.Pack()
 		if err != nil {
 			t.Fatalf("reply does not pack: %v", err)

@@ -51,9 +51,37 @@ type cachedReply struct {
 	// owners are the offsets in full of answer owner names equal to the
 	// question name, rewritten in the client's case as the slow path does.
 	owners []uint16
-	mu     sync.Mutex
+	// groups are the runs of records in full the loadbalance plugin
+	// shuffles per query (see balance.go), in the order it draws them;
+	// only those of two records or more.
+	groups []rrGroup
+	// ownersMove: a group whose records move whole holds an owner name
+	// rewritten in the client's case, so mixed-case queries go slow.
+	ownersMove bool
+	mu         sync.Mutex
 	// variants are the compressed forms for buffers full does not fit in.
 	variants atomic.Pointer[[]variant]
+}
+
+// rrGroup is one run of records of a section that a reply's shuffle
+// reorders: its A and AAAA records, or its MX records.
+type rrGroup struct {
+	recs []wireRR
+	// uniform: the records are the same but for rdata of one length (one
+	// owner, type, TTL), so a shuffle moves rdata and nothing else.
+	uniform bool
+	// address: A or AAAA records, whose rdata holds no name, so that their
+	// rdata can also move inside a compressed form.
+	address bool
+	sec     int // the section: 0 answer, 1 authority, 2 additional
+	first   int // the index of its first record in the section
+}
+
+// wireRR locates one record in a wire-format message: where it starts,
+// where its rdata starts, where it ends.
+type wireRR struct {
+	start, rdata, end int
+	rrtype            uint16
 }
 
 // variant is a compressed reply for one client buffer size, without OPT.
@@ -61,6 +89,12 @@ type variant struct {
 	size int
 	opt  bool
 	wire []byte
+	// slots are, per group of the cachedReply, the rdata offsets in wire
+	// of the group's records truncation kept (a prefix of the group).
+	slots [][]int
+	// slow: the shuffle cannot be done in this form (records of a kept
+	// group differ in more than their rdata): the slow path answers.
+	slow bool
 }
 
 // fastQuery is what the fast path parsed out of a query packet.
@@ -75,6 +109,10 @@ type fastQuery struct {
 	opt     bool
 	do      bool
 	size    int // the reply size limit, as fit computes it for UDP
+	// seed draws the reply's shuffle (see balance.go); perm is scratch
+	// space for its permutations.
+	seed uint64
+	perm []int
 }
 
 // parseFast parses pkt if it is a query the fast path may answer: one
@@ -133,7 +171,7 @@ func parseFast(pkt []byte, q *fastQuery, scratch []byte) bool {
 		return false
 	}
 	q.qtype = binary.BigEndian.Uint16(pkt[off:])
-	if binary.BigEndian.Uint16(pkt[off+2:]) != dns.ClassINET {
+	if binary.BigEndian.Uint16(pkt[off+2:]) != dns.ClassINET || q.qtype == dns.TypeAXFR || q.qtype == dns.TypeIXFR {
 		return false
 	}
 	off += 4
@@ -141,9 +179,10 @@ func parseFast(pkt []byte, q *fastQuery, scratch []byte) bool {
 	q.opt, q.do, q.size = false, false, dns.MinMsgSize
 	if ar == 1 {
 		// An OPT record: root name, type OPT, class = UDP size, TTL =
-		// extended rcode, version, flags; no options.
+		// extended rcode, version, flags; no options. A version other
+		// than 0 gets BADVERS from the slow path.
 		if off+11 != len(pkt) || pkt[off] != 0 || binary.BigEndian.Uint16(pkt[off+1:]) != dns.TypeOPT ||
-			binary.BigEndian.Uint16(pkt[off+9:]) != 0 {
+			pkt[off+6] != 0 || binary.BigEndian.Uint16(pkt[off+9:]) != 0 {
 			return false
 		}
 		q.opt = true
@@ -188,22 +227,30 @@ func (s *Server) answerFast(q *fastQuery, out []byte) (reply []byte, rcode int, 
 	if q.opt {
 		optLen = 11
 	}
-	var wire []byte
+	if q.upper && cr.ownersMove {
+		return nil, 0, false
+	}
+	var v *variant
 	switch {
 	case len(cr.full)+optLen <= q.size:
-		wire = cr.full
 	case q.upper:
 		// Compression in miekg/dns matches names case-sensitively, so a
 		// mixed-case question compresses differently: leave it to the
 		// slow path.
 		return nil, 0, false
 	default:
-		if wire = s.variant(cr, q); wire == nil {
+		if v = s.variant(cr, q); v == nil || v.slow {
 			return nil, 0, false
 		}
 	}
-	out = append(out[:0], wire...)
-	s.patchHeader(q, out, cr.rcode, wire[2]&0x02 != 0)
+	if v == nil {
+		out = append(out[:0], cr.full...)
+		cr.shuffleFull(q, out)
+	} else {
+		out = append(out[:0], v.wire...)
+		cr.shuffleVariant(q, v, out)
+	}
+	s.patchHeader(q, out, cr.rcode, out[2]&0x02 != 0)
 	if q.upper {
 		name := q.pkt[12 : 12+len(q.lower)]
 		copy(out[12:], name)
@@ -340,47 +387,93 @@ func (s *Server) buildReply(q *fastQuery) *cachedReply {
 	if forward {
 		return nil
 	}
+	if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
+		return nil
+	}
 	cr := &cachedReply{name: bytes.Clone(q.lower), qtype: q.qtype, rcode: m.Rcode, negative: len(m.Answer) == 0}
 	if cr.negative {
 		return cr
 	}
+	balance(m, nil)
 	m.Compress = false
 	full, err := m.Pack()
 	if err != nil {
 		return nil
 	}
+	secs, ok := wireSections(full)
+	if !ok {
+		return nil
+	}
 	cr.full = full
-	cr.owners = answerOwners(full, q.lower)
+	cr.owners = answerOwners(full, q.lower, secs[0])
+	if cr.groups, ok = shuffleGroups(full, secs); !ok {
+		return nil
+	}
+	for _, g := range cr.groups {
+		if g.uniform || g.sec != 0 {
+			continue
+		}
+		for _, o := range cr.owners {
+			cr.ownersMove = cr.ownersMove || (int(o) >= g.recs[0].start && int(o) < g.recs[len(g.recs)-1].end)
+		}
+	}
 	return cr
 }
 
-// answerOwners lists the offsets of the answer section's owner names equal
+// answerOwners lists the offsets of the answer records' owner names equal
 // to name in an uncompressed message.
-func answerOwners(msg, name []byte) []uint16 {
-	an := int(binary.BigEndian.Uint16(msg[6:]))
-	off := 12 + len(name) + 4
+func answerOwners(msg, name []byte, answer []wireRR) []uint16 {
 	var out []uint16
-	for range an {
-		if bytes.HasPrefix(msg[off:], name) {
-			out = append(out, uint16(off))
+	for _, rr := range answer {
+		if bytes.HasPrefix(msg[rr.start:], name) {
+			out = append(out, uint16(rr.start))
 		}
-		end, ok := skipName(msg, off)
-		if !ok || end+10 > len(msg) {
-			return out
-		}
-		off = end + 10 + int(binary.BigEndian.Uint16(msg[end+8:]))
 	}
 	return out
 }
 
-// skipName returns the offset after the uncompressed name at off.
+// wireSections lists the records of the answer, authority and additional
+// sections of a wire-format message, compressed or not.
+func wireSections(msg []byte) (secs [3][]wireRR, ok bool) {
+	if len(msg) < 12 {
+		return secs, false
+	}
+	off := 12
+	for range binary.BigEndian.Uint16(msg[4:]) {
+		if off, ok = skipName(msg, off); !ok || off+4 > len(msg) {
+			return secs, false
+		}
+		off += 4
+	}
+	for i := range secs {
+		for range binary.BigEndian.Uint16(msg[6+2*i:]) {
+			start := off
+			if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+				return secs, false
+			}
+			rr := wireRR{start: start, rdata: off + 10, rrtype: binary.BigEndian.Uint16(msg[off:])}
+			rr.end = rr.rdata + int(binary.BigEndian.Uint16(msg[off+8:]))
+			if rr.end > len(msg) {
+				return secs, false
+			}
+			secs[i] = append(secs[i], rr)
+			off = rr.end
+		}
+	}
+	return secs, off == len(msg)
+}
+
+// skipName returns the offset after the name at off, which may end in a
+// compression pointer.
 func skipName(msg []byte, off int) (int, bool) {
 	for off < len(msg) {
 		l := int(msg[off])
-		if l == 0 {
+		switch {
+		case l == 0:
 			return off + 1, true
-		}
-		if l > 63 {
+		case l&0xC0 == 0xC0:
+			return off + 2, off+2 <= len(msg)
+		case l > 63:
 			return 0, false
 		}
 		off += 1 + l
@@ -388,13 +481,124 @@ func skipName(msg []byte, off int) (int, bool) {
 	return 0, false
 }
 
+// shuffleGroups finds the groups of a partitioned (balance with no
+// shuffler) uncompressed message that the shuffle reorders, in the order it
+// draws them: per section, its addresses, then its MX records. ok is false
+// if a group is not one run, which balance never leaves.
+func shuffleGroups(msg []byte, secs [3][]wireRR) (groups []rrGroup, ok bool) {
+	for sec, rrs := range secs {
+		for kind := range 2 {
+			g := rrGroup{sec: sec, first: -1, address: kind == 0, uniform: true}
+			for i, rr := range rrs {
+				if balanceGroup(rr.rrtype) != kind {
+					continue
+				}
+				if g.first < 0 {
+					g.first = i
+				} else if g.first+len(g.recs) != i {
+					return nil, false
+				}
+				if len(g.recs) > 0 {
+					r0 := g.recs[0]
+					g.uniform = g.uniform && rr.end-rr.rdata == r0.end-r0.rdata &&
+						bytes.Equal(msg[rr.start:rr.rdata], msg[r0.start:r0.rdata])
+				}
+				g.recs = append(g.recs, rr)
+			}
+			if len(g.recs) >= 2 {
+				groups = append(groups, g)
+			}
+		}
+	}
+	return groups, true
+}
+
+// permutation draws the next group's permutation of n from q's shuffle.
+func (q *fastQuery) permutation(sh *shuffler, n int) []int {
+	if cap(q.perm) < n {
+		q.perm = make([]int, n)
+	}
+	p := q.perm[:n]
+	sh.permute(p)
+	return p
+}
+
+// shuffleFull shuffles the groups of out, a copy of cr.full, for q's seed.
+func (cr *cachedReply) shuffleFull(q *fastQuery, out []byte) {
+	if len(cr.groups) == 0 {
+		return
+	}
+	sh := shuffler{q.seed}
+	for _, g := range cr.groups {
+		perm := q.permutation(&sh, len(g.recs))
+		if g.uniform {
+			for i, p := range perm {
+				copy(out[g.recs[i].rdata:], cr.full[g.recs[p].rdata:g.recs[p].end])
+			}
+			continue
+		}
+		off := g.recs[0].start
+		for _, p := range perm {
+			off += copy(out[off:], cr.full[g.recs[p].start:g.recs[p].end])
+		}
+	}
+}
+
+// shuffleVariant shuffles the groups of out, a copy of v.wire: the records
+// truncation kept of each group get the rdata of the first records of the
+// group's permutation, which is what truncating the shuffled reply keeps.
+func (cr *cachedReply) shuffleVariant(q *fastQuery, v *variant, out []byte) {
+	if len(cr.groups) == 0 {
+		return
+	}
+	sh := shuffler{q.seed}
+	for gi, g := range cr.groups {
+		perm := q.permutation(&sh, len(g.recs)) // drawn even if none was kept
+		for i, o := range v.slots[gi] {
+			src := g.recs[perm[i]]
+			copy(out[o:], cr.full[src.rdata:src.end])
+		}
+	}
+}
+
+// variantSlots finds where the kept records of each of cr's groups have
+// their rdata in wire, a compressed and possibly truncated form of the same
+// partitioned reply; ok is false when a kept group cannot be shuffled by
+// moving rdata.
+func (cr *cachedReply) variantSlots(wire []byte) (slots [][]int, ok bool) {
+	secs, ok := wireSections(wire)
+	if !ok {
+		return nil, false
+	}
+	slots = make([][]int, len(cr.groups))
+	for gi, g := range cr.groups {
+		kept := min(max(len(secs[g.sec])-g.first, 0), len(g.recs))
+		if kept == 0 {
+			continue
+		}
+		if !g.uniform || !g.address {
+			return nil, false
+		}
+		for i, rr := range secs[g.sec][g.first : g.first+kept] {
+			// The same record as in full, unshuffled: a form built from
+			// another state of the index does not match.
+			src := g.recs[i]
+			if rr.rrtype != src.rrtype || !bytes.Equal(wire[rr.rdata:rr.end], cr.full[src.rdata:src.end]) {
+				return nil, false
+			}
+			slots[gi] = append(slots[gi], rr.rdata)
+		}
+	}
+	return slots, true
+}
+
 // variant returns the compressed reply for q's buffer size and OPT, built
 // through the slow path's fit for a lower-case query the first time.
-func (s *Server) variant(cr *cachedReply, q *fastQuery) []byte {
+func (s *Server) variant(cr *cachedReply, q *fastQuery) *variant {
 	if p := cr.variants.Load(); p != nil {
-		for _, v := range *p {
-			if v.size == q.size && v.opt == q.opt {
-				return v.wire
+		for i := range *p {
+			if v := &(*p)[i]; v.size == q.size && v.opt == q.opt {
+				return v
 			}
 		}
 	}
@@ -411,6 +615,7 @@ func (s *Server) variant(cr *cachedReply, q *fastQuery) []byte {
 	if forward {
 		return nil
 	}
+	balance(m, nil)
 	wire, err := s.fit(req, m, "udp").Pack()
 	if err != nil {
 		return nil
@@ -420,6 +625,10 @@ func (s *Server) variant(cr *cachedReply, q *fastQuery) []byte {
 		wire = wire[:len(wire)-11]
 		binary.BigEndian.PutUint16(wire[10:], binary.BigEndian.Uint16(wire[10:])-1)
 	}
+	v := variant{size: q.size, opt: q.opt, wire: wire}
+	var ok bool
+	v.slots, ok = cr.variantSlots(wire)
+	v.slow = !ok
 	cr.mu.Lock()
 	defer cr.mu.Unlock()
 	var cur []variant
@@ -427,8 +636,8 @@ func (s *Server) variant(cr *cachedReply, q *fastQuery) []byte {
 		cur = *p
 	}
 	if len(cur) < maxVariants {
-		next := append(cur[:len(cur):len(cur)], variant{q.size, q.opt, wire})
+		next := append(cur[:len(cur):len(cur)], v)
 		cr.variants.Store(&next)
 	}
-	return wire
+	return &v
 }

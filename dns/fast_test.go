@@ -56,26 +56,27 @@ func benchIndex(clusterIP, headless int) *Index {
 	return x
 }
 
-// slowReply is what the slow path sends for pkt over UDP.
-func slowReply(t testing.TB, s *Server, pkt []byte) []byte {
+// slowReply is what the slow path sends for pkt over UDP, shuffled by seed.
+func slowReply(t testing.TB, s *Server, pkt []byte, seed uint64) []byte {
 	r := new(dns.Msg)
 	if err := r.Unpack(pkt); err != nil {
 		t.Fatalf("unpack: %v", err)
 	}
-	b, err := s.respond(r, "udp").Pack()
+	b, err := s.respond(r, "udp", seed).Pack()
 	if err != nil {
 		t.Fatalf("pack: %v", err)
 	}
 	return b
 }
 
-// fastReply is what the fast path sends for pkt, or nil when it leaves pkt
-// to the slow path.
-func fastReply(s *Server, pkt []byte) []byte {
+// fastReply is what the fast path sends for pkt, shuffled by seed, or nil
+// when it leaves pkt to the slow path.
+func fastReply(s *Server, pkt []byte, seed uint64) []byte {
 	var q fastQuery
 	if !parseFast(pkt, &q, make([]byte, 0, 256)) {
 		return nil
 	}
+	q.seed = seed
 	reply, _, ok := s.answerFast(&q, nil)
 	if !ok {
 		return nil
@@ -124,12 +125,13 @@ func TestFastMatchesSlow(t *testing.T) {
 						continue // forwarded: no upstream in this test
 					}
 					pkt := query(name, qtype, uint16(rng.Uint32()), flags&1 != 0, flags&2 != 0, edns, flags&1 != 0)
-					got := fastReply(s, pkt)
+					seed := rng.Uint64()
+					got := fastReply(s, pkt, seed)
 					if got == nil {
 						continue
 					}
 					fast++
-					if want := slowReply(t, s, pkt); !bytes.Equal(got, want) {
+					if want := slowReply(t, s, pkt, seed); !bytes.Equal(got, want) {
 						g, w := new(dns.Msg), new(dns.Msg)
 						g.Unpack(got)
 						w.Unpack(want)
@@ -147,7 +149,7 @@ func TestFastMatchesSlow(t *testing.T) {
 		query("_http._tcp.hl001.bench.svc.cluster.local.", dns.TypeSRV, 1, true, false, -1, false),
 		query("nosuch.bench.svc.cluster.local.", dns.TypeA, 1, true, false, -1, false),
 	} {
-		if fastReply(s, pkt) == nil {
+		if fastReply(s, pkt, 1) == nil {
 			r := new(dns.Msg)
 			r.Unpack(pkt)
 			t.Errorf("slow path for %v", r.Question)
@@ -168,7 +170,7 @@ func TestFastMatchesSlow(t *testing.T) {
 	escaped.SetQuestion(`svc\0001.bench.svc.cluster.local.`, dns.TypeA)
 	for _, m := range []*dns.Msg{opts, two, chaos, escaped} {
 		b, _ := m.Pack()
-		if fastReply(s, b) != nil {
+		if fastReply(s, b, 1) != nil {
 			t.Errorf("fast path took %v", m)
 		}
 	}
@@ -189,7 +191,7 @@ func TestFastIndexUpdates(t *testing.T) {
 	pkt := query(name, dns.TypeA, 7, true, false, -1, false)
 	answers := func() []string {
 		m := new(dns.Msg)
-		if err := m.Unpack(fastReply(s, pkt)); err != nil {
+		if err := m.Unpack(fastReply(s, pkt, 1)); err != nil {
 			t.Fatal(err)
 		}
 		return rrs(m.Answer)
@@ -207,7 +209,7 @@ func TestFastIndexUpdates(t *testing.T) {
 	}
 	neg := query("svc0001.bench.svc.cluster.local.", dns.TypeAAAA, 7, true, false, -1, false)
 	x.modified.Store(12345)
-	if got, want := fastReply(s, neg), slowReply(t, s, neg); !bytes.Equal(got, want) || !bytes.Contains(got, []byte{0, 0, 0x30, 0x39}) {
+	if got, want := fastReply(s, neg, 1), slowReply(t, s, neg, 1); !bytes.Equal(got, want) || !bytes.Contains(got, []byte{0, 0, 0x30, 0x39}) {
 		t.Errorf("NODATA with serial 12345:\n%x\nslow\n%x", got, want)
 	}
 
@@ -326,7 +328,7 @@ func BenchmarkAnswer(b *testing.B) {
 	b.Run("slow", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
-			slowReply(b, s, pkts[i%len(pkts)])
+			slowReply(b, s, pkts[i%len(pkts)], uint64(i))
 		}
 	})
 	b.Run("fast", func(b *testing.B) {
@@ -338,6 +340,7 @@ func BenchmarkAnswer(b *testing.B) {
 			if !parseFast(pkts[i%len(pkts)], &q, scratch) {
 				b.Fatal("not parsed")
 			}
+			q.seed = rand.Uint64()
 			reply, _, ok := s.answerFast(&q, out)
 			if !ok {
 				b.Fatal("slow")

@@ -6,9 +6,11 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // forwarder sends names outside the cluster zone to upstream resolvers, in
@@ -19,8 +21,13 @@ type forwarder struct {
 	upstreams []string
 	timeout   time.Duration
 	max       int
-	mu        sync.Mutex
-	cache     map[cacheKey]cacheEntry
+	// maxConcurrent caps the queries in flight to upstreams (0: none);
+	// inflight counts them, and rejects the queries refused at the cap.
+	maxConcurrent int64
+	inflight      atomic.Int64
+	rejects       prometheus.Counter
+	mu            sync.Mutex
+	cache         map[cacheKey]cacheEntry
 }
 
 type cacheKey struct {
@@ -34,18 +41,31 @@ type cacheEntry struct {
 	expires time.Time
 }
 
-func newForwarder(upstreams []string, timeout time.Duration, max int) *forwarder {
+// defaultMaxConcurrent is kubeadm's Corefile's `max_concurrent 1000`.
+const defaultMaxConcurrent = 1000
+
+func newForwarder(upstreams []string, timeout time.Duration, max, maxConcurrent int) *forwarder {
 	if timeout == 0 {
 		timeout = 2 * time.Second
 	}
 	if max == 0 {
 		max = 10000
 	}
-	return &forwarder{upstreams: upstreams, timeout: timeout, max: max, cache: map[cacheKey]cacheEntry{}}
+	switch {
+	case maxConcurrent == 0:
+		maxConcurrent = defaultMaxConcurrent
+	case maxConcurrent < 0:
+		maxConcurrent = 0
+	}
+	return &forwarder{upstreams: upstreams, timeout: timeout, max: max, maxConcurrent: int64(maxConcurrent),
+		cache: map[cacheKey]cacheEntry{}}
 }
 
-// forward returns the upstream answer to r, or nil when none answered.
-func (f *forwarder) forward(r *dns.Msg) *dns.Msg {
+// forward returns the upstream answer to r, or nil and the rcode to answer
+// instead: REFUSED beyond the cap on concurrent queries (the forward
+// plugin's max_concurrent returns dns.RcodeRefused, which the server writes
+// as the reply), SERVFAIL when no upstream answered.
+func (f *forwarder) forward(r *dns.Msg) (*dns.Msg, int) {
 	q := r.Question[0]
 	key := cacheKey{strings.ToLower(q.Name), q.Qtype, r.IsEdns0() != nil && r.IsEdns0().Do()}
 	now := time.Now()
@@ -62,9 +82,21 @@ func (f *forwarder) forward(r *dns.Msg) *dns.Msg {
 				}
 			}
 		}
-		return m
+		return m, dns.RcodeSuccess
 	}
 	f.mu.Unlock()
+	// Counted as the plugin does, after the cache (before it in the
+	// chain) missed: a query only waits here while an upstream is asked.
+	if f.maxConcurrent > 0 {
+		n := f.inflight.Add(1)
+		defer f.inflight.Add(-1)
+		if n > f.maxConcurrent {
+			if f.rejects != nil {
+				f.rejects.Inc()
+			}
+			return nil, dns.RcodeRefused
+		}
+	}
 	for _, up := range f.upstreams {
 		in, err := f.exchange(r, up)
 		if err != nil || in == nil {
@@ -73,9 +105,9 @@ func (f *forwarder) forward(r *dns.Msg) *dns.Msg {
 		if in.Rcode == dns.RcodeSuccess || in.Rcode == dns.RcodeNameError {
 			f.store(key, in, now)
 		}
-		return in
+		return in, dns.RcodeSuccess
 	}
-	return nil
+	return nil, dns.RcodeServerFailure
 }
 
 // exchange asks one upstream over UDP and retries over TCP when the answer

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -32,7 +33,13 @@ type Config struct {
 	UpstreamTimeout time.Duration
 	// CacheSize caps cached upstream answers, default 10000.
 	CacheSize int
-	Logger    *slog.Logger
+	// MaxConcurrent caps the queries waiting on an upstream at once, as
+	// the forward plugin's max_concurrent (1000 in kubeadm's Corefile, the
+	// default here; negative: no cap). A query beyond it is answered
+	// REFUSED at once, as the plugin does, so that an upstream that stops
+	// answering costs bounded memory and clients an immediate answer.
+	MaxConcurrent int
+	Logger        *slog.Logger
 }
 
 // Server answers DNS queries. Its zero value is not usable; use NewServer.
@@ -65,9 +72,10 @@ func NewServer(cfg Config, index *Index) *Server {
 	}
 	s := &Server{
 		zone: dns.Fqdn(strings.ToLower(cfg.Zone)), ttl: cfg.TTL, index: index,
-		fwd: newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.CacheSize), log: cfg.Logger,
+		fwd: newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.CacheSize, cfg.MaxConcurrent), log: cfg.Logger,
 		metrics: newMetrics(), ready: make(chan struct{}),
 	}
+	s.fwd.rejects = s.metrics.forwardRejects
 	s.initFast()
 	return s
 }
@@ -109,7 +117,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
 		proto = "tcp"
 	}
-	m := s.respond(r, proto)
+	m := s.respond(r, proto, rand.Uint64())
 	w.WriteMsg(m)
 	qtype := "other"
 	if len(r.Question) == 1 {
@@ -118,8 +126,9 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	s.metrics.observe(proto, qtype, dns.RcodeToString[m.Rcode], time.Since(start))
 }
 
-// respond builds the reply to r, sized for the transport.
-func (s *Server) respond(r *dns.Msg, proto string) *dns.Msg {
+// respond builds the reply to r, sized for the transport, its records
+// shuffled as the loadbalance plugin does with the permutations seed draws.
+func (s *Server) respond(r *dns.Msg, proto string, seed uint64) *dns.Msg {
 	m := new(dns.Msg)
 	if len(r.Question) != 1 || r.Opcode != dns.OpcodeQuery {
 		m.SetRcode(r, dns.RcodeFormatError)
@@ -128,16 +137,63 @@ func (s *Server) respond(r *dns.Msg, proto string) *dns.Msg {
 		}
 		return m
 	}
-	m, forward := s.zoneReply(r)
-	if forward {
-		if up := s.fwd.forward(r); up != nil {
-			return s.fit(r, up, proto)
-		}
-		m = new(dns.Msg)
-		m.SetRcode(r, dns.RcodeServerFailure)
+	if optCount(r) > 1 {
+		// RFC 6891 6.1.1: FORMERR, which MUST be returned; with no OPT
+		// of its own, since which of the client's would it answer?
+		m.SetRcode(r, dns.RcodeFormatError)
+		return m
+	}
+	if r.Question[0].Qclass != dns.ClassINET {
+		// core/dnsserver refuses other classes unless a plugin that
+		// answers them (chaos, not in kubeadm's Corefile) is loaded.
+		m.SetRcode(r, dns.RcodeRefused)
 		return s.fit(r, m, proto)
 	}
+	if m := badVersion(r); m != nil {
+		return m
+	}
+	m, forward := s.zoneReply(r)
+	if forward {
+		up, rcode := s.fwd.forward(r)
+		if up == nil {
+			// As CoreDNS's errorFunc: the rcode alone.
+			m = new(dns.Msg)
+			m.SetRcode(r, rcode)
+			return s.fit(r, m, proto)
+		}
+		m = up
+	}
+	balance(m, &shuffler{seed})
 	return s.fit(r, m, proto)
+}
+
+// optCount is how many OPT records r has.
+func optCount(r *dns.Msg) int {
+	n := 0
+	for _, rr := range r.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			n++
+		}
+	}
+	return n
+}
+
+// badVersion answers a query with an EDNS version other than 0 as CoreDNS
+// does (plugin/pkg/edns.Version, before any plugin): BADVERS, with an OPT
+// record of version 0 carrying the extended rcode, nothing else.
+func badVersion(r *dns.Msg) *dns.Msg {
+	opt := r.IsEdns0()
+	if opt == nil || opt.Version() == 0 {
+		return nil
+	}
+	m := new(dns.Msg)
+	m.SetReply(r)
+	o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+	o.SetVersion(0)
+	m.Rcode = dns.RcodeBadVers
+	o.SetExtendedRcode(dns.RcodeBadVers)
+	m.Extra = []dns.RR{o}
+	return m
 }
 
 // zoneReply answers r's one question from the cluster zone, before fitting
@@ -149,6 +205,13 @@ func (s *Server) zoneReply(r *dns.Msg) (m *dns.Msg, forward bool) {
 	a := s.resolve(q, q.Name == asked)
 	if a.forward {
 		return nil, true
+	}
+	if a.rcode == dns.RcodeRefused {
+		// A zone transfer: the kubernetes plugin returns the rcode
+		// without writing, and the server answers it alone.
+		m = new(dns.Msg)
+		m.SetRcode(r, dns.RcodeRefused)
+		return m, false
 	}
 	m = new(dns.Msg)
 	m.SetReply(r)
@@ -163,7 +226,7 @@ func (s *Server) zoneReply(r *dns.Msg) (m *dns.Msg, forward bool) {
 		sub.SetQuestion(a.chase, q.Qtype)
 		up, fwd := s.zoneReply(sub)
 		if fwd {
-			up = s.fwd.forward(sub)
+			up, _ = s.fwd.forward(sub)
 		}
 		if up != nil {
 			m.Answer = append(m.Answer, up.Answer...)
@@ -272,6 +335,9 @@ type metrics struct {
 	requests  *prometheus.CounterVec
 	responses *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
+	// forwardRejects counts queries refused at the cap on concurrent
+	// forwarded queries, as coredns_forward_max_concurrent_rejects_total.
+	forwardRejects prometheus.Counter
 	// The fast path's series, resolved ahead of the queries.
 	fastRequests  [256]lazy[prometheus.Counter]
 	fastResponses [16]lazy[prometheus.Counter]
@@ -288,7 +354,9 @@ func newMetrics() *metrics {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "switchboard_dns", Name: "request_duration_seconds",
 			Help: "Time to answer a request.", Buckets: prometheus.ExponentialBuckets(0.00001, 4, 10)}, []string{"proto"}),
 	}
-	m.registry.MustRegister(m.requests, m.responses, m.duration)
+	m.forwardRejects = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "switchboard_dns", Name: "forward_max_concurrent_rejects_total",
+		Help: "Queries refused because the concurrent forwarded queries were at --max-concurrent."})
+	m.registry.MustRegister(m.requests, m.responses, m.duration, m.forwardRejects)
 	return m
 }
 

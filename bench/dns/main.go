@@ -6,6 +6,7 @@
 //
 //	scripts/deps   # installs dnsperf
 //	go run ./bench/dns [-coredns /work/ref/coredns] [-duration 20s]
+//	go run ./bench/dns -flood 60000 -flood-rate 3000 -services 10 -headless 0
 //
 // The query mix: 65% A of ClusterIP Services, 15% A of headless Services, 10%
 // SRV of named ports, 10% names inside the zone that do not exist (NXDOMAIN).
@@ -60,6 +61,7 @@ var (
 	satClients  = flag.String("saturate", "-c 10 -T 2", "dnsperf flags for the saturation run (a deeper -q drops queries in socket buffers)")
 	fixedQPS    = flag.Int("qps", 10000, "rate of the fixed-rate run")
 	corednsBin  = flag.String("coredns", "/work/ref/coredns", "CoreDNS binary (v1.15.0); skipped if missing")
+	sbPrebuilt  = flag.String("binary", "", "switchboard binary to measure instead of building ./cmd/switchboard (e.g. an earlier commit's)")
 )
 
 // run is one server under test.
@@ -93,11 +95,14 @@ func main() {
 	must(err)
 	defer os.RemoveAll(dir)
 
-	sbBin := filepath.Join(dir, "sbdns")
-	log.Printf("building switchboard into %s", sbBin)
-	build := exec.Command("go", "build", "-o", sbBin, "./cmd/switchboard")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	must(build.Run())
+	sbBin := *sbPrebuilt
+	if sbBin == "" {
+		sbBin = filepath.Join(dir, "sbdns")
+		log.Printf("building switchboard into %s", sbBin)
+		build := exec.Command("go", "build", "-o", sbBin, "./cmd/switchboard")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		must(build.Run())
+	}
 
 	cp, err := controlplane.Start(ctx, controlplane.Config{StateDir: filepath.Join(dir, "cp"), APIServerPort: 0})
 	must(err)
@@ -117,9 +122,18 @@ func main() {
 	must(writeQueries(queries, 100000))
 
 	kc := cp.KubeconfigPath
+	// The saturation runs never leave the zone; the flood sends everything
+	// to an upstream that never answers.
+	upstream, corednsUpstream := "127.0.0.1:1", "/etc/resolv.conf"
+	if *floodN > 0 {
+		var stop func()
+		upstream, stop = blackhole()
+		corednsUpstream = upstream
+		defer stop()
+	}
 	runs := []run{{name: "switchboard", port: freePort()}}
 	runs[0].cmd = []string{sbBin, "dns", "--kubeconfig", kc, "--listen", fmt.Sprintf("127.0.0.1:%d", runs[0].port),
-		"--upstream", "127.0.0.1:1", "--health-listen", fmt.Sprintf("127.0.0.1:%d", freePort())}
+		"--upstream", upstream, "--health-listen", fmt.Sprintf("127.0.0.1:%d", freePort())}
 	if _, err := os.Stat(*corednsBin); err == nil {
 		for _, cached := range []bool{true, false} {
 			name := "coredns kubeadm"
@@ -128,7 +142,7 @@ func main() {
 			}
 			port := freePort()
 			cf := filepath.Join(dir, fmt.Sprintf("Corefile-%d", port))
-			must(os.WriteFile(cf, []byte(corefile(port, kc, cached)), 0o644))
+			must(os.WriteFile(cf, []byte(corefile(port, kc, cached, corednsUpstream)), 0o644))
 			runs = append(runs, run{name: name, port: port, cmd: []string{*corednsBin, "-conf", cf}})
 		}
 	} else {
@@ -140,6 +154,8 @@ func main() {
 		quiet, sat, fix result
 	}
 	var rows []row
+	var floods []floodResult
+	var names []string
 	for _, r := range runs {
 		logf, err := os.Create(filepath.Join(dir, strings.ReplaceAll(r.name, " ", "-")+".log"))
 		must(err)
@@ -154,6 +170,14 @@ func main() {
 			log.Fatalf("%s never answered: %v\n%s", r.name, err, b)
 		}
 		log.Printf("%s (pid %d) answers on %s", r.name, c.Process.Pid, addr)
+		if *floodN > 0 {
+			floods = append(floods, flood(c.Process.Pid, addr))
+			names = append(names, r.name)
+			c.Process.Kill()
+			c.Wait()
+			logf.Close()
+			continue
+		}
 		quiet := drive(c.Process.Pid, addr, queries, false, strings.Fields(*satClients))
 		log.Printf("%s saturation without -v: %.0f QPS", r.name, quiet.qps)
 		sat := drive(c.Process.Pid, addr, queries, true, strings.Fields(*satClients))
@@ -166,6 +190,10 @@ func main() {
 		logf.Close()
 	}
 
+	if *floodN > 0 {
+		printFlood(names, floods)
+		return
+	}
 	fmt.Printf("\n%d ClusterIP Services x %d endpoints + %d headless x %d; mix 65%% A, 15%% headless A, 10%% SRV, 10%% NXDOMAIN; %v per run\n",
 		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, *duration)
 	line := measure.Table(36, rows, func(r row) string { return r.name })
@@ -203,8 +231,9 @@ func stopControlPlane(cp *controlplane.ControlPlane, cancel context.CancelFunc) 
 }
 
 // corefile is kubeadm's default Corefile, bound to loopback and free ports
-// so it runs beside other servers; cached=false drops the `cache 30` line.
-func corefile(port int, kubeconfig string, cached bool) string {
+// so it runs beside other servers, forwarding to upstream (kubeadm's is
+// /etc/resolv.conf); cached=false drops the `cache 30` line.
+func corefile(port int, kubeconfig string, cached bool, upstream string) string {
 	cache := "    cache 30\n"
 	if !cached {
 		cache = ""
@@ -223,14 +252,14 @@ func corefile(port int, kubeconfig string, cached bool) string {
        kubeconfig %s
     }
     prometheus 127.0.0.1:%d
-    forward . /etc/resolv.conf {
+    forward . %s {
        max_concurrent 1000
     }
 %s    loop
     reload
     loadbalance
 }
-`, port, freePort(), freePort(), kubeconfig, freePort(), cache)
+`, port, freePort(), freePort(), kubeconfig, freePort(), upstream, cache)
 }
 
 func must(err error) {

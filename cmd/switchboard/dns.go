@@ -24,11 +24,19 @@ func dnsCmd() *cobra.Command {
 	var cfg dns.Config
 	var listen, health, resolvConf string
 	var upstreams []string
+	var maxConcurrent int
 	cmd := &cobra.Command{
 		Use:   "dns",
 		Short: "Serve cluster DNS (a drop-in for CoreDNS's kubernetes plugin) on UDP and TCP",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if maxConcurrent < 0 {
+				return fmt.Errorf("--max-concurrent %d: must not be negative", maxConcurrent)
+			}
+			cfg.MaxConcurrent = maxConcurrent
+			if maxConcurrent == 0 {
+				cfg.MaxConcurrent = -1 // no cap, as max_concurrent 0
+			}
 			log, err := lf.logger(os.Stderr)
 			if err != nil {
 				return err
@@ -96,6 +104,7 @@ func dnsCmd() *cobra.Command {
 	f.Uint32Var(&cfg.TTL, "ttl", 30, "TTL of answers from the cluster zone, seconds")
 	f.StringArrayVar(&upstreams, "upstream", nil, "resolver (host:port) for names outside the zone; default: the nameservers of --resolv-conf")
 	f.StringVar(&resolvConf, "resolv-conf", "/etc/resolv.conf", "file whose nameservers are the default upstreams")
+	f.IntVar(&maxConcurrent, "max-concurrent", 1000, "queries waiting on upstreams at once (the forward plugin's max_concurrent); beyond it REFUSED at once; 0: no cap")
 	f.StringVar(&health, "health-listen", ":8080", "address for /health, /ready and /metrics; empty disables")
 	return cmd
 }

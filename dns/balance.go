@@ -45,7 +45,10 @@ func (s *shuffler) permute(perm []int) {
 		return
 	}
 	for j := range perm {
-		p := j + int(s.next()%uint64(len(perm)-j))
+		// j + a number below n-j: the high word of next * (n-j), a
+		// multiplication where a modulo would be a division.
+		hi, _ := bits.Mul64(s.next(), uint64(len(perm)-j))
+		p := j + int(hi)
 		perm[j], perm[p] = perm[p], perm[j]
 	}
 }

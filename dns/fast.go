@@ -3,6 +3,7 @@ package dns
 import (
 	"bytes"
 	"encoding/binary"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 
@@ -17,10 +18,14 @@ import (
 // slow path (miekg/dns parse, resolve, fit, pack) for the lower-case name, so
 // the fast path only copies bytes and patches what varies per query: the ID,
 // the RD and CD bits, the case of the question name and of the answer owner
-// names equal to it, and the OPT record. Anything else (other names,
-// mixed-case queries whose reply needs compression, EDNS0 options, several
-// questions or records, TCP) falls back to the slow path, and the tests check
-// the two agree byte for byte.
+// names equal to it, the OPT record, and the order of the records the
+// loadbalance shuffle moves (the reply is cached partitioned, and a query's
+// permutation moves rdata, or whole records in the uncompressed form).
+// Anything else (other names, mixed-case queries whose reply needs
+// compression, EDNS0 options or versions, several questions or records, a
+// truncated reply whose kept records differ in more than rdata, TCP) falls
+// back to the slow path, and the tests check the two agree byte for byte for
+// the same shuffle seed.
 
 // maxCachedReplies bounds the replies cached per Service: its own name and
 // ports, its endpoint names, in a few types. Clients asking for names that do
@@ -109,10 +114,12 @@ type fastQuery struct {
 	opt     bool
 	do      bool
 	size    int // the reply size limit, as fit computes it for UDP
-	// seed draws the reply's shuffle (see balance.go); perm is scratch
-	// space for its permutations.
-	seed uint64
-	perm []int
+	// seed draws the reply's shuffle (see balance.go) when seeded, else a
+	// random one is drawn for replies that have records to shuffle; perm is
+	// scratch space for its permutations.
+	seed   uint64
+	seeded bool
+	perm   []int
 }
 
 // parseFast parses pkt if it is a query the fast path may answer: one
@@ -513,6 +520,14 @@ func shuffleGroups(msg []byte, secs [3][]wireRR) (groups []rrGroup, ok bool) {
 	return groups, true
 }
 
+// shuffler returns the shuffle of q's reply.
+func (q *fastQuery) shuffler() shuffler {
+	if q.seeded {
+		return shuffler{q.seed}
+	}
+	return shuffler{rand.Uint64()}
+}
+
 // permutation draws the next group's permutation of n from q's shuffle.
 func (q *fastQuery) permutation(sh *shuffler, n int) []int {
 	if cap(q.perm) < n {
@@ -528,7 +543,7 @@ func (cr *cachedReply) shuffleFull(q *fastQuery, out []byte) {
 	if len(cr.groups) == 0 {
 		return
 	}
-	sh := shuffler{q.seed}
+	sh := q.shuffler()
 	for _, g := range cr.groups {
 		perm := q.permutation(&sh, len(g.recs))
 		if g.uniform {
@@ -551,7 +566,7 @@ func (cr *cachedReply) shuffleVariant(q *fastQuery, v *variant, out []byte) {
 	if len(cr.groups) == 0 {
 		return
 	}
-	sh := shuffler{q.seed}
+	sh := q.shuffler()
 	for gi, g := range cr.groups {
 		perm := q.permutation(&sh, len(g.recs)) // drawn even if none was kept
 		for i, o := range v.slots[gi] {

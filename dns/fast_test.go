@@ -76,7 +76,7 @@ func fastReply(s *Server, pkt []byte, seed uint64) []byte {
 	if !parseFast(pkt, &q, make([]byte, 0, 256)) {
 		return nil
 	}
-	q.seed = seed
+	q.seed, q.seeded = seed, true
 	reply, _, ok := s.answerFast(&q, nil)
 	if !ok {
 		return nil
@@ -340,7 +340,6 @@ func BenchmarkAnswer(b *testing.B) {
 			if !parseFast(pkts[i%len(pkts)], &q, scratch) {
 				b.Fatal("not parsed")
 			}
-			q.seed = rand.Uint64()
 			reply, _, ok := s.answerFast(&q, out)
 			if !ok {
 				b.Fatal("slow")

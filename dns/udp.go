@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"syscall"
@@ -90,7 +89,6 @@ func (s *Server) ServePacket(ctx context.Context, conn net.PacketConn) error {
 		}
 		start := time.Now()
 		if parseFast(buf[:n], &q, scratch) {
-			q.seed = rand.Uint64()
 			if reply, rcode, ok := s.answerFast(&q, out); ok {
 				uc.WriteMsgUDPAddrPort(reply, replyOOB, from)
 				out = reply[:0]

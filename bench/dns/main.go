@@ -119,7 +119,9 @@ func main() {
 		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, time.Since(t0).Round(time.Millisecond))
 
 	queries := filepath.Join(dir, "queries.txt")
-	must(writeQueries(queries, 100000))
+	if *floodN == 0 {
+		must(writeQueries(queries, 100000))
+	}
 
 	kc := cp.KubeconfigPath
 	// The saturation runs never leave the zone; the flood sends everything

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,8 +62,12 @@ type floodResult struct {
 	byRcode        map[string]int
 	p50, p99, max  time.Duration // time to an answer, of those answered
 	idle, peak     int           // VmRSS in kB before the flood and its highest sample
+	hwmBefore      string        // VmHWM before the flood: the start-up's
 	end, hwm       string        // VmRSS after the wait for late answers, VmHWM
 	threads        string
+	// Datagrams the kernel dropped for want of receive buffer space: at
+	// the server's sockets (queries) and at the flood's own (answers).
+	serverDrops, clientDrops int
 }
 
 // flood sends the queries to addr from one socket at a steady rate while
@@ -70,6 +75,7 @@ type floodResult struct {
 func flood(pid int, addr string) floodResult {
 	r := floodResult{byRcode: map[string]int{}}
 	r.idle = rssKB(pid)
+	r.hwmBefore = measure.MB(measure.Status(pid, "VmHWM"))
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	must(err)
 	conn, err := net.DialUDP("udp", nil, ua)
@@ -155,6 +161,8 @@ func flood(pid int, addr string) floodResult {
 	r.end = measure.MB(measure.Status(pid, "VmRSS"))
 	r.hwm = measure.MB(measure.Status(pid, "VmHWM"))
 	r.threads = measure.Status(pid, "Threads")
+	r.serverDrops = udpDrops(ua.Port)
+	r.clientDrops = udpDrops(conn.LocalAddr().(*net.UDPAddr).Port)
 	conn.Close()
 	<-done
 	slices.Sort(lat)
@@ -162,6 +170,31 @@ func flood(pid int, addr string) floodResult {
 		r.p50, r.p99, r.max = lat[len(lat)*50/100], lat[len(lat)*99/100], lat[len(lat)-1]
 	}
 	return r
+}
+
+// udpDrops sums the drops column of /proc/net/udp and udp6 over the
+// sockets bound to port.
+func udpDrops(port int) int {
+	total := 0
+	for _, f := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			fields := strings.Fields(l)
+			if len(fields) < 13 {
+				continue
+			}
+			_, hexPort, _ := strings.Cut(fields[1], ":")
+			if p, err := strconv.ParseInt(hexPort, 16, 32); err != nil || int(p) != port {
+				continue
+			}
+			d, _ := strconv.Atoi(fields[len(fields)-1])
+			total += d
+		}
+	}
+	return total
 }
 
 // rssKB is pid's VmRSS in kB, 0 if unreadable.
@@ -188,6 +221,8 @@ func printFlood(names []string, results []floodResult) {
 	line("sent", func(r row) string { return strconv.Itoa(r.r.sent) })
 	line("answered", func(r row) string { return strconv.Itoa(r.r.answered) })
 	line("no answer", func(r row) string { return strconv.Itoa(r.r.sent - r.r.answered) })
+	line("dropped queries (server sockets)", func(r row) string { return strconv.Itoa(r.r.serverDrops) })
+	line("dropped answers (flood socket)", func(r row) string { return strconv.Itoa(r.r.clientDrops) })
 	var rcodes []string
 	for _, r := range results {
 		for rc := range r.byRcode {
@@ -205,7 +240,8 @@ func printFlood(names []string, results []floodResult) {
 	line("time to answer max", func(r row) string { return r.r.max.Round(time.Microsecond).String() })
 	line("VmRSS before", func(r row) string { return kb(r.r.idle) })
 	line("VmRSS peak (20 ms samples)", func(r row) string { return kb(r.r.peak) })
-	line("VmHWM", func(r row) string { return r.r.hwm })
+	line("VmHWM before the flood (start-up)", func(r row) string { return r.r.hwmBefore })
+	line("VmHWM after", func(r row) string { return r.r.hwm })
 	line("VmRSS after the wait", func(r row) string { return r.r.end })
 	line("threads after", func(r row) string { return r.r.threads })
 	os.Stdout.Sync()

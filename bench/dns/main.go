@@ -6,7 +6,7 @@
 //
 //	scripts/deps   # installs dnsperf
 //	go run ./bench/dns [-coredns /work/ref/coredns] [-duration 20s]
-//	go run ./bench/dns -flood 60000 -flood-rate 3000 -services 10 -headless 0
+//	go run ./bench/dns -flood 60000 -flood-rate 3000 -services 10 -headless 0 [-baseline /tmp/sb-main]
 //
 // The query mix: 65% A of ClusterIP Services, 15% A of headless Services, 10%
 // SRV of named ports, 10% names inside the zone that do not exist (NXDOMAIN).
@@ -61,7 +61,8 @@ var (
 	satClients  = flag.String("saturate", "-c 10 -T 2", "dnsperf flags for the saturation run (a deeper -q drops queries in socket buffers)")
 	fixedQPS    = flag.Int("qps", 10000, "rate of the fixed-rate run")
 	corednsBin  = flag.String("coredns", "/work/ref/coredns", "CoreDNS binary (v1.15.0); skipped if missing")
-	sbPrebuilt  = flag.String("binary", "", "switchboard binary to measure instead of building ./cmd/switchboard (e.g. an earlier commit's)")
+	sbPrebuilt  = flag.String("binary", "", "switchboard binary to measure instead of building ./cmd/switchboard")
+	sbBaseline  = flag.String("baseline", "", "another switchboard binary (e.g. an earlier commit's) measured in the same run, as \"switchboard baseline\"")
 )
 
 // run is one server under test.
@@ -133,9 +134,15 @@ func main() {
 		corednsUpstream = upstream
 		defer stop()
 	}
-	runs := []run{{name: "switchboard", port: freePort()}}
-	runs[0].cmd = []string{sbBin, "dns", "--kubeconfig", kc, "--listen", fmt.Sprintf("127.0.0.1:%d", runs[0].port),
-		"--upstream", upstream, "--health-listen", fmt.Sprintf("127.0.0.1:%d", freePort())}
+	var runs []run
+	for _, sb := range []struct{ name, bin string }{{"switchboard", sbBin}, {"switchboard baseline", *sbBaseline}} {
+		if sb.bin == "" {
+			continue
+		}
+		port := freePort()
+		runs = append(runs, run{name: sb.name, port: port, cmd: []string{sb.bin, "dns", "--kubeconfig", kc,
+			"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", upstream, "--health-listen", fmt.Sprintf("127.0.0.1:%d", freePort())}})
+	}
 	if _, err := os.Stat(*corednsBin); err == nil {
 		for _, cached := range []bool{true, false} {
 			name := "coredns kubeadm"

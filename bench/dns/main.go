@@ -62,7 +62,7 @@ var (
 	fixedQPS    = flag.Int("qps", 10000, "rate of the fixed-rate run")
 	corednsBin  = flag.String("coredns", "/work/ref/coredns", "CoreDNS binary (v1.15.0); skipped if missing")
 	sbPrebuilt  = flag.String("binary", "", "switchboard binary to measure instead of building ./cmd/switchboard")
-	sbBaseline  = flag.String("baseline", "", "another switchboard binary (e.g. an earlier commit's) measured in the same run, as \"switchboard baseline\"")
+	sbBaseline  = flag.String("baseline", "", "another switchboard binary (e.g. an earlier commit's) measured in the same run, as \"baseline\"")
 )
 
 // run is one server under test.
@@ -135,7 +135,7 @@ func main() {
 		defer stop()
 	}
 	var runs []run
-	for _, sb := range []struct{ name, bin string }{{"switchboard", sbBin}, {"switchboard baseline", *sbBaseline}} {
+	for _, sb := range []struct{ name, bin string }{{"switchboard", sbBin}, {"baseline", *sbBaseline}} {
 		if sb.bin == "" {
 			continue
 		}

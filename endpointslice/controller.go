@@ -48,10 +48,17 @@ import (
 )
 
 // ManagedBy is the endpointslice.kubernetes.io/managed-by value on every slice
-// this controller writes. Slices with any other value are never touched, so
-// the controller can run beside upstream's (whose value is
-// endpointslice-controller.k8s.io) without either fighting the other.
-const ManagedBy = "endpointslice-controller.switchboard.dev"
+// this controller writes: upstream's own, because the controller replaces
+// upstream's and clients (and the conformance suite) look for that value. So
+// on a live switch-over it adopts the slices upstream's left, and the two
+// must not run at once (turn upstream's off). Slices of any other manager
+// are never touched.
+const ManagedBy = "endpointslice-controller.k8s.io"
+
+// LegacyManagedBy is the managed-by value switchboard wrote before it wrote
+// upstream's. Such slices are adopted: relabelled on their Service's next
+// sync, or deleted with the rest of a Service that is gone.
+const LegacyManagedBy = "endpointslice-controller.switchboard.dev"
 
 // DefaultMaxEndpointsPerSlice is upstream's default for
 // --max-endpoints-per-slice.
@@ -392,6 +399,14 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	return nil
 }
 
+// ownManager says whether the slice is this controller's: upstream's
+// manager value, or the one switchboard wrote before (the reconciler
+// relabels those when it reconciles them).
+func ownManager(s *discovery.EndpointSlice) bool {
+	m := s.Labels[discovery.LabelManagedBy]
+	return m == ManagedBy || m == LegacyManagedBy
+}
+
 // ownSlices lists the live slices this controller manages for a Service.
 func (c *Controller) ownSlices(namespace, name string) ([]*discovery.EndpointSlice, error) {
 	all, err := c.sliceIndex.ByIndex(sliceServiceIndex, namespace+"/"+name)
@@ -400,7 +415,7 @@ func (c *Controller) ownSlices(namespace, name string) ([]*discovery.EndpointSli
 	}
 	out := make([]*discovery.EndpointSlice, 0, len(all))
 	for _, obj := range all {
-		if s, ok := obj.(*discovery.EndpointSlice); ok && s.Labels[discovery.LabelManagedBy] == ManagedBy && s.DeletionTimestamp == nil {
+		if s, ok := obj.(*discovery.EndpointSlice); ok && ownManager(s) && s.DeletionTimestamp == nil {
 			out = append(out, s)
 		}
 	}
@@ -462,7 +477,7 @@ func (c *Controller) onSliceAdd(obj any) {
 	if !ok {
 		return
 	}
-	if c.reconciler.ManagedByController(s) && c.tracker.ShouldSync(s) {
+	if c.reconciler.ManagedByController(s) && c.tracker.ShouldSync(s) || s.Labels[discovery.LabelManagedBy] == LegacyManagedBy {
 		c.enqueueForSlice(s)
 	}
 }

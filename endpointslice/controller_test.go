@@ -617,6 +617,57 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
+// TestAdoptsUpstreamAndLegacySlices is a live switch-over: slices that
+// upstream's controller wrote (the same managed-by value as ours) and slices
+// an older switchboard wrote (its own value) are taken over in place, under
+// their names, and end with upstream's value; none is duplicated.
+func TestAdoptsUpstreamAndLegacySlices(t *testing.T) {
+	t.Parallel()
+	client, restCfg := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	ctx := context.Background()
+	for _, app := range []string{"up", "leg"} {
+		sel := map[string]string{"app": app}
+		createPod(t, client, ns, podSpec{name: app + "-pod", ip: map[string]string{"up": "10.4.0.1", "leg": "10.4.0.2"}[app], labels: sel, ready: true})
+		if _, err := client.CoreV1().Services(ns).Create(ctx, service(app, sel, intstr.FromInt32(80)), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	left := func(name, svc, manager, ip string) *discovery.EndpointSlice {
+		return &discovery.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+				discovery.LabelServiceName: svc, discovery.LabelManagedBy: manager}},
+			AddressType: discovery.AddressTypeIPv4,
+			Ports:       []discovery.EndpointPort{{Name: ptr("http"), Port: ptr[int32](80), Protocol: ptr(v1.ProtocolTCP)}},
+			Endpoints: []discovery.Endpoint{{Addresses: []string{ip},
+				Conditions: discovery.EndpointConditions{Ready: ptr(true), Serving: ptr(true), Terminating: ptr(false)}}},
+		}
+	}
+	for _, s := range []*discovery.EndpointSlice{left("up-kcm", "up", ManagedBy, "10.4.0.1"), left("leg-old", "leg", LegacyManagedBy, "10.4.0.2")} {
+		if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	h := startController(t, restCfg, ns, 0)
+	waitSummaries(t, client, ns, "up", []string{"IPv4 [http:80/TCP(http)] {10.4.0.1 r=true s=true t=false ref=Pod/up-pod}"})
+	waitSummaries(t, client, ns, "leg", []string{"IPv4 [http:80/TCP(http)] {10.4.0.2 r=true s=true t=false ref=Pod/leg-pod}"})
+	h.idle()
+	for svc, name := range map[string]string{"up": "up-kcm", "leg": "leg-old"} {
+		list, err := client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discovery.LabelServiceName + "=" + svc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) != 1 || list.Items[0].Name != name || list.Items[0].Labels[discovery.LabelManagedBy] != ManagedBy {
+			var got []string
+			for _, s := range list.Items {
+				got = append(got, s.Name+" managed-by="+s.Labels[discovery.LabelManagedBy])
+			}
+			t.Errorf("slices of service %s: %v, want only %s managed-by=%s", svc, got, name, ManagedBy)
+		}
+	}
+}
+
 // TestOwnershipBoundaries covers what the controller must leave alone and
 // what it must clean up: foreign slices, selectorless Services, ExternalName
 // Services, slices of deleted Services, and slices it owns but a user edited.
@@ -641,7 +692,7 @@ func TestOwnershipBoundaries(t *testing.T) {
 			Endpoints:   []discovery.Endpoint{{Addresses: []string{"192.0.2.1"}}},
 		}
 	}
-	for _, s := range []*discovery.EndpointSlice{foreign("manual-1", "manual", "someone"), foreign("sel-upstream", "sel", "endpointslice-controller.k8s.io")} {
+	for _, s := range []*discovery.EndpointSlice{foreign("manual-1", "manual", "someone"), foreign("sel-other", "sel", "other-controller.example.com")} {
 		if _, err := client.DiscoveryV1().EndpointSlices(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -682,7 +733,7 @@ func TestOwnershipBoundaries(t *testing.T) {
 	waitFor(t, func() bool { return len(ownSlicesOf(t, client, ns, "sel")) == 0 })
 	h.idle()
 
-	for _, name := range []string{"manual-1", "sel-upstream"} {
+	for _, name := range []string{"manual-1", "sel-other"} {
 		s, err := client.DiscoveryV1().EndpointSlices(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatalf("foreign slice %s: %v", name, err)

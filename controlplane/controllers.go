@@ -3,22 +3,21 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/restmapper"
-	"k8s.io/controller-manager/pkg/informerfactory"
+	"k8s.io/component-base/configz"
 	"k8s.io/klog/v2"
-	"k8s.io/kubernetes/pkg/controller/deployment"
-	"k8s.io/kubernetes/pkg/controller/garbagecollector"
+	kcm "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kcmoptions "k8s.io/kubernetes/cmd/kube-controller-manager/app/options"
+	"k8s.io/kubernetes/cmd/kube-controller-manager/names"
 	"k8s.io/kubernetes/pkg/controller/namespace"
-	"k8s.io/kubernetes/pkg/controller/replicaset"
 	"k8s.io/kubernetes/pkg/controller/serviceaccount"
 )
 
@@ -51,29 +50,60 @@ func StartHousekeeping(ctx context.Context, cfg *rest.Config) error {
 	return nil
 }
 
-// StartWorkloadControllers runs upstream's Deployment and ReplicaSet
-// controllers and the garbage collector, so `kubectl create deployment`,
-// scaling and cascading deletion work in a local cluster. Tests that only
-// need the API leave them off: the garbage collector watches every resource.
-func StartWorkloadControllers(ctx context.Context, cfg *rest.Config) error {
-	client, meta, factory, err := controllerClients(cfg, "switchboard-workloads")
+// KubeControllers is the --controllers list `switchboard up` runs:
+// everything kube-controller-manager runs by default (what kind runs),
+// except the EndpointSlice controller, which is switchboard's own.
+var KubeControllers = []string{"*", "-" + names.EndpointSliceController}
+
+// StartControllerManager runs upstream's kube-controller-manager inside the
+// process, against cp, with the named controllers (its --controllers
+// syntax: "*" is every controller on by default, "-name" turns one off).
+// It is kube-controller-manager's own Run, configured as kubeadm and kind
+// configure it: service-account tokens signed with the cluster's key, the
+// cluster CA published as kube-root-ca.crt in every namespace and signing
+// CSRs, no leader election (one per cluster) and no serving port. The node
+// lifecycle controller among them lifts the node.kubernetes.io/not-ready
+// taint the API server puts on a new Node once the Node reports Ready, and
+// taints and evicts as upstream when a node stops reporting.
+//
+// Its controllers log through klog, where the API server's logs go. One
+// runs per process at a time (it registers process-wide state); it stops
+// when ctx ends.
+func StartControllerManager(ctx context.Context, cp *ControlPlane, controllers []string) error {
+	opts, err := kcmoptions.NewKubeControllerManagerOptions()
 	if err != nil {
-		return err
+		return fmt.Errorf("kube-controller-manager options: %w", err)
 	}
-	dc, err := deployment.NewDeploymentController(ctx, factory.Apps().V1().Deployments(),
-		factory.Apps().V1().ReplicaSets(), factory.Core().V1().Pods(), client)
+	all, disabled, aliases := kcm.KnownControllers(), kcm.ControllersDisabledByDefault(), kcm.ControllerAliases()
+	fs := pflag.NewFlagSet("kube-controller-manager", pflag.ContinueOnError)
+	for _, f := range opts.Flags(all, disabled, aliases).FlagSets {
+		fs.AddFlagSet(f)
+	}
+	args := []string{
+		"--kubeconfig=" + cp.KubeconfigPath,
+		"--controllers=" + strings.Join(controllers, ","),
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--service-account-private-key-file=" + cp.PKI.ServiceAccountKey(),
+		"--root-ca-file=" + cp.PKI.CACert(),
+		"--cluster-signing-cert-file=" + cp.PKI.CACert(),
+		"--cluster-signing-key-file=" + cp.PKI.CAKey(),
+	}
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("kube-controller-manager flags: %w", err)
+	}
+	cfg, err := opts.Config(ctx, all, disabled, aliases)
 	if err != nil {
-		return fmt.Errorf("deployment controller: %w", err)
+		return fmt.Errorf("kube-controller-manager config: %w", err)
 	}
-	rc := replicaset.NewReplicaSetController(ctx, factory.Apps().V1().ReplicaSets(), factory.Core().V1().Pods(), client, replicaset.BurstReplicas)
-	gcRun, err := startGarbageCollector(ctx, client, meta, factory)
-	if err != nil {
-		return err
-	}
-	factory.Start(ctx.Done())
-	go dc.Run(ctx, 2)
-	go rc.Run(ctx, 2)
-	go gcRun()
+	// Run registers its configuration for /configz by name; a second run in
+	// the process (a restarted local cluster) takes the name over.
+	configz.Delete(kcm.ConfigzName)
+	go func() {
+		if err := kcm.Run(ctx, cfg.Complete()); err != nil && ctx.Err() == nil {
+			klog.FromContext(ctx).Error(err, "kube-controller-manager stopped")
+		}
+	}()
 	return nil
 }
 
@@ -89,26 +119,4 @@ func controllerClients(cfg *rest.Config, agent string) (kubernetes.Interface, me
 		return nil, nil, nil, fmt.Errorf("%s metadata client: %w", agent, err)
 	}
 	return client, meta, informers.NewSharedInformerFactory(client, 0), nil
-}
-
-// startGarbageCollector wires upstream's garbage collector the way
-// kube-controller-manager does: a discovery-backed REST mapper refreshed
-// periodically, metadata informers for every deletable resource.
-func startGarbageCollector(ctx context.Context, client kubernetes.Interface, meta metadata.Interface, typed informers.SharedInformerFactory) (func(), error) {
-	disco := memory.NewMemCacheClient(client.Discovery())
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(disco)
-	metaFactory := metadatainformer.NewSharedInformerFactory(meta, 0)
-	started := make(chan struct{})
-	gc, err := garbagecollector.NewGarbageCollector(ctx, client, meta, mapper,
-		garbagecollector.DefaultIgnoredResources(), informerfactory.NewInformerFactory(typed, metaFactory), started)
-	if err != nil {
-		return nil, fmt.Errorf("garbage collector: %w", err)
-	}
-	return func() {
-		metaFactory.Start(ctx.Done())
-		close(started)
-		const syncPeriod = 30 * time.Second
-		go gc.Sync(ctx, client.Discovery(), syncPeriod)
-		gc.Run(ctx, 5, syncPeriod)
-	}, nil
 }

@@ -58,6 +58,11 @@ type Config struct {
 	NodePortRange string
 	// APIServerPort is the loopback port to serve on; 0 picks a free one.
 	APIServerPort int
+	// AdvertiseAddress is where the cluster's pods reach the API server: the
+	// address the `kubernetes` Service's endpoints name, kept by upstream's
+	// lease endpoint reconciler. Unset (or loopback, which an endpoint may
+	// not be) advertises 127.0.0.1 and leaves the Service without endpoints.
+	AdvertiseAddress netip.Addr
 	// LogOutput receives the API server's and etcd's own logs (klog, zap).
 	// Nil discards them: they are verbose and rarely what a user wants.
 	LogOutput io.Writer
@@ -71,6 +76,9 @@ type ControlPlane struct {
 	KubeconfigPath string
 	// Client is a clientset built from RESTConfig.
 	Client kubernetes.Interface
+	// PKI is the cluster's CA and keys (the controller manager signs
+	// service-account tokens and CSRs with them).
+	PKI PKI
 
 	// EtcdSocket is the unix socket etcd serves on; its directory is
 	// mode 0700, so only this process's user can connect.
@@ -157,6 +165,13 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		cfg.NodePortRange = "30000-32767"
 	}
 	prefix := prefixes[0]
+	// Upstream's default reconciler (lease) keeps default/kubernetes'
+	// endpoints; a loopback address fails Endpoints validation, so without
+	// an advertised address there is nothing to reconcile.
+	advertise, reconciler := netip.MustParseAddr("127.0.0.1"), "none"
+	if a := cfg.AdvertiseAddress; a.IsValid() && !a.IsLoopback() {
+		advertise, reconciler = a, "lease"
+	}
 	if cfg.LogOutput == nil {
 		cfg.LogOutput = io.Discard
 	}
@@ -204,6 +219,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err := pki.Ensure(firstServiceIP(prefix)); err != nil {
 		return fail(err)
 	}
+	cp.PKI = pki
 	etcdURL, err := startEtcd(cp, stateDir, cfg.LogOutput)
 	if err != nil {
 		return fail(err)
@@ -228,11 +244,9 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		"--service-account-key-file=" + pki.ServiceAccountPub(),
 		"--service-account-signing-key-file=" + pki.ServiceAccountKey(),
 		"--authorization-mode=RBAC",
-		"--advertise-address=127.0.0.1",
+		"--advertise-address=" + advertise.String(),
 		"--bind-address=127.0.0.1",
-		// One local API server: nobody else needs the kubernetes Service's
-		// endpoints reconciled through leases.
-		"--endpoint-reconciler-type=none",
+		"--endpoint-reconciler-type=" + reconciler,
 		"--profiling=false",
 		"--enable-priority-and-fairness=true",
 	}

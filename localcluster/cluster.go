@@ -171,7 +171,8 @@ func (c Config) parse() (parsed, error) {
 }
 
 // Start brings the cluster up: it locks the state directory, starts the
-// control plane and the housekeeping controllers, builds the node and pod
+// control plane and upstream's controllers (all but the EndpointSlice
+// controller, which is ours), builds the node and pod
 // network, registers the nodes and starts the scheduler and each node's pod
 // runtime, cluster DNS and node proxies. It returns when the API is ready,
 // the nodes are Ready and every node's proxy has programmed the Services
@@ -243,16 +244,16 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		ServiceCIDR:   cfg.ServiceCIDR,
 		NodePortRange: cfg.NodePortRange,
 		APIServerPort: cfg.APIServerPort,
-		LogOutput:     c.logFile,
+		// The API server's place on the node network, as on a real
+		// cluster: the first address of the node CIDR (nodes take .11 up).
+		AdvertiseAddress: network.NodeCIDR.Addr().Next(),
+		LogOutput:        c.logFile,
 	})
 	if err != nil {
 		return fail(err)
 	}
 	restCfg := c.ControlPlane.RESTConfig
-	if err := controlplane.StartHousekeeping(runCtx, restCfg); err != nil {
-		return fail(err)
-	}
-	if err := controlplane.StartWorkloadControllers(runCtx, restCfg); err != nil {
+	if err := controlplane.StartControllerManager(runCtx, c.ControlPlane, controlplane.KubeControllers); err != nil {
 		return fail(err)
 	}
 	c.wg.Add(1)

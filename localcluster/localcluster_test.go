@@ -578,3 +578,67 @@ func TestRestartProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestClusterAsConformanceExpects checks what the conformance suite needs
+// from `up` before its first test: every Node loses the API server's
+// not-ready taint (upstream's node lifecycle controller), every namespace
+// has kube-root-ca.crt, a pod pinned by required node affinity (as a
+// DaemonSet's are) lands there, and default/kubernetes has the
+// advertised API server endpoint (upstream's lease reconciler).
+func TestClusterAsConformanceExpects(t *testing.T) {
+	c := need(t)
+	ctx := context.Background()
+	clustertest.Eventually(t, "nodes lose the not-ready taint", time.Minute, func() error {
+		nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, n := range nodes.Items {
+			for _, taint := range n.Spec.Taints {
+				if taint.Key == corev1.TaintNodeNotReady {
+					return fmt.Errorf("node %s still tainted %v", n.Name, n.Spec.Taints)
+				}
+			}
+		}
+		return nil
+	})
+	ns := namespace(t, c)
+	clustertest.Eventually(t, "kube-root-ca.crt in "+ns, time.Minute, func() error {
+		_, err := c.CoreV1().ConfigMaps(ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+		return err
+	})
+	clustertest.Eventually(t, "default/kubernetes endpoints", time.Minute, func() error {
+		ep, err := c.CoreV1().Endpoints(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		want := cluster.Network.NodeCIDR.Addr().Next().String()
+		if len(ep.Subsets) != 1 || len(ep.Subsets[0].Addresses) != 1 || ep.Subsets[0].Addresses[0].IP != want {
+			return fmt.Errorf("subsets %+v, want address %s", ep.Subsets, want)
+		}
+		return nil
+	})
+	// A pod pinned by a matchFields term, as a DaemonSet's are, to the node
+	// spreading would not pick: the one with more pods (node-2 on a tie).
+	pods, err := c.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, p := range pods.Items {
+		count[p.Spec.NodeName]++
+	}
+	target := "node-2"
+	if count["node-1"] > count["node-2"] {
+		target = "node-1"
+	}
+	pod := nginxPod("pinned")
+	pod.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
+			MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{target}}},
+		}}}}}
+	createPod(t, c, ns, pod)
+	if p := waitPod(t, c, ns, "pinned", "scheduled", func(p *corev1.Pod) bool { return p.Spec.NodeName != "" }); p.Spec.NodeName != target {
+		t.Errorf("pod pinned to %s by node affinity runs on %s", target, p.Spec.NodeName)
+	}
+}

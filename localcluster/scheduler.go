@@ -13,11 +13,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
 )
 
 // scheduler binds unscheduled pods to the node with the fewest pods that
-// satisfies the pod's nodeSelector: spreading by count is what makes a
-// three-replica app land on different nodes, as a newcomer expects.
+// satisfies the pod's nodeSelector and required node affinity: spreading by
+// count is what makes a three-replica app land on different nodes, as a
+// newcomer expects.
 type scheduler struct {
 	client kubernetes.Interface
 	nodes  []NodeInfo
@@ -89,7 +91,8 @@ func (s *scheduler) next(ctx context.Context) bool {
 	return true
 }
 
-// pick returns the fitting node with the fewest live pods, ties by name.
+// pick returns the fitting node (nodeSelector and required node affinity)
+// with the fewest live pods, ties by name.
 func (s *scheduler) pick(pod *corev1.Pod) string {
 	count := map[string]int{}
 	for _, o := range s.pods.List() {
@@ -105,10 +108,14 @@ func (s *scheduler) pick(pod *corev1.Pod) string {
 			count[node]++
 		}
 	}
-	sel := labels.SelectorFromSet(pod.Spec.NodeSelector)
+	// The pod's nodeSelector and required node affinity, as upstream's
+	// scheduler reads them: DaemonSet pods, and the conformance suite's
+	// pods pinned to a node, name it in a matchFields term.
+	affinity := nodeaffinity.GetRequiredNodeAffinity(pod)
 	var fit []string
 	for _, n := range s.nodes {
-		if sel.Matches(s.labels[n.Name]) {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: s.labels[n.Name]}}
+		if ok, _ := affinity.Match(node); ok {
 			fit = append(fit, n.Name)
 		}
 	}

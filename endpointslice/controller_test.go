@@ -626,21 +626,27 @@ func TestAdoptsUpstreamAndLegacySlices(t *testing.T) {
 	client, restCfg := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	ctx := context.Background()
+	owners := map[string]metav1.OwnerReference{}
 	for _, app := range []string{"up", "leg"} {
 		sel := map[string]string{"app": app}
 		createPod(t, client, ns, podSpec{name: app + "-pod", ip: map[string]string{"up": "10.4.0.1", "leg": "10.4.0.2"}[app], labels: sel, ready: true})
-		if _, err := client.CoreV1().Services(ns).Create(ctx, service(app, sel, intstr.FromInt32(80)), metav1.CreateOptions{}); err != nil {
+		svc, err := client.CoreV1().Services(ns).Create(ctx, service(app, sel, intstr.FromInt32(80)), metav1.CreateOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
+		owners[app] = *metav1.NewControllerRef(svc, v1.SchemeGroupVersion.WithKind("Service"))
 	}
+	// What the previous manager wrote: the Service's endpoint, by address
+	// and pod, in a slice the Service owns, as the new manager would write.
 	left := func(name, svc, manager, ip string) *discovery.EndpointSlice {
 		return &discovery.EndpointSlice{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{
+			ObjectMeta: metav1.ObjectMeta{Name: name, OwnerReferences: []metav1.OwnerReference{owners[svc]}, Labels: map[string]string{
 				discovery.LabelServiceName: svc, discovery.LabelManagedBy: manager}},
 			AddressType: discovery.AddressTypeIPv4,
-			Ports:       []discovery.EndpointPort{{Name: ptr("http"), Port: ptr[int32](80), Protocol: ptr(v1.ProtocolTCP)}},
+			Ports:       []discovery.EndpointPort{{Name: ptr("http"), Port: ptr[int32](80), Protocol: ptr(v1.ProtocolTCP), AppProtocol: ptr("http")}},
 			Endpoints: []discovery.Endpoint{{Addresses: []string{ip},
-				Conditions: discovery.EndpointConditions{Ready: ptr(true), Serving: ptr(true), Terminating: ptr(false)}}},
+				Conditions: discovery.EndpointConditions{Ready: ptr(true), Serving: ptr(true), Terminating: ptr(false)},
+				TargetRef:  &v1.ObjectReference{Kind: "Pod", Namespace: ns, Name: svc + "-pod"}}},
 		}
 	}
 	for _, s := range []*discovery.EndpointSlice{left("up-kcm", "up", ManagedBy, "10.4.0.1"), left("leg-old", "leg", LegacyManagedBy, "10.4.0.2")} {

@@ -27,7 +27,9 @@ import (
 // which pod admission requires), the namespace controller (a deleted
 // namespace is emptied and then goes away instead of hanging in
 // Terminating). They are upstream's own code, so their behaviour is the
-// real cluster's.
+// real cluster's. Tests and benchmarks that need little more than the API
+// run these two; `switchboard up` runs the whole controller manager
+// (StartControllerManager), which includes them.
 func StartHousekeeping(ctx context.Context, cfg *rest.Config) error {
 	client, meta, factory, err := controllerClients(cfg, "switchboard-housekeeping")
 	if err != nil {
@@ -66,8 +68,8 @@ var KubeControllers = []string{"*", "-" + names.EndpointSliceController}
 // taint the API server puts on a new Node once the Node reports Ready, and
 // taints and evicts as upstream when a node stops reporting.
 //
-// Its controllers log through klog, where the API server's logs go. One
-// runs per process at a time (it registers process-wide state); it stops
+// Its controllers log through klog, where the API server's logs go. Run
+// one per cluster (without leader election two would both act); it stops
 // when ctx ends.
 func StartControllerManager(ctx context.Context, cp *ControlPlane, controllers []string) error {
 	opts, err := kcmoptions.NewKubeControllerManagerOptions()

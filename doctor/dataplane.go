@@ -320,7 +320,14 @@ func packetPath(node string, ds *proxy.DebugService, who map[netip.Addr]string) 
 		}
 	}
 	if len(ds.Kernel.Applied) > 0 {
-		f.Details = append(f.Details, fmt.Sprintf("as %d nftables element(s) in table switchboard, e.g. %s", len(ds.Kernel.Applied), ds.Kernel.Applied[0]))
+		// The example shown is a map element (key : verdict or target) when
+		// there is one: it says where packets go, a set element only that the
+		// address is known.
+		example := ds.Kernel.Applied[0]
+		if i := slices.IndexFunc(ds.Kernel.Applied, func(e string) bool { return strings.Contains(e, " : ") }); i >= 0 {
+			example = ds.Kernel.Applied[i]
+		}
+		f.Details = append(f.Details, fmt.Sprintf("as %d nftables element(s) in table switchboard, e.g. %s", len(ds.Kernel.Applied), example))
 	}
 	return f
 }

@@ -216,7 +216,7 @@ func NewController(client kubernetes.Interface, factory informers.SharedInformer
 	// counted in processNext. Registering is idempotent and process-wide.
 	esmetrics.RegisterMetrics()
 	c.broadcaster = record.NewBroadcaster()
-	recorder := c.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "switchboard-endpointslice-controller"})
+	recorder := c.broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "endpoint-slice-controller"})
 	c.tracker = esutil.NewEndpointSliceTracker()
 	c.triggerTimes = esutil.NewTriggerTimeTracker()
 	c.topology = topologycache.NewTopologyCache()

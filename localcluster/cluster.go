@@ -345,10 +345,6 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	if err := sweepOrphans(ctx, client, c.cg, n, c.recordsDir(), c.nodes, cfg.Logger); err != nil {
 		return err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	startScheduler(ctx, client, factory, c.nodes, nodeLabels, cfg.Logger)
 	resolv := func(ns string) string {
@@ -357,7 +353,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	var regs []cache.InformerSynced
 	for _, info := range c.nodes {
 		rt := &runtime{node: info, net: n, client: client, log: cfg.Logger, logDir: filepath.Join(cfg.StateDir, "logs", "pods"),
-			echoCmd: cfg.EchoCommand, resolv: resolv, exe: exe, cg: c.cg, records: c.recordsDir(), zone: "cluster.local",
+			echoCmd: cfg.EchoCommand, resolv: resolv, exe: selfExe, cg: c.cg, records: c.recordsDir(), zone: "cluster.local",
 			workers: map[types.UID]*podWorker{}, ips: map[netip.Addr]types.UID{}}
 		reg, err := rt.start(ctx, factory)
 		if err != nil {

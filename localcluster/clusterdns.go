@@ -181,11 +181,7 @@ func (c *Cluster) startClusterDNS(ctx context.Context, client kubernetes.Interfa
 			return err
 		}
 		defer logf.Close()
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
-		cmd := &exec.Cmd{Path: exe, Args: []string{clusterDNSName, string(b)}, Stdout: logf, Stderr: logf, SysProcAttr: attr}
+		cmd := &exec.Cmd{Path: selfExe, Args: []string{clusterDNSName, string(b)}, Stdout: logf, Stderr: logf, SysProcAttr: attr}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("start cluster DNS: %w", err)
 		}

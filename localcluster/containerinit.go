@@ -24,6 +24,10 @@ import (
 // without a subcommand of its own.
 const containerInitName = "switchboard-container-init"
 
+// selfExe starts this very executable, also once its file was replaced
+// (a rebuilt binary) while `up` or the pods it started run.
+const selfExe = "/proc/self/exe"
+
 func init() {
 	if filepath.Base(os.Args[0]) == containerInitName && len(os.Args) == 2 {
 		err := containerInit(os.Args[1])

@@ -684,7 +684,8 @@ func waitGone(t *testing.T, what string, pids []int) {
 }
 
 // TestKill9ProcessTree: kill -9 of `up` leaves the pods' trees running
-// (grandchildren included, in their cgroups); the next `up` adopts them,
+// (grandchildren included, in their cgroups); the next `up` adopts them
+// (and starts again, counting a restart, a container that died meanwhile),
 // ends by its cgroup the tree of a pod that is gone (an orphan cgroup,
 // as a pod deleted while no `up` ran leaves), and deleting an adopted pod
 // ends its whole tree, grandchildren that were never that `up`'s children
@@ -697,7 +698,9 @@ func TestKill9ProcessTree(t *testing.T) {
 	ns := "default"
 	// The subshell's sleep is a grandchild of the container's PID 1.
 	createPod(t, up.client, ns, commandPod("tree", "sh", "-c", "(sleep 100000 &); sleep 100000"))
+	createPod(t, up.client, ns, commandPod("lost", "sleep", "100000"))
 	tree := waitPod(t, up.client, ns, "tree", "Ready", isReady)
+	lost := waitPod(t, up.client, ns, "lost", "Ready", isReady)
 	cg := cgroupOf(t, containerPID(t, tree.Status.ContainerStatuses[0].ContainerID))
 	var pids []int
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
@@ -715,6 +718,11 @@ func TestKill9ProcessTree(t *testing.T) {
 			t.Errorf("process %d of pod tree ended with a kill -9 of `up`", p)
 		}
 	}
+	// A container that dies while no `up` runs is started again by the
+	// next one and counted as a restart.
+	lostPID := containerPID(t, lost.Status.ContainerStatuses[0].ContainerID)
+	syscall.Kill(lostPID, syscall.SIGKILL)
+	waitGone(t, "killed container of pod lost", []int{lostPID})
 
 	// An orphan: a process tree in the cgroup of a pod the API does not
 	// have, as one deleted while no `up` ran leaves behind.
@@ -752,6 +760,13 @@ func TestKill9ProcessTree(t *testing.T) {
 		if !alive(p) {
 			t.Errorf("process %d of adopted pod tree ended", p)
 		}
+	}
+	relost := waitPod(t, up.client, ns, "lost", "running again", func(p *corev1.Pod) bool {
+		cs := p.Status.ContainerStatuses
+		return isReady(p) && len(cs) == 1 && cs[0].ContainerID != lost.Status.ContainerStatuses[0].ContainerID
+	})
+	if got, want := relost.Status.ContainerStatuses[0].RestartCount, lost.Status.ContainerStatuses[0].RestartCount+1; got != want {
+		t.Errorf("restartCount of a container lost while up was down: %d, want %d", got, want)
 	}
 	grace := int64(1)
 	if err := up.client.CoreV1().Pods(ns).Delete(context.Background(), "tree", metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {

@@ -249,6 +249,11 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		"--endpoint-reconciler-type=" + reconciler,
 		"--profiling=false",
 		"--enable-priority-and-fairness=true",
+		// Clients outside this process (the cluster DNS process, a
+		// user's kubectl --watch) hold watches that never drain: shut the
+		// HTTP server down 2 s after the last short request instead of
+		// waiting out --request-timeout (60 s) for them.
+		"--shutdown-send-retry-after=true",
 	}
 	if err := fs.Parse(args); err != nil {
 		return fail(fmt.Errorf("kube-apiserver flags: %w", err))

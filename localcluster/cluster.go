@@ -91,6 +91,10 @@ type Cluster struct {
 	logFile  *os.File
 	// diverted is set while standard error points at logFile.
 	diverted bool
+	// cg holds the pods' and the cluster DNS's cgroups.
+	cg *cgroups
+	// podsSynced is closed once every pod existing at start has a worker.
+	podsSynced chan struct{}
 
 	// runCtx lives as long as the cluster; each node proxy runs under a
 	// context of its own derived from it, so one can be restarted alone.
@@ -172,11 +176,15 @@ func (c Config) parse() (parsed, error) {
 
 // Start brings the cluster up: it locks the state directory, starts the
 // control plane and upstream's controllers (all but the EndpointSlice
-// controller, which is ours), builds the node and pod
-// network, registers the nodes and starts the scheduler and each node's pod
-// runtime, cluster DNS and node proxies. It returns when the API is ready,
-// the nodes are Ready and every node's proxy has programmed the Services
-// that exist. Stop tears down everything Start made.
+// controller, which is ours), builds (or adopts) the node and pod network,
+// registers the nodes and starts the scheduler, each node's pod runtime,
+// cluster DNS and node proxies. It returns when the API is ready, the nodes
+// are Ready, every node's proxy has programmed the objects that exist, DNS
+// answers on every node, and the pods it had to restart are Ready again.
+// What an earlier run left running on the same state directory (namespaces,
+// rules, pods' processes, DNS) is adopted, not rebuilt, so a restart of `up`
+// does not interrupt traffic. Stop ends the control plane and leaves that
+// data plane running; Down removes it.
 func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	cfg.defaults()
 	p, err := cfg.parse()
@@ -196,10 +204,17 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Config: cfg, Network: network, lock: lock}
-	if err := os.MkdirAll(filepath.Join(dir, "logs", "pods"), 0o700); err != nil {
+	cg, err := newCgroups(network.Prefix)
+	if err != nil {
 		lock.Release()
 		return nil, err
+	}
+	c := &Cluster{Config: cfg, Network: network, lock: lock, cg: cg}
+	for _, d := range []string{filepath.Join(dir, "logs", "pods"), filepath.Join(dir, "run", "pods")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			lock.Release()
+			return nil, err
+		}
 	}
 	c.logFile, err = os.OpenFile(filepath.Join(dir, "logs", "control-plane.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -243,7 +258,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		StateDir:      dir,
 		ServiceCIDR:   cfg.ServiceCIDR,
 		NodePortRange: cfg.NodePortRange,
-		APIServerPort: cfg.APIServerPort,
+		APIServerPort: apiServerPort(dir, cfg.APIServerPort),
 		// The API server's place on the node network, as on a real
 		// cluster: the first address of the node CIDR (nodes take .11 up).
 		AdvertiseAddress: network.NodeCIDR.Addr().Next(),
@@ -267,6 +282,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := c.startNodes(runCtx, restCfg, svcCIDR, progress); err != nil {
 		return fail(err)
 	}
+	if err := c.waitServing(ctx); err != nil {
+		return fail(err)
+	}
 	return c, nil
 }
 
@@ -279,10 +297,16 @@ const nodeSetUpParallelism = 8
 // each phase through progress.
 func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR netip.Prefix, progress func(string, ...any)) error {
 	cfg, n := c.Config, c.Network
-	// Leftovers of a crashed run of this state directory go first.
-	n.TearDownAll()
-	if err := n.SetUpBridge(); err != nil {
-		return fmt.Errorf("cluster network: %w", err)
+	// The network an earlier run left is kept when it is the same one;
+	// otherwise its leftovers (and everything running in them) go first.
+	adopt := c.canAdoptDataplane(svcCIDR)
+	if !adopt {
+		if err := c.removeDataplane(); err != nil {
+			return err
+		}
+		if err := n.SetUpBridge(); err != nil {
+			return fmt.Errorf("cluster network: %w", err)
+		}
 	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
@@ -298,8 +322,10 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	g.SetLimit(nodeSetUpParallelism)
 	for i, info := range c.nodes {
 		g.Go(func() error {
-			if err := n.SetUpNode(i+1, cfg.Nodes, info.Name, svcCIDR); err != nil {
-				return fmt.Errorf("node %s: %w", info.Name, err)
+			if !adopt {
+				if err := n.SetUpNode(i+1, cfg.Nodes, info.Name, svcCIDR); err != nil {
+					return fmt.Errorf("node %s: %w", info.Name, err)
+				}
 			}
 			return registerNode(gctx, client, info)
 		})
@@ -314,19 +340,37 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 		go func() { defer c.wg.Done(); keepNodeReady(ctx, client, info, cfg.Logger) }()
 	}
 	progress("%s ready", plural(len(c.nodes), "node"))
+	if err := c.saveDataplane(svcCIDR); err != nil {
+		return err
+	}
+	if err := sweepOrphans(ctx, client, c.cg, n, c.recordsDir(), c.nodes, cfg.Logger); err != nil {
+		return err
+	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	startScheduler(ctx, client, factory, c.nodes, nodeLabels, cfg.Logger)
 	resolv := func(ns string) string {
 		return fmt.Sprintf("search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n", ns, cfg.DNSIP)
 	}
+	var regs []cache.InformerSynced
 	for _, info := range c.nodes {
 		rt := &runtime{node: info, net: n, client: client, log: cfg.Logger, logDir: filepath.Join(cfg.StateDir, "logs", "pods"),
-			echoCmd: cfg.EchoCommand, resolv: resolv, workers: map[types.UID]*podWorker{}, ips: map[netip.Addr]types.UID{}}
-		rt.start(ctx, factory)
+			echoCmd: cfg.EchoCommand, resolv: resolv, exe: selfExe, cg: c.cg, records: c.recordsDir(), zone: "cluster.local",
+			workers: map[types.UID]*podWorker{}, ips: map[netip.Addr]types.UID{}}
+		reg, err := rt.start(ctx, factory)
+		if err != nil {
+			return fmt.Errorf("node %s: watch pods: %w", info.Name, err)
+		}
+		regs = append(regs, reg.HasSynced)
 		c.runtimes = append(c.runtimes, rt)
 	}
 	c.removePodLogsWithPods(ctx, factory)
 	factory.Start(ctx.Done())
+	c.podsSynced = make(chan struct{})
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), regs...) {
+			close(c.podsSynced)
+		}
+	}()
 	if err := c.startClusterDNS(ctx, client); err != nil {
 		return err
 	}
@@ -468,9 +512,13 @@ func (c *Cluster) RestartProxy(ctx context.Context, node string) error {
 // Nodes describes the cluster's nodes.
 func (c *Cluster) Nodes() []NodeInfo { return c.nodes }
 
-// Stop tears the cluster down: pods' processes and every namespace and link
-// it made, then the control plane; and releases the state directory. The
-// API objects stay in etcd, so the next Start brings them back.
+// Stop stops the control plane and this process's part of the cluster
+// (pod runtimes, node proxies, controllers) and releases the state
+// directory. The data plane stays, as a kubelet's restart leaves its
+// containers and kube-proxy's its rules: the namespaces, the proxies'
+// rules, the pods' processes and cluster DNS keep serving, and the next
+// Start on the same state directory adopts them. Down removes them. The API
+// objects stay in etcd.
 func (c *Cluster) Stop() {
 	for _, rt := range c.runtimes {
 		rt.stop()
@@ -479,7 +527,6 @@ func (c *Cluster) Stop() {
 		c.cancel()
 	}
 	c.wg.Wait()
-	c.Network.TearDownAll()
 	if c.ControlPlane != nil {
 		c.ControlPlane.Stop()
 	}

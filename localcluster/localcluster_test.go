@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -24,6 +25,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 
 	"github.com/switchboard/switchboard/clustertest"
 	"github.com/switchboard/switchboard/echoserver"
@@ -57,6 +60,8 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		defer os.RemoveAll(dir)
+		// Stop leaves the data plane serving; Down removes it, last.
+		defer localcluster.Down(dir)
 		cluster, startErr = localcluster.Start(context.Background(), testConfig(dir, 2))
 		if startErr == nil {
 			defer cluster.Stop()
@@ -94,7 +99,9 @@ const strayLine = "stray line a library wrote to standard error"
 func runUp(dir string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	cfg := testConfig(dir, 1)
+	nodes := 1
+	fmt.Sscan(os.Getenv("SWITCHBOARD_TEST_UP_NODES"), &nodes)
+	cfg := testConfig(dir, nodes)
 	terminal, err := localcluster.DupStderr()
 	if err != nil {
 		fmt.Println("error:", err)
@@ -374,14 +381,17 @@ func TestRestartWithBackoff(t *testing.T) {
 }
 
 // TestRestartAndCleanup runs `up` as its own process (one API server per
-// process), restarts it on the same state directory, and checks the pod
-// comes back with its IP and its restart counted, a second `up` refuses,
-// the terminal gets one line per start-up phase and nothing written to
-// standard error by others, a deleted pod's logs go with it, and nothing
-// is left behind.
+// process), stops it and checks the pod keeps running (same process, same
+// network namespace), restarts it on the same state directory and checks
+// the pod is adopted with its IP and container (its restart counted had
+// it been started again), a second `up` and a `down` refuse while `up`
+// runs, the terminal gets one line per start-up phase and nothing written
+// to standard error by others, a deleted pod's logs go with it, and
+// nothing is left behind by `down`.
 func TestRestartAndCleanup(t *testing.T) {
 	clustertest.RequireRoot(t)
 	dir := t.TempDir()
+	down(t, dir)
 	var terminal syncBuffer
 	start := func() (*exec.Cmd, string) {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -418,6 +428,7 @@ func TestRestartAndCleanup(t *testing.T) {
 	kubectl(kc, "wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s")
 	ip := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.podIP}")
 	before := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.running.startedAt}")
+	id := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID}")
 
 	second := exec.Command(os.Args[0], "-test.run=^$")
 	second.Env = append(os.Environ(), "SWITCHBOARD_TEST_UP="+dir)
@@ -425,10 +436,20 @@ func TestRestartAndCleanup(t *testing.T) {
 	if !strings.Contains(string(out), "already using state directory") {
 		t.Errorf("second up on the same state dir: %q, want a refusal", out)
 	}
+	if err := localcluster.Down(dir); err == nil || !strings.Contains(err.Error(), "already using state directory") {
+		t.Errorf("down while up runs: %v, want a refusal", err)
+	}
 
 	stop(up)
+	// The data plane stays: the pod's process and its namespace.
 	n := localcluster.NewNetwork(dir, cluster.Network.NodeCIDR, cluster.Network.PodCIDR)
-	assertNothingLeft(t, n.Prefix)
+	pid := containerPID(t, id)
+	if !alive(pid) {
+		t.Errorf("pod process %d ended with `up`; it should keep serving", pid)
+	}
+	if _, err := os.Stat("/run/netns/" + n.PodNS("default", "keeper")); err != nil {
+		t.Errorf("pod network namespace removed with `up`: %v", err)
+	}
 
 	// The terminal got the phases and the ready line's companions only.
 	for _, phase := range []string{"control plane ready", "1 node ready", "cluster DNS serving", "node proxies programmed"} {
@@ -452,6 +473,9 @@ func TestRestartAndCleanup(t *testing.T) {
 	kubectl(kc, "wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s")
 	if again := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.podIP}"); again != ip {
 		t.Errorf("pod IP after restart %s, want %s", again, ip)
+	}
+	if again := kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID}"); again != id {
+		t.Errorf("container after restart %s, want the adopted %s", again, id)
 	}
 	// RESTARTS never goes back, and counts the container's restart if up
 	// had to start it again (the kubelet's count after a node reboot).
@@ -487,6 +511,9 @@ func TestRestartAndCleanup(t *testing.T) {
 		return nil
 	})
 	stop(up)
+	if err := localcluster.Down(dir); err != nil {
+		t.Fatal(err)
+	}
 	assertNothingLeft(t, n.Prefix)
 }
 
@@ -508,6 +535,339 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// upProcess is a `switchboard up` run as its own process (one API server
+// per process) on a state directory, as a user runs it.
+type upProcess struct {
+	cmd        *exec.Cmd
+	kubeconfig string
+	client     kubernetes.Interface
+}
+
+// startUp runs `up` with nodes nodes on dir and waits for its ready line.
+func startUp(t *testing.T, dir string, nodes int) *upProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SWITCHBOARD_TEST_UP="+dir, fmt.Sprintf("SWITCHBOARD_TEST_UP_NODES=%d", nodes))
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	kubeconfig, ok := strings.CutPrefix(strings.TrimSpace(line), "switchboard is up; export KUBECONFIG=")
+	if !ok {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("up printed %q", line)
+	}
+	go io.Copy(io.Discard, out)
+	// A test that fails half-way must not leave `up` holding the state
+	// directory (down, registered earlier, runs after this).
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &upProcess{cmd: cmd, kubeconfig: kubeconfig, client: c}
+}
+
+// stop stops `up` as Ctrl-C does.
+func (u *upProcess) stop() {
+	u.cmd.Process.Signal(os.Interrupt)
+	u.cmd.Wait()
+}
+
+func (u *upProcess) kubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("kubectl", append([]string{"--kubeconfig", u.kubeconfig}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// down runs Down for dir when the test ends, so a failing test leaves
+// nothing running either.
+func down(t *testing.T, dir string) {
+	t.Cleanup(func() {
+		if err := localcluster.Down(dir); err != nil {
+			t.Errorf("down: %v", err)
+		}
+	})
+}
+
+// containerPID is the host PID in a containerID of this runtime.
+func containerPID(t *testing.T, id string) int {
+	t.Helper()
+	var pid int
+	if _, err := fmt.Sscanf(id, "switchboard://%d", &pid); err != nil {
+		t.Fatalf("containerID %q: %v", id, err)
+	}
+	return pid
+}
+
+// alive reports whether pid names a live (not zombie) process.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && len(s) > i+2 && s[i+2] != 'Z'
+}
+
+// cgroupOf is the directory of the cgroup holding pid in the hierarchy the
+// local cluster uses (the one whose path has "/switchboard/" in it).
+func cgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || !strings.Contains(f[2], "/switchboard/") {
+			continue
+		}
+		var roots []string
+		switch {
+		case f[0] == "0":
+			roots = []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}
+		case strings.Contains(f[1], "freezer"):
+			roots = []string{"/sys/fs/cgroup/freezer"}
+		}
+		for _, r := range roots {
+			if _, err := os.Stat(filepath.Join(r, f[2], "cgroup.procs")); err == nil {
+				return filepath.Join(r, f[2])
+			}
+		}
+	}
+	t.Fatalf("process %d is in no switchboard cgroup:\n%s", pid, b)
+	return ""
+}
+
+func cgroupPIDs(dir string) []int {
+	b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		var p int
+		fmt.Sscan(f, &p)
+		pids = append(pids, p)
+	}
+	return pids
+}
+
+// waitGone waits until none of pids lives.
+func waitGone(t *testing.T, what string, pids []int) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		for _, p := range pids {
+			if alive(p) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("%s: processes %v still run", what, pids)
+	}
+}
+
+// TestKill9ProcessTree: kill -9 of `up` leaves the pods' trees running
+// (grandchildren included, in their cgroups); the next `up` adopts them
+// (and starts again, counting a restart, a container that died meanwhile),
+// ends by its cgroup the tree of a pod that is gone (an orphan cgroup,
+// as a pod deleted while no `up` ran leaves), and deleting an adopted pod
+// ends its whole tree, grandchildren that were never that `up`'s children
+// included.
+func TestKill9ProcessTree(t *testing.T) {
+	clustertest.RequireRoot(t)
+	dir := t.TempDir()
+	down(t, dir)
+	up := startUp(t, dir, 1)
+	ns := "default"
+	// The subshell's sleep is a grandchild of the container's PID 1.
+	createPod(t, up.client, ns, commandPod("tree", "sh", "-c", "(sleep 100000 &); sleep 100000"))
+	createPod(t, up.client, ns, commandPod("lost", "sleep", "100000"))
+	tree := waitPod(t, up.client, ns, "tree", "Ready", isReady)
+	lost := waitPod(t, up.client, ns, "lost", "Ready", isReady)
+	cg := cgroupOf(t, containerPID(t, tree.Status.ContainerStatuses[0].ContainerID))
+	var pids []int
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		pids = cgroupPIDs(cg)
+		return len(pids) >= 2, nil
+	})
+	if err != nil {
+		t.Fatalf("pod tree's cgroup %s holds %v, want the shell and its grandchild", cg, pids)
+	}
+
+	up.cmd.Process.Kill()
+	up.cmd.Wait()
+	for _, p := range pids {
+		if !alive(p) {
+			t.Errorf("process %d of pod tree ended with a kill -9 of `up`", p)
+		}
+	}
+	// A container that dies while no `up` runs is started again by the
+	// next one and counted as a restart.
+	lostPID := containerPID(t, lost.Status.ContainerStatuses[0].ContainerID)
+	syscall.Kill(lostPID, syscall.SIGKILL)
+	waitGone(t, "killed container of pod lost", []int{lostPID})
+
+	// An orphan: a process tree in the cgroup of a pod the API does not
+	// have, as one deleted while no `up` ran leaves behind.
+	orphanCg := filepath.Join(filepath.Dir(cg), "pod-00000000-0000-0000-0000-00000000dead")
+	if err := os.Mkdir(orphanCg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	orphan := exec.Command("sh", "-c", "sleep 100000 & wait")
+	orphan.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go orphan.Wait()
+	if err := os.WriteFile(filepath.Join(orphanCg, "cgroup.procs"), []byte(fmt.Sprint(orphan.Process.Pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	var orphanPIDs []int
+	wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		orphanPIDs = cgroupPIDs(orphanCg)
+		return len(orphanPIDs) >= 2, nil
+	})
+
+	up = startUp(t, dir, 1)
+	defer up.stop()
+	waitGone(t, "orphan cgroup's tree after the next up", orphanPIDs)
+	if _, err := os.Stat(orphanCg); err == nil {
+		t.Errorf("orphan cgroup %s not removed", orphanCg)
+	}
+	again := waitPod(t, up.client, ns, "tree", "Ready", isReady)
+	if again.Status.ContainerStatuses[0].ContainerID != tree.Status.ContainerStatuses[0].ContainerID {
+		t.Errorf("pod tree restarted (%s -> %s); it should have been adopted",
+			tree.Status.ContainerStatuses[0].ContainerID, again.Status.ContainerStatuses[0].ContainerID)
+	}
+	for _, p := range pids {
+		if !alive(p) {
+			t.Errorf("process %d of adopted pod tree ended", p)
+		}
+	}
+	relost := waitPod(t, up.client, ns, "lost", "running again", func(p *corev1.Pod) bool {
+		cs := p.Status.ContainerStatuses
+		return isReady(p) && len(cs) == 1 && cs[0].ContainerID != lost.Status.ContainerStatuses[0].ContainerID
+	})
+	if got, want := relost.Status.ContainerStatuses[0].RestartCount, lost.Status.ContainerStatuses[0].RestartCount+1; got != want {
+		t.Errorf("restartCount of a container lost while up was down: %d, want %d", got, want)
+	}
+	grace := int64(1)
+	if err := up.client.CoreV1().Pods(ns).Delete(context.Background(), "tree", metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, "deleted adopted pod's tree", pids)
+	if _, err := os.Stat(cg); err == nil {
+		t.Errorf("cgroup %s of the deleted pod not removed", cg)
+	}
+}
+
+// TestRestartUnderTraffic: a client pod requests a Service by DNS name and
+// by ClusterIP in a loop while `up` is stopped (SIGINT) and started again
+// on the same state directory; not one request may fail.
+func TestRestartUnderTraffic(t *testing.T) {
+	clustertest.RequireRoot(t)
+	dir := t.TempDir()
+	down(t, dir)
+	up := startUp(t, dir, 2)
+	ns := "default"
+	for i := 1; i <= 3; i++ {
+		pod := nginxPod(fmt.Sprintf("web-%d", i))
+		createPod(t, up.client, ns, pod)
+	}
+	createPod(t, up.client, ns, commandPod("client", "sleep", "100000"))
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"}, Spec: corev1.ServiceSpec{
+		Selector: map[string]string{"app": "nginx"}, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}}}
+	svc, err := up.client.CoreV1().Services(ns).Create(context.Background(), svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"web-1", "web-2", "web-3", "client"} {
+		waitPod(t, up.client, ns, name, "Ready", isReady)
+	}
+	clientNS := localcluster.NewNetwork(dir, netip.Prefix{}, netip.Prefix{}).PodNS(ns, "client")
+	targets := map[string]string{"DNS name": "http://web/", "ClusterIP": "http://" + svc.Spec.ClusterIP + "/"}
+	get := func(url string) error {
+		out, err := exec.Command("ip", "netns", "exec", clientNS, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", url).CombinedOutput()
+		if err == nil && string(out) != "200" {
+			err = fmt.Errorf("HTTP %s", out)
+		}
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	// The Service answers before the restart, or the count means nothing.
+	for what, url := range targets {
+		err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			return get(url) == nil, nil
+		})
+		if err != nil {
+			t.Fatalf("Service by %s never answered before the restart: %v", what, get(url))
+		}
+	}
+	stop := make(chan struct{})
+	type result struct {
+		sent, failed int
+		first        error
+	}
+	results := map[string]*result{}
+	done := make(chan struct{})
+	for what, url := range targets {
+		r := &result{}
+		results[what] = r
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r.sent++
+				if err := get(url); err != nil {
+					r.failed++
+					if r.first == nil {
+						r.first = err
+					}
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	up.stop()
+	up = startUp(t, dir, 2)
+	defer up.stop()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	for range targets {
+		<-done
+	}
+	for what, r := range results {
+		t.Logf("by %s: %d requests across the restart, %d failed", what, r.sent, r.failed)
+		if r.failed > 0 {
+			t.Errorf("by %s: %d of %d requests failed across a restart of up; first: %v", what, r.failed, r.sent, r.first)
+		}
+	}
+}
+
 func assertNothingLeft(t *testing.T, prefix string) {
 	t.Helper()
 	for _, dir := range []string{"/run/netns", "/etc/netns"} {
@@ -516,6 +876,11 @@ func assertNothingLeft(t *testing.T, prefix string) {
 			if strings.HasPrefix(e.Name(), prefix+"-") {
 				t.Errorf("%s/%s left behind", dir, e.Name())
 			}
+		}
+	}
+	for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/freezer"} {
+		if _, err := os.Stat(filepath.Join(root, "switchboard", prefix)); err == nil {
+			t.Errorf("cgroup %s left behind", filepath.Join(root, "switchboard", prefix))
 		}
 	}
 }
@@ -640,5 +1005,91 @@ func TestClusterAsConformanceExpects(t *testing.T) {
 	createPod(t, c, ns, pod)
 	if p := waitPod(t, c, ns, "pinned", "scheduled", func(p *corev1.Pod) bool { return p.Spec.NodeName != "" }); p.Spec.NodeName != target {
 		t.Errorf("pod pinned to %s by node affinity runs on %s", target, p.Spec.NodeName)
+	}
+}
+
+// TestPodContainment: a pod's command runs as a kubelet's container does:
+// PID 1 of its own PID namespace, its own mount, UTS and IPC namespaces,
+// the hostname and /etc/hosts the kubelet gives (spec.hostname and
+// subdomain), the securityContext's user and groups (container over pod),
+// in the pod's cgroup; deleting the pod ends its whole tree.
+func TestPodContainment(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	script := `echo pid=$$; echo host=$(hostname); echo uid=$(id -u) gid=$(id -g) groups=$(id -G);
+for n in ipc uts pid mnt; do echo ns-$n=$(readlink /proc/self/ns/$n); done; cat /etc/hosts; echo end;
+(sleep 100000 &); exec sleep 100000`
+	pod := commandPod("contained", "sh", "-c", script)
+	pod.Spec.Hostname, pod.Spec.Subdomain = "h1", "sub"
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](1000), RunAsGroup: ptr.To[int64](3000),
+		SupplementalGroups: []int64{4000}}
+	pod.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To[int64](1234)}
+	createPod(t, c, ns, pod)
+	nonRoot := commandPod("nonroot", "sleep", "100000")
+	nonRoot.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true)}
+	createPod(t, c, ns, nonRoot)
+	p := waitPod(t, c, ns, "contained", "Ready", isReady)
+	waitPod(t, c, ns, "nonroot", "refused to run as root", func(p *corev1.Pod) bool {
+		cs := p.Status.ContainerStatuses
+		return len(cs) == 1 && cs[0].State.Waiting != nil && cs[0].State.Waiting.Reason == "CreateContainerConfigError" &&
+			strings.Contains(cs[0].State.Waiting.Message, "runAsNonRoot")
+	})
+
+	logFile := filepath.Join(cluster.Config.StateDir, "logs", "pods", ns+"_contained", "c.log")
+	var out string
+	wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		b, _ := os.ReadFile(logFile)
+		out = string(b)
+		return strings.Contains(out, "end\n"), nil
+	})
+	got := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		for _, f := range strings.Fields(line) {
+			if k, v, ok := strings.Cut(f, "="); ok {
+				got[k] = v
+			}
+		}
+	}
+	for k, want := range map[string]string{"pid": "1", "host": "h1", "uid": "1234", "gid": "3000"} {
+		if got[k] != want {
+			t.Errorf("%s = %q, want %q; container printed:\n%s", k, got[k], want, out)
+		}
+	}
+	if !strings.Contains(out, "groups=3000 4000") {
+		t.Errorf("supplementary groups: want 3000 4000; container printed:\n%s", out)
+	}
+	for _, n := range []string{"ipc", "uts", "pid", "mnt"} {
+		host, _ := os.Readlink("/proc/self/ns/" + n)
+		if got["ns-"+n] == "" || got["ns-"+n] == host {
+			t.Errorf("%s namespace %q, want one of the container's own (the host's is %s)", n, got["ns-"+n], host)
+		}
+	}
+	if want := p.Status.PodIP + "\th1.sub." + ns + ".svc.cluster.local\th1\n"; !strings.Contains(out, want) {
+		t.Errorf("/etc/hosts lacks %q:\n%s", want, out)
+	}
+
+	cg := cgroupOf(t, containerPID(t, p.Status.ContainerStatuses[0].ContainerID))
+	if !strings.HasSuffix(cg, "/pod-"+string(p.UID)) {
+		t.Errorf("container runs in cgroup %s, want the pod's (pod-%s)", cg, p.UID)
+	}
+	var pids []int
+	wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		pids = cgroupPIDs(cg)
+		return len(pids) >= 2, nil
+	})
+	if len(pids) < 2 {
+		t.Fatalf("pod cgroup holds %v, want PID 1 and the background sleep", pids)
+	}
+	grace := int64(0)
+	if err := c.CoreV1().Pods(ns).Delete(context.Background(), "contained", metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, "deleted pod's tree", pids)
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		_, err := os.Stat(cg)
+		return err != nil, nil
+	})
+	if err != nil {
+		t.Errorf("cgroup %s of the deleted pod not removed", cg)
 	}
 }

@@ -2,6 +2,7 @@ package localcluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,16 +34,29 @@ import (
 // runtime is one node's pod runtime, the local cluster's kubelet: it runs
 // every pod bound to its node as processes in the pod's network namespace
 // and reports their status. There are no images: a container with a
-// command runs that command on the host, inside the pod's network and mount
-// namespaces; one without runs the built-in echo server on its ports.
+// command runs that command from the host's file system, contained as a
+// kubelet's container is (its own PID, mount, UTS and IPC namespaces, the
+// pod's network namespace, hostname, /etc/hosts and resolv.conf, its
+// securityContext's user, the pod's cgroup); one without runs the built-in
+// echo server on its ports.
+//
+// Pods outlive the runtime: stopping `up` leaves their processes, cgroups
+// and network namespaces running, and the next runtime adopts them from the
+// pod records in its state directory (see adopt).
 type runtime struct {
-	node     NodeInfo
-	net      *Network
-	client   kubernetes.Interface
-	log      *slog.Logger
-	logDir   string
-	echoCmd  []string
-	resolv   func(namespace string) string
+	node    NodeInfo
+	net     *Network
+	client  kubernetes.Interface
+	log     *slog.Logger
+	logDir  string
+	echoCmd []string
+	resolv  func(namespace string) string
+	// exe is this executable, started as the container init.
+	exe string
+	cg  *cgroups
+	// records is the directory of the pod records (podRecord).
+	records  string
+	zone     string
 	mu       sync.Mutex
 	workers  map[types.UID]*podWorker
 	ips      map[netip.Addr]types.UID
@@ -50,14 +64,16 @@ type runtime struct {
 	wg       sync.WaitGroup
 }
 
-func (r *runtime) start(ctx context.Context, factory informers.SharedInformerFactory) {
+// start registers the runtime's pod handler; the registration tells when
+// every pod that existed at start has been handed to a worker.
+func (r *runtime) start(ctx context.Context, factory informers.SharedInformerFactory) (cache.ResourceEventHandlerRegistration, error) {
 	inf := factory.Core().V1().Pods().Informer()
 	handle := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == r.node.Name {
 			r.sync(ctx, p)
 		}
 	}
-	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	return inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    handle,
 		UpdateFunc: func(_, o any) { handle(o) },
 		DeleteFunc: func(o any) {
@@ -92,11 +108,17 @@ func (r *runtime) sync(ctx context.Context, p *corev1.Pod) {
 			}
 			return
 		}
-		w = &podWorker{rt: r, updates: make(chan *corev1.Pod, 1), done: make(chan struct{}), uid: p.UID}
+		w = &podWorker{rt: r, updates: make(chan *corev1.Pod, 1), done: make(chan struct{}), uid: p.UID,
+			key: p.Namespace + "/" + p.Name, serving: make(chan struct{})}
+		if !podReady(p) {
+			// Only pods that served before are waited for.
+			w.servingNow()
+		}
 		r.workers[p.UID] = w
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
+			defer w.servingNow()
 			w.run(ctx, p)
 			r.mu.Lock()
 			delete(r.workers, p.UID)
@@ -107,12 +129,27 @@ func (r *runtime) sync(ctx context.Context, p *corev1.Pod) {
 	w.update(p)
 }
 
-// stop ends every pod's processes and network without touching the API:
-// the pods come back on the next `up`.
+// workersNow lists the pods' workers.
+func (r *runtime) workersNow() []*podWorker {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ws := make([]*podWorker, 0, len(r.workers))
+	for _, w := range r.workers {
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+// stop ends every pod worker and leaves the pods' processes, cgroups and
+// networks running, as a kubelet's restart leaves its containers: the next
+// `up` adopts them.
 func (r *runtime) stop() {
 	r.mu.Lock()
 	r.stopping = true
 	for _, w := range r.workers {
+		w.mu.Lock()
+		w.detach = true
+		w.mu.Unlock()
 		w.shutdown()
 	}
 	r.mu.Unlock()
@@ -168,7 +205,14 @@ type podWorker struct {
 	once    sync.Once
 	quit    sync.Once
 	deleted bool
-	mu      sync.Mutex
+	// detach: the runtime is stopping; leave the pod running.
+	detach bool
+	key    string
+	// serving is closed once the pod serves as it did before this run:
+	// adopted, Ready again, or not Ready before either.
+	serving     chan struct{}
+	servingOnce sync.Once
+	mu          sync.Mutex
 	// restartPolicy is immutable in a pod's spec.
 	restartPolicy corev1.RestartPolicy
 }
@@ -192,12 +236,22 @@ func (w *podWorker) gone() {
 
 func (w *podWorker) shutdown() { w.quit.Do(func() { close(w.done) }) }
 
+func (w *podWorker) servingNow() { w.servingOnce.Do(func() { close(w.serving) }) }
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
 // container is one running (or waiting) container of the pod.
 type container struct {
-	spec         corev1.Container
-	cmd          *exec.Cmd
-	exited       chan struct{}
-	exitCode     int
+	spec corev1.Container
+	// proc is the running process; nil when none runs.
+	proc         *proc
 	started      time.Time
 	restarts     int32
 	waitReason   string
@@ -216,21 +270,6 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 	w.restartPolicy = pod.Spec.RestartPolicy
 	key := pod.Namespace + "/" + pod.Name
 	log := r.log.With("pod", key, "node", r.node.Name)
-	ip, err := r.allocateIP(pod)
-	if err != nil {
-		log.Error("allocate pod IP", "err", err)
-		return
-	}
-	defer r.releaseIP(ip, pod.UID)
-	pn, err := r.net.SetUpPod(r.node.Name, r.node.PodCIDR, pod.Namespace, pod.Name, ip, r.resolv(pod.Namespace))
-	if err != nil {
-		log.Error("set up pod network", "err", err)
-		return
-	}
-	defer r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
-	logDir := filepath.Join(r.logDir, podLogDirName(pod.Namespace, pod.Name))
-	os.MkdirAll(logDir, 0o755)
-
 	started := metav1.Now()
 	if pod.Status.StartTime != nil {
 		started = *pod.Status.StartTime
@@ -251,6 +290,27 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			}
 		}
 	}
+	rec, pn, ok := r.adopt(pod, ctrs, log)
+	if ok {
+		w.servingNow()
+	} else {
+		var err error
+		if rec, pn, err = r.setUpPod(pod); err != nil {
+			log.Error("set up pod", "err", err)
+			return
+		}
+	}
+	// The pod's processes, network and record stay when the runtime stops
+	// (detach); every other way out of here ends them.
+	detached := false
+	defer func() {
+		if !detached {
+			r.tearDownPod(pod.UID, pn)
+		}
+	}()
+	logDir := filepath.Join(r.logDir, podLogDirName(pod.Namespace, pod.Name))
+	os.MkdirAll(logDir, 0o755)
+
 	var lastStatus *corev1.PodStatus
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
@@ -260,16 +320,18 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 		for _, c := range ctrs {
 			w.reap(c)
 			if !terminating {
-				w.maybeStart(c, pod, pn, logDir, log)
+				if w.maybeStart(c, pod, pn, rec, logDir, log) {
+					r.saveRecord(rec, ctrs)
+				}
 				w.probe(c, pod, pn)
 			}
 		}
 		if terminating {
 			w.terminate(ctrs, pod, log)
-			// The namespace goes before the object, so a pod gone from the
-			// API never leaves a network behind (the deferred teardown is
-			// then a no-op).
-			r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
+			// The tree and the namespace go before the object, so a pod gone
+			// from the API never leaves a process or a network behind (the
+			// deferred teardown is then a no-op).
+			r.tearDownPod(pod.UID, pn)
 			r.finalizeDelete(ctx, pod)
 			return
 		}
@@ -277,12 +339,16 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 		if lastStatus == nil || !apiequality.Semantic.DeepEqual(st, lastStatus) {
 			if err := w.writeStatus(ctx, pod, st); err != nil {
 				if apierrors.IsNotFound(err) {
-					w.kill(ctrs, 0)
 					return
 				}
-				log.Warn("update pod status", "err", err)
+				if ctx.Err() == nil {
+					log.Warn("update pod status", "err", err)
+				}
 			} else {
 				lastStatus = st
+				if podReadyStatus(st) {
+					w.servingNow()
+				}
 			}
 		}
 		if allTerminated(ctrs, pod) {
@@ -292,15 +358,18 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 		}
 		select {
 		case <-ctx.Done():
-			w.kill(ctrs, 2*time.Second)
+			detached = true
 			return
 		case <-w.done:
 			w.mu.Lock()
-			deleted := w.deleted
+			deleted, detach := w.deleted, w.detach
 			w.mu.Unlock()
-			if deleted {
+			switch {
+			case detach && !deleted:
+				detached = true
+			case deleted:
 				w.kill(ctrs, 0)
-			} else {
+			default:
 				w.kill(ctrs, 2*time.Second)
 			}
 			return
@@ -311,15 +380,69 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 	}
 }
 
-// maybeStart starts a container that is not running and is due, honouring
-// restartPolicy and the crash back-off.
-func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, logDir string, log *slog.Logger) {
-	if c.cmd != nil || c.terminated != nil || time.Now().Before(c.nextStart) {
-		return
+// setUpPod gives a pod that could not be adopted a fresh start: whatever an
+// earlier run left of it (processes by its cgroup, its namespace) goes, then
+// it gets an IP, its network namespace, hosts file and cgroup.
+func (r *runtime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
+	if err := r.cg.kill(podCgroup(string(pod.UID))); err != nil {
+		return nil, PodNet{}, err
 	}
+	ip, err := r.allocateIP(pod)
+	if err != nil {
+		return nil, PodNet{}, err
+	}
+	pn, err := r.net.SetUpPod(r.node.Name, r.node.PodCIDR, pod.Namespace, pod.Name, ip, r.resolv(pod.Namespace))
+	if err != nil {
+		r.releaseIP(ip, pod.UID)
+		return nil, PodNet{}, fmt.Errorf("pod network: %w", err)
+	}
+	pn.Node = r.node.Name
+	fail := func(err error) (*podRecord, PodNet, error) {
+		r.tearDownPod(pod.UID, pn)
+		return nil, PodNet{}, err
+	}
+	hostname, domain, _, err := podHostname(pod, r.zone)
+	if err != nil {
+		return fail(err)
+	}
+	hosts := hostsFile([]string{ip.String()}, hostname, domain, pod.Spec.HostAliases)
+	if err := os.WriteFile(filepath.Join("/etc/netns", pn.NS, "hosts"), hosts, 0o644); err != nil {
+		return fail(fmt.Errorf("write hosts file: %w", err))
+	}
+	if _, err := r.cg.create(podCgroup(string(pod.UID))); err != nil {
+		return fail(err)
+	}
+	rec := &podRecord{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, Node: r.node.Name, IP: ip.String(), NetNS: pn.NS,
+		Containers: map[string]containerRecord{}}
+	r.saveRecord(rec, nil)
+	return rec, pn, nil
+}
+
+// tearDownPod ends the pod's whole process tree by its cgroup, removes its
+// network namespace and record and frees its IP.
+func (r *runtime) tearDownPod(uid types.UID, pn PodNet) {
+	if err := r.cg.kill(podCgroup(string(uid))); err != nil {
+		r.log.Error("end pod processes", "uid", uid, "err", err)
+	}
+	if pn.NS != "" {
+		r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
+	}
+	os.Remove(filepath.Join(r.records, string(uid)+".json"))
+	if pn.IP.IsValid() {
+		r.releaseIP(pn.IP, uid)
+	}
+}
+
+// maybeStart starts a container that is not running and is due, honouring
+// restartPolicy and the crash back-off; it reports whether it started one.
+func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *podRecord, logDir string, log *slog.Logger) bool {
+	if c.proc != nil || c.terminated != nil || time.Now().Before(c.nextStart) {
+		return false
+	}
+	r := w.rt
 	argv := append(append([]string{}, c.spec.Command...), c.spec.Args...)
 	if len(c.spec.Command) == 0 {
-		argv = append(append([]string{}, w.rt.echoCmd...),
+		argv = append(append([]string{}, r.echoCmd...),
 			"--pod", pod.Name, "--namespace", pod.Namespace, "--pod-ip", pn.IP.String())
 		for _, p := range c.spec.Ports {
 			proto := p.Protocol
@@ -332,45 +455,59 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, logDir 
 	if _, err := exec.LookPath(argv[0]); err != nil {
 		c.waitReason, c.waitMessage = "ContainerCannotRun", fmt.Sprintf("container %s: command %q: %v", c.spec.Name, argv[0], err)
 		c.backoffStep()
-		return
+		return false
+	}
+	uid, gid, groups, err := containerUser(pod, c.spec)
+	if err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
+		c.nextStart = time.Now().Add(time.Second)
+		return false
+	}
+	_, _, kernelHostname, err := podHostname(pod, r.zone)
+	if err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
+		c.nextStart = time.Now().Add(time.Second)
+		return false
 	}
 	out, err := os.OpenFile(filepath.Join(logDir, c.spec.Name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
-		return
+		return false
 	}
-	// `ip netns exec` enters the pod's network namespace and a private
-	// mount namespace with /etc/netns/NS/resolv.conf over /etc/resolv.conf,
-	// then execs the command, so the PID we hold is the container's.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", pn.NS}, argv...)...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Dir = c.spec.WorkingDir
-	cmd.Env = append(os.Environ()[:0:0], "PATH="+os.Getenv("PATH"), "HOSTNAME="+pod.Name)
+	defer out.Close()
+	attr := &syscall.SysProcAttr{Setsid: true,
+		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC}
+	join, placed, err := r.cg.place(attr, podCgroup(string(pod.UID)))
+	if err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
+		c.backoffStep()
+		return false
+	}
+	defer placed()
+	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: filepath.Join("/etc/netns", pn.NS),
+		Hostname: kernelHostname, UID: uid, GID: gid, Groups: groups, Dir: c.spec.WorkingDir, Argv: argv})
+	// The container init (this executable under containerInitName) starts
+	// in new PID, mount, UTS and IPC namespaces and, started from a thread
+	// inside the pod's network namespace, in that one; it sets the
+	// container up from the inside and execs the command, so the PID we
+	// hold is the container's PID 1. Its own session keeps it out of the
+	// terminal's Ctrl-C, and nothing ties its life to this process.
+	cmd := &exec.Cmd{Path: r.exe, Args: []string{containerInitName, string(spec)}, Stdout: out, Stderr: out}
+	cmd.Env = append(os.Environ()[:0:0], "PATH="+os.Getenv("PATH"), "HOSTNAME="+kernelHostname)
 	for _, e := range c.spec.Env {
 		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		out.Close()
+	cmd.SysProcAttr = attr
+	if err := netnamespace.Do("/run/netns/"+pn.NS, cmd.Start); err != nil {
 		c.waitReason, c.waitMessage = "ContainerCannotRun", err.Error()
 		c.backoffStep()
-		return
+		return false
 	}
-	c.cmd, c.started, c.exited = cmd, time.Now(), make(chan struct{})
+	c.proc = childProc(cmd)
+	c.started = time.Now()
 	c.waitReason, c.waitMessage, c.ready, c.probeSuccess = "", "", false, 0
-	go func() {
-		cmd.Wait()
-		out.Close()
-		if st, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
-			if st.Signaled() {
-				c.exitCode = 128 + int(st.Signal())
-			} else {
-				c.exitCode = st.ExitStatus()
-			}
-		}
-		close(c.exited)
-	}()
-	log.Info("container started", "container", c.spec.Name, "pid", cmd.Process.Pid)
+	log.Info("container started", "container", c.spec.Name, "pid", c.proc.pid)
+	return true
 }
 
 func (c *container) backoffStep() {
@@ -389,24 +526,30 @@ func (c *container) backoffStep() {
 // reap notices an exited container and decides, per restartPolicy, between
 // a back-off restart and terminated-for-good.
 func (w *podWorker) reap(c *container) {
-	if c.cmd == nil {
+	if c.proc == nil {
 		return
 	}
 	select {
-	case <-c.exited:
+	case <-c.proc.exited:
 	default:
 		return
 	}
-	reason := "Completed"
-	if c.exitCode != 0 {
+	code := c.proc.exitCode
+	reason, message := "Completed", ""
+	switch {
+	case code < 0:
+		// An adopted process is not our child: its exit status went to
+		// init. The kubelet reports a container it lost track of so.
+		code, reason, message = 137, "ContainerStatusUnknown", "The container exited while switchboard up was restarting or was not its parent; its exit code is unknown"
+	case code != 0:
 		reason = "Error"
 	}
-	term := &corev1.ContainerStateTerminated{ExitCode: int32(c.exitCode), Reason: reason,
+	term := &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, Message: message,
 		StartedAt: metav1.NewTime(c.started), FinishedAt: metav1.Now()}
-	c.cmd, c.ready = nil, false
+	c.proc, c.ready = nil, false
 	ran := time.Since(c.started)
 	policy := w.policy()
-	if policy == corev1.RestartPolicyAlways || (policy == corev1.RestartPolicyOnFailure && c.exitCode != 0) {
+	if policy == corev1.RestartPolicyAlways || (policy == corev1.RestartPolicyOnFailure && code != 0) {
 		c.lastTerm = term
 		c.restarts++
 		if ran > 10*time.Minute {
@@ -444,15 +587,16 @@ func (w *podWorker) terminate(ctrs []*container, pod *corev1.Pod, log *slog.Logg
 	w.kill(ctrs, grace)
 }
 
-// kill sends SIGTERM to every running container, waits up to grace, then
-// SIGKILLs what is left.
+// kill sends SIGTERM to every running container's PID 1, waits up to
+// grace, then SIGKILLs what is left; the end of a PID 1 ends its whole PID
+// namespace.
 func (w *podWorker) kill(ctrs []*container, grace time.Duration) {
 	var running []*container
 	for _, c := range ctrs {
-		if c.cmd != nil {
+		if c.proc != nil {
 			running = append(running, c)
 			if grace > 0 {
-				syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
+				c.proc.signal(syscall.SIGTERM)
 			}
 		}
 	}
@@ -460,19 +604,19 @@ func (w *podWorker) kill(ctrs []*container, grace time.Duration) {
 wait:
 	for _, c := range running {
 		select {
-		case <-c.exited:
+		case <-c.proc.exited:
 		case <-deadline:
 			break wait
 		}
 	}
 	for _, c := range running {
 		select {
-		case <-c.exited:
+		case <-c.proc.exited:
 		default:
-			syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-			<-c.exited
+			c.proc.signal(syscall.SIGKILL)
+			<-c.proc.exited
 		}
-		c.cmd = nil
+		c.proc = nil
 	}
 }
 
@@ -490,7 +634,7 @@ func allTerminated(ctrs []*container, pod *corev1.Pod) bool {
 // once its TCP ports accept connections, so that a client racing the pod's
 // start never sees a refusal the user would not see from nginx.
 func (w *podWorker) probe(c *container, pod *corev1.Pod, pn PodNet) {
-	if c.cmd == nil {
+	if c.proc == nil {
 		return
 	}
 	p := c.spec.ReadinessProbe
@@ -518,7 +662,7 @@ func (w *podWorker) probe(c *container, pod *corev1.Pod, pn PodNet) {
 	}
 	c.lastProbe = time.Now()
 	timeout := time.Duration(max(p.TimeoutSeconds, 1)) * time.Second
-	ok := runProbe(p, c.spec, pn, w.rt.node.NetNS, timeout) == nil
+	ok := runProbe(p, c.spec, pn, c.proc.pid, w.rt.node.NetNS, timeout) == nil
 	if ok {
 		c.probeSuccess++
 		if c.probeSuccess >= max(p.SuccessThreshold, 1) {
@@ -530,8 +674,9 @@ func (w *podWorker) probe(c *container, pod *corev1.Pod, pn PodNet) {
 	}
 }
 
-// runProbe performs one readiness check from the node, as the kubelet does.
-func runProbe(p *corev1.Probe, c corev1.Container, pn PodNet, nodeNS string, timeout time.Duration) error {
+// runProbe performs one readiness check from the node, as the kubelet does;
+// an exec probe runs inside the container's namespaces (pid is its PID 1).
+func runProbe(p *corev1.Probe, c corev1.Container, pn PodNet, pid int, nodeNS string, timeout time.Duration) error {
 	switch {
 	case p.TCPSocket != nil:
 		port, err := resolvePort(p.TCPSocket.Port, c)
@@ -566,7 +711,13 @@ func runProbe(p *corev1.Probe, c corev1.Container, pn PodNet, nodeNS string, tim
 	case p.Exec != nil:
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", pn.NS}, p.Exec.Command...)...).Run()
+		args := []string{"--target", strconv.Itoa(pid), "--mount", "--uts", "--ipc", "--net", "--pid"}
+		if st, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && (sys.Uid != 0 || sys.Gid != 0) {
+				args = append(args, "--setuid", strconv.Itoa(int(sys.Uid)), "--setgid", strconv.Itoa(int(sys.Gid)))
+			}
+		}
+		return exec.CommandContext(ctx, "nsenter", append(append(args, "--"), p.Exec.Command...)...).Run()
 	}
 	return errors.New("probe has no handler")
 }
@@ -605,9 +756,9 @@ func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, starte
 		cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: "switchboard://" + c.spec.Image,
 			RestartCount: c.restarts, Ready: c.ready, LastTerminationState: corev1.ContainerState{Terminated: c.lastTerm}}
 		switch {
-		case c.cmd != nil:
+		case c.proc != nil:
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.started)}
-			cs.ContainerID = fmt.Sprintf("switchboard://%d", c.cmd.Process.Pid)
+			cs.ContainerID = fmt.Sprintf("switchboard://%d", c.proc.pid)
 			cs.Started = ptrBool(true)
 			anyRunning = true
 		case c.terminated != nil:
@@ -665,6 +816,10 @@ func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, starte
 }
 
 func ptrBool(b bool) *bool { return &b }
+
+func podReadyStatus(st *corev1.PodStatus) bool {
+	return podReady(&corev1.Pod{Status: *st})
+}
 
 func (w *podWorker) writeStatus(ctx context.Context, pod *corev1.Pod, st *corev1.PodStatus) error {
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {

@@ -38,7 +38,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(versionCmd(), upCmd(), doctorCmd(), proxyCmd(), echoCmd(), execCmd(), controllerCmd(), dnsCmd())
+	root.AddCommand(versionCmd(), upCmd(), downCmd(), doctorCmd(), proxyCmd(), echoCmd(), execCmd(), controllerCmd(), dnsCmd())
 	if err := root.Execute(); err != nil {
 		if errors.Is(err, errFoundProblem) {
 			os.Exit(3)
@@ -90,7 +90,7 @@ func upCmd() *cobra.Command {
 	var cfg localcluster.Config
 	cmd := &cobra.Command{
 		Use:   "up",
-		Short: "Run a one-machine Kubernetes cluster in this process until interrupted",
+		Short: "Run a one-machine Kubernetes cluster in this process until interrupted (the data plane stays; see down)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// Bad flags fail here, before anything is written or started.
@@ -128,5 +128,23 @@ func upCmd() *cobra.Command {
 	f.StringVar(&cfg.NodeCIDR, "node-cidr", "172.30.0.0/24", "addresses of the nodes on the cluster bridge")
 	f.StringVar(&cfg.PodCIDR, "pod-cidr", "10.244.0.0/16", "pod addresses, one /24 per node")
 	f.StringVar(&cfg.DNSIP, "cluster-dns", "10.96.0.10", "cluster DNS address written into pods' resolv.conf")
+	return cmd
+}
+
+func downCmd() *cobra.Command {
+	var stateDir string
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Remove what `switchboard up` left running: pods' processes, cluster DNS, namespaces, links and rules",
+		Long: `Stopping "switchboard up" (Ctrl-C) stops the control plane and leaves the data plane serving, so that
+the next "up" on the same state directory adopts it. "down" removes that data plane: every pod's process
+tree and the cluster DNS process (by their cgroups), and every node and pod network namespace with its
+links and rules. The state (etcd data, PKI, kubeconfig) stays. It refuses while "up" runs there.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return localcluster.Down(stateDir)
+		},
+	}
+	cmd.Flags().StringVar(&stateDir, "state-dir", ".switchboard", "state directory of the local cluster")
 	return cmd
 }

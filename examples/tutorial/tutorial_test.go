@@ -114,6 +114,13 @@ func TestTutorial(t *testing.T) {
 		case <-done:
 		case <-time.After(30 * time.Second):
 			up.Process.Kill()
+			<-done
+		}
+		// Stopping `up` leaves the data plane serving; down removes it.
+		down := exec.Command(filepath.Join(ws, "bin", "switchboard"), "down")
+		down.Dir = ws
+		if out, err := down.CombinedOutput(); err != nil {
+			t.Errorf("switchboard down: %v\n%s", err, out)
 		}
 	})
 	ready := make(chan string, 1)

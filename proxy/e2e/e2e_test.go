@@ -77,6 +77,9 @@ func run(m *testing.M) int {
 	// (their prefix is a hash of it).
 	cluster, startErr = localcluster.Start(context.Background(), localcluster.Config{StateDir: dir, Nodes: 2,
 		APIServerPort: 0, EchoCommand: []string{exe, "echo"}, Logger: testLogger()})
+	// Stop leaves the data plane serving (as for a restart of `up`); Down
+	// removes it. Deferred first, so it runs last.
+	defer localcluster.Down(dir)
 	if startErr != nil {
 		return m.Run()
 	}

@@ -1,0 +1,262 @@
+package localcluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"golang.org/x/sys/unix"
+)
+
+// containerInitName is argv[0] of the short-lived process that sets up a
+// container from the inside and then execs its command (as `runc init`
+// does). The runtime starts this executable under that name in fresh PID,
+// mount, UTS and IPC namespaces, inside the pod's network namespace; the
+// package's init function recognises the name, so every binary linking
+// this package (switchboard itself, and test binaries) can be that process
+// without a subcommand of its own.
+const containerInitName = "switchboard-container-init"
+
+// selfExe starts this very executable, also once its file was replaced
+// (a rebuilt binary) while `up` or the pods it started run.
+const selfExe = "/proc/self/exe"
+
+func init() {
+	if filepath.Base(os.Args[0]) == containerInitName && len(os.Args) == 2 {
+		err := containerInit(os.Args[1])
+		// Only reached when the command could not be exec'd.
+		fmt.Fprintf(os.Stderr, "switchboard: start container: %v\n", err)
+		os.Exit(128)
+	}
+}
+
+// initSpec is what the container init is told, as JSON in its argv[1].
+type initSpec struct {
+	// Cgroup is the pod's cgroup directory to join first, before the
+	// command can fork, on v1; on v2 the process is born in it (see
+	// cgroups.place).
+	Cgroup string `json:"cgroup"`
+	// EtcDir holds files (resolv.conf, hosts) bound over /etc's.
+	EtcDir   string   `json:"etcDir"`
+	Hostname string   `json:"hostname"`
+	UID      *int64   `json:"uid,omitempty"`
+	GID      *int64   `json:"gid,omitempty"`
+	Groups   []int    `json:"groups,omitempty"`
+	Dir      string   `json:"dir,omitempty"`
+	Argv     []string `json:"argv"`
+}
+
+// containerInit runs in the new namespaces, as root, as the container's
+// PID 1: it joins the pod's cgroup, makes the mounts private, mounts a /proc
+// of the new PID namespace and a /sys of the pod's network namespace, binds
+// the pod's resolv.conf and hosts over /etc's, sets the hostname, drops to
+// the container's user and execs the command, which so stays PID 1 as in a
+// kubelet's container.
+func containerInit(arg string) error {
+	var s initSpec
+	if err := json.Unmarshal([]byte(arg), &s); err != nil {
+		return fmt.Errorf("container spec: %w", err)
+	}
+	if len(s.Argv) == 0 {
+		return fmt.Errorf("container spec: no command")
+	}
+	if s.Cgroup != "" {
+		// "0" is the writing process, whatever its PID is in this namespace.
+		if err := os.WriteFile(filepath.Join(s.Cgroup, "cgroup.procs"), []byte("0"), 0); err != nil {
+			return fmt.Errorf("join cgroup %s: %w", s.Cgroup, err)
+		}
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	// As `ip netns exec` does: a /sys showing the pod's network devices.
+	if err := unix.Unmount("/sys", unix.MNT_DETACH); err == nil {
+		if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
+			return fmt.Errorf("mount /sys: %w", err)
+		}
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	if s.EtcDir != "" {
+		entries, _ := os.ReadDir(s.EtcDir)
+		for _, e := range entries {
+			target := filepath.Join("/etc", e.Name())
+			if _, err := os.Stat(target); err != nil {
+				continue
+			}
+			if err := unix.Mount(filepath.Join(s.EtcDir, e.Name()), target, "", unix.MS_BIND, ""); err != nil {
+				return fmt.Errorf("bind %s: %w", target, err)
+			}
+		}
+	}
+	if s.Hostname != "" {
+		if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
+			return fmt.Errorf("set hostname %q: %w", s.Hostname, err)
+		}
+	}
+	if s.GID != nil {
+		if err := syscall.Setgroups(s.Groups); err != nil {
+			return fmt.Errorf("set supplementary groups %v: %w", s.Groups, err)
+		}
+		if err := syscall.Setgid(int(*s.GID)); err != nil {
+			return fmt.Errorf("set gid %d: %w", *s.GID, err)
+		}
+	}
+	if s.UID != nil {
+		if err := syscall.Setuid(int(*s.UID)); err != nil {
+			return fmt.Errorf("set uid %d: %w", *s.UID, err)
+		}
+	}
+	if s.Dir != "" {
+		if err := os.Chdir(s.Dir); err != nil {
+			return fmt.Errorf("working directory: %w", err)
+		}
+	}
+	path, err := exec.LookPath(s.Argv[0])
+	if err != nil {
+		return err
+	}
+	return syscall.Exec(path, s.Argv, os.Environ())
+}
+
+// podHostname is the pod's hostname and domain as the kubelet computes
+// them (GeneratePodHostNameAndDomain): spec.hostnameOverride, else
+// spec.hostname, else the pod's name, cut to 63 characters; with a
+// subdomain, the domain is SUBDOMAIN.NAMESPACE.svc.ZONE, and
+// setHostnameAsFQDN makes the kernel hostname the whole FQDN.
+func podHostname(pod *corev1.Pod, zone string) (hostname, domain, kernel string, err error) {
+	if o := pod.Spec.HostnameOverride; o != nil && *o != "" {
+		if msgs := validation.IsDNS1123Subdomain(*o); len(msgs) != 0 {
+			return "", "", "", fmt.Errorf("spec.hostnameOverride %q is not a valid DNS subdomain: %s", *o, strings.Join(msgs, "; "))
+		}
+		h := truncateHostname(*o)
+		return h, "", h, nil
+	}
+	hostname = pod.Name
+	if pod.Spec.Hostname != "" {
+		if msgs := validation.IsDNS1123Label(pod.Spec.Hostname); len(msgs) != 0 {
+			return "", "", "", fmt.Errorf("spec.hostname %q is not a valid DNS label: %s", pod.Spec.Hostname, strings.Join(msgs, "; "))
+		}
+		hostname = pod.Spec.Hostname
+	}
+	hostname = truncateHostname(hostname)
+	if pod.Spec.Subdomain != "" {
+		if msgs := validation.IsDNS1123Label(pod.Spec.Subdomain); len(msgs) != 0 {
+			return "", "", "", fmt.Errorf("spec.subdomain %q is not a valid DNS label: %s", pod.Spec.Subdomain, strings.Join(msgs, "; "))
+		}
+		domain = fmt.Sprintf("%s.%s.svc.%s", pod.Spec.Subdomain, pod.Namespace, zone)
+	}
+	kernel = hostname
+	if pod.Spec.SetHostnameAsFQDN != nil && *pod.Spec.SetHostnameAsFQDN && domain != "" {
+		kernel = hostname + "." + domain
+		// The kernel holds 64 bytes, the last one the terminating NUL.
+		if len(kernel) > 64 {
+			return "", "", "", fmt.Errorf("failed to construct FQDN from pod hostname and cluster domain, FQDN %s is too long (64 characters is the max, %d characters requested)", kernel, len(kernel))
+		}
+	}
+	return hostname, domain, kernel, nil
+}
+
+func truncateHostname(h string) string {
+	if len(h) <= 63 {
+		return h
+	}
+	return strings.TrimRight(h[:63], "-.")
+}
+
+// hostsFile is the pod's /etc/hosts as the kubelet writes it
+// (managedHostsFileContent): localhost, the pod's own names, hostAliases.
+func hostsFile(podIPs []string, hostname, domain string, aliases []corev1.HostAlias) []byte {
+	var b strings.Builder
+	b.WriteString("# Kubernetes-managed hosts file.\n")
+	b.WriteString("127.0.0.1\tlocalhost\n")
+	b.WriteString("::1\tlocalhost ip6-localhost ip6-loopback\n")
+	b.WriteString("fe00::0\tip6-localnet\n")
+	b.WriteString("fe00::0\tip6-mcastprefix\n")
+	b.WriteString("fe00::1\tip6-allnodes\n")
+	b.WriteString("fe00::2\tip6-allrouters\n")
+	for _, ip := range podIPs {
+		if domain != "" {
+			fmt.Fprintf(&b, "%s\t%s.%s\t%s\n", ip, hostname, domain, hostname)
+		} else {
+			fmt.Fprintf(&b, "%s\t%s\n", ip, hostname)
+		}
+	}
+	if len(aliases) > 0 {
+		b.WriteString("\n# Entries added by HostAliases.\n")
+		for _, a := range aliases {
+			fmt.Fprintf(&b, "%s\t%s\n", a.IP, strings.Join(a.Hostnames, "\t"))
+		}
+	}
+	return []byte(b.String())
+}
+
+// containerUser resolves the user and groups a container runs as: the
+// container's securityContext over the pod's, as the kubelet merges them;
+// without runAsGroup the group is the user's primary group in /etc/passwd
+// (this host is every container's image), else 0, as container runtimes
+// do. nil, nil: run as root, as an image without USER does.
+func containerUser(pod *corev1.Pod, c corev1.Container) (uid, gid *int64, groups []int, err error) {
+	var nonRoot *bool
+	if psc := pod.Spec.SecurityContext; psc != nil {
+		uid, gid, nonRoot = psc.RunAsUser, psc.RunAsGroup, psc.RunAsNonRoot
+		for _, g := range psc.SupplementalGroups {
+			groups = append(groups, int(g))
+		}
+		if psc.FSGroup != nil {
+			groups = append(groups, int(*psc.FSGroup))
+		}
+	}
+	if sc := c.SecurityContext; sc != nil {
+		if sc.RunAsUser != nil {
+			uid = sc.RunAsUser
+		}
+		if sc.RunAsGroup != nil {
+			gid = sc.RunAsGroup
+		}
+		if sc.RunAsNonRoot != nil {
+			nonRoot = sc.RunAsNonRoot
+		}
+	}
+	if nonRoot != nil && *nonRoot && (uid == nil || *uid == 0) {
+		// The kubelet's verifyRunAsNonRoot messages.
+		if uid == nil {
+			return nil, nil, nil, fmt.Errorf("container has runAsNonRoot and image will run as root (pod: %q, container: %s)", pod.Namespace+"/"+pod.Name, c.Name)
+		}
+		return nil, nil, nil, fmt.Errorf("container's runAsUser breaks non-root policy (pod: %q, container: %s)", pod.Namespace+"/"+pod.Name, c.Name)
+	}
+	if uid != nil && gid == nil {
+		g := primaryGroup(*uid)
+		gid = &g
+	}
+	if gid != nil && groups == nil {
+		groups = []int{}
+	}
+	return uid, gid, groups, nil
+}
+
+// primaryGroup is uid's group in the host's /etc/passwd, or 0.
+func primaryGroup(uid int64) int64 {
+	b, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) > 3 && f[2] == fmt.Sprint(uid) {
+			var g int64
+			if _, err := fmt.Sscan(f[3], &g); err == nil {
+				return g
+			}
+		}
+	}
+	return 0
+}

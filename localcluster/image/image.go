@@ -94,7 +94,7 @@ var known = map[string]config{
 	// test/images/agnhost/Dockerfile: alpine with bind-tools, curl, netcat.
 	"agnhost": {entrypoint: []string{agnhost.Path}, cmd: []string{"pause"}, linked: agnhostLinked, shell: true},
 	// build/pause/Dockerfile: the image holds only /pause.
-	"pause": {entrypoint: []string{agnhost.PausePath}, linked: map[string]string{agnhost.PausePath: agnhost.PausePath}},
+	"pause":   {entrypoint: []string{agnhost.PausePath}, linked: map[string]string{agnhost.PausePath: agnhost.PausePath}},
 	"busybox": {cmd: []string{"sh"}, shell: true},
 	"alpine":  {cmd: []string{"/bin/sh"}, shell: true},
 	"debian":  {cmd: []string{"bash"}, shell: true},

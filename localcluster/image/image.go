@@ -70,6 +70,10 @@ type Process struct {
 // here can run: the kubelet's reason for an image it could not obtain.
 const ReasonImagePull = "ErrImagePull"
 
+// ReasonCannotRun is the waiting reason of a container whose program is
+// not in its image (or, for host tools, not on the host).
+const ReasonCannotRun = "ContainerCannotRun"
+
 // config is a known image's runtime configuration, as its Dockerfile (or
 // its base image's) sets it.
 type config struct {
@@ -146,12 +150,12 @@ func Resolve(ref string, command, args []string, workingDir string, lookPath fun
 	if !cfg.shell {
 		// The image holds its linked programs only; the kubelet reports a
 		// missing executable this way.
-		return Process{Reason: "RunContainerError", Message: fmt.Sprintf(
+		return Process{Reason: ReasonCannotRun, Message: fmt.Sprintf(
 			"exec: %q: executable file not found in image %q", argv[0], ref)}
 	}
 	host, err := hostProgram(argv[0], prog, lookPath)
 	if err != nil {
-		return Process{Reason: "RunContainerError", Message: fmt.Sprintf("image %q runs the host's tools: %v", ref, err)}
+		return Process{Reason: ReasonCannotRun, Message: fmt.Sprintf("image %q runs the host's tools: %v", ref, err)}
 	}
 	return Process{Kind: Host, Argv: append([]string{host}, argv[1:]...), Dir: dir}
 }

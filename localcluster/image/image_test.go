@@ -51,7 +51,7 @@ func TestResolve(t *testing.T) {
 		{name: "pause", image: "registry.k8s.io/pause:3.10",
 			want: Process{Kind: Linked, Argv: []string{"/pause"}, Dir: "/"}},
 		{name: "pause has no shell", image: "registry.k8s.io/pause:3.10", command: []string{"sh"},
-			want: Process{Reason: "RunContainerError", Message: `exec: "sh": executable file not found in image "registry.k8s.io/pause:3.10"`}},
+			want: Process{Reason: ReasonCannotRun, Message: `exec: "sh": executable file not found in image "registry.k8s.io/pause:3.10"`}},
 		// busybox: CMD ["sh"], no ENTRYPOINT.
 		{name: "busybox command", image: "busybox", command: []string{"sh", "-c", "echo hi; sleep 3600"},
 			want: Process{Kind: Host, Argv: []string{"/usr/bin/sh", "-c", "echo hi; sleep 3600"}, Dir: "/"}},
@@ -66,7 +66,7 @@ func TestResolve(t *testing.T) {
 		{name: "jessie-dnsutils dig", image: "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7", command: []string{"sh", "-c", "dig +short kubernetes.default"},
 			want: Process{Kind: Host, Argv: []string{"/usr/bin/sh", "-c", "dig +short kubernetes.default"}, Dir: "/"}},
 		{name: "host lacks the program", image: "debian", command: []string{"iperf3"},
-			want: Process{Reason: "RunContainerError", Message: `image "debian" runs the host's tools: exec: "iperf3": executable file not found in $PATH`}},
+			want: Process{Reason: ReasonCannotRun, Message: `image "debian" runs the host's tools: exec: "iperf3": executable file not found in $PATH`}},
 		// Echo server: servers' own programs, and unknown images without a command.
 		{name: "nginx", image: "nginx",
 			want: Process{Kind: Echo, Dir: "/", Note: `image "nginx" runs switchboard's built-in echo server on the container's ports`}},

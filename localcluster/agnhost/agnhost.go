@@ -54,6 +54,8 @@ import (
 	testwebserver "k8s.io/kubernetes/test/images/agnhost/test-webserver"
 	"k8s.io/kubernetes/test/images/agnhost/webhook"
 	"k8s.io/kubernetes/third_party/forked/vishhstress"
+
+	"github.com/switchboard/switchboard/workingset"
 )
 
 // Program paths: argv[0] of a linked program is its path in its image.
@@ -67,6 +69,15 @@ const (
 )
 
 func init() {
+	switch os.Args[0] {
+	case Path, Path2, PausePath:
+	default:
+		return
+	}
+	// The init code of every package linked so far touched executable
+	// pages this program never uses again: unmap them, as main does for
+	// switchboard's own commands.
+	workingset.Release()
 	switch os.Args[0] {
 	case Path, Path2:
 		// Several subcommands (pause, liveness) write their termination

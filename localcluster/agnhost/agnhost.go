@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"k8s.io/component-base/cli"
 	auditproxy "k8s.io/kubernetes/test/images/agnhost/audit-proxy"
@@ -78,6 +79,7 @@ func init() {
 	// pages this program never uses again: unmap them, as main does for
 	// switchboard's own commands.
 	workingset.Release()
+	dropForeignVersionFlag()
 	switch os.Args[0] {
 	case Path, Path2:
 		// Several subcommands (pause, liveness) write their termination
@@ -113,6 +115,24 @@ func runPause() int {
 		return 0
 	}
 	return 0
+}
+
+// dropForeignVersionFlag removes the --version flag component-base's
+// verflag registers on pflag.CommandLine when switchboard links it: the
+// global flags cli.Run adds to agnhost's root would then clash with cobra's
+// own boolean --version ("version flag declared as non-bool"), which
+// agnhost answers.
+func dropForeignVersionFlag() {
+	if f := pflag.CommandLine.Lookup("version"); f == nil || f.Value.Type() == "bool" {
+		return
+	}
+	fs := pflag.NewFlagSet(os.Args[0], pflag.ExitOnError)
+	pflag.CommandLine.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "version" {
+			fs.AddFlag(f)
+		}
+	})
+	pflag.CommandLine = fs
 }
 
 // root is agnhost's command tree as test/images/agnhost/agnhost.go builds it.

@@ -955,7 +955,9 @@ func TestRestartProxy(t *testing.T) {
 func TestPodContainment(t *testing.T) {
 	c := need(t)
 	ns := namespace(t, c)
-	script := `echo pid=$$; echo host=$(hostname); echo uid=$(id -u) gid=$(id -g) groups=$(id -G);
+	// $$$$: the kubelet reduces $$ to $ in command and args, as it expands
+	// $(VAR) references, so the shell sees $$.
+	script := `echo pid=$$$$; echo host=$(hostname); echo uid=$(id -u) gid=$(id -g) groups=$(id -G);
 for n in ipc uts pid mnt; do echo ns-$n=$(readlink /proc/self/ns/$n); done; cat /etc/hosts; echo end;
 (sleep 100000 &); exec sleep 100000`
 	pod := commandPod("contained", "sh", "-c", script)

@@ -17,7 +17,7 @@ import (
 	"path"
 	"strings"
 
-	"github.com/distribution/reference"
+	"k8s.io/kubernetes/pkg/util/parsers"
 
 	"github.com/switchboard/switchboard/localcluster/agnhost"
 )
@@ -115,7 +115,9 @@ var known = map[string]config{
 // Resolve decides what runs a container with image ref, command, args and
 // workingDir. lookPath finds a program on the host (exec.LookPath).
 func Resolve(ref string, command, args []string, workingDir string, lookPath func(string) (string, error)) Process {
-	named, err := reference.ParseNormalizedNamed(ref)
+	// As the kubelet parses it (applyDefaultImageTag): repo is the
+	// normalised name, docker.io/library/busybox for busybox.
+	repo, _, _, err := parsers.ParseImageName(ref)
 	if err != nil {
 		// The kubelet's InvalidImageName.
 		return Process{Reason: "InvalidImageName", Message: fmt.Sprintf("Failed to apply default image tag %q: %v", ref, err)}
@@ -124,7 +126,7 @@ func Resolve(ref string, command, args []string, workingDir string, lookPath fun
 	if dir == "" {
 		dir = "/" // every known image's WORKDIR
 	}
-	cfg, ok := known[path.Base(reference.Path(named))]
+	cfg, ok := known[path.Base(repo)]
 	if !ok {
 		if len(command) == 0 {
 			return Process{Kind: Echo, Dir: dir, Note: echoNote(ref, args)}

@@ -78,7 +78,7 @@ func TestResolve(t *testing.T) {
 		{name: "unknown with command", image: "example.com/shop/web:v2", command: []string{"/app/web"},
 			want: Process{Reason: ReasonImagePull, Message: `Failed to pull image "example.com/shop/web:v2": switchboard up runs no registry images; it runs agnhost, pause, busybox-, alpine- and debian-like images (through the host's tools), and the built-in echo server for an image without a command`}},
 		{name: "invalid reference", image: "Bad Image",
-			want: Process{Reason: "InvalidImageName", Message: `Failed to apply default image tag "Bad Image": invalid reference format: repository name (library/Bad Image) must be lowercase`}},
+			want: Process{Reason: "InvalidImageName", Message: `Failed to apply default image tag "Bad Image": couldn't parse image name "Bad Image": invalid reference format: repository name (library/Bad Image) must be lowercase`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := Resolve(tc.image, tc.command, tc.args, tc.dir, host)

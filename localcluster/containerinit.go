@@ -44,13 +44,17 @@ type initSpec struct {
 	// cgroups.place).
 	Cgroup string `json:"cgroup"`
 	// EtcDir holds files (resolv.conf, hosts) bound over /etc's.
-	EtcDir   string   `json:"etcDir"`
-	Hostname string   `json:"hostname"`
-	UID      *int64   `json:"uid,omitempty"`
-	GID      *int64   `json:"gid,omitempty"`
-	Groups   []int    `json:"groups,omitempty"`
-	Dir      string   `json:"dir,omitempty"`
-	Argv     []string `json:"argv"`
+	EtcDir   string `json:"etcDir"`
+	Hostname string `json:"hostname"`
+	UID      *int64 `json:"uid,omitempty"`
+	GID      *int64 `json:"gid,omitempty"`
+	Groups   []int  `json:"groups,omitempty"`
+	Dir      string `json:"dir,omitempty"`
+	// Path is the program to exec when it is not Argv[0] looked up on
+	// PATH: this executable, for a program linked into it that it
+	// recognises by argv[0] (package agnhost).
+	Path string   `json:"path,omitempty"`
+	Argv []string `json:"argv"`
 }
 
 // containerInit runs in the new namespaces, as root, as the container's
@@ -120,9 +124,13 @@ func containerInit(arg string) error {
 			return fmt.Errorf("working directory: %w", err)
 		}
 	}
-	path, err := exec.LookPath(s.Argv[0])
-	if err != nil {
-		return err
+	path := s.Path
+	if path == "" {
+		p, err := exec.LookPath(s.Argv[0])
+		if err != nil {
+			return err
+		}
+		path = p
 	}
 	return syscall.Exec(path, s.Argv, os.Environ())
 }

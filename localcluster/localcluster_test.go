@@ -38,6 +38,8 @@ var (
 	client  kubernetes.Interface
 	// startErr is why the shared cluster is missing (not root, ...).
 	startErr error
+	// stateDir is the shared cluster's state directory.
+	stateDir string
 )
 
 // TestMain doubles as the pods' echo server and as a stand-alone `up`
@@ -60,6 +62,7 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		defer os.RemoveAll(dir)
+		stateDir = dir
 		// Stop leaves the data plane serving; Down removes it, last.
 		defer localcluster.Down(dir)
 		cluster, startErr = localcluster.Start(context.Background(), testConfig(dir, 2))
@@ -1016,7 +1019,9 @@ func TestClusterAsConformanceExpects(t *testing.T) {
 func TestPodContainment(t *testing.T) {
 	c := need(t)
 	ns := namespace(t, c)
-	script := `echo pid=$$; echo host=$(hostname); echo uid=$(id -u) gid=$(id -g) groups=$(id -G);
+	// $$$$: the kubelet reduces $$ to $ in command and args, as it expands
+	// $(VAR) references, so the shell sees $$.
+	script := `echo pid=$$$$; echo host=$(hostname); echo uid=$(id -u) gid=$(id -g) groups=$(id -G);
 for n in ipc uts pid mnt; do echo ns-$n=$(readlink /proc/self/ns/$n); done; cat /etc/hosts; echo end;
 (sleep 100000 &); exec sleep 100000`
 	pod := commandPod("contained", "sh", "-c", script)
@@ -1091,5 +1096,108 @@ for n in ipc uts pid mnt; do echo ns-$n=$(readlink /proc/self/ns/$n); done; cat 
 	})
 	if err != nil {
 		t.Errorf("cgroup %s of the deleted pod not removed", cg)
+	}
+}
+
+// TestImages runs the images the conformance suite uses without a registry:
+// agnhost (linked in) as netexec and serve-hostname, pause, busybox through
+// the host's shell, nginx as the echo server, and an image nothing can run,
+// which waits with its reason while the others serve.
+func TestImages(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	const agnhost = "registry.k8s.io/e2e-test-images/agnhost:2.56"
+	pod := func(name string, ctr corev1.Container) *corev1.Pod {
+		ctr.Name = "c"
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.PodSpec{Containers: []corev1.Container{ctr}}}
+	}
+	createPod(t, c, ns, pod("netexec", corev1.Container{Image: agnhost, Args: []string{"netexec", "--http-port=8080", "--udp-port=-1"},
+		Env: []corev1.EnvVar{{Name: "GREETING", Value: "hello"}}}))
+	createPod(t, c, ns, pod("hostnames", corev1.Container{Image: agnhost, Command: []string{"/agnhost", "serve-hostname"}, Args: []string{"--port", "9376"}}))
+	createPod(t, c, ns, pod("pause", corev1.Container{Image: "registry.k8s.io/pause:3.10"}))
+	createPod(t, c, ns, pod("shell", corev1.Container{Image: "busybox", Command: []string{"sh", "-c", "echo hi $(GREETING); sleep 3600"},
+		Env: []corev1.EnvVar{{Name: "GREETING", Value: "from busybox"}}}))
+	createPod(t, c, ns, pod("unknown", corev1.Container{Image: "registry.example/shop/app:1.0", Command: []string{"/app", "--serve"}}))
+	createPod(t, c, ns, pod("nginx", corev1.Container{Image: "nginx", Ports: []corev1.ContainerPort{{ContainerPort: 80}}}))
+
+	for _, name := range []string{"netexec", "hostnames", "pause", "shell", "nginx"} {
+		waitPod(t, c, ns, name, "Ready", isReady)
+	}
+	netexec := waitPod(t, c, ns, "netexec", "Ready", isReady)
+	hostnames := waitPod(t, c, ns, "hostnames", "Ready", isReady)
+
+	// The agnhost containers are the linked program under its image path.
+	pid := containerPID(t, netexec.Status.ContainerStatuses[0].ContainerID)
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"); strings.Join(got, " ") != "/agnhost netexec --http-port=8080 --udp-port=-1" {
+		t.Errorf("netexec container runs %q, want the image's entrypoint with the container's args", got)
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(st), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") {
+				t.Logf("agnhost netexec container %s", strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
+
+	// From another pod: netexec's own endpoints, serve-hostname's answer.
+	get := func(url string) string {
+		t.Helper()
+		var out string
+		err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			o, err := inPod(t, ns, "shell", "wget", "-qO-", "-T", "2", url)
+			out = o
+			return err == nil, nil
+		})
+		if err != nil {
+			t.Fatalf("GET %s from pod shell: %v: %s", url, err, out)
+		}
+		return out
+	}
+	if got := get("http://" + netexec.Status.PodIP + ":8080/hostName"); got != "netexec" {
+		t.Errorf("netexec /hostName = %q, want the pod's hostname", got)
+	}
+	if got := get("http://" + netexec.Status.PodIP + ":8080/echo?msg=x"); got != "x" {
+		t.Errorf("netexec /echo?msg=x = %q", got)
+	}
+	if got := get("http://" + hostnames.Status.PodIP + ":9376/"); got != "hostnames" {
+		t.Errorf("serve-hostname answered %q, want the pod's hostname", got)
+	}
+
+	// busybox's command ran through the host's shell, $(VAR) expanded.
+	logFile := filepath.Join(stateDir, "logs", "pods", ns+"_shell", "c.log")
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		b, _ := os.ReadFile(logFile)
+		return string(b) == "hi from busybox\n", nil
+	})
+	if err != nil {
+		b, _ := os.ReadFile(logFile)
+		t.Errorf("busybox container printed %q, want %q", b, "hi from busybox\n")
+	}
+
+	// nginx is the echo server, and the pod says so.
+	np := waitPod(t, c, ns, "nginx", "Ready", isReady)
+	if !strings.Contains(np.Status.Message, "echo server") {
+		t.Errorf("nginx pod's status message %q does not say the echo server runs it", np.Status.Message)
+	}
+
+	// The unknown image waits with its reason.
+	up := waitPod(t, c, ns, "unknown", "waiting with ErrImagePull", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].State.Waiting != nil &&
+			p.Status.ContainerStatuses[0].State.Waiting.Reason == "ErrImagePull"
+	})
+	if msg := up.Status.ContainerStatuses[0].State.Waiting.Message; !strings.Contains(msg, "registry.example/shop/app:1.0") {
+		t.Errorf("waiting message %q does not name the image", msg)
+	}
+	if up.Status.Phase != corev1.PodPending {
+		t.Errorf("pod with an unrunnable image is %s, want Pending", up.Status.Phase)
+	}
+
+	// The other pods still serve.
+	if got := get("http://" + netexec.Status.PodIP + ":8080/echo?msg=still"); got != "still" {
+		t.Errorf("netexec /echo after the others = %q", got)
 	}
 }

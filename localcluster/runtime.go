@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -27,7 +28,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/kubernetes/third_party/forked/golang/expansion"
 
+	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
 )
 
@@ -263,6 +266,9 @@ type container struct {
 	backoff      time.Duration
 	lastProbe    time.Time
 	probeSuccess int32
+	// echoNote is set when the built-in echo server stands in for the
+	// container's image, and says so in the pod's status.
+	echoNote string
 }
 
 func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
@@ -277,6 +283,9 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 	ctrs := make([]*container, len(pod.Spec.Containers))
 	for i, c := range pod.Spec.Containers {
 		ctrs[i] = &container{spec: c, waitReason: "ContainerCreating"}
+		if p := image.Resolve(c.Image, c.Command, c.Args, c.WorkingDir, exec.LookPath); p.Kind == image.Echo {
+			ctrs[i].echoNote = "container " + c.Name + ": " + p.Note
+		}
 		for _, cs := range pod.Status.ContainerStatuses {
 			if cs.Name == c.Name {
 				ctrs[i].restarts, ctrs[i].lastTerm = cs.RestartCount, cs.LastTerminationState.Terminated
@@ -440,23 +449,6 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		return false
 	}
 	r := w.rt
-	argv := append(append([]string{}, c.spec.Command...), c.spec.Args...)
-	if len(c.spec.Command) == 0 {
-		argv = append(append([]string{}, r.echoCmd...),
-			"--pod", pod.Name, "--namespace", pod.Namespace, "--pod-ip", pn.IP.String())
-		for _, p := range c.spec.Ports {
-			proto := p.Protocol
-			if proto == "" {
-				proto = corev1.ProtocolTCP
-			}
-			argv = append(argv, "--port", fmt.Sprintf("%d/%s", p.ContainerPort, proto))
-		}
-	}
-	if _, err := exec.LookPath(argv[0]); err != nil {
-		c.waitReason, c.waitMessage = "ContainerCannotRun", fmt.Sprintf("container %s: command %q: %v", c.spec.Name, argv[0], err)
-		c.backoffStep()
-		return false
-	}
 	uid, gid, groups, err := containerUser(pod, c.spec)
 	if err != nil {
 		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
@@ -468,6 +460,34 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
 		c.nextStart = time.Now().Add(time.Second)
 		return false
+	}
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + kernelHostname}
+	for _, e := range c.spec.Env {
+		env = append(env, e.Name+"="+e.Value)
+	}
+	// The image selects the program; $(VAR) references in command and args
+	// are expanded first, from the container's environment, as the kubelet
+	// does before it hands them to the container runtime.
+	command, args := expandCommand(c.spec, env)
+	proc := image.Resolve(c.spec.Image, command, args, c.spec.WorkingDir, exec.LookPath)
+	argv, path := proc.Argv, ""
+	switch proc.Kind {
+	case image.Unrunnable:
+		c.waitReason, c.waitMessage = proc.Reason, fmt.Sprintf("container %s: %s", c.spec.Name, proc.Message)
+		c.backoffStep()
+		return false
+	case image.Linked:
+		path = r.exe // package agnhost recognises argv[0]
+	case image.Echo:
+		argv = append(append([]string{}, r.echoCmd...),
+			"--pod", pod.Name, "--namespace", pod.Namespace, "--pod-ip", pn.IP.String())
+		for _, p := range c.spec.Ports {
+			proto := p.Protocol
+			if proto == "" {
+				proto = corev1.ProtocolTCP
+			}
+			argv = append(argv, "--port", fmt.Sprintf("%d/%s", p.ContainerPort, proto))
+		}
 	}
 	out, err := os.OpenFile(filepath.Join(logDir, c.spec.Name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
@@ -485,7 +505,7 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	}
 	defer placed()
 	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: filepath.Join("/etc/netns", pn.NS),
-		Hostname: kernelHostname, UID: uid, GID: gid, Groups: groups, Dir: c.spec.WorkingDir, Argv: argv})
+		Hostname: kernelHostname, UID: uid, GID: gid, Groups: groups, Dir: proc.Dir, Path: path, Argv: argv})
 	// The container init (this executable under containerInitName) starts
 	// in new PID, mount, UTS and IPC namespaces and, started from a thread
 	// inside the pod's network namespace, in that one; it sets the
@@ -493,10 +513,7 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	// hold is the container's PID 1. Its own session keeps it out of the
 	// terminal's Ctrl-C, and nothing ties its life to this process.
 	cmd := &exec.Cmd{Path: r.exe, Args: []string{containerInitName, string(spec)}, Stdout: out, Stderr: out}
-	cmd.Env = append(os.Environ()[:0:0], "PATH="+os.Getenv("PATH"), "HOSTNAME="+kernelHostname)
-	for _, e := range c.spec.Env {
-		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
-	}
+	cmd.Env = env
 	cmd.SysProcAttr = attr
 	if err := netnamespace.Do("/run/netns/"+pn.NS, cmd.Start); err != nil {
 		c.waitReason, c.waitMessage = "ContainerCannotRun", err.Error()
@@ -508,6 +525,31 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	c.waitReason, c.waitMessage, c.ready, c.probeSuccess = "", "", false, 0
 	log.Info("container started", "container", c.spec.Name, "pid", c.proc.pid)
 	return true
+}
+
+// expandCommand expands $(VAR) references in the container's command and
+// args from env (NAME=value entries), as the kubelet's
+// ExpandContainerCommandAndArgs does: $$ escapes, unknown names stay as
+// written.
+func expandCommand(c corev1.Container, env []string) (command, args []string) {
+	vars := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	mapping := expansion.MappingFuncFor(vars)
+	expand := func(in []string) []string {
+		if len(in) == 0 {
+			return nil
+		}
+		out := make([]string, len(in))
+		for i, s := range in {
+			out[i] = expansion.Expand(s, mapping)
+		}
+		return out
+	}
+	return expand(c.Command), expand(c.Args)
 }
 
 func (c *container) backoffStep() {
@@ -642,7 +684,7 @@ func (w *podWorker) probe(c *container, pod *corev1.Pod, pn PodNet) {
 		if c.ready {
 			return
 		}
-		if len(c.spec.Command) > 0 {
+		if c.echoNote == "" {
 			c.ready = true
 			return
 		}
@@ -752,7 +794,11 @@ func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, starte
 		StartTime: &started, QOSClass: corev1.PodQOSBestEffort,
 	}
 	allReady, anyRunning, allStartedOnce, failed := true, false, true, false
+	var notes []string
 	for _, c := range ctrs {
+		if c.echoNote != "" {
+			notes = append(notes, c.echoNote)
+		}
 		cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: "switchboard://" + c.spec.Image,
 			RestartCount: c.restarts, Ready: c.ready, LastTerminationState: corev1.ContainerState{Terminated: c.lastTerm}}
 		switch {
@@ -805,6 +851,9 @@ func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, starte
 		return c
 	}
 	ready := allReady && len(ctrs) > 0
+	// The echo server standing in for an image is said in the pod's
+	// message, where `kubectl describe pod` shows it.
+	st.Message = strings.Join(notes, "; ")
 	st.Conditions = []corev1.PodCondition{
 		cond(corev1.PodReadyToStartContainers, true, ""),
 		cond(corev1.PodInitialized, true, ""),
@@ -834,6 +883,7 @@ func (w *podWorker) writeStatus(ctx context.Context, pod *corev1.Pod, st *corev1
 		cur.Status.PodIP, cur.Status.PodIPs = st.PodIP, st.PodIPs
 		cur.Status.StartTime, cur.Status.QOSClass = st.StartTime, st.QOSClass
 		cur.Status.Phase, cur.Status.Conditions, cur.Status.ContainerStatuses = st.Phase, st.Conditions, st.ContainerStatuses
+		cur.Status.Message = st.Message
 		_, err = w.rt.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})

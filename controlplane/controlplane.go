@@ -60,9 +60,15 @@ type Config struct {
 	APIServerPort int
 	// AdvertiseAddress is where the cluster's pods reach the API server: the
 	// address the `kubernetes` Service's endpoints name, kept by upstream's
-	// lease endpoint reconciler. Unset (or loopback, which an endpoint may
-	// not be) advertises 127.0.0.1 and leaves the Service without endpoints.
+	// lease endpoint reconciler, and one of the serving certificate's SANs.
+	// Unset (or loopback, which an endpoint may not be) advertises 127.0.0.1
+	// and leaves the Service without endpoints.
 	AdvertiseAddress netip.Addr
+	// ClusterEgressSocket is a unix socket speaking HTTP CONNECT through
+	// which the API server reaches nodes and pods (kube-apiserver's egress
+	// selector "cluster": kubelets, pods/proxy, services/proxy, webhooks).
+	// Empty dials directly from this process's network namespace.
+	ClusterEgressSocket string
 	// LogOutput receives the API server's and etcd's own logs (klog, zap).
 	// Nil discards them: they are verbose and rarely what a user wants.
 	LogOutput io.Writer
@@ -77,7 +83,8 @@ type ControlPlane struct {
 	// Client is a clientset built from RESTConfig.
 	Client kubernetes.Interface
 	// PKI is the cluster's CA and keys (the controller manager signs
-	// service-account tokens and CSRs with them).
+	// service-account tokens and CSRs with them; kubelets' serving
+	// certificates come from it).
 	PKI PKI
 
 	// EtcdSocket is the unix socket etcd serves on; its directory is
@@ -216,7 +223,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 
 	pki := PKI{Dir: filepath.Join(stateDir, "pki")}
-	if err := pki.Ensure(firstServiceIP(prefix)); err != nil {
+	if err := pki.Ensure(firstServiceIP(prefix), net.IP(advertise.AsSlice())); err != nil {
 		return fail(err)
 	}
 	cp.PKI = pki
@@ -247,6 +254,13 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		"--advertise-address=" + advertise.String(),
 		"--bind-address=127.0.0.1",
 		"--endpoint-reconciler-type=" + reconciler,
+		// Kubelets serve with certificates of the cluster CA and authorize
+		// the API server through it, as kubeadm sets them up. Nodes have no
+		// DNS names here: reach them by their InternalIP first.
+		"--kubelet-certificate-authority=" + pki.CACert(),
+		"--kubelet-client-certificate=" + pki.KubeletClientCert(),
+		"--kubelet-client-key=" + pki.KubeletClientKey(),
+		"--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
 		"--profiling=false",
 		"--enable-priority-and-fairness=true",
 		// Clients outside this process (the cluster DNS process, a
@@ -254,6 +268,13 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		// HTTP server down 2 s after the last short request instead of
 		// waiting out --request-timeout (60 s) for them.
 		"--shutdown-send-retry-after=true",
+	}
+	if cfg.ClusterEgressSocket != "" {
+		path := filepath.Join(stateDir, "egress-selector.yaml")
+		if err := writeEgressSelectorConfig(path, cfg.ClusterEgressSocket); err != nil {
+			return fail(err)
+		}
+		args = append(args, "--egress-selector-config-file="+path)
 	}
 	if err := fs.Parse(args); err != nil {
 		return fail(fmt.Errorf("kube-apiserver flags: %w", err))
@@ -316,6 +337,26 @@ func redirectKlog(w io.Writer) {
 	fs.Set("alsologtostderr", "false")
 	fs.Set("stderrthreshold", "FATAL")
 	klog.SetOutput(w)
+}
+
+// writeEgressSelectorConfig points kube-apiserver's "cluster" egress (its
+// connections to kubelets, pods and services) at an HTTP CONNECT proxy on a
+// unix socket; control-plane and etcd traffic stay direct.
+func writeEgressSelectorConfig(path, socket string) error {
+	cfg := fmt.Sprintf(`apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: %q
+`, socket)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return fmt.Errorf("write egress selector config: %w", err)
+	}
+	return nil
 }
 
 func firstServiceIP(p netip.Prefix) net.IP {

@@ -33,6 +33,8 @@ func (p PKI) AdminCert() string         { return filepath.Join(p.Dir, "admin.crt
 func (p PKI) AdminKey() string          { return filepath.Join(p.Dir, "admin.key") }
 func (p PKI) ServiceAccountKey() string { return filepath.Join(p.Dir, "sa.key") }
 func (p PKI) ServiceAccountPub() string { return filepath.Join(p.Dir, "sa.pub") }
+func (p PKI) KubeletClientCert() string { return filepath.Join(p.Dir, "apiserver-kubelet-client.crt") }
+func (p PKI) KubeletClientKey() string  { return filepath.Join(p.Dir, "apiserver-kubelet-client.key") }
 
 // certValidity is long because a local cluster must not stop working after a
 // year on somebody's laptop, and nothing here is reachable off the machine.
@@ -40,9 +42,9 @@ const certValidity = 10 * 365 * 24 * time.Hour
 
 // Ensure creates whatever part of the PKI is missing and keeps what exists.
 // The serving certificate is reissued when its SANs do not cover the
-// requested IPs (for example a new service CIDR), so a changed flag never
-// leaves clients failing verification.
-func (p PKI) Ensure(serviceIP net.IP) error {
+// requested IPs (the Service CIDR's first address, the advertised address),
+// so a changed flag never leaves clients failing verification.
+func (p PKI) Ensure(serviceIP net.IP, extraIPs ...net.IP) error {
 	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
 		return fmt.Errorf("create pki dir: %w", err)
 	}
@@ -50,7 +52,7 @@ func (p PKI) Ensure(serviceIP net.IP) error {
 	if err != nil {
 		return err
 	}
-	servingIPs := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, serviceIP}
+	servingIPs := append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback, serviceIP}, extraIPs...)
 	servingNames := []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
 	if !certCovers(p.ServingCert(), servingIPs) {
 		if err := issue(caCert, caKey, p.ServingCert(), p.ServingKey(), x509.Certificate{
@@ -72,6 +74,17 @@ func (p PKI) Ensure(serviceIP net.IP) error {
 			return fmt.Errorf("issue admin certificate: %w", err)
 		}
 	}
+	if !fileExists(p.KubeletClientCert()) || !fileExists(p.KubeletClientKey()) {
+		if err := issue(caCert, caKey, p.KubeletClientCert(), p.KubeletClientKey(), x509.Certificate{
+			// What the API server shows kubelets (kubeadm's
+			// apiserver-kubelet-client); kubelets authorize it through the
+			// API server, where system:masters may do anything.
+			Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}); err != nil {
+			return fmt.Errorf("issue kubelet client certificate: %w", err)
+		}
+	}
 	if !fileExists(p.ServiceAccountKey()) || !fileExists(p.ServiceAccountPub()) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -89,6 +102,32 @@ func (p PKI) Ensure(serviceIP net.IP) error {
 		}
 	}
 	return nil
+}
+
+// KubeletServing returns the paths of node's kubelet serving certificate
+// and key, issuing them from the cluster CA when missing or when they do not
+// cover ip: the API server verifies kubelets against the CA and dials them
+// by address.
+func (p PKI) KubeletServing(node string, ip net.IP) (certPath, keyPath string, err error) {
+	certPath = filepath.Join(p.Dir, "kubelet-"+node+".crt")
+	keyPath = filepath.Join(p.Dir, "kubelet-"+node+".key")
+	if certCovers(certPath, []net.IP{ip}) && fileExists(keyPath) {
+		return certPath, keyPath, nil
+	}
+	caCert, caKey, err := p.loadOrCreateCA()
+	if err != nil {
+		return "", "", err
+	}
+	if err := issue(caCert, caKey, certPath, keyPath, x509.Certificate{
+		// The kubelet's own serving certificate names the node so.
+		Subject:     pkix.Name{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{ip},
+		DNSNames:    []string{node},
+	}); err != nil {
+		return "", "", fmt.Errorf("issue kubelet serving certificate of node %s: %w", node, err)
+	}
+	return certPath, keyPath, nil
 }
 
 func (p PKI) loadOrCreateCA() (*x509.Certificate, crypto.Signer, error) {

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,6 +27,7 @@ import (
 
 	"github.com/switchboard/switchboard/controlplane"
 	"github.com/switchboard/switchboard/endpointslice"
+	"github.com/switchboard/switchboard/kubeletapi"
 	"github.com/switchboard/switchboard/proxy"
 )
 
@@ -102,6 +106,10 @@ type Cluster struct {
 	client  kubernetes.Interface
 	proxyMu sync.Mutex
 	proxies map[string]*nodeProxy
+	// egress is the API server's way to nodes and pods; egressListener its
+	// socket.
+	egress         *egressProxy
+	egressListener net.Listener
 }
 
 // nodeProxy is one run of a node's in-process proxy.
@@ -254,15 +262,20 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 		phase = time.Now()
 	}
+	c.egress = &egressProxy{log: cfg.Logger}
+	egressSocket := filepath.Join(dir, "egress.sock")
+	if c.egressListener, err = c.egress.listen(egressSocket); err != nil {
+		return fail(err)
+	}
+	go c.egress.serve(c.egressListener)
 	c.ControlPlane, err = controlplane.Start(runCtx, controlplane.Config{
-		StateDir:      dir,
-		ServiceCIDR:   cfg.ServiceCIDR,
-		NodePortRange: cfg.NodePortRange,
-		APIServerPort: apiServerPort(dir, cfg.APIServerPort),
-		// The API server's place on the node network, as on a real
-		// cluster: the first address of the node CIDR (nodes take .11 up).
-		AdvertiseAddress: network.NodeCIDR.Addr().Next(),
-		LogOutput:        c.logFile,
+		StateDir:            dir,
+		ServiceCIDR:         cfg.ServiceCIDR,
+		NodePortRange:       cfg.NodePortRange,
+		APIServerPort:       apiServerPort(dir, cfg.APIServerPort),
+		AdvertiseAddress:    network.ControlPlaneIP(),
+		ClusterEgressSocket: egressSocket,
+		LogOutput:           c.logFile,
 	})
 	if err != nil {
 		return fail(err)
@@ -346,6 +359,10 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	if err := sweepOrphans(ctx, client, c.cg, n, c.recordsDir(), c.nodes, cfg.Logger); err != nil {
 		return err
 	}
+	c.egress.setNodes(c.nodes)
+	if err := c.exposeAPIServer(ctx); err != nil {
+		return err
+	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	startScheduler(ctx, client, factory, c.nodes, nodeLabels, cfg.Logger)
 	resolv := func(ns string) string {
@@ -363,7 +380,17 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 		regs = append(regs, reg.HasSynced)
 		c.runtimes = append(c.runtimes, rt)
 	}
-	c.removePodLogsWithPods(ctx, factory)
+	auth, err := kubeletapi.NewAuth(client, c.ControlPlane.PKI.CACert())
+	if err != nil {
+		return err
+	}
+	pods := factory.Core().V1().Pods().Lister()
+	for _, rt := range c.runtimes {
+		if err := c.startKubelet(ctx, rt, pods, auth); err != nil {
+			return err
+		}
+	}
+	c.removeLogsOfGonePods(ctx, factory)
 	factory.Start(ctx.Done())
 	c.podsSynced = make(chan struct{})
 	go func() {
@@ -404,28 +431,12 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	return nil
 }
 
-// removePodLogsWithPods deletes a pod's log directory when the pod is
-// deleted from the API, as the kubelet does, and, once the pods are
-// listed, the directories of pods deleted while the cluster was down.
-func (c *Cluster) removePodLogsWithPods(ctx context.Context, factory informers.SharedInformerFactory) {
+// removeLogsOfGonePods deletes, once the pods are listed, the log
+// directories of pods deleted while the cluster was down; a pod deleted
+// while it runs has its logs removed by its runtime, as the kubelet does.
+func (c *Cluster) removeLogsOfGonePods(ctx context.Context, factory informers.SharedInformerFactory) {
 	logDir := filepath.Join(c.Config.StateDir, "logs", "pods")
 	inf := factory.Core().V1().Pods().Informer()
-	store := inf.GetStore()
-	remove := func(namespace, name string) {
-		// A pod of the same name created since has its own (same) directory.
-		if _, exists, _ := store.GetByKey(namespace + "/" + name); exists {
-			return
-		}
-		os.RemoveAll(filepath.Join(logDir, podLogDirName(namespace, name)))
-	}
-	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
-		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = d.Obj
-		}
-		if p, ok := obj.(*corev1.Pod); ok {
-			remove(p.Namespace, p.Name)
-		}
-	}})
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -434,9 +445,17 @@ func (c *Cluster) removePodLogsWithPods(ctx context.Context, factory informers.S
 		}
 		entries, _ := os.ReadDir(logDir)
 		for _, e := range entries {
-			if namespace, name, ok := strings.Cut(e.Name(), "_"); ok && e.IsDir() {
-				remove(namespace, name)
+			// NAMESPACE_NAME_UID: neither a namespace nor a pod name
+			// contains "_".
+			parts := strings.Split(e.Name(), "_")
+			if !e.IsDir() || len(parts) != 3 {
+				continue
 			}
+			obj, exists, _ := inf.GetStore().GetByKey(parts[0] + "/" + parts[1])
+			if exists && string(obj.(*corev1.Pod).UID) == parts[2] {
+				continue
+			}
+			os.RemoveAll(filepath.Join(logDir, e.Name()))
 		}
 	}()
 }
@@ -448,10 +467,6 @@ func plural(n int, noun string) string {
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
 }
-
-// podLogDirName is the directory under STATE/logs/pods holding a pod's
-// container logs. Namespaces and pod names cannot contain "_".
-func podLogDirName(namespace, pod string) string { return namespace + "_" + pod }
 
 // startProxy starts a run of the node's proxy; the caller holds proxyMu.
 func (c *Cluster) startProxy(info NodeInfo) *nodeProxy {
@@ -509,6 +524,29 @@ func (c *Cluster) RestartProxy(ctx context.Context, node string) error {
 	return nil
 }
 
+// exposeAPIServer serves the API server at the control-plane address on
+// the cluster network, on its own port: that is the endpoint the API
+// server's lease reconciler gives the `kubernetes` Service, so pods reach
+// it through https://kubernetes.default.svc with the API server's own
+// certificate (valid for that address and the Service's).
+func (c *Cluster) exposeAPIServer(ctx context.Context) error {
+	u, err := url.Parse(c.ControlPlane.RESTConfig.Host)
+	if err != nil {
+		return fmt.Errorf("API server address %q: %w", c.ControlPlane.RESTConfig.Host, err)
+	}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		return fmt.Errorf("API server address %q: %w", c.ControlPlane.RESTConfig.Host, err)
+	}
+	// Also on an adopted network, which an older run may have left
+	// without the address.
+	if err := c.Network.SetUpControlPlaneAddress(len(c.nodes)); err != nil {
+		return err
+	}
+	addr := netip.AddrPortFrom(c.Network.ControlPlaneIP(), uint16(port))
+	return forwardAPIServer(ctx, "/run/netns/"+c.Network.BridgeNS(), addr, u.Host)
+}
+
 // Nodes describes the cluster's nodes.
 func (c *Cluster) Nodes() []NodeInfo { return c.nodes }
 
@@ -527,6 +565,9 @@ func (c *Cluster) Stop() {
 		c.cancel()
 	}
 	c.wg.Wait()
+	if c.egressListener != nil {
+		c.egressListener.Close() // removes the socket file too
+	}
 	if c.ControlPlane != nil {
 		c.ControlPlane.Stop()
 	}

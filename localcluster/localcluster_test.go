@@ -1040,10 +1040,9 @@ for n in ipc uts pid mnt; do echo ns-$n=$(readlink /proc/self/ns/$n); done; cat 
 			strings.Contains(cs[0].State.Waiting.Message, "runAsNonRoot")
 	})
 
-	logFile := filepath.Join(cluster.Config.StateDir, "logs", "pods", ns+"_contained", "c.log")
 	var out string
-	wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		b, _ := os.ReadFile(logFile)
+	wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		b, _ := c.CoreV1().Pods(ns).GetLogs("contained", &corev1.PodLogOptions{}).DoRaw(ctx)
 		out = string(b)
 		return strings.Contains(out, "end\n"), nil
 	})

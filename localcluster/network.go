@@ -60,6 +60,12 @@ func podHash(namespace, pod string) string {
 	return hex.EncodeToString(sum[:])[:10]
 }
 
+// ControlPlaneIP is where the cluster network reaches the API server: the
+// first address of the node CIDR, held by the bridge (as a control-plane
+// host on the nodes' network would). It is the address the `kubernetes`
+// Service's endpoints advertise.
+func (n *Network) ControlPlaneIP() netip.Addr { return n.NodeCIDR.Addr().Next() }
+
 // NodeIP is the eth0 address of the node with 1-based index i.
 func (n *Network) NodeIP(i int) netip.Addr {
 	a := n.NodeCIDR.Addr().As4()
@@ -109,6 +115,18 @@ func (n *Network) SetUpBridge() error {
 		}
 		return nil
 	})
+}
+
+// SetUpControlPlaneAddress puts the control-plane address on the bridge
+// and routes each of the nodes' pod CIDRs via its node there, so that pods
+// reaching the API server at that address get answers. Idempotent: it runs
+// on a fresh network and on one adopted from an earlier run.
+func (n *Network) SetUpControlPlaneAddress(nodes int) error {
+	cmds := [][]string{{"addr", "replace", netip.PrefixFrom(n.ControlPlaneIP(), n.NodeCIDR.Bits()).String(), "dev", "br0"}}
+	for i := 1; i <= nodes; i++ {
+		cmds = append(cmds, []string{"route", "replace", n.NodePodCIDR(i).String(), "via", n.NodeIP(i).String()})
+	}
+	return runAll(n.BridgeNS(), cmds)
 }
 
 // SetUpNode creates node i's namespace on the bridge, with forwarding on,

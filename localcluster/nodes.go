@@ -102,6 +102,8 @@ func heartbeat(ctx context.Context, c kubernetes.Interface, n NodeInfo) error {
 			{Type: corev1.NodeInternalIP, Address: n.IP.String()},
 			{Type: corev1.NodeHostName, Address: n.Name},
 		}
+		// Where the API server finds this node's kubelet API.
+		cur.Status.DaemonEndpoints.KubeletEndpoint.Port = KubeletPort
 		cur.Status.NodeInfo.KubeletVersion = "switchboard"
 		cur.Status.NodeInfo.OperatingSystem = "linux"
 		cur.Status.NodeInfo.Architecture = "amd64"

@@ -218,6 +218,31 @@ type podWorker struct {
 	mu          sync.Mutex
 	// restartPolicy is immutable in a pod's spec.
 	restartPolicy corev1.RestartPolicy
+	// What the kubelet API reads, under mu: the pod's network namespace
+	// and each container's running PID (0: not running).
+	netNS string
+	pids  map[string]int
+	stdio map[string]*stdio
+}
+
+// publish records the containers' PIDs for the kubelet API.
+func (w *podWorker) publish(ctrs []*container, pn PodNet) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.netNS = pn.NS
+	if w.pids == nil {
+		w.pids, w.stdio = map[string]int{}, map[string]*stdio{}
+	}
+	for _, c := range ctrs {
+		w.pids[c.spec.Name], w.stdio[c.spec.Name] = 0, nil
+		if c.proc != nil {
+			select {
+			case <-c.proc.exited:
+			default:
+				w.pids[c.spec.Name], w.stdio[c.spec.Name] = c.proc.pid, c.stdio
+			}
+		}
+	}
 }
 
 func (w *podWorker) update(p *corev1.Pod) {
@@ -254,7 +279,9 @@ func podReady(p *corev1.Pod) bool {
 type container struct {
 	spec corev1.Container
 	// proc is the running process; nil when none runs.
-	proc         *proc
+	proc *proc
+	// stdio is how the running process's streams are held.
+	stdio        *stdio
 	started      time.Time
 	restarts     int32
 	waitReason   string
@@ -301,6 +328,13 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 	}
 	rec, pn, ok := r.adopt(pod, ctrs, log)
 	if ok {
+		for _, c := range ctrs {
+			if c.proc != nil {
+				// Output an earlier run's container writes while this
+				// run is up reaches its log again.
+				c.stdio = resumeStdio(podLogDir(r.logDir, pod), c.spec.Name, c.restarts)
+			}
+		}
 		w.servingNow()
 	} else {
 		var err error
@@ -317,8 +351,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			r.tearDownPod(pod.UID, pn)
 		}
 	}()
-	logDir := filepath.Join(r.logDir, podLogDirName(pod.Namespace, pod.Name))
-	os.MkdirAll(logDir, 0o755)
+	logDir := podLogDir(r.logDir, pod)
 
 	var lastStatus *corev1.PodStatus
 	tick := time.NewTicker(250 * time.Millisecond)
@@ -335,6 +368,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 				w.probe(c, pod, pn)
 			}
 		}
+		w.publish(ctrs, pn)
 		if terminating {
 			w.terminate(ctrs, pod, log)
 			// The tree and the namespace go before the object, so a pod gone
@@ -342,6 +376,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			// deferred teardown is then a no-op).
 			r.tearDownPod(pod.UID, pn)
 			r.finalizeDelete(ctx, pod)
+			os.RemoveAll(logDir) // as the kubelet removes a deleted pod's logs
 			return
 		}
 		st := w.status(pod, ctrs, pn, started, now)
@@ -378,6 +413,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 				detached = true
 			case deleted:
 				w.kill(ctrs, 0)
+				os.RemoveAll(logDir)
 			default:
 				w.kill(ctrs, 2*time.Second)
 			}
@@ -489,12 +525,6 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 			argv = append(argv, "--port", fmt.Sprintf("%d/%s", p.ContainerPort, proto))
 		}
 	}
-	out, err := os.OpenFile(filepath.Join(logDir, c.spec.Name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
-		return false
-	}
-	defer out.Close()
 	attr := &syscall.SysProcAttr{Setsid: true,
 		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC}
 	join, placed, err := r.cg.place(attr, podCgroup(string(pod.UID)))
@@ -512,15 +542,24 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	// container up from the inside and execs the command, so the PID we
 	// hold is the container's PID 1. Its own session keeps it out of the
 	// terminal's Ctrl-C, and nothing ties its life to this process.
-	cmd := &exec.Cmd{Path: r.exe, Args: []string{containerInitName, string(spec)}, Stdout: out, Stderr: out}
+	cmd := &exec.Cmd{Path: r.exe, Args: []string{containerInitName, string(spec)}}
 	cmd.Env = env
 	cmd.SysProcAttr = attr
+	streams, err := openStdio(c.spec, cmd, logDir, c.restarts)
+	if err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
+		c.backoffStep()
+		return false
+	}
 	if err := netnamespace.Do("/run/netns/"+pn.NS, cmd.Start); err != nil {
+		streams.started()
+		streams.stop()
 		c.waitReason, c.waitMessage = "ContainerCannotRun", err.Error()
 		c.backoffStep()
 		return false
 	}
-	c.proc = childProc(cmd)
+	streams.started()
+	c.proc, c.stdio = childProc(cmd), streams
 	c.started = time.Now()
 	c.waitReason, c.waitMessage, c.ready, c.probeSuccess = "", "", false, 0
 	log.Info("container started", "container", c.spec.Name, "pid", c.proc.pid)

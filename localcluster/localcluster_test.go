@@ -468,7 +468,7 @@ func TestRestartAndCleanup(t *testing.T) {
 	}
 
 	// A log directory whose pod was deleted while up was down goes at start.
-	ghost := filepath.Join(dir, "logs", "pods", "default_ghost")
+	ghost := filepath.Join(dir, "logs", "pods", "default_ghost_0d9c6f1e-0000-4000-8000-000000000000")
 	if err := os.MkdirAll(ghost, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -502,7 +502,7 @@ func TestRestartAndCleanup(t *testing.T) {
 		}
 		return nil
 	})
-	keeperLogs := filepath.Join(dir, "logs", "pods", "default_keeper")
+	keeperLogs := filepath.Join(dir, "logs", "pods", "default_keeper_"+kubectl(kc, "get", "pod", "keeper", "-o", "jsonpath={.metadata.uid}"))
 	if _, err := os.Stat(keeperLogs); err != nil {
 		t.Errorf("log directory of a live pod: %v", err)
 	}
@@ -1167,14 +1167,14 @@ func TestImages(t *testing.T) {
 	}
 
 	// busybox's command ran through the host's shell, $(VAR) expanded.
-	logFile := filepath.Join(stateDir, "logs", "pods", ns+"_shell", "c.log")
-	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		b, _ := os.ReadFile(logFile)
-		return string(b) == "hi from busybox\n", nil
+	var printed string
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		b, _ := c.CoreV1().Pods(ns).GetLogs("shell", &corev1.PodLogOptions{}).DoRaw(ctx)
+		printed = string(b)
+		return printed == "hi from busybox\n", nil
 	})
 	if err != nil {
-		b, _ := os.ReadFile(logFile)
-		t.Errorf("busybox container printed %q, want %q", b, "hi from busybox\n")
+		t.Errorf("busybox container printed %q, want %q", printed, "hi from busybox\n")
 	}
 
 	// nginx is the echo server, and the pod says so.

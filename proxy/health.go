@@ -419,6 +419,7 @@ type metrics struct {
 	endpoints          prometheus.Gauge
 	elements           prometheus.Gauge
 	rules              prometheus.Gauge
+	written            prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -434,14 +435,17 @@ func newMetrics() *metrics {
 		endpoints:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchboard_proxy_endpoints", Help: "Endpoints known across all Service ports."}),
 		elements:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchboard_proxy_nftables_elements", Help: "Set and map elements programmed."}),
 		rules:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchboard_proxy_nftables_rules", Help: "Rules in the proxy's tables."}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchboard_proxy_nftables_elements_written_total",
+			Help: "Set and map elements added or deleted by successful syncs (a replaced element counts twice)."}),
 	}
-	m.registry.MustRegister(m.syncDuration, m.programmingLatency, m.syncErrors, m.services, m.servicePorts, m.endpoints, m.elements, m.rules)
+	m.registry.MustRegister(m.syncDuration, m.programmingLatency, m.syncErrors, m.services, m.servicePorts, m.endpoints, m.elements, m.rules, m.written)
 	return m
 }
 
 // record sets the gauges from counts the snapshot and the backend keep,
-// so it costs nothing per Service.
+// so it costs nothing per Service; it is called once per successful sync.
 func (m *metrics) record(snap *snapshot.Snapshot, st nftables.Stats) {
+	m.written.Add(float64(st.LastWrite.Added + st.LastWrite.Deleted))
 	services, ports, eps := snap.Counts()
 	m.services.Set(float64(services))
 	m.servicePorts.Set(float64(ports))

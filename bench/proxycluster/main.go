@@ -207,16 +207,21 @@ func main() {
 				defer wg.Done()
 				b := before[r]
 				deadline := time.Now().Add(30 * time.Second)
+				var wall time.Duration
 				for {
 					m := r.metrics()
-					if m[r.progLat+"_count"+r.labels] > b.prog {
-						wall := time.Since(t0)
-						c, s := m[r.syncDur+"_count"+r.labels], m[r.syncDur+"_sum"+r.labels]
+					if wall == 0 && m[r.progLat+"_count"+r.labels] > b.prog {
+						wall = time.Since(t0)
+					}
+					// kube-proxy observes its sync's duration after the
+					// programming latency (deferred): wait for both.
+					c, s := m[r.syncDur+"_count"+r.labels], m[r.syncDur+"_sum"+r.labels]
+					if wall != 0 && c > b.syncs {
 						r.changeWall = append(r.changeWall, wall)
 						// Syncs since the mark: normally just this
 						// change's; a periodic one in between is
 						// averaged in and counted.
-						r.changeSync = append(r.changeSync, time.Duration((s-b.syncSum)/max(1, c-b.syncs)*float64(time.Second)))
+						r.changeSync = append(r.changeSync, time.Duration((s-b.syncSum)/(c-b.syncs)*float64(time.Second)))
 						r.extraSyncs += int(c-b.syncs) - 1
 						if r.written != "" {
 							r.changeWritten = append(r.changeWritten, m[r.written]-b.written)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"encoding/json"
+	"iter"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -83,7 +84,17 @@ func (h *health) debugState(namespace, name string) DebugState {
 		return st
 	}
 	st.Generation = snap.Generation
-	for key, ports := range snap.Ports {
+	var services iter.Seq2[snapshot.ServiceKey, []*snapshot.ServicePort] = snap.All()
+	if namespace != "" && name != "" {
+		// One Service: a lookup, not a walk of the cluster.
+		key := snapshot.ServiceKey{Namespace: namespace, Name: name}
+		services = func(yield func(snapshot.ServiceKey, []*snapshot.ServicePort) bool) {
+			if ports := snap.Get(key); ports != nil {
+				yield(key, ports)
+			}
+		}
+	}
+	for key, ports := range services {
 		if (namespace != "" && key.Namespace != namespace) || (name != "" && key.Name != name) {
 			continue
 		}

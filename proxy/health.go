@@ -57,12 +57,16 @@ type health struct {
 	programmed *snapshot.Snapshot
 	inspect    inspector
 	servers    []*http.Server
-	hcnp       map[int32]*hcServer
+	// hcnp are the open healthCheckNodePort servers; hcOf is what each
+	// Service asks for, hcByPort which Service a port serves.
+	hcnp     map[int32]*hcServer
+	hcOf     map[snapshot.ServiceKey]hcWant
+	hcByPort map[int32]snapshot.ServiceKey
 }
 
 func newHealth(node, netns string, nodeIPs []netip.Addr, nodeObj func() *v1.Node, t *Tracker, inspect inspector, log *slog.Logger) *health {
 	return &health{node: node, netns: netns, nodeIPs: nodeIPs, nodeObj: nodeObj, tracker: t, inspect: inspect, log: log,
-		started: time.Now(), hcnp: map[int32]*hcServer{}}
+		started: time.Now(), hcnp: map[int32]*hcServer{}, hcOf: map[snapshot.ServiceKey]hcWant{}, hcByPort: map[int32]snapshot.ServiceKey{}}
 }
 
 // listen opens a TCP listener inside the proxy's network namespace.
@@ -299,43 +303,91 @@ func (s *hcServer) handler(is4 bool) http.Handler {
 	})
 }
 
-// synced records a successful sync and reconciles the healthCheckNodePort
-// servers with the snapshot.
-func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
-	want := map[int32]*hcServer{}
-	for key, ports := range snap.Ports {
-		for _, sp := range ports {
-			if sp.HealthCheckNodePort == 0 {
-				continue
-			}
-			s := &hcServer{h: h, svc: key}
-			for _, ip := range sp.ClusterIPs {
-				s.fams[famIndex(ip.Is4())] = true
-				s.n[famIndex(ip.Is4())] = snapshot.LocalReadyEndpoints(ports, ip.Is4())
-			}
-			want[sp.HealthCheckNodePort] = s
-			break
+// hcWant is what one Service asks of the healthCheckNodePort servers:
+// the port, the Service's families and its ready local endpoints in each.
+type hcWant struct {
+	port int32
+	fams [2]bool
+	n    [2]int
+}
+
+// healthCheckOf is what a Service's ports ask of the healthCheckNodePort
+// servers (per Service, not per port: the ports share their pods).
+func healthCheckOf(ports []*snapshot.ServicePort) hcWant {
+	var w hcWant
+	for _, sp := range ports {
+		if sp.HealthCheckNodePort == 0 {
+			continue
 		}
+		w.port = sp.HealthCheckNodePort
+		for _, ip := range sp.ClusterIPs {
+			w.fams[famIndex(ip.Is4())] = true
+			w.n[famIndex(ip.Is4())] = snapshot.LocalReadyEndpoints(ports, ip.Is4())
+		}
+		break
 	}
+	return w
+}
+
+// synced records a successful sync and brings the healthCheckNodePort
+// servers of the changed Services in step with the snapshot; a full sync
+// reconciles all of them.
+func (h *health) synced(at time.Time, snap *snapshot.Snapshot, changes snapshot.Changes) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastUpdated = at
 	h.pendingSince = time.Time{}
 	h.programmed = snap
 	h.lastError, h.lastErrorTime = "", time.Time{}
-	for port, s := range h.hcnp {
-		if w, ok := want[port]; !ok || w.fams != s.fams {
+	touched := map[int32]bool{}
+	set := func(key snapshot.ServiceKey, w hcWant) {
+		old := h.hcOf[key]
+		if old.port != 0 {
+			touched[old.port] = true
+			if h.hcByPort[old.port] == key {
+				delete(h.hcByPort, old.port)
+			}
+		}
+		if w.port == 0 {
+			delete(h.hcOf, key)
+			return
+		}
+		h.hcOf[key] = w
+		h.hcByPort[w.port] = key
+		touched[w.port] = true
+	}
+	if changes.Full {
+		for port := range h.hcnp {
+			touched[port] = true
+		}
+		h.hcOf, h.hcByPort = map[snapshot.ServiceKey]hcWant{}, map[int32]snapshot.ServiceKey{}
+		for key, ports := range snap.All() {
+			if w := healthCheckOf(ports); w.port != 0 {
+				set(key, w)
+			}
+		}
+	} else {
+		for _, key := range changes.Keys {
+			set(key, healthCheckOf(snap.Get(key)))
+		}
+	}
+	for port := range touched {
+		key, wanted := h.hcByPort[port]
+		w := h.hcOf[key]
+		if s, open := h.hcnp[port]; open {
+			if wanted && s.fams == w.fams {
+				s.mu.Lock()
+				s.svc, s.n = key, w.n
+				s.mu.Unlock()
+				continue
+			}
 			s.close()
 			delete(h.hcnp, port)
 		}
-	}
-	for port, w := range want {
-		if s, ok := h.hcnp[port]; ok {
-			s.mu.Lock()
-			s.svc, s.n = w.svc, w.n
-			s.mu.Unlock()
+		if !wanted {
 			continue
 		}
+		s := &hcServer{h: h, svc: key, fams: w.fams, n: w.n}
 		for _, ip := range h.nodeIPs {
 			if !w.fams[famIndex(ip.Is4())] {
 				continue
@@ -346,12 +398,12 @@ func (h *health) synced(at time.Time, snap *snapshot.Snapshot) {
 			}
 			l, err := h.listen(network, netip.AddrPortFrom(ip, uint16(port)).String())
 			if err != nil {
-				h.log.Error("open healthCheckNodePort", "service", w.svc, "port", port, "err", err)
+				h.log.Error("open healthCheckNodePort", "service", key, "port", port, "err", err)
 				continue
 			}
-			w.servers = append(w.servers, h.start(l, w.handler(ip.Is4())))
+			s.servers = append(s.servers, h.start(l, s.handler(ip.Is4())))
 		}
-		h.hcnp[port] = w
+		h.hcnp[port] = s
 	}
 }
 
@@ -367,13 +419,14 @@ type metrics struct {
 	endpoints          prometheus.Gauge
 	elements           prometheus.Gauge
 	rules              prometheus.Gauge
+	written            prometheus.Counter
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchboard_proxy_sync_duration_seconds",
-			Help: "Time to program one change (or a full sync) into the kernel.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}),
+			Help: "Time from taking a change (or everything, for a full sync) from the informers' store to the end of its kernel write.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}),
 		programmingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "switchboard_proxy_network_programming_duration_seconds",
 			Help: "Time from an EndpointSlice's last-change-trigger-time to its rules being programmed.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 18)}),
 		syncErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "switchboard_proxy_sync_errors_total", Help: "Failed syncs (each is retried)."}),
@@ -382,20 +435,19 @@ func newMetrics() *metrics {
 		endpoints:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchboard_proxy_endpoints", Help: "Endpoints known across all Service ports."}),
 		elements:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchboard_proxy_nftables_elements", Help: "Set and map elements programmed."}),
 		rules:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "switchboard_proxy_nftables_rules", Help: "Rules in the proxy's tables."}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "switchboard_proxy_nftables_elements_written_total",
+			Help: "Set and map elements added or deleted by successful syncs (a replaced element counts twice)."}),
 	}
-	m.registry.MustRegister(m.syncDuration, m.programmingLatency, m.syncErrors, m.services, m.servicePorts, m.endpoints, m.elements, m.rules)
+	m.registry.MustRegister(m.syncDuration, m.programmingLatency, m.syncErrors, m.services, m.servicePorts, m.endpoints, m.elements, m.rules, m.written)
 	return m
 }
 
+// record sets the gauges from counts the snapshot and the backend keep,
+// so it costs nothing per Service; it is called once per successful sync.
 func (m *metrics) record(snap *snapshot.Snapshot, st nftables.Stats) {
-	var ports, eps int
-	for _, ps := range snap.Ports {
-		ports += len(ps)
-		for _, p := range ps {
-			eps += len(p.Endpoints)
-		}
-	}
-	m.services.Set(float64(len(snap.Ports)))
+	m.written.Add(float64(st.LastWrite.Added + st.LastWrite.Deleted))
+	services, ports, eps := snap.Counts()
+	m.services.Set(float64(services))
 	m.servicePorts.Set(float64(ports))
 	m.endpoints.Set(float64(eps))
 	m.elements.Set(float64(st.Elements))

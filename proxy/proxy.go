@@ -27,10 +27,14 @@ import (
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
-// Backend programs snapshots into a data plane. changed lists the Services
-// that differ from the previous call; nil asks for everything.
+// Backend programs snapshots into a data plane.
 type Backend interface {
-	Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) error
+	// Sync programs snap: everything when changes.Full, else only the
+	// Services in changes.Keys (those that differ from the previous
+	// call's snapshot).
+	Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error
+	// Stats counts what is programmed, for metrics.
+	Stats() nftables.Stats
 }
 
 // Config configures Run.
@@ -205,27 +209,24 @@ func Run(ctx context.Context, cfg Config) error {
 
 // loop syncs pending changes, coalescing bursts; the first sync programs
 // everything (adopting what an earlier run left).
-func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
-	Backend
-	Stats() nftables.Stats
-}, m *metrics, hs *health, log *slog.Logger) error {
+func loop(ctx context.Context, cfg Config, t *Tracker, b Backend, m *metrics, hs *health, log *slog.Logger) error {
 	first := true
 	hs.loopStarted(time.Now())
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	for {
-		u := t.Next()
-		changed := u.Changed
-		if first {
-			changed = nil
-		}
+		// The sync's duration runs from taking the change to the end of
+		// the kernel write, like kube-proxy's: everything a change waits
+		// for once the loop has it.
 		start := time.Now()
-		err := b.Sync(u.Snapshot, changed)
-		took := time.Since(start)
-		m.syncDuration.Observe(took.Seconds())
+		u := t.Next()
+		changes := snapshot.Changes{Full: first, Keys: u.Changed}
+		err := b.Sync(u.Snapshot, changes)
+		done := time.Now()
+		m.syncDuration.Observe(done.Sub(start).Seconds())
 		if err != nil {
 			m.syncErrors.Inc()
-			hs.failed(time.Now(), u.Queued, err)
+			hs.failed(done, u.Queued, err)
 			log.Error("sync failed; retrying", "err", err)
 			t.Requeue(u.Changed)
 			retry.Reset(time.Second)
@@ -235,16 +236,15 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b interface {
 			if first && cfg.OnInitialSync != nil {
 				cfg.OnInitialSync()
 			}
-			first = false
-			done := time.Now()
 			for _, tt := range u.Triggers {
 				if tt.After(hs.started) {
 					m.programmingLatency.Observe(done.Sub(tt).Seconds())
 				}
 			}
-			hs.synced(done, u.Snapshot)
+			hs.synced(done, u.Snapshot, changes)
 			m.record(u.Snapshot, b.Stats())
-			log.Debug("synced", "changed", len(u.Changed), "took", took)
+			first = false
+			log.Debug("synced", "changed", len(u.Changed), "full", changes.Full, "took", done.Sub(start))
 		}
 		last := time.Now()
 		select {

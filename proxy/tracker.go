@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -36,7 +35,7 @@ func NewTracker(node string) *Tracker {
 		services: map[snapshot.ServiceKey]*v1.Service{},
 		slices:   map[snapshot.ServiceKey]map[string]*discoveryv1.EndpointSlice{},
 		dirty:    map[snapshot.ServiceKey]time.Time{},
-		current:  &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{}},
+		current:  snapshot.New(nil),
 		notify:   make(chan struct{}, 1),
 	}
 }
@@ -134,8 +133,18 @@ func (t *Tracker) setService(o any, deleted bool) {
 // SliceHandler is the informer handler for EndpointSlices of any manager.
 func (t *Tracker) SliceHandler() cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { t.setSlice(o, false) },
-		UpdateFunc: func(_, o any) { t.setSlice(o, false) },
+		AddFunc: func(o any) { t.setSlice(o, false) },
+		UpdateFunc: func(old, o any) {
+			// A slice relabelled to another Service (or unlabelled)
+			// leaves the one it belonged to.
+			if was, ok := old.(*discoveryv1.EndpointSlice); ok {
+				if now, ok := o.(*discoveryv1.EndpointSlice); ok &&
+					was.Labels[discoveryv1.LabelServiceName] != now.Labels[discoveryv1.LabelServiceName] {
+					t.setSlice(was, true)
+				}
+			}
+			t.setSlice(o, false)
+		},
 		DeleteFunc: func(o any) { t.setSlice(o, true) },
 	}
 }
@@ -157,6 +166,9 @@ func (t *Tracker) setSlice(o any, deleted bool) {
 	defer t.mu.Unlock()
 	m := t.slices[k]
 	if deleted {
+		if _, ok := m[sl.Name]; !ok {
+			return
+		}
 		delete(m, sl.Name)
 		if len(m) == 0 {
 			delete(t.slices, k)
@@ -183,43 +195,41 @@ type Update struct {
 }
 
 // Next builds the snapshot for everything pending and clears the pending
-// list. Unchanged Services share their ServicePorts with the previous
-// snapshot.
+// list. It costs what changed: the new snapshot shares everything else
+// with the previous one.
 func (t *Tracker) Next() Update {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	next := &snapshot.Snapshot{Ports: maps.Clone(t.current.Ports), Generation: t.current.Generation + 1,
-		ServiceCIDRs: t.serviceCIDRs}
 	var u Update
+	changes := make(map[snapshot.ServiceKey][]*snapshot.ServicePort, len(t.dirty))
 	for k, at := range t.dirty {
 		if u.Queued.IsZero() || at.Before(u.Queued) {
 			u.Queued = at
 		}
-		var sl []*discoveryv1.EndpointSlice
+		sl := make([]*discoveryv1.EndpointSlice, 0, len(t.slices[k]))
 		for _, s := range t.slices[k] {
 			sl = append(sl, s)
 		}
-		ports := snapshot.BuildService(t.services[k], sl, t.node)
-		if len(ports) == 0 {
-			delete(next.Ports, k)
-		} else {
-			next.Ports[k] = ports
-		}
+		changes[k] = snapshot.BuildService(t.services[k], sl, t.node)
 		u.Changed = append(u.Changed, k)
 		if tt := snapshot.LastChangeTriggerTime(sl); !tt.IsZero() {
 			u.Triggers = append(u.Triggers, tt)
 		}
 	}
-	clear(t.dirty)
+	// A fresh map, not clear: iterating a map costs what it once held,
+	// and after the initial sync this one held every Service.
+	t.dirty = map[snapshot.ServiceKey]time.Time{}
 	// A mark since the last Next left a signal for changes this Next has
-	// just taken: drop it, or the loop would wake to nothing pending and,
-	// as an empty change list, sync everything.
+	// just taken: drop it, or the loop would wake to nothing pending.
 	select {
 	case <-t.notify:
 	default:
 	}
-	t.current = next
-	u.Snapshot = next
+	t.current = t.current.With(changes)
+	// Not yet handed out: the CIDRs ride along (a change of them makes
+	// the backend rebuild its node-wide rules).
+	t.current.ServiceCIDRs = t.serviceCIDRs
+	u.Snapshot = t.current
 	return u
 }
 

@@ -1,7 +1,8 @@
 // Command proxy benchmarks the node proxy's nftables backend: in a network
 // namespace it creates, it programs N Services x M endpoints, then applies
-// single endpoint changes, and reports full-sync time, per-change times and
-// the process's RSS.
+// single endpoint changes (a pod replaced by one whose address sorts
+// elsewhere; one endpoint added), and reports full-sync time, per-change
+// times, the elements each change wrote, and the process's RSS.
 //
 //	go run ./bench/proxy [-services 5000] [-endpoints 10] [-changes 50]
 package main
@@ -86,11 +87,12 @@ func run(nSvc, nEps, nChanges int) error {
 		return err
 	}
 	defer k.Close()
-	snap := &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{}}
+	all := map[snapshot.ServiceKey][]*snapshot.ServicePort{}
 	for i := range nSvc {
 		sps := service(i, nEps, 0)
-		snap.Ports[sps[0].Key.ServiceKey] = sps
+		all[sps[0].Key.ServiceKey] = sps
 	}
+	snap := snapshot.New(all)
 	if profile != "" {
 		f, err := os.Create(profile)
 		if err != nil {
@@ -99,7 +101,7 @@ func run(nSvc, nEps, nChanges int) error {
 		pprof.StartCPUProfile(f)
 	}
 	start := time.Now()
-	if err := k.Sync(snap, nil); err != nil {
+	if err := k.Sync(snap, snapshot.Changes{Full: true}); err != nil {
 		return err
 	}
 	full := time.Since(start)
@@ -109,32 +111,51 @@ func run(nSvc, nEps, nChanges int) error {
 	fmt.Printf("services=%d endpoints/service=%d\n", nSvc, nEps)
 	fmt.Printf("full sync: %v\n", full.Round(time.Microsecond))
 
-	// One endpoint replaced (delete + add in one transaction), and one
-	// endpoint added (the Service moves to the next bucket).
+	// One endpoint replaced by a pod whose address sorts first (a
+	// rollout: the list is sorted by address, as BuildService sorts it),
+	// and one endpoint added (the Service moves to the next bucket). Each
+	// is one transaction; the elements it wrote are counted.
 	var replace, scale []time.Duration
+	var replaceWritten, scaleWritten int
+	sync := func(sps []*snapshot.ServicePort) (time.Duration, int, error) {
+		key := sps[0].Key.ServiceKey
+		snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{key: sps})
+		start := time.Now()
+		err := k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{key}})
+		took := time.Since(start)
+		w := k.Stats().LastWrite
+		return took, w.Added + w.Deleted, err
+	}
 	for c := range nChanges {
 		i := (c * 97) % nSvc
 		sps := service(i, nEps, 0)
-		sps[0].Endpoints[c%nEps].Addr = netip.AddrFrom4([4]byte{10, 250, byte(c), 1})
-		next := &snapshot.Snapshot{Ports: snap.Ports}
-		next.Ports[sps[0].Key.ServiceKey] = sps
-		start := time.Now()
-		if err := k.Sync(next, []snapshot.ServiceKey{sps[0].Key.ServiceKey}); err != nil {
+		eps := sps[0].Endpoints
+		eps[len(eps)-1].Addr = netip.AddrFrom4([4]byte{10, 0, byte(c >> 8), byte(c)})
+		slices.SortFunc(eps, func(a, b snapshot.Endpoint) int { return a.Addr.Compare(b.Addr) })
+		took, n, err := sync(sps)
+		if err != nil {
 			return err
 		}
-		replace = append(replace, time.Since(start))
+		replace, replaceWritten = append(replace, took), replaceWritten+n
+		// Put it back, so the next round starts from the same state.
+		if _, _, err := sync(service(i, nEps, 0)); err != nil {
+			return err
+		}
 
 		j := (c*89 + 13) % nSvc
-		sps = service(j, nEps+1, 0)
-		next.Ports[sps[0].Key.ServiceKey] = sps
-		start = time.Now()
-		if err := k.Sync(next, []snapshot.ServiceKey{sps[0].Key.ServiceKey}); err != nil {
+		took, n, err = sync(service(j, nEps+1, 0))
+		if err != nil {
 			return err
 		}
-		scale = append(scale, time.Since(start))
+		scale, scaleWritten = append(scale, took), scaleWritten+n
+		if _, _, err := sync(service(j, nEps, 0)); err != nil {
+			return err
+		}
 	}
 	report("one endpoint replaced", replace)
+	fmt.Printf("  elements written per replacement: %.1f\n", float64(replaceWritten)/float64(max(1, len(replace))))
 	report("one endpoint added (bucket move)", scale)
+	fmt.Printf("  elements written per addition: %.1f\n", float64(scaleWritten)/float64(max(1, len(scale))))
 	runtime.GC()
 	fmt.Printf("process RSS: %s (peak %s)\n", measure.Status(0, "VmRSS"), measure.Status(0, "VmHWM"))
 	out, err := netnamespace.Exec(name, "nft", "list", "ruleset")

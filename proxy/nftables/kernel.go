@@ -49,17 +49,26 @@ type Config struct {
 	NodeIPs []netip.Addr
 	Options Options
 	Logger  *slog.Logger
+	// Conn and Conntrack, if Conn is set, are used instead of netlink
+	// sockets in NetNS: tests pass a Fake for both.
+	Conn      Conn
+	Conntrack Conntrack
 }
 
 // Kernel applies Service ports to nftables. It remembers what it applied,
 // so a sync touches only the elements of the Services that changed, all in
 // one netlink transaction (one RCU grace period at most).
 type Kernel struct {
-	mu     sync.Mutex
-	cfg    Config
-	nsFd   int
-	conn   *nftables.Conn
-	ct     *netlink.Handle
+	mu   sync.Mutex
+	cfg  Config
+	nsFd int
+	// conn counts what each transaction writes on top of the netlink
+	// connection (or the Fake); nl and nlct are the sockets New opened,
+	// if it opened any.
+	conn   *tally
+	ct     Conntrack
+	nl     *nftables.Conn
+	nlct   *netlink.Handle
 	fams   [2]*family // [0] IPv4, [1] IPv6
 	synced bool
 	// applied holds each Service's elements per family as last applied.
@@ -83,8 +92,6 @@ type family struct {
 	chains  map[string]*nftables.Chain
 	sets    map[string]*nftables.Set
 	buckets map[string]bool // bucket maps that exist with their rule
-	// fixedRules counts the skeleton's rules.
-	fixedRules int
 	// affinity are the sessionAffinity front-ends affinity-record has a
 	// rule for.
 	affinity map[affinityFront]bool
@@ -100,6 +107,11 @@ func New(cfg Config) (*Kernel, error) {
 		cfg.Options.NodeIPs = cfg.NodeIPs
 	}
 	k := &Kernel{cfg: cfg, nsFd: -1, applied: map[snapshot.ServiceKey][2][]Elem{}, log: cfg.Logger}
+	if cfg.Conn != nil {
+		k.conn, k.ct = newTally(cfg.Conn), cfg.Conntrack
+		k.initFamilies()
+		return k, nil
+	}
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
 	var ns netns.NsHandle
 	if cfg.NetNS != "" {
@@ -123,11 +135,17 @@ func New(cfg Config) (*Kernel, error) {
 		k.Close()
 		return nil, fmt.Errorf("open nftables netlink socket in %q: %w", cfg.NetNS, err)
 	}
-	k.conn = conn
-	if k.ct, err = netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err != nil {
+	k.nl, k.conn = conn, newTally(conn)
+	if k.nlct, err = netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err != nil {
 		k.Close()
 		return nil, fmt.Errorf("open conntrack netlink socket in %q: %w", cfg.NetNS, err)
 	}
+	k.ct = k.nlct
+	k.initFamilies()
+	return k, nil
+}
+
+func (k *Kernel) initFamilies() {
 	for i, is4 := range []bool{true, false} {
 		f := nftables.TableFamilyIPv4
 		if !is4 {
@@ -136,7 +154,6 @@ func New(cfg Config) (*Kernel, error) {
 		k.fams[i] = &family{is4: is4, table: &nftables.Table{Name: TableName, Family: f}}
 		k.refs[i] = map[Elem]int{}
 	}
-	return k, nil
 }
 
 // bigBuffers lets one transaction carry a whole full sync (megabytes of
@@ -167,11 +184,11 @@ func bigBuffers(c *mdnetlink.Conn) error {
 // Close releases the sockets; the rules stay, so a restarted proxy adopts
 // them and established connections never notice.
 func (k *Kernel) Close() error {
-	if k.conn != nil {
-		k.conn.CloseLasting()
+	if k.nl != nil {
+		k.nl.CloseLasting()
 	}
-	if k.ct != nil {
-		k.ct.Close()
+	if k.nlct != nil {
+		k.nlct.Close()
 	}
 	if k.nsFd >= 0 {
 		unix.Close(k.nsFd)
@@ -180,37 +197,34 @@ func (k *Kernel) Close() error {
 	return nil
 }
 
-// Stats are counts for metrics.
+// Stats are counts for metrics and benchmarks.
 type Stats struct {
-	Elements int // set and map elements programmed
-	Rules    int // rules in the tables
+	Elements int // set and map elements programmed by Sync
+	Rules    int // rules in the tables, as the transactions left them
+	// LastWrite is what the last successful transaction wrote.
+	LastWrite Written
 }
 
 // Stats reports what is programmed.
 func (k *Kernel) Stats() Stats {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	var s Stats
-	for i, f := range k.fams {
-		s.Elements += k.elements[i]
-		if f.chains != nil {
-			// The skeleton's rules, one per bucket map, one per
-			// affinity front-end.
-			s.Rules += f.fixedRules + len(f.buckets) + len(f.affinity)
-		}
-	}
-	return s
+	return Stats{Elements: k.elements[0] + k.elements[1], Rules: k.conn.ruleCount(), LastWrite: k.conn.last}
 }
 
-// Sync programs snap. changed lists the Services that differ from the
-// previous call; nil means "all of them" and also (re)builds the tables,
-// which is what the first call after start does: it adopts a table left by
-// an earlier run, replacing its rules and elements in one atomic
-// transaction, so established connections (conntrack) are untouched.
-func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) error {
+// Sync programs snap. changes.Keys lists the Services that differ from
+// the previous call; changes.Full (or a previous failure) programs all of
+// them and also (re)builds the tables, which is what the first call after
+// start does: it adopts a table left by an earlier run, replacing its rules
+// and elements in one atomic transaction, so established connections
+// (conntrack) are untouched.
+func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if changed == nil || !k.synced || !slices.Equal(snap.ServiceCIDRs, k.serviceCIDRs) {
+	// A change of the Service CIDRs rewrites the node-wide rules that
+	// drop traffic to unallocated addresses: a rare event, done by a full
+	// sync.
+	if changes.Full || !k.synced || !slices.Equal(snap.ServiceCIDRs, k.serviceCIDRs) {
 		err := k.fullSync(snap)
 		k.synced = err == nil
 		return err
@@ -220,10 +234,10 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changed []snapshot.ServiceKey) er
 	var udpGone [2][]netip.Addr
 	var udpActive [2][]netip.AddrPort
 	var affinityGone [2][]netip.AddrPort
-	for _, key := range changed {
+	for _, key := range changes.Keys {
 		old := k.applied[key]
-		v4, v6 := TranslateService(snap.Ports[key], k.cfg.Options)
-		now := [2][]Elem{v4, v6}
+		v4, v6 := TranslateService(snap.Get(key), k.cfg.Options)
+		now := [2][]Elem{StableSlots(old[0], v4), StableSlots(old[1], v6)}
 		for i := range 2 {
 			add, del := k.diff(i, old[i], now[i])
 			d[i].add = append(d[i].add, add...)
@@ -518,12 +532,12 @@ func (k *Kernel) clearUntranslated(fronts [2][]netip.AddrPort) {
 // and rules are re-added (chains flushed first), sets flushed and refilled.
 // The table itself is never deleted, so nothing is briefly unprogrammed.
 func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
-	k.applied = make(map[snapshot.ServiceKey][2][]Elem, len(snap.Ports))
+	k.applied = make(map[snapshot.ServiceKey][2][]Elem, snap.Len())
 	k.serviceCIDRs = snap.ServiceCIDRs
 	// Translate first and size everything once: growing multi-megabyte
 	// slices and maps element by element dominated the full sync.
 	var total [2]int
-	for key, ports := range snap.Ports {
+	for key, ports := range snap.All() {
 		v4, v6 := TranslateService(ports, k.cfg.Options)
 		if len(v4)+len(v6) == 0 {
 			continue
@@ -967,11 +981,7 @@ func setMasqMark() []expr.Any {
 func (k *Kernel) skeleton(f *family, existing []string) {
 	c := k.conn
 	c.AddTable(f.table)
-	f.fixedRules = 0
-	add := func(r *nftables.Rule) {
-		c.AddRule(r)
-		f.fixedRules++
-	}
+	add := func(r *nftables.Rule) { c.AddRule(r) }
 	f.chains, f.sets, f.buckets = map[string]*nftables.Chain{}, map[string]*nftables.Set{}, map[string]bool{}
 	chain := func(name string, hook *nftables.ChainHook, prio int32, typ nftables.ChainType) *nftables.Chain {
 		ch := &nftables.Chain{Name: name, Table: f.table}

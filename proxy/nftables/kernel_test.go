@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -80,7 +81,7 @@ func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 
 	k1, err := New(Config{NetNS: nodePath})
 	must(t, err)
-	must(t, k1.Sync(&snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{key: {sp}, stale: {staleSP}}}, nil))
+	must(t, k1.Sync(snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{key: {sp}, stale: {staleSP}}), snapshot.Changes{Full: true}))
 	k1.Close()
 
 	request := func() (string, error) {
@@ -107,9 +108,13 @@ func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 	k2, err := New(Config{NetNS: nodePath})
 	must(t, err)
 	defer k2.Close()
-	must(t, k2.Sync(&snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{key: {sp}}}, nil))
+	must(t, k2.Sync(snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{key: {sp}}), snapshot.Changes{Full: true}))
 	out, err := netnamespace.Exec(node, "nft", "list", "ruleset")
 	must(t, err)
+	// Stats counts the rules the kernel holds, as nft lists them.
+	if got, want := k2.Stats().Rules, kernelRules(t, node); got != want {
+		t.Errorf("Stats().Rules = %d, the kernel's tables hold %d", got, want)
+	}
 	if strings.Contains(out, "fd00:96::99") {
 		t.Errorf("adopted table still holds the removed Service:\n%s", out)
 	}
@@ -119,4 +124,24 @@ func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 	if line, err := request(); err != nil || !strings.HasPrefix(line, "backend") {
 		t.Fatalf("IPv6 VIP after adoption: got %q, %v", line, err)
 	}
+}
+
+// kernelRules counts the rules of both of our tables as nft lists them.
+func kernelRules(t *testing.T, ns string) int {
+	t.Helper()
+	n := 0
+	for _, fam := range []string{"ip", "ip6"} {
+		out, err := netnamespace.Exec(ns, "nft", "-j", "list", "table", fam, TableName)
+		must(t, err)
+		var doc struct {
+			Nftables []map[string]json.RawMessage `json:"nftables"`
+		}
+		must(t, json.Unmarshal([]byte(out), &doc))
+		for _, o := range doc.Nftables {
+			if _, ok := o["rule"]; ok {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -69,11 +69,12 @@ func TestNftListsEveryFeature(t *testing.T) {
 			sp.NodePort = 30014
 		}),
 	}
-	snap := &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{},
-		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/112")}}
+	all := map[snapshot.ServiceKey][]*snapshot.ServicePort{}
 	for _, sp := range ports {
-		snap.Ports[sp.Key.ServiceKey] = append(snap.Ports[sp.Key.ServiceKey], sp)
+		all[sp.Key.ServiceKey] = append(all[sp.Key.ServiceKey], sp)
 	}
+	snap := snapshot.New(all)
+	snap.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/112")}
 	k, err := New(Config{NetNS: nodePath, NodeIPs: []netip.Addr{mustAddr("10.0.1.1"), mustAddr("fd00:1::1")},
 		Options: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/48")}}})
 	must(t, err)
@@ -86,7 +87,7 @@ func TestNftListsEveryFeature(t *testing.T) {
 		}
 		return out
 	}
-	must(t, k.Sync(snap, nil))
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
 	out := list("a full sync")
 	for _, want := range []string{"update @affinity", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
 		if !strings.Contains(out, want) {
@@ -95,19 +96,18 @@ func TestNftListsEveryFeature(t *testing.T) {
 	}
 
 	// Incremental: endpoints move, a Service goes.
-	next := &snapshot.Snapshot{Ports: map[snapshot.ServiceKey][]*snapshot.ServicePort{}, ServiceCIDRs: snap.ServiceCIDRs}
-	for key, ps := range snap.Ports {
+	changes := map[snapshot.ServiceKey][]*snapshot.ServicePort{}
+	var changed []snapshot.ServiceKey
+	for key, ps := range snap.All() {
+		changed = append(changed, key)
 		if key.Name == "empty" {
+			changes[key] = nil
 			continue
 		}
 		sp := *ps[0]
 		sp.Endpoints = append(append([]snapshot.Endpoint{}, sp.Endpoints...), local("10.244.1.3", 8080), local("fd00:244:1::3", 8080))
-		next.Ports[key] = []*snapshot.ServicePort{&sp}
+		changes[key] = []*snapshot.ServicePort{&sp}
 	}
-	var changed []snapshot.ServiceKey
-	for key := range snap.Ports {
-		changed = append(changed, key)
-	}
-	must(t, k.Sync(next, changed))
+	must(t, k.Sync(snap.With(changes), snapshot.Changes{Keys: changed}))
 	list("an incremental sync")
 }

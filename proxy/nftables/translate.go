@@ -327,3 +327,72 @@ func TranslateService(ports []*snapshot.ServicePort, opts Options) (v4, v6 []Ele
 	}
 	return v4, v6
 }
+
+// StableSlots returns now with the slots of its bucket elements renumbered
+// so that an endpoint old already had for the same front-end in the same
+// bucket keeps its slot, and new endpoints take the slots gone ones left.
+// Translate numbers slots by position in the address-sorted endpoint
+// list, where replacing one pod by another shifts every slot after the
+// first of the two addresses; with StableSlots, replacing one endpoint
+// rewrites one element wherever its address sorts, and only a change in
+// the number of endpoints (another bucket) rewrites a front-end's
+// elements. old is what was applied for the same Service and family.
+func StableSlots(old, now []Elem) []Elem {
+	type group struct {
+		set   string
+		addr  netip.Addr
+		proto v1.Protocol
+		port  uint16
+	}
+	var prev map[group]map[netip.AddrPort]int
+	for _, e := range old {
+		if e.Slot < 0 || !e.IsMap() {
+			continue
+		}
+		g := group{e.Set, e.Addr, e.Proto, e.Port}
+		if prev == nil {
+			prev = map[group]map[netip.AddrPort]int{}
+		}
+		if prev[g] == nil {
+			prev[g] = map[netip.AddrPort]int{}
+		}
+		prev[g][e.To] = e.Slot
+	}
+	if prev == nil {
+		return now
+	}
+	members := map[group][]int{}
+	for i, e := range now {
+		if e.Slot < 0 || !e.IsMap() {
+			continue
+		}
+		if g := (group{e.Set, e.Addr, e.Proto, e.Port}); prev[g] != nil {
+			members[g] = append(members[g], i)
+		}
+	}
+	if len(members) == 0 {
+		return now
+	}
+	out := slices.Clone(now)
+	for g, idx := range members {
+		// The bucket's name carries its size, so the group had as many
+		// slots before as it has members now.
+		taken := make([]bool, len(idx))
+		var fresh []int
+		for _, i := range idx {
+			if s, ok := prev[g][out[i].To]; ok && s < len(taken) && !taken[s] {
+				out[i].Slot, taken[s] = s, true
+			} else {
+				fresh = append(fresh, i)
+			}
+		}
+		free := 0
+		for _, i := range fresh {
+			for taken[free] {
+				free++
+			}
+			out[i].Slot, taken[free] = free, true
+		}
+	}
+	return out
+}

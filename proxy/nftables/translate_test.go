@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"net/netip"
-	"slices"
 	"testing"
 	"time"
 
@@ -305,26 +304,12 @@ func TestTranslate(t *testing.T) {
 	}
 }
 
-// TestDiffTouchesOnlyTheChange checks the update path's premise: replacing
-// one endpoint of a Service rewrites exactly one map element.
-func TestDiffTouchesOnlyTheChange(t *testing.T) {
+// TestSharedElementsStayUntilTheLastUser checks the reference counts of
+// elements several Services may want (hairpin entries of a pod behind two
+// Services).
+func TestSharedElementsStayUntilTheLastUser(t *testing.T) {
 	k := &Kernel{applied: map[snapshot.ServiceKey][2][]Elem{}}
 	k.refs[0], k.refs[1] = map[Elem]int{}, map[Elem]int{}
-	sp := &snapshot.ServicePort{Protocol: v1.ProtocolTCP, Port: 80, ClusterIPs: addrs("10.96.0.10"),
-		Endpoints: []snapshot.Endpoint{ready("10.244.1.2", 80), ready("10.244.1.3", 80), ready("10.244.1.4", 80)}}
-	old := Translate(sp, true, Options{})
-	add, del := k.diff(0, nil, old)
-	if len(add) != 4 || len(del) != 0 {
-		t.Fatalf("first program: add %d del %d, want 4/0 (three endpoints, one ClusterIP)", len(add), len(del))
-	}
-	sp2 := *sp
-	sp2.Endpoints = slices.Clone(sp.Endpoints)
-	sp2.Endpoints[1] = ready("10.244.9.9", 80)
-	add, del = k.diff(0, old, Translate(&sp2, true, Options{}))
-	if len(add) != 1 || len(del) != 1 || add[0].To.Addr() != netip.MustParseAddr("10.244.9.9") {
-		t.Fatalf("replace one endpoint: add %v del %v, want one each", add, del)
-	}
-	// Shared elements survive until the last user goes.
 	hp := Elem{Set: setHairpin, Addr: netip.MustParseAddr("10.244.1.2"), Addr2: netip.MustParseAddr("10.244.1.2"), Slot: -1}
 	k.diff(0, nil, []Elem{hp})
 	k.diff(0, nil, []Elem{hp})

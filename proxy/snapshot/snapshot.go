@@ -5,6 +5,8 @@
 package snapshot
 
 import (
+	"hash/maphash"
+	"iter"
 	"net/netip"
 	"slices"
 	"strings"
@@ -167,16 +169,138 @@ func pick(all []Endpoint, readyOK, terminatingOK func(Endpoint) bool) []Endpoint
 }
 
 // Snapshot is the immutable state of every Service port at one moment.
-// Backends may keep a Snapshot; the tracker never mutates one it handed out.
+// Backends may keep a Snapshot; nobody mutates one that was handed out.
+//
+// It is a persistent map: With copies only the shards a change touches (and
+// the array of shard pointers), so the next snapshot costs what changed,
+// not what the cluster holds. At 50,000 Services a shard holds about 50.
 type Snapshot struct {
-	// Ports maps each Service to its ports.
-	Ports map[ServiceKey][]*ServicePort
+	shards *[shardCount]map[ServiceKey][]*ServicePort
+	// services, ports and endpoints are kept up to date by With, for
+	// metrics that must not walk the cluster.
+	services, ports, endpoints int
 	// Generation increases with every snapshot.
 	Generation uint64
 	// ServiceCIDRs are the cluster's Service CIDRs (its ServiceCIDR
 	// objects), sorted: new connections to an address in them that no
 	// Service holds are dropped.
 	ServiceCIDRs []netip.Prefix
+}
+
+// shardCount trades the fixed cost of a snapshot (copying the shard
+// pointers: 8 KiB) against the cost of copying one shard per changed
+// Service.
+const shardCount = 1024
+
+var shardSeed = maphash.MakeSeed()
+
+func shardOf(k ServiceKey) int {
+	var h maphash.Hash
+	h.SetSeed(shardSeed)
+	h.WriteString(k.Namespace)
+	h.WriteByte('/')
+	h.WriteString(k.Name)
+	return int(h.Sum64() % shardCount)
+}
+
+// New returns a snapshot holding ports (Services without ports are left
+// out); for tests and benchmarks, which build a world in one go.
+func New(ports map[ServiceKey][]*ServicePort) *Snapshot {
+	return (&Snapshot{}).With(ports)
+}
+
+// With returns a snapshot in which each key of changes maps to its new
+// ports; a key with no ports is removed. s itself is not modified.
+func (s *Snapshot) With(changes map[ServiceKey][]*ServicePort) *Snapshot {
+	next := &Snapshot{shards: new([shardCount]map[ServiceKey][]*ServicePort), services: s.services,
+		ports: s.ports, endpoints: s.endpoints, Generation: s.Generation + 1, ServiceCIDRs: s.ServiceCIDRs}
+	if s.shards != nil {
+		*next.shards = *s.shards
+	}
+	var copied [shardCount]bool
+	for k, ports := range changes {
+		i := shardOf(k)
+		m := next.shards[i]
+		if !copied[i] {
+			copied[i] = true
+			c := make(map[ServiceKey][]*ServicePort, len(m)+1)
+			for k, v := range m {
+				c[k] = v
+			}
+			next.shards[i], m = c, c
+		}
+		if old, ok := m[k]; ok {
+			next.services--
+			next.ports -= len(old)
+			next.endpoints -= countEndpoints(old)
+		}
+		if len(ports) == 0 {
+			delete(m, k)
+			continue
+		}
+		m[k] = ports
+		next.services++
+		next.ports += len(ports)
+		next.endpoints += countEndpoints(ports)
+	}
+	return next
+}
+
+func countEndpoints(ports []*ServicePort) int {
+	n := 0
+	for _, p := range ports {
+		n += len(p.Endpoints)
+	}
+	return n
+}
+
+// Get returns the ports of one Service (nil if it has none).
+func (s *Snapshot) Get(k ServiceKey) []*ServicePort {
+	if s == nil || s.shards == nil {
+		return nil
+	}
+	return s.shards[shardOf(k)][k]
+}
+
+// Len is the number of Services with ports.
+func (s *Snapshot) Len() int {
+	if s == nil {
+		return 0
+	}
+	return s.services
+}
+
+// Counts returns the Services, Service ports and endpoints the snapshot
+// holds, without walking it.
+func (s *Snapshot) Counts() (services, ports, endpoints int) {
+	if s == nil {
+		return 0, 0, 0
+	}
+	return s.services, s.ports, s.endpoints
+}
+
+// All iterates over every Service and its ports, in no particular order.
+func (s *Snapshot) All() iter.Seq2[ServiceKey, []*ServicePort] {
+	return func(yield func(ServiceKey, []*ServicePort) bool) {
+		if s == nil || s.shards == nil {
+			return
+		}
+		for _, m := range s.shards {
+			for k, v := range m {
+				if !yield(k, v) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Changes says what a sync must program: everything (Full), or the
+// Services in Keys, whose ports differ from what the previous sync of the
+// same backend was given.
+type Changes struct {
+	Full bool
+	Keys []ServiceKey
 }
 
 // Node is what building a Service needs to know of the proxy's own node.

@@ -1,0 +1,191 @@
+package nftables
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/google/nftables"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// fakeWorld is a Kernel writing into a Fake, fed through the same path as
+// the proxy: API objects, BuildService, a snapshot.
+type fakeWorld struct {
+	t    *testing.T
+	fake *Fake
+	k    *Kernel
+	snap *snapshot.Snapshot
+}
+
+func newFakeWorld(t *testing.T) *fakeWorld {
+	f := NewFake()
+	k, err := New(Config{Conn: f, Conntrack: f, NodeIPs: addrs("192.168.0.1")})
+	must(t, err)
+	return &fakeWorld{t: t, fake: f, k: k, snap: snapshot.New(nil)}
+}
+
+var webKey = snapshot.ServiceKey{Namespace: "ns", Name: "web"}
+
+func webService() *v1.Service {
+	return &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}}}
+}
+
+// webSlice is one slice of web with ready endpoints at addrs, in the order
+// given (the controller's order is not the address order).
+func webSlice(addrs ...string) *discoveryv1.EndpointSlice {
+	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-x",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}}}
+	for _, a := range addrs {
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+	}
+	return sl
+}
+
+// set makes the Service's ports in the next snapshot what BuildService
+// makes of svc and its slices, and syncs that one change (or everything).
+func (w *fakeWorld) set(key snapshot.ServiceKey, svc *v1.Service, full bool, sl ...*discoveryv1.EndpointSlice) {
+	w.t.Helper()
+	w.snap = w.snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{key: snapshot.BuildService(svc, sl, snapshot.Node{Name: "node-a"})})
+	must(w.t, w.k.Sync(w.snap, snapshot.Changes{Full: full, Keys: []snapshot.ServiceKey{key}}))
+}
+
+// bucket returns the endpoint in each slot of a bucket map of the IPv4
+// table, and fails if two elements share a slot.
+func (w *fakeWorld) bucket(name string) map[uint32]netip.AddrPort {
+	w.t.Helper()
+	out := map[uint32]netip.AddrPort{}
+	for _, e := range w.fake.Elements(nftables.TableFamilyIPv4, name) {
+		slot := nativeUint32(e.Key[len(e.Key)-4:])
+		a, _ := netip.AddrFromSlice(e.Val[:4])
+		if _, dup := out[slot]; dup {
+			w.t.Fatalf("%s: two elements in slot %d", name, slot)
+		}
+		out[slot] = netip.AddrPortFrom(a, uint16(e.Val[4])<<8|uint16(e.Val[5]))
+	}
+	return out
+}
+
+func nativeUint32(b []byte) uint32 {
+	var v uint32
+	// numgen's slot is in host byte order, little-endian here.
+	for i := 3; i >= 0; i-- {
+		v = v<<8 | uint32(b[i])
+	}
+	return v
+}
+
+func tenAddrs() []string {
+	var out []string
+	for i := range 10 {
+		out = append(out, fmt.Sprintf("10.244.1.%d", 10+i))
+	}
+	return out
+}
+
+// TestReplacingAnEndpointWritesOneElement goes through BuildService, which
+// sorts endpoints by address: replacing the pod that sorts last by one
+// that sorts first (a rollout) must rewrite one element, not shift every
+// slot; only a change in the number of endpoints moves the Service to
+// another bucket.
+func TestReplacingAnEndpointWritesOneElement(t *testing.T) {
+	w := newFakeWorld(t)
+	eps := tenAddrs()
+	w.set(webKey, webService(), true, webSlice(eps...))
+	before := w.bucket("svc-10")
+	if len(before) != 10 {
+		t.Fatalf("svc-10 holds %d elements, want 10", len(before))
+	}
+
+	for round, addr := range []string{"10.244.0.1", "10.244.1.55", "10.244.9.9"} {
+		// Replace the endpoint that sorts last of the current ones.
+		sorted := slices.Clone(eps)
+		slices.SortFunc(sorted, func(a, b string) int { return netip.MustParseAddr(a).Compare(netip.MustParseAddr(b)) })
+		gone := sorted[len(sorted)-1]
+		if round == 1 {
+			gone = sorted[0]
+		}
+		eps = slices.DeleteFunc(eps, func(a string) bool { return a == gone })
+		eps = append(eps, addr)
+		w.set(webKey, webService(), false, webSlice(eps...))
+		if got := w.k.Stats().LastWrite; got != (Written{Added: 1, Deleted: 1}) {
+			t.Errorf("replace %s by %s wrote %+v, want one element added and one deleted", gone, addr, got)
+		}
+		after := w.bucket("svc-10")
+		changed := 0
+		for slot, ep := range after {
+			if before[slot] != ep {
+				changed++
+				if ep.Addr() != netip.MustParseAddr(addr) {
+					t.Errorf("slot %d moved from %v to %v", slot, before[slot], ep)
+				}
+			}
+		}
+		if len(after) != 10 || changed != 1 {
+			t.Fatalf("after replacing %s by %s: %d slots, %d changed; want 10 and 1", gone, addr, len(after), changed)
+		}
+		before = after
+	}
+
+	// An eleventh endpoint: the Service moves to the 11-slot bucket.
+	w.set(webKey, webService(), false, webSlice(append(eps, "10.244.1.99")...))
+	if n, m := len(w.bucket("svc-10")), len(w.bucket("svc-11")); n != 0 || m != 11 {
+		t.Errorf("after scaling to 11: svc-10 holds %d, svc-11 %d; want 0 and 11", n, m)
+	}
+	if got := w.k.Stats().LastWrite; got != (Written{Added: 11, Deleted: 10}) {
+		t.Errorf("scaling to 11 wrote %+v, want 11 added and 10 deleted", got)
+	}
+}
+
+// TestSyncAfterAFailedTransactionRebuilds checks a refused transaction
+// leaves nothing half-applied in the Kernel's memory: the next sync, even
+// of one Service, rebuilds the tables from the snapshot.
+func TestSyncAfterAFailedTransactionRebuilds(t *testing.T) {
+	w := newFakeWorld(t)
+	w.set(webKey, webService(), true, webSlice(tenAddrs()[:3]...))
+	w.fake.FailFlush = fmt.Errorf("refused")
+	w.snap = w.snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{webKey: snapshot.BuildService(webService(), []*discoveryv1.EndpointSlice{webSlice(tenAddrs()[:4]...)}, snapshot.Node{Name: "node-a"})})
+	if err := w.k.Sync(w.snap, snapshot.Changes{Keys: []snapshot.ServiceKey{webKey}}); err == nil {
+		t.Fatal("sync succeeded through a refused transaction")
+	}
+	if n := len(w.bucket("svc-4")); n != 0 {
+		t.Fatalf("refused transaction applied %d elements", n)
+	}
+	other := snapshot.ServiceKey{Namespace: "ns", Name: "other"}
+	svc := webService()
+	svc.Name, svc.Spec.ClusterIP, svc.Spec.ClusterIPs = "other", "10.96.0.11", []string{"10.96.0.11"}
+	sl := webSlice("10.244.2.1")
+	sl.Labels[discoveryv1.LabelServiceName] = "other"
+	w.set(other, svc, false, sl)
+	if n, m, o := len(w.bucket("svc-3")), len(w.bucket("svc-4")), len(w.bucket("svc-1")); n != 0 || m != 4 || o != 1 {
+		t.Errorf("after the rebuild svc-3/svc-4/svc-1 hold %d/%d/%d, want 0/4/1", n, m, o)
+	}
+}
+
+// TestStatsCountsProgrammedRules checks Stats().Rules against the rules the
+// transactions left in the (fake) tables, as buckets come and go.
+func TestStatsCountsProgrammedRules(t *testing.T) {
+	w := newFakeWorld(t)
+	w.set(webKey, webService(), true, webSlice(tenAddrs()[:2]...))
+	if got, want := w.k.Stats().Rules, len(w.fake.Rules()); got != want || want == 0 {
+		t.Errorf("after a full sync: Stats().Rules = %d, tables hold %d", got, want)
+	}
+	w.set(webKey, webService(), false, webSlice(tenAddrs()[:5]...))
+	if got, want := w.k.Stats().Rules, len(w.fake.Rules()); got != want {
+		t.Errorf("after a new bucket: Stats().Rules = %d, tables hold %d", got, want)
+	}
+	w.set(webKey, webService(), true, webSlice(tenAddrs()[:5]...))
+	if got, want := w.k.Stats().Rules, len(w.fake.Rules()); got != want {
+		t.Errorf("after a second full sync: Stats().Rules = %d, tables hold %d", got, want)
+	}
+}

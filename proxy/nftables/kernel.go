@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -92,9 +90,9 @@ type family struct {
 	chains  map[string]*nftables.Chain
 	sets    map[string]*nftables.Set
 	buckets map[string]bool // bucket maps that exist with their rule
-	// affinity are the sessionAffinity front-ends affinity-record has a
-	// rule for.
-	affinity map[affinityFront]bool
+	// endpoints are the affinity endpoints (by endpointID) whose set and
+	// chains exist.
+	endpoints map[string]*nftables.Set
 }
 
 // New opens netlink sockets in cfg.NetNS. Nothing is programmed before the
@@ -233,7 +231,6 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	var d [2]delta
 	var udpGone [2][]netip.Addr
 	var udpActive [2][]netip.AddrPort
-	var affinityGone [2][]netip.AddrPort
 	for _, key := range changes.Keys {
 		old := k.applied[key]
 		v4, v6 := TranslateService(snap.Get(key), k.cfg.Options)
@@ -244,7 +241,6 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 			d[i].del = append(d[i].del, del...)
 			udpGone[i] = append(udpGone[i], goneUDPEndpoints(old[i], now[i])...)
 			udpActive[i] = append(udpActive[i], k.newlyActiveUDP(i == 0, old[i], now[i])...)
-			affinityGone[i] = append(affinityGone[i], goneAffinityEndpoints(old[i], now[i])...)
 		}
 		if len(v4)+len(v6) == 0 {
 			delete(k.applied, key)
@@ -256,19 +252,24 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		for _, e := range d[i].add {
 			k.ensureBucket(f, e.Set)
 		}
-		if err := k.queue(f, d[i].del, true); err != nil {
-			return k.fail(err)
+		// An affinity endpoint's set and chains exist before the
+		// elements that jump to them, and go after them: a client's
+		// entries go with the endpoint's set, in the same transaction
+		// as the DNAT that wrote them.
+		born, gone := affinityEndpointChanges(d[i].add, d[i].del)
+		for _, e := range born {
+			if f.endpoints[endpointID(e)] == nil {
+				k.addAffinityEndpoint(f, e)
+			}
 		}
-		if err := k.forgetAffinity(f, affinityGone[i]); err != nil {
+		if err := k.queue(f, d[i].del, true); err != nil {
 			return k.fail(err)
 		}
 		if err := k.queue(f, d[i].add, false); err != nil {
 			return k.fail(err)
 		}
-		// Only a change of affinity front-ends rewrites their rules.
-		isAffinity := func(e Elem) bool { return strings.HasPrefix(e.Set, setAffinityPrefix) }
-		if slices.ContainsFunc(d[i].add, isAffinity) || slices.ContainsFunc(d[i].del, isAffinity) {
-			k.recordAffinity(f, i, false)
+		for _, id := range gone {
+			k.deleteAffinityEndpoint(f, id)
 		}
 	}
 	if err := k.conn.Flush(); err != nil {
@@ -408,71 +409,6 @@ func (k *Kernel) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
 	return out
 }
 
-// goneAffinityEndpoints lists endpoints an affinity Service stopped using:
-// clients stuck to them must be re-balanced, not sent to a dead pod until
-// the affinity timeout.
-func goneAffinityEndpoints(old, now []Elem) []netip.AddrPort {
-	affinity := false
-	for _, e := range old {
-		if strings.HasPrefix(e.Set, setAffinityPrefix) {
-			affinity = true
-			break
-		}
-	}
-	if !affinity {
-		return nil
-	}
-	still := map[netip.AddrPort]bool{}
-	for _, e := range now {
-		if e.IsMap() {
-			still[e.To] = true
-		}
-	}
-	var gone []netip.AddrPort
-	for _, e := range old {
-		if e.IsMap() && !still[e.To] && !slices.Contains(gone, e.To) {
-			gone = append(gone, e.To)
-		}
-	}
-	return gone
-}
-
-// forgetAffinity queues deletion of the affinity entries that point at
-// gone endpoints. It reads the dynamic map, so it costs in proportion to
-// the clients with affinity, and only when an affinity Service lost one.
-func (k *Kernel) forgetAffinity(f *family, gone []netip.AddrPort) error {
-	if len(gone) == 0 {
-		return nil
-	}
-	set := f.sets[setAffinity]
-	elems, err := k.conn.GetSetElements(set)
-	if err != nil {
-		return fmt.Errorf("list affinity entries in %q: %w", k.cfg.NetNS, err)
-	}
-	want := map[string]bool{}
-	for _, ap := range gone {
-		se, err := encode(f.is4, Elem{Set: setAffinity, Slot: -1, To: ap})
-		if err != nil {
-			return err
-		}
-		want[string(se.Val)] = true
-	}
-	var del []nftables.SetElement
-	for _, e := range elems {
-		if want[string(e.Val)] {
-			del = append(del, nftables.SetElement{Key: e.Key})
-		}
-	}
-	for len(del) > 0 {
-		n := min(chunk, len(del))
-		if err := k.conn.SetDeleteElements(set, del[:n]); err != nil {
-			return fmt.Errorf("queue affinity deletions: %w", err)
-		}
-		del = del[n:]
-	}
-	return nil
-}
-
 func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
 	for i, addrs := range gone {
 		fam := netlink.InetFamily(unix.AF_INET)
@@ -558,13 +494,31 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		}
 	}
 	for i, f := range k.fams {
-		existing, err := k.existingBuckets(f)
+		existing, endpointSets, err := k.existingBuckets(f)
 		if err != nil {
 			return err
 		}
 		k.skeleton(f, existing)
 		for _, e := range all[i] {
 			k.ensureBucket(f, e.Set)
+		}
+		// Affinity endpoints that stay keep their sets (their clients);
+		// the skeleton emptied the maps that jumped to the others.
+		want := map[string]Elem{}
+		for _, e := range all[i] {
+			if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+				want[endpointID(e)] = e
+			}
+		}
+		f.endpoints = map[string]*nftables.Set{}
+		for _, name := range endpointSets {
+			if id := strings.TrimPrefix(name, setAffinityEndpointPrefix); want[id].Set == "" {
+				f.endpoints[id] = &nftables.Set{Table: f.table, Name: name}
+				k.deleteAffinityEndpoint(f, id)
+			}
+		}
+		for _, e := range want {
+			k.addAffinityEndpoint(f, e)
 		}
 		for _, ip := range k.cfg.NodeIPs {
 			if ip.Is4() == f.is4 {
@@ -574,7 +528,6 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		if err := k.queue(f, all[i], false); err != nil {
 			return err
 		}
-		k.recordAffinity(f, i, true)
 	}
 	if err := k.conn.Flush(); err != nil {
 		return fmt.Errorf("apply full nftables transaction in %q: %w", k.cfg.NetNS, err)
@@ -583,23 +536,26 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 }
 
 // existingBuckets lists bucket maps a previous run left, so they are
-// flushed (not leaked with stale elements) on adoption.
-func (k *Kernel) existingBuckets(f *family) ([]string, error) {
+// flushed (not leaked with stale elements) on adoption, and the affinity
+// endpoint sets, so those no longer wanted are deleted.
+func (k *Kernel) existingBuckets(f *family) (buckets, endpoints []string, err error) {
 	sets, err := k.conn.GetSets(f.table)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {
 			// No table yet: a first start.
-			return nil, nil
+			return nil, nil, nil
 		}
-		return nil, fmt.Errorf("list sets of table %s in %q: %w", TableName, k.cfg.NetNS, err)
+		return nil, nil, fmt.Errorf("list sets of table %s in %q: %w", TableName, k.cfg.NetNS, err)
 	}
-	var out []string
 	for _, s := range sets {
-		if isBucket(s.Name) {
-			out = append(out, s.Name)
+		switch {
+		case isBucket(s.Name):
+			buckets = append(buckets, s.Name)
+		case strings.HasPrefix(s.Name, setAffinityEndpointPrefix):
+			endpoints = append(endpoints, s.Name)
 		}
 	}
-	return out, nil
+	return buckets, endpoints, nil
 }
 
 func isBucket(name string) bool {
@@ -611,7 +567,7 @@ func isBucket(name string) bool {
 func (k *Kernel) queue(f *family, elems []Elem, del bool) error {
 	counts := map[string]int{}
 	for _, e := range elems {
-		counts[e.Set]++
+		counts[elemSet(e)]++
 	}
 	by := make(map[string][]nftables.SetElement, len(counts))
 	for name, n := range counts {
@@ -623,10 +579,11 @@ func (k *Kernel) queue(f *family, elems []Elem, del bool) error {
 		if err != nil {
 			return err
 		}
-		if len(by[e.Set]) == 0 {
-			order = append(order, e.Set)
+		name := elemSet(e)
+		if len(by[name]) == 0 {
+			order = append(order, name)
 		}
-		by[e.Set] = append(by[e.Set], se)
+		by[name] = append(by[name], se)
 	}
 	for _, name := range order {
 		set := f.sets[name]
@@ -662,14 +619,15 @@ func addrType(is4 bool) nftables.SetDatatype {
 func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat bool) {
 	a := addrType(is4)
 	switch {
+	case strings.HasPrefix(name, setAffinityServicePrefix):
+		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark), nftables.TypeVerdict, true
+	case strings.HasPrefix(name, setAffinityCheckPrefix):
+		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeVerdict, true
 	case strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setShortCircuitPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
 	case strings.HasPrefix(name, setNodePortPrefix) || strings.HasPrefix(name, setShortCircuitNodePortPrefix):
 		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
-			nftables.MustConcatSetType(a, nftables.TypeInetService), true
-	case name == setAffinity:
-		return nftables.MustConcatSetType(a, a, nftables.TypeInetProto, nftables.TypeInetService),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
 	case name == setLBAllowed:
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, a), nftables.TypeInvalid, true
@@ -715,7 +673,7 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 		key = append(key, pad4([]byte{protoNum(e.Proto)})...)
 		key = append(key, pad4(binary.BigEndian.AppendUint16(nil, e.Port))...)
 	}
-	if e.Slot >= 0 {
+	if e.Slot >= 0 && !strings.HasPrefix(e.Set, setAffinityCheckPrefix) {
 		// numgen writes its result in host byte order.
 		key = append(key, binaryutil.NativeEndian.PutUint32(uint32(e.Slot))...)
 	}
@@ -730,7 +688,13 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 		se.Key = append(key, e.Range.Masked().Addr().AsSlice()...)
 		se.KeyEnd = append(slices.Clone(key), last.AsSlice()...)
 	}
-	if e.IsMap() {
+	switch {
+	case !e.IsMap():
+	case strings.HasPrefix(e.Set, setAffinityServicePrefix):
+		se.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: affinityEndpointChain + endpointID(e)}
+	case strings.HasPrefix(e.Set, setAffinityCheckPrefix):
+		se.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: affinityCheckChain + endpointID(e)}
+	default:
 		se.Val = append(e.To.Addr().AsSlice(), pad4(binary.BigEndian.AppendUint16(nil, e.To.Port()))...)
 	}
 	return se, nil
@@ -749,8 +713,13 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // bucketSlots parses the slot count (for affinity-T sets, the timeout in
 // seconds) out of a bucket map's name.
 func bucketSlots(name string) (uint32, bool) {
-	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix} {
+	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix,
+		setAffinityServicePrefix, setAffinityCheckPrefix} {
 		if s, ok := strings.CutPrefix(name, p); ok {
+			if p == setAffinityCheckPrefix {
+				// affchk-k-slot, the set an affchk-k element is in.
+				s, _, _ = strings.Cut(s, "-")
+			}
 			n, err := strconv.ParseUint(s, 10, 32)
 			return uint32(n), err == nil && n > 0
 		}
@@ -767,10 +736,6 @@ func (k *Kernel) addSet(f *family, name string) *nftables.Set {
 	if name == setLBAllowed {
 		s.Interval = true
 	}
-	if name == setAffinity {
-		// Filled from the packet path, entries expire on their own.
-		s.Dynamic, s.HasTimeout, s.Size = true, true, 1<<20
-	}
 	if err := k.conn.AddSet(s, nil); err != nil {
 		// AddSet only fails on invalid definitions, which are ours.
 		panic(fmt.Sprintf("define set %s: %v", name, err))
@@ -785,6 +750,10 @@ func (k *Kernel) addSet(f *family, name string) *nftables.Set {
 func (k *Kernel) ensureBucket(f *family, name string) {
 	slots, ok := bucketSlots(name)
 	if !ok || f.buckets[name] {
+		return
+	}
+	if strings.HasPrefix(name, setAffinityServicePrefix) || strings.HasPrefix(name, setAffinityCheckPrefix) {
+		k.ensureAffinityBucket(f, slots)
 		return
 	}
 	set := k.addSet(f, name)
@@ -861,66 +830,6 @@ func dnatExprs(is4, withAddr bool, slots uint32, set *nftables.Set) []expr.Any {
 	)
 }
 
-// ipsDstNAT is the conntrack status bit of a connection whose destination
-// was translated (IPS_DST_NAT).
-const ipsDstNAT = 1 << 5
-
-// affinityFront is a sessionAffinity front-end and its timeout.
-type affinityFront struct {
-	addr    netip.Addr
-	proto   v1.Protocol
-	port    uint16
-	seconds uint32
-}
-
-// affinityRecordExprs remembers, for a new connection DNATed from this
-// front-end, which endpoint the client got: "ct status dnat ct original
-// daddr A meta l4proto P ct original proto-dst N update @affinity { ip
-// saddr . A . P . N timeout T : ip daddr . th dport }". The front-end part
-// of the key is constants, not conntrack fields: nft 1.0.6 (Debian 12)
-// aborts printing a set key concatenated from "ct original saddr/daddr"
-// (netlink_parse_concat_expr), and operators run `nft list ruleset`.
-func affinityRecordExprs(f *family, a affinityFront) []expr.Any {
-	w := addrLen(f.is4) / 4
-	r := uint32(reg0)
-	return []expr.Any{
-		// "ct status dnat": only connections the services chain really
-		// translated. A retransmitted first packet of a connection that
-		// began before this Service was programmed is still "new" but
-		// keeps its untranslated NAT binding; recording it would pin the
-		// client to the front-end address itself.
-		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Ct{Key: expr.CtKeyDST, Register: 1, Direction: 0},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.addr.AsSlice()},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNum(a.proto)}},
-		&expr.Ct{Key: expr.CtKeyPROTODST, Register: 1, Direction: 0},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, a.port)},
-		saddr(f.is4, r),
-		&expr.Immediate{Register: r + w, Data: a.addr.AsSlice()},
-		&expr.Immediate{Register: r + 2*w, Data: []byte{protoNum(a.proto)}},
-		&expr.Immediate{Register: r + 2*w + 1, Data: binary.BigEndian.AppendUint16(nil, a.port)},
-		daddr(f.is4, r+2*w+2),
-		&expr.Payload{DestRegister: r + 3*w + 2, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Dynset{SrcRegKey: r, SrcRegData: r + 2*w + 2, SetName: setAffinity, SetID: f.sets[setAffinity].ID,
-			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(a.seconds) * time.Second},
-	}
-}
-
-// clientFrontEnd loads "ip saddr . ip daddr . meta l4proto . th dport",
-// the affinity map's key, into registers from reg.
-func clientFrontEnd(is4 bool, reg uint32) []expr.Any {
-	w := addrLen(is4) / 4
-	return []expr.Any{
-		saddr(is4, reg), daddr(is4, reg+w),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg + 2*w},
-		&expr.Payload{DestRegister: reg + 2*w + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
-}
-
 // natTo DNATs to the address . port in registers from reg.
 func natTo(is4 bool, reg uint32) expr.Any {
 	nfproto := uint32(unix.NFPROTO_IPV4)
@@ -928,39 +837,6 @@ func natTo(is4 bool, reg uint32) expr.Any {
 		nfproto = unix.NFPROTO_IPV6
 	}
 	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: reg, RegProtoMin: reg + addrLen(is4)/4, Specified: true}
-}
-
-// recordAffinity rewrites the affinity-record chain when the set of
-// sessionAffinity front-ends changed: one rule per front-end. Affinity
-// Services are few; the rewrite costs in proportion to them.
-func (k *Kernel) recordAffinity(f *family, fam int, force bool) {
-	want := map[affinityFront]bool{}
-	for _, es := range k.applied {
-		for _, e := range es[fam] {
-			if s, ok := strings.CutPrefix(e.Set, setAffinityPrefix); ok {
-				secs, _ := strconv.ParseUint(s, 10, 32)
-				want[affinityFront{e.Addr, e.Proto, e.Port, uint32(secs)}] = true
-			}
-		}
-	}
-	if !force && maps.Equal(want, f.affinity) {
-		return
-	}
-	f.affinity = want
-	ch := f.chains["affinity-record"]
-	k.conn.FlushChain(ch)
-	fronts := slices.SortedFunc(maps.Keys(want), func(a, b affinityFront) int {
-		if c := a.addr.Compare(b.addr); c != 0 {
-			return c
-		}
-		if c := strings.Compare(string(a.proto), string(b.proto)); c != 0 {
-			return c
-		}
-		return int(a.port) - int(b.port)
-	})
-	for _, a := range fronts {
-		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: affinityRecordExprs(f, a)})
-	}
 }
 
 func lookup(set *nftables.Set) expr.Any {
@@ -999,11 +875,10 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	nodeports := chain("nodeports", nil, 0, "")
 	rejects := chain("reject-check", nil, 0, "")
 	clusterIPs := chain("cluster-ips-check", nil, 0, "")
-	chain("affinity-record", nil, 0, "")
 	shortCircuit := chain("short-circuit", nil, 0, "")
 	shortCircuitNP := chain("short-circuit-nodeport", nil, 0, "")
 	firewall := chain("firewall-check", nil, 0, "")
-	for _, name := range []string{setAffinity, setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setNoLocalEndpoints, setNoLocalEndpointsNodePort,
+	for _, name := range []string{setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setNoLocalEndpoints, setNoLocalEndpointsNodePort,
 		setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs, setClusterIPs, setShortCircuit, setShortCircuitNodePort} {
 		k.addSet(f, name)
 	}
@@ -1011,10 +886,7 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 		c.FlushSet(k.addSet(f, name))
 	}
 	for name := range f.sets {
-		// Affinity entries survive a restart: clients keep their endpoint.
-		if name != setAffinity {
-			c.FlushSet(f.sets[name])
-		}
+		c.FlushSet(f.sets[name])
 	}
 	jump := func(to string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: to} }
 	ctNew := []expr.Any{
@@ -1044,16 +916,12 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 		{"filter-input", nftables.ChainHookInput, -10, nftables.ChainTypeFilter, []string{"reject-check"}},
 		{"filter-forward", nftables.ChainHookForward, -10, nftables.ChainTypeFilter, []string{"reject-check", "cluster-ips-check"}},
 		{"filter-output", nftables.ChainHookOutput, -10, nftables.ChainTypeFilter, []string{"reject-check", "cluster-ips-check"}},
-		// Right after DNAT (priority -100) the packet carries the chosen
-		// endpoint, which affinity records.
-		{"affinity-prerouting", nftables.ChainHookPrerouting, -90, nftables.ChainTypeFilter, []string{"affinity-record"}},
-		{"affinity-output", nftables.ChainHookOutput, -90, nftables.ChainTypeFilter, []string{"affinity-record"}},
 	} {
 		ch := chain(h.name, h.hook, h.prio, h.typ)
 		for _, to := range h.to {
 			ex := []expr.Any{jump(to)}
 			if h.typ == nftables.ChainTypeFilter {
-				// Only new connections are judged or recorded.
+				// Only new connections are judged.
 				ex = append(slices.Clone(ctNew), ex...)
 			}
 			add(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
@@ -1105,15 +973,6 @@ func (k *Kernel) skeleton(f *family, existing []string) {
 	add(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
 		daddr(f.is4, reg0), lookup(f.sets[setNodeIPs]), jump("nodeports"),
 	}})
-	// sessionAffinity: a client that has an endpoint for this front-end
-	// gets it again; "dnat to ip saddr . ip daddr . l4proto . th dport map
-	// @affinity".
-	{
-		ex := append(clientFrontEnd(f.is4, reg0),
-			&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: setAffinity, SetID: f.sets[setAffinity].ID},
-			natTo(f.is4, reg0))
-		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: ex})
-	}
 	// externalTrafficPolicy Local short-circuit: traffic from the node
 	// itself ("fib saddr type local") or from its pods (the cluster CIDRs,
 	// as kube-proxy's detect-local-mode ClusterCIDR) to a Local front-end

@@ -46,6 +46,23 @@ func elemSet(e Elem) string {
 	return e.Set
 }
 
+// legacyAffinitySet is the one dynamic affinity map of earlier versions,
+// filled by the chain legacyAffinityChains[2] from hooks after DNAT.
+const legacyAffinitySet = "affinity"
+
+var legacyAffinityChains = [...]string{"affinity-prerouting", "affinity-output", "affinity-record"}
+
+// deleteLegacyAffinity queues deleting what an earlier version recorded
+// affinity with, when adopting its table: its hooks would otherwise keep
+// recording clients nothing reads. The skeleton has flushed the services
+// chain, whose lookup used the map.
+func (k *Kernel) deleteLegacyAffinity(f *family) {
+	for _, name := range legacyAffinityChains {
+		k.conn.DelChain(&nftables.Chain{Name: name, Table: f.table})
+	}
+	k.conn.DelSet(&nftables.Set{Name: legacyAffinitySet, Table: f.table})
+}
+
 // endpointID names an affinity endpoint's set and chains: its front-end,
 // endpoint and timeout (a new timeout makes new objects, as the set's
 // timeout is part of its definition).

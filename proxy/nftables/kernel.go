@@ -369,11 +369,14 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		}
 	}
 	for i, f := range k.fams {
-		existing, endpointSets, err := k.existingBuckets(f)
+		existing, endpointSets, legacy, err := k.existingBuckets(f)
 		if err != nil {
 			return err
 		}
 		k.skeleton(f, existing)
+		if legacy {
+			k.deleteLegacyAffinity(f)
+		}
 		for _, e := range all[i] {
 			k.ensureBucket(f, e.Set)
 		}
@@ -413,22 +416,24 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 // existingBuckets lists bucket maps a previous run left, so they are
 // flushed (not leaked with stale elements) on adoption, and the affinity
 // endpoint sets, so those no longer wanted are deleted.
-func (k *Kernel) existingBuckets(f *family) (buckets, endpoints []string, err error) {
+func (k *Kernel) existingBuckets(f *family) (buckets, endpoints []string, legacyAffinity bool, err error) {
 	sets, err := k.conn.GetSets(f.table)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {
 			// No table yet: a first start.
-			return nil, nil, nil
+			return nil, nil, false, nil
 		}
-		return nil, nil, fmt.Errorf("list sets of table %s in %q: %w", TableName, k.cfg.NetNS, err)
+		return nil, nil, false, fmt.Errorf("list sets of table %s in %q: %w", TableName, k.cfg.NetNS, err)
 	}
 	for _, s := range sets {
 		switch {
+		case s.Name == legacyAffinitySet:
+			legacyAffinity = true
 		case isBucket(s.Name):
 			buckets = append(buckets, s.Name)
 		case strings.HasPrefix(s.Name, setAffinityEndpointPrefix):
 			endpoints = append(endpoints, s.Name)
 		}
 	}
-	return buckets, endpoints, nil
+	return buckets, endpoints, legacyAffinity, nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -290,5 +291,42 @@ func TestAffinityEndpointsComeAndGoWithTheirObjects(t *testing.T) {
 	}
 	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, "svc-4")); n != 4 {
 		t.Errorf("without affinity svc-4 holds %d, want 4", n)
+	}
+}
+
+// TestAdoptionDeletesTheLegacyAffinityRecorder adopts a table an earlier
+// version wrote, whose hooks recorded affinity in one map after DNAT:
+// the hooks, their chain and the map go in the adopting full sync.
+func TestAdoptionDeletesTheLegacyAffinityRecorder(t *testing.T) {
+	f := NewFake()
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		tbl := f.AddTable(&nftables.Table{Name: TableName, Family: fam})
+		set := &nftables.Set{Table: tbl, Name: legacyAffinitySet, KeyType: nftables.TypeIPAddr, Dynamic: true, HasTimeout: true}
+		must(t, f.AddSet(set, nil))
+		record := f.AddChain(&nftables.Chain{Name: "affinity-record", Table: tbl})
+		f.AddRule(&nftables.Rule{Table: tbl, Chain: record, Exprs: []expr.Any{
+			&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: 1}}})
+		for _, hook := range []string{"affinity-prerouting", "affinity-output"} {
+			ch := f.AddChain(&nftables.Chain{Name: hook, Table: tbl})
+			f.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: record.Name}}})
+		}
+	}
+	must(t, f.Flush())
+	k, err := New(Config{Conn: f, Conntrack: f, NodeIPs: addrs("192.168.0.1")})
+	must(t, err)
+	w := &fakeWorld{t: t, fake: f, k: k, snap: snapshot.New(nil)}
+	w.set(webKey, webService(), true, webSlice(tenAddrs()[:2]...))
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		if slices.Contains(f.SetNames(fam), legacyAffinitySet) {
+			t.Errorf("family %v: the legacy affinity map is still there", fam)
+		}
+	}
+	for _, r := range f.Rules() {
+		if slices.Contains(legacyAffinityChains[:], r.Chain.Name) {
+			t.Errorf("legacy chain %s still has rules", r.Chain.Name)
+		}
+	}
+	if n := len(w.bucket("svc-2")); n != 2 {
+		t.Errorf("svc-2 holds %d elements, want 2", n)
 	}
 }

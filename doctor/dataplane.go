@@ -28,7 +28,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchboard/switchboard/netnamespace"
-	"github.com/switchboard/switchboard/proxy"
+	"github.com/switchboard/switchboard/proxydebug"
 )
 
 // Finding codes of the data-plane checks.
@@ -46,9 +46,9 @@ const (
 // DataPlane reaches what the API does not hold: what each node's proxy has
 // programmed, and cluster DNS as seen from inside the cluster network.
 type DataPlane interface {
-	// ProxyState reads node's proxy debug state (proxy.DebugPath) narrowed
+	// ProxyState reads node's proxy debug state (proxydebug.Path) narrowed
 	// to one Service.
-	ProxyState(ctx context.Context, node, namespace, name string) (*proxy.DebugState, error)
+	ProxyState(ctx context.Context, node, namespace, name string) (*proxydebug.State, error)
 	// Dial connects to address from the network of pod (nil: wherever the
 	// data plane can reach the cluster network from) and says from where,
 	// for the report ("pod default/client").
@@ -78,7 +78,7 @@ type observation struct {
 	// nodesErr is set when the nodes could not be listed.
 	nodesErr error
 	nodes    []string
-	states   []*proxy.DebugState // per node; nil where errs has the reason
+	states   []*proxydebug.State // per node; nil where errs has the reason
 	errs     []error
 	// dnsServer is the cluster DNS Service's address; dnsSkip, when set,
 	// says why DNS cannot be checked.
@@ -100,7 +100,7 @@ func observe(ctx context.Context, client kubernetes.Interface, opts Options, nam
 			o.nodes = append(o.nodes, n.Name)
 		}
 	}
-	o.states, o.errs = make([]*proxy.DebugState, len(o.nodes)), make([]error, len(o.nodes))
+	o.states, o.errs = make([]*proxydebug.State, len(o.nodes)), make([]error, len(o.nodes))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for i, node := range o.nodes {
@@ -190,7 +190,7 @@ func proxyFindings(o *observation, s Snapshot) []Finding {
 			continue
 		}
 		st := o.states[i]
-		var ds *proxy.DebugService
+		var ds *proxydebug.Service
 		for j := range st.Services {
 			if st.Services[j].Namespace == svc.Namespace && st.Services[j].Name == svc.Name {
 				ds = &st.Services[j]
@@ -220,7 +220,7 @@ func proxyFindings(o *observation, s Snapshot) []Finding {
 }
 
 // syncAge describes the proxy's sync state in words.
-func syncAge(st *proxy.DebugState) string {
+func syncAge(st *proxydebug.State) string {
 	var parts []string
 	if st.LastSync.IsZero() {
 		parts = append(parts, "it has not synced yet")
@@ -238,7 +238,7 @@ func syncAge(st *proxy.DebugState) string {
 
 // staleEndpoints compares a node's programmed ready endpoints per port with
 // the slices'.
-func staleEndpoints(node string, ds *proxy.DebugService, want map[string]map[string]bool, since string) (Finding, bool) {
+func staleEndpoints(node string, ds *proxydebug.Service, want map[string]map[string]bool, since string) (Finding, bool) {
 	var details []string
 	for _, p := range ds.Ports {
 		have := map[string]bool{}
@@ -285,7 +285,7 @@ func podsByIP(pods []corev1.Pod) map[netip.Addr]string {
 }
 
 // packetPath says, for one node, where a packet to each front-end goes.
-func packetPath(node string, ds *proxy.DebugService, who map[netip.Addr]string) Finding {
+func packetPath(node string, ds *proxydebug.Service, who map[netip.Addr]string) Finding {
 	f := Finding{Code: CodePacketPath, Severity: Info,
 		Message: fmt.Sprintf("on node %s, packets to the service go:", node)}
 	for _, p := range ds.Ports {
@@ -481,13 +481,13 @@ type APIServerDataPlane struct {
 }
 
 // ProxyState implements DataPlane.
-func (a APIServerDataPlane) ProxyState(ctx context.Context, node, namespace, name string) (*proxy.DebugState, error) {
+func (a APIServerDataPlane) ProxyState(ctx context.Context, node, namespace, name string) (*proxydebug.State, error) {
 	port := a.ProxyPort
 	if port == 0 {
 		port = 10249
 	}
 	body, err := a.Client.CoreV1().RESTClient().Get().Resource("nodes").
-		Name(fmt.Sprintf("%s:%d", node, port)).SubResource("proxy").Suffix(proxy.DebugPath).
+		Name(fmt.Sprintf("%s:%d", node, port)).SubResource("proxy").Suffix(proxydebug.Path).
 		Param("namespace", namespace).Param("name", name).DoRaw(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("through the API server's node proxy to port %d: %w", port, err)
@@ -496,10 +496,10 @@ func (a APIServerDataPlane) ProxyState(ctx context.Context, node, namespace, nam
 }
 
 // decodeProxyState parses a DebugPath answer read from where.
-func decodeProxyState(body []byte, where string) (*proxy.DebugState, error) {
-	var st proxy.DebugState
+func decodeProxyState(body []byte, where string) (*proxydebug.State, error) {
+	var st proxydebug.State
 	if err := json.Unmarshal(body, &st); err != nil {
-		return nil, fmt.Errorf("decode %s of %s: %w", proxy.DebugPath, where, err)
+		return nil, fmt.Errorf("decode %s of %s: %w", proxydebug.Path, where, err)
 	}
 	return &st, nil
 }
@@ -512,8 +512,8 @@ func (a APIServerDataPlane) Dial(ctx context.Context, _ *corev1.Pod, network, ad
 
 // FetchProxyState GETs a proxy's DebugPath for one Service with client,
 // whose transport decides how the proxy's address is reached.
-func FetchProxyState(ctx context.Context, client *http.Client, base, namespace, name string) (*proxy.DebugState, error) {
-	u := base + proxy.DebugPath + "?" + url.Values{"namespace": {namespace}, "name": {name}}.Encode()
+func FetchProxyState(ctx context.Context, client *http.Client, base, namespace, name string) (*proxydebug.State, error) {
+	u := base + proxydebug.Path + "?" + url.Values{"namespace": {namespace}, "name": {name}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
@@ -550,7 +550,7 @@ type NamespaceDataPlane struct {
 }
 
 // ProxyState implements DataPlane.
-func (d NamespaceDataPlane) ProxyState(ctx context.Context, node, namespace, name string) (*proxy.DebugState, error) {
+func (d NamespaceDataPlane) ProxyState(ctx context.Context, node, namespace, name string) (*proxydebug.State, error) {
 	path := d.NodeNetNS(node)
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("node network namespace: %w", err)

@@ -7,66 +7,11 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
+	"github.com/switchboard/switchboard/proxydebug"
 )
-
-// DebugPath is where the metrics server answers with the proxy's view of
-// Services (query parameters namespace and name narrow it down). kube-proxy
-// has no such endpoint; `switchboard doctor` reads it to tell "the API says
-// X" apart from "this node programmed X".
-const DebugPath = "/debug/switchboard/services"
-
-// DebugState is the answer at DebugPath.
-type DebugState struct {
-	Node string `json:"node"`
-	// LastSync is when the last sync succeeded (zero before the first).
-	LastSync time.Time `json:"lastSync"`
-	// LastError is the last failed sync's error, if it failed after the
-	// last success.
-	LastError     string    `json:"lastError,omitempty"`
-	LastErrorTime time.Time `json:"lastErrorTime"`
-	// PendingSince is when the oldest change not yet programmed arrived
-	// (zero when everything known is programmed).
-	PendingSince time.Time `json:"pendingSince"`
-	// Generation is the programmed snapshot's generation.
-	Generation uint64         `json:"generation"`
-	Services   []DebugService `json:"services"`
-}
-
-// DebugService is one programmed Service.
-type DebugService struct {
-	Namespace string      `json:"namespace"`
-	Name      string      `json:"name"`
-	Ports     []DebugPort `json:"ports"`
-	// Kernel is what the data plane holds for the Service.
-	Kernel      nftables.ServiceState `json:"kernel"`
-	KernelError string                `json:"kernelError,omitempty"`
-}
-
-// DebugPort is one programmed Service port and the endpoints its traffic
-// goes to.
-type DebugPort struct {
-	Name            string       `json:"name,omitempty"`
-	Protocol        string       `json:"protocol"`
-	Port            int32        `json:"port"`
-	NodePort        int32        `json:"nodePort,omitempty"`
-	ClusterIPs      []netip.Addr `json:"clusterIPs,omitempty"`
-	ExternalIPs     []netip.Addr `json:"externalIPs,omitempty"`
-	LoadBalancerIPs []netip.Addr `json:"loadBalancerIPs,omitempty"`
-	InternalLocal   bool         `json:"internalTrafficPolicyLocal,omitempty"`
-	ExternalLocal   bool         `json:"externalTrafficPolicyLocal,omitempty"`
-	AffinitySeconds int          `json:"sessionAffinitySeconds,omitempty"`
-	// Endpoints are all endpoints the proxy knows for the port.
-	Endpoints []snapshot.Endpoint `json:"endpoints"`
-	// ClusterEndpoints and ExternalEndpoints are the ones traffic to the
-	// ClusterIP and to external front-ends is balanced over, after
-	// traffic policy and the ready/terminating preference.
-	ClusterEndpoints  []netip.AddrPort `json:"clusterEndpoints"`
-	ExternalEndpoints []netip.AddrPort `json:"externalEndpoints,omitempty"`
-}
 
 // inspector reads back what the data plane holds for a Service.
 type inspector interface {
@@ -74,9 +19,9 @@ type inspector interface {
 }
 
 // debugState builds the answer from the last programmed snapshot.
-func (h *health) debugState(namespace, name string) DebugState {
+func (h *health) debugState(namespace, name string) proxydebug.State {
 	h.mu.Lock()
-	st := DebugState{Node: h.node, LastSync: h.lastUpdated, LastError: h.lastError, LastErrorTime: h.lastErrorTime}
+	st := proxydebug.State{Node: h.node, LastSync: h.lastUpdated, LastError: h.lastError, LastErrorTime: h.lastErrorTime}
 	snap, insp := h.programmed, h.inspect
 	h.mu.Unlock()
 	st.PendingSince = h.tracker.OldestPending()
@@ -98,19 +43,19 @@ func (h *health) debugState(namespace, name string) DebugState {
 		if (namespace != "" && key.Namespace != namespace) || (name != "" && key.Name != name) {
 			continue
 		}
-		ds := DebugService{Namespace: key.Namespace, Name: key.Name}
+		ds := proxydebug.Service{Namespace: key.Namespace, Name: key.Name}
 		for _, sp := range ports {
-			ds.Ports = append(ds.Ports, DebugPort{
+			ds.Ports = append(ds.Ports, proxydebug.Port{
 				Name: sp.Key.Port, Protocol: string(sp.Protocol), Port: sp.Port, NodePort: sp.NodePort,
 				ClusterIPs: sp.ClusterIPs, ExternalIPs: sp.ExternalIPs, LoadBalancerIPs: sp.LoadBalancerIPs,
 				InternalLocal: sp.InternalLocal, ExternalLocal: sp.ExternalLocal,
-				AffinitySeconds: int(sp.AffinityTimeout.Seconds()), Endpoints: sp.Endpoints,
+				AffinitySeconds: int(sp.AffinityTimeout.Seconds()), Endpoints: wireEndpoints(sp.Endpoints),
 				ClusterEndpoints: addrPorts(sp.ClusterEndpoints()), ExternalEndpoints: externalOnly(sp),
 			})
 		}
 		st.Services = append(st.Services, ds)
 	}
-	slices.SortFunc(st.Services, func(a, b DebugService) int {
+	slices.SortFunc(st.Services, func(a, b proxydebug.Service) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	if insp == nil || len(st.Services) == 0 {
@@ -126,10 +71,19 @@ func (h *health) debugState(namespace, name string) DebugState {
 		if err != nil {
 			st.Services[i].KernelError = err.Error()
 		} else {
-			st.Services[i].Kernel = kernel[keys[i]]
+			st.Services[i].Kernel = proxydebug.Kernel{Applied: kernel[keys[i]].Applied, Missing: kernel[keys[i]].Missing}
 		}
 	}
 	return st
+}
+
+func wireEndpoints(eps []snapshot.Endpoint) []proxydebug.Endpoint {
+	out := make([]proxydebug.Endpoint, len(eps))
+	for i, e := range eps {
+		out[i] = proxydebug.Endpoint{Addr: e.Addr, Port: e.Port, Ready: e.Ready, Serving: e.Serving,
+			Terminating: e.Terminating, Local: e.Local, OutOfTopology: e.OutOfTopology}
+	}
+	return out
 }
 
 func externalOnly(sp *snapshot.ServicePort) []netip.AddrPort {
@@ -147,7 +101,7 @@ func addrPorts(eps []snapshot.Endpoint) []netip.AddrPort {
 	return out
 }
 
-// serveDebug answers DebugPath.
+// serveDebug answers proxydebug.Path.
 func (h *health) serveDebug(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	w.Header().Set("Content-Type", "application/json")

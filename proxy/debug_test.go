@@ -11,6 +11,7 @@ import (
 
 	"github.com/switchboard/switchboard/clustertest"
 	"github.com/switchboard/switchboard/proxy"
+	"github.com/switchboard/switchboard/proxydebug"
 )
 
 // TestDebugStateShowsProgrammedPathAndKernelDrift reads the debug endpoint
@@ -25,16 +26,16 @@ func TestDebugStateShowsProgrammedPathAndKernelDrift(t *testing.T) {
 	b := w.backends
 	setSlice(t, client, ns, "web", []epSpec{ready(b[0], "node-a"), ready(b[1], "node-b")})
 	cip := svc.Spec.ClusterIP
-	url := fmt.Sprintf("http://127.0.0.1:10249%s?namespace=%s&name=web", proxy.DebugPath, ns)
-	read := func() (proxy.DebugState, error) {
-		var st proxy.DebugState
+	url := fmt.Sprintf("http://127.0.0.1:10249%s?namespace=%s&name=web", proxydebug.Path, ns)
+	read := func() (proxydebug.State, error) {
+		var st proxydebug.State
 		_, body, err := httpGet(w.nodePath, url)
 		if err != nil {
 			return st, err
 		}
 		return st, json.Unmarshal([]byte(body), &st)
 	}
-	var st proxy.DebugState
+	var st proxydebug.State
 	eventually(t, "debug state lists both endpoints of port tcp", func() error {
 		var err error
 		if st, err = read(); err != nil {
@@ -57,7 +58,7 @@ func TestDebugStateShowsProgrammedPathAndKernelDrift(t *testing.T) {
 	if ds.KernelError != "" || len(ds.Kernel.Missing) != 0 {
 		t.Fatalf("kernel error %q, missing %v", ds.KernelError, ds.Kernel.Missing)
 	}
-	var tcp proxy.DebugPort
+	var tcp proxydebug.Port
 	for _, p := range ds.Ports {
 		if p.Name == "tcp" {
 			tcp = p

@@ -21,6 +21,7 @@ import (
 	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
+	"github.com/switchboard/switchboard/proxydebug"
 )
 
 // healthTimeout is how long a change may stay unprogrammed before /healthz
@@ -53,7 +54,7 @@ type health struct {
 	lastError     string
 	lastErrorTime time.Time
 	// programmed is the last snapshot the data plane took; inspect reads
-	// the data plane back (see DebugPath).
+	// the data plane back (see proxydebug.Path).
 	programmed *snapshot.Snapshot
 	inspect    inspector
 	servers    []*http.Server
@@ -118,7 +119,7 @@ func (h *health) serve(ctx context.Context, healthz, metricsAddr string, profili
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
-		mux.HandleFunc(DebugPath, h.serveDebug)
+		mux.HandleFunc(proxydebug.Path, h.serveDebug)
 		if profiling {
 			mux.HandleFunc("/debug/pprof/", pprof.Index)
 			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -243,7 +244,7 @@ func (h *health) loopStarted(at time.Time) {
 }
 
 // failed records a failed sync of changes queued since queued (for
-// health) and the error (for DebugPath).
+// health) and the error (for proxydebug.Path).
 func (h *health) failed(at, queued time.Time, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -14,9 +14,13 @@ type Conn interface {
 	AddTable(t *nftables.Table) *nftables.Table
 	AddChain(c *nftables.Chain) *nftables.Chain
 	FlushChain(c *nftables.Chain)
+	// DelChain deletes c and its rules; nothing may jump to it by then.
+	DelChain(c *nftables.Chain)
 	AddRule(r *nftables.Rule) *nftables.Rule
 	AddSet(s *nftables.Set, vals []nftables.SetElement) error
 	FlushSet(s *nftables.Set)
+	// DelSet deletes s and its elements; no rule may use it by then.
+	DelSet(s *nftables.Set)
 	SetAddElements(s *nftables.Set, vals []nftables.SetElement) error
 	SetDeleteElements(s *nftables.Set, vals []nftables.SetElement) error
 	// Flush sends the queued messages as one transaction: all of them
@@ -66,6 +70,11 @@ func (t *tally) FlushChain(c *nftables.Chain) {
 	t.pending[chainID{c.Table.Family, c.Name}] = 0
 }
 
+func (t *tally) DelChain(c *nftables.Chain) {
+	t.Conn.DelChain(c)
+	t.pending[chainID{c.Table.Family, c.Name}] = 0
+}
+
 func (t *tally) AddRule(r *nftables.Rule) *nftables.Rule {
 	id := chainID{r.Table.Family, r.Chain.Name}
 	n, ok := t.pending[id]
@@ -96,7 +105,11 @@ func (t *tally) Flush() error {
 	err := t.Conn.Flush()
 	if err == nil {
 		for id, n := range t.pending {
-			t.rules[id] = n
+			if n == 0 {
+				delete(t.rules, id)
+			} else {
+				t.rules[id] = n
+			}
 		}
 		t.last = Written{Added: t.added, Deleted: t.deleted}
 	}

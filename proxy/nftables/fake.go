@@ -118,6 +118,38 @@ func (f *Fake) FlushChain(c *nftables.Chain) {
 	})
 }
 
+// DelChain queues deleting c and its rules; the kernel refuses while a
+// rule or a verdict map element still jumps to it.
+func (f *Fake) DelChain(c *nftables.Chain) {
+	f.enqueue(func(ts map[tableKey]*fakeTable) error {
+		ft, err := table(ts, c.Table)
+		if err != nil {
+			return err
+		}
+		if _, ok := ft.chains[c.Name]; !ok {
+			return fmt.Errorf("delete chain %s: %w", c.Name, unix.ENOENT)
+		}
+		for name, rules := range ft.chains {
+			for _, r := range rules {
+				for _, e := range r.Exprs {
+					if v, ok := e.(*expr.Verdict); ok && v.Chain == c.Name {
+						return fmt.Errorf("delete chain %s: rule in %s jumps to it: %w", c.Name, name, unix.EBUSY)
+					}
+				}
+			}
+		}
+		for _, s := range ft.sets {
+			for _, e := range s.elems {
+				if e.VerdictData != nil && e.VerdictData.Chain == c.Name {
+					return fmt.Errorf("delete chain %s: element of %s jumps to it: %w", c.Name, s.def.Name, unix.EBUSY)
+				}
+			}
+		}
+		delete(ft.chains, c.Name)
+		return nil
+	})
+}
+
 // AddRule queues appending r to its chain; every set it looks up or
 // updates must exist by then.
 func (f *Fake) AddRule(r *nftables.Rule) *nftables.Rule {
@@ -180,16 +212,51 @@ func (f *Fake) FlushSet(s *nftables.Set) {
 	})
 }
 
+// DelSet queues deleting s; the kernel refuses while a rule uses it.
+func (f *Fake) DelSet(s *nftables.Set) {
+	f.enqueue(func(ts map[tableKey]*fakeTable) error {
+		ft, err := table(ts, s.Table)
+		if err != nil {
+			return err
+		}
+		if ft.sets[s.Name] == nil {
+			return fmt.Errorf("delete set %s: %w", s.Name, unix.ENOENT)
+		}
+		for name, rules := range ft.chains {
+			for _, r := range rules {
+				for _, e := range r.Exprs {
+					if l, ok := e.(*expr.Lookup); ok && l.SetName == s.Name {
+						return fmt.Errorf("delete set %s: rule in %s uses it: %w", s.Name, name, unix.EBUSY)
+					}
+					if d, ok := e.(*expr.Dynset); ok && d.SetName == s.Name {
+						return fmt.Errorf("delete set %s: rule in %s uses it: %w", s.Name, name, unix.EBUSY)
+					}
+				}
+			}
+		}
+		delete(ft.sets, s.Name)
+		return nil
+	})
+}
+
 func elemKey(e nftables.SetElement) string { return string(e.Key) + "\x00" + string(e.KeyEnd) }
 
 func addElems(fs *fakeSet, vals []nftables.SetElement) error {
 	for _, v := range vals {
-		if old, ok := fs.elems[elemKey(v)]; ok && !bytes.Equal(old.Val, v.Val) {
+		if old, ok := fs.elems[elemKey(v)]; ok && (!bytes.Equal(old.Val, v.Val) || verdictOf(old) != verdictOf(v)) {
 			return fmt.Errorf("add element to %s: key holds another value: %w", fs.def.Name, unix.EEXIST)
 		}
 		fs.elems[elemKey(v)] = v
 	}
 	return nil
+}
+
+// verdictOf renders a verdict map element's value for comparison.
+func verdictOf(e nftables.SetElement) string {
+	if e.VerdictData == nil {
+		return ""
+	}
+	return fmt.Sprint(e.VerdictData.Kind, " ", e.VerdictData.Chain)
 }
 
 // SetAddElements queues adding vals to s.

@@ -34,7 +34,7 @@ func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]S
 		bySet := map[string]bool{}
 		for _, key := range keys {
 			for _, e := range k.applied[key][i] {
-				bySet[e.Set] = true
+				bySet[elemSet(e)] = true
 			}
 		}
 		held := map[string]map[string]bool{}
@@ -53,7 +53,7 @@ func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]S
 				if err != nil {
 					return nil, err
 				}
-				if !held[e.Set][elementID(want)] {
+				if !held[elemSet(e)][elementID(want)] {
 					st.Missing = append(st.Missing, e.String())
 				}
 			}

@@ -1,42 +1,30 @@
 package nftables
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
 	mdnetlink "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
+// I/O: the Kernel, its netlink connections, and Sync, which diffs what
+// changed against what was applied and sends one transaction.
+
 // TableName is the one table (per family) this package creates and the
 // only one it ever modifies.
 const TableName = "switchboard"
-
-// masqMark is the packet mark that asks postrouting to masquerade; the same
-// bit kube-proxy uses, so the two never disagree on a shared node.
-const masqMark = 0x4000
-
-// chunk bounds the elements per netlink message: a message's element list
-// is one attribute, whose length field has 16 bits.
-const chunk = 400
 
 // Config says where and how to program.
 type Config struct {
@@ -92,9 +80,9 @@ type family struct {
 	chains  map[string]*nftables.Chain
 	sets    map[string]*nftables.Set
 	buckets map[string]bool // bucket maps that exist with their rule
-	// affinity are the sessionAffinity front-ends affinity-record has a
-	// rule for.
-	affinity map[affinityFront]bool
+	// endpoints are the affinity endpoints (by endpointID) whose set and
+	// chains exist.
+	endpoints map[string]*nftables.Set
 }
 
 // New opens netlink sockets in cfg.NetNS. Nothing is programmed before the
@@ -233,7 +221,6 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	var d [2]delta
 	var udpGone [2][]netip.Addr
 	var udpActive [2][]netip.AddrPort
-	var affinityGone [2][]netip.AddrPort
 	for _, key := range changes.Keys {
 		old := k.applied[key]
 		v4, v6 := TranslateService(snap.Get(key), k.cfg.Options)
@@ -244,7 +231,6 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 			d[i].del = append(d[i].del, del...)
 			udpGone[i] = append(udpGone[i], goneUDPEndpoints(old[i], now[i])...)
 			udpActive[i] = append(udpActive[i], k.newlyActiveUDP(i == 0, old[i], now[i])...)
-			affinityGone[i] = append(affinityGone[i], goneAffinityEndpoints(old[i], now[i])...)
 		}
 		if len(v4)+len(v6) == 0 {
 			delete(k.applied, key)
@@ -256,19 +242,24 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		for _, e := range d[i].add {
 			k.ensureBucket(f, e.Set)
 		}
-		if err := k.queue(f, d[i].del, true); err != nil {
-			return k.fail(err)
+		// An affinity endpoint's set and chains exist before the
+		// elements that jump to them, and go after them: a client's
+		// entries go with the endpoint's set, in the same transaction
+		// as the DNAT that wrote them.
+		born, gone := affinityEndpointChanges(d[i].add, d[i].del)
+		for _, e := range born {
+			if f.endpoints[endpointID(e)] == nil {
+				k.addAffinityEndpoint(f, e)
+			}
 		}
-		if err := k.forgetAffinity(f, affinityGone[i]); err != nil {
+		if err := k.queue(f, d[i].del, true); err != nil {
 			return k.fail(err)
 		}
 		if err := k.queue(f, d[i].add, false); err != nil {
 			return k.fail(err)
 		}
-		// Only a change of affinity front-ends rewrites their rules.
-		isAffinity := func(e Elem) bool { return strings.HasPrefix(e.Set, setAffinityPrefix) }
-		if slices.ContainsFunc(d[i].add, isAffinity) || slices.ContainsFunc(d[i].del, isAffinity) {
-			k.recordAffinity(f, i, false)
+		for _, id := range gone {
+			k.deleteAffinityEndpoint(f, id)
 		}
 	}
 	if err := k.conn.Flush(); err != nil {
@@ -348,186 +339,6 @@ func (k *Kernel) diff(fam int, old, now []Elem) (add, del []Elem) {
 // 50,000-element map out of the heap.
 func shared(e Elem) bool { return e.Set == setHairpin || e.Set == setClusterIPs }
 
-// goneUDPEndpoints lists UDP endpoint addresses a Service stopped using:
-// their conntrack entries would keep steering a UDP "connection" to a dead
-// pod, as UDP has no end to wait for.
-func goneUDPEndpoints(old, now []Elem) []netip.Addr {
-	still := map[netip.Addr]bool{}
-	for _, e := range now {
-		if e.IsMap() && e.Proto == v1.ProtocolUDP {
-			still[e.To.Addr()] = true
-		}
-	}
-	var gone []netip.Addr
-	for _, e := range old {
-		if e.IsMap() && e.Proto == v1.ProtocolUDP && !still[e.To.Addr()] && !slices.Contains(gone, e.To.Addr()) {
-			gone = append(gone, e.To.Addr())
-		}
-	}
-	return gone
-}
-
-// newlyActiveUDP lists the UDP front-ends (address and port; NodePorts on
-// each node address of the family) that have endpoints now and had none
-// before. A client may have sent to one while this proxy did not yet know
-// the Service: that datagram was routed on untranslated and left a
-// conntrack entry, which every later datagram of the flow keeps alive and
-// follows, past the DNAT rules, for as long as the client keeps sending.
-// kube-proxy clears these too.
-func (k *Kernel) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
-	type front struct {
-		addr     netip.Addr
-		port     uint16
-		nodePort bool
-	}
-	fronts := func(elems []Elem) map[front]bool {
-		m := map[front]bool{}
-		for _, e := range elems {
-			if e.IsMap() && e.Proto == v1.ProtocolUDP {
-				m[front{e.Addr, e.Port, !e.Addr.IsValid()}] = true
-			}
-		}
-		return m
-	}
-	before := fronts(old)
-	var out []netip.AddrPort
-	for f := range fronts(now) {
-		if before[f] {
-			continue
-		}
-		if !f.nodePort {
-			out = append(out, netip.AddrPortFrom(f.addr, f.port))
-			continue
-		}
-		for _, ip := range k.cfg.NodeIPs {
-			if ip.Is4() == is4 {
-				out = append(out, netip.AddrPortFrom(ip, f.port))
-			}
-		}
-	}
-	return out
-}
-
-// goneAffinityEndpoints lists endpoints an affinity Service stopped using:
-// clients stuck to them must be re-balanced, not sent to a dead pod until
-// the affinity timeout.
-func goneAffinityEndpoints(old, now []Elem) []netip.AddrPort {
-	affinity := false
-	for _, e := range old {
-		if strings.HasPrefix(e.Set, setAffinityPrefix) {
-			affinity = true
-			break
-		}
-	}
-	if !affinity {
-		return nil
-	}
-	still := map[netip.AddrPort]bool{}
-	for _, e := range now {
-		if e.IsMap() {
-			still[e.To] = true
-		}
-	}
-	var gone []netip.AddrPort
-	for _, e := range old {
-		if e.IsMap() && !still[e.To] && !slices.Contains(gone, e.To) {
-			gone = append(gone, e.To)
-		}
-	}
-	return gone
-}
-
-// forgetAffinity queues deletion of the affinity entries that point at
-// gone endpoints. It reads the dynamic map, so it costs in proportion to
-// the clients with affinity, and only when an affinity Service lost one.
-func (k *Kernel) forgetAffinity(f *family, gone []netip.AddrPort) error {
-	if len(gone) == 0 {
-		return nil
-	}
-	set := f.sets[setAffinity]
-	elems, err := k.conn.GetSetElements(set)
-	if err != nil {
-		return fmt.Errorf("list affinity entries in %q: %w", k.cfg.NetNS, err)
-	}
-	want := map[string]bool{}
-	for _, ap := range gone {
-		se, err := encode(f.is4, Elem{Set: setAffinity, Slot: -1, To: ap})
-		if err != nil {
-			return err
-		}
-		want[string(se.Val)] = true
-	}
-	var del []nftables.SetElement
-	for _, e := range elems {
-		if want[string(e.Val)] {
-			del = append(del, nftables.SetElement{Key: e.Key})
-		}
-	}
-	for len(del) > 0 {
-		n := min(chunk, len(del))
-		if err := k.conn.SetDeleteElements(set, del[:n]); err != nil {
-			return fmt.Errorf("queue affinity deletions: %w", err)
-		}
-		del = del[n:]
-	}
-	return nil
-}
-
-func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
-	for i, addrs := range gone {
-		fam := netlink.InetFamily(unix.AF_INET)
-		if i == 1 {
-			fam = unix.AF_INET6
-		}
-		for _, a := range addrs {
-			f := &netlink.ConntrackFilter{}
-			if err := f.AddIP(netlink.ConntrackReplySrcIP, a.AsSlice()); err != nil {
-				continue
-			}
-			if err := f.AddProtocol(unix.IPPROTO_UDP); err != nil {
-				continue
-			}
-			if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f); err != nil {
-				k.log.Warn("clear UDP conntrack entries", "endpoint", a, "err", err)
-			} else if n > 0 {
-				k.log.Debug("cleared UDP conntrack entries", "endpoint", a, "entries", n)
-			}
-		}
-	}
-}
-
-// clearUntranslated deletes the UDP conntrack entries to the front-ends
-// that were never translated (their reply comes from the front-end address
-// itself), so the flows' next datagrams pass the DNAT rules. Translated
-// entries, to endpoints, are left alone.
-func (k *Kernel) clearUntranslated(fronts [2][]netip.AddrPort) {
-	for i, list := range fronts {
-		if len(list) == 0 {
-			continue
-		}
-		fam := netlink.InetFamily(unix.AF_INET)
-		if i == 1 {
-			fam = unix.AF_INET6
-		}
-		var filters []netlink.CustomConntrackFilter
-		for _, ap := range list {
-			f := &netlink.ConntrackFilter{}
-			ip := ap.Addr().AsSlice()
-			if f.AddProtocol(unix.IPPROTO_UDP) != nil || f.AddIP(netlink.ConntrackOrigDstIP, ip) != nil ||
-				f.AddIP(netlink.ConntrackReplySrcIP, ip) != nil || f.AddPort(netlink.ConntrackOrigDstPort, ap.Port()) != nil {
-				continue
-			}
-			filters = append(filters, f)
-		}
-		// One dump of the table for all filters.
-		if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...); err != nil {
-			k.log.Warn("clear untranslated UDP conntrack entries", "err", err)
-		} else if n > 0 {
-			k.log.Debug("cleared untranslated UDP conntrack entries", "entries", n)
-		}
-	}
-}
-
 // fullSync rebuilds both tables from snap in one transaction: base chains
 // and rules are re-added (chains flushed first), sets flushed and refilled.
 // The table itself is never deleted, so nothing is briefly unprogrammed.
@@ -558,13 +369,34 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		}
 	}
 	for i, f := range k.fams {
-		existing, err := k.existingBuckets(f)
+		existing, endpointSets, legacy, err := k.existingBuckets(f)
 		if err != nil {
 			return err
 		}
 		k.skeleton(f, existing)
+		if legacy {
+			k.deleteLegacyAffinity(f)
+		}
 		for _, e := range all[i] {
 			k.ensureBucket(f, e.Set)
+		}
+		// Affinity endpoints that stay keep their sets (their clients);
+		// the skeleton emptied the maps that jumped to the others.
+		want := map[string]Elem{}
+		for _, e := range all[i] {
+			if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+				want[endpointID(e)] = e
+			}
+		}
+		f.endpoints = map[string]*nftables.Set{}
+		for _, name := range endpointSets {
+			if id := strings.TrimPrefix(name, setAffinityEndpointPrefix); want[id].Set == "" {
+				f.endpoints[id] = &nftables.Set{Table: f.table, Name: name}
+				k.deleteAffinityEndpoint(f, id)
+			}
+		}
+		for _, e := range want {
+			k.addAffinityEndpoint(f, e)
 		}
 		for _, ip := range k.cfg.NodeIPs {
 			if ip.Is4() == f.is4 {
@@ -574,7 +406,6 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		if err := k.queue(f, all[i], false); err != nil {
 			return err
 		}
-		k.recordAffinity(f, i, true)
 	}
 	if err := k.conn.Flush(); err != nil {
 		return fmt.Errorf("apply full nftables transaction in %q: %w", k.cfg.NetNS, err)
@@ -583,606 +414,26 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 }
 
 // existingBuckets lists bucket maps a previous run left, so they are
-// flushed (not leaked with stale elements) on adoption.
-func (k *Kernel) existingBuckets(f *family) ([]string, error) {
+// flushed (not leaked with stale elements) on adoption, and the affinity
+// endpoint sets, so those no longer wanted are deleted.
+func (k *Kernel) existingBuckets(f *family) (buckets, endpoints []string, legacyAffinity bool, err error) {
 	sets, err := k.conn.GetSets(f.table)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {
 			// No table yet: a first start.
-			return nil, nil
+			return nil, nil, false, nil
 		}
-		return nil, fmt.Errorf("list sets of table %s in %q: %w", TableName, k.cfg.NetNS, err)
+		return nil, nil, false, fmt.Errorf("list sets of table %s in %q: %w", TableName, k.cfg.NetNS, err)
 	}
-	var out []string
 	for _, s := range sets {
-		if isBucket(s.Name) {
-			out = append(out, s.Name)
+		switch {
+		case s.Name == legacyAffinitySet:
+			legacyAffinity = true
+		case isBucket(s.Name):
+			buckets = append(buckets, s.Name)
+		case strings.HasPrefix(s.Name, setAffinityEndpointPrefix):
+			endpoints = append(endpoints, s.Name)
 		}
 	}
-	return out, nil
-}
-
-func isBucket(name string) bool {
-	_, ok := bucketSlots(name)
-	return ok
-}
-
-// queue encodes elements per set and queues add (or delete) messages.
-func (k *Kernel) queue(f *family, elems []Elem, del bool) error {
-	counts := map[string]int{}
-	for _, e := range elems {
-		counts[e.Set]++
-	}
-	by := make(map[string][]nftables.SetElement, len(counts))
-	for name, n := range counts {
-		by[name] = make([]nftables.SetElement, 0, n)
-	}
-	var order []string
-	for _, e := range elems {
-		se, err := encode(f.is4, e)
-		if err != nil {
-			return err
-		}
-		if len(by[e.Set]) == 0 {
-			order = append(order, e.Set)
-		}
-		by[e.Set] = append(by[e.Set], se)
-	}
-	for _, name := range order {
-		set := f.sets[name]
-		if set == nil {
-			return fmt.Errorf("element for unknown set %s in table %s", name, TableName)
-		}
-		list := by[name]
-		for len(list) > 0 {
-			n := min(chunk, len(list))
-			var err error
-			if del {
-				err = k.conn.SetDeleteElements(set, list[:n])
-			} else {
-				err = k.conn.SetAddElements(set, list[:n])
-			}
-			if err != nil {
-				return fmt.Errorf("queue elements of set %s: %w", name, err)
-			}
-			list = list[n:]
-		}
-	}
-	return nil
-}
-
-// Key layouts. Concatenations pad every field to 4 bytes.
-func addrType(is4 bool) nftables.SetDatatype {
-	if is4 {
-		return nftables.TypeIPAddr
-	}
-	return nftables.TypeIP6Addr
-}
-
-func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat bool) {
-	a := addrType(is4)
-	switch {
-	case strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setShortCircuitPrefix):
-		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
-			nftables.MustConcatSetType(a, nftables.TypeInetService), true
-	case strings.HasPrefix(name, setNodePortPrefix) || strings.HasPrefix(name, setShortCircuitNodePortPrefix):
-		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
-			nftables.MustConcatSetType(a, nftables.TypeInetService), true
-	case name == setAffinity:
-		return nftables.MustConcatSetType(a, a, nftables.TypeInetProto, nftables.TypeInetService),
-			nftables.MustConcatSetType(a, nftables.TypeInetService), true
-	case name == setLBAllowed:
-		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, a), nftables.TypeInvalid, true
-	case name == setNoEndpoints || name == setNoLocalEndpoints || name == setLBRestricted || name == setMasqExternal || name == setMasqCluster || name == setShortCircuit || strings.HasPrefix(name, setAffinityPrefix):
-		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
-	case name == setNoEndpointsNodePort || name == setNoLocalEndpointsNodePort || name == setMasqNodePort || name == setShortCircuitNodePort:
-		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeInvalid, true
-	case name == setHairpin:
-		return nftables.MustConcatSetType(a, a), nftables.TypeInvalid, true
-	default: // setNodeIPs, setClusterIPs
-		return a, nftables.TypeInvalid, false
-	}
-}
-
-func protoNum(p v1.Protocol) byte {
-	switch p {
-	case v1.ProtocolUDP:
-		return unix.IPPROTO_UDP
-	case v1.ProtocolSCTP:
-		return unix.IPPROTO_SCTP
-	default:
-		return unix.IPPROTO_TCP
-	}
-}
-
-func pad4(b []byte) []byte {
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-// encode renders an element in the kernel's byte layout.
-func encode(is4 bool, e Elem) (nftables.SetElement, error) {
-	var key []byte
-	if e.Addr.IsValid() {
-		if e.Addr.Is4() != is4 {
-			return nftables.SetElement{}, fmt.Errorf("address %s in the wrong family's set %s", e.Addr, e.Set)
-		}
-		key = append(key, e.Addr.AsSlice()...)
-	}
-	if e.Proto != "" {
-		key = append(key, pad4([]byte{protoNum(e.Proto)})...)
-		key = append(key, pad4(binary.BigEndian.AppendUint16(nil, e.Port))...)
-	}
-	if e.Slot >= 0 {
-		// numgen writes its result in host byte order.
-		key = append(key, binaryutil.NativeEndian.PutUint32(uint32(e.Slot))...)
-	}
-	if e.Addr2.IsValid() {
-		key = append(key, e.Addr2.AsSlice()...)
-	}
-	se := nftables.SetElement{Key: key}
-	if e.Range.IsValid() {
-		// Concatenated ranges: every field is a range; only the last
-		// differs between start and end.
-		last := lastAddr(e.Range)
-		se.Key = append(key, e.Range.Masked().Addr().AsSlice()...)
-		se.KeyEnd = append(slices.Clone(key), last.AsSlice()...)
-	}
-	if e.IsMap() {
-		se.Val = append(e.To.Addr().AsSlice(), pad4(binary.BigEndian.AppendUint16(nil, e.To.Port()))...)
-	}
-	return se, nil
-}
-
-// lastAddr is the highest address in p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
-}
-
-// bucketSlots parses the slot count (for affinity-T sets, the timeout in
-// seconds) out of a bucket map's name.
-func bucketSlots(name string) (uint32, bool) {
-	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix} {
-		if s, ok := strings.CutPrefix(name, p); ok {
-			n, err := strconv.ParseUint(s, 10, 32)
-			return uint32(n), err == nil && n > 0
-		}
-	}
-	return 0, false
-}
-
-func (k *Kernel) addSet(f *family, name string) *nftables.Set {
-	key, data, concat := setTypes(f.is4, name)
-	s := &nftables.Set{Table: f.table, Name: name, KeyType: key, Concatenation: concat}
-	if data != nftables.TypeInvalid {
-		s.IsMap, s.DataType = true, data
-	}
-	if name == setLBAllowed {
-		s.Interval = true
-	}
-	if name == setAffinity {
-		// Filled from the packet path, entries expire on their own.
-		s.Dynamic, s.HasTimeout, s.Size = true, true, 1<<20
-	}
-	if err := k.conn.AddSet(s, nil); err != nil {
-		// AddSet only fails on invalid definitions, which are ours.
-		panic(fmt.Sprintf("define set %s: %v", name, err))
-	}
-	f.sets[name] = s
-	return s
-}
-
-// ensureBucket creates a bucket map and its DNAT rule the first time a
-// bucket size is used. Buckets are kept once made: an empty map costs one
-// failed lookup per new connection.
-func (k *Kernel) ensureBucket(f *family, name string) {
-	slots, ok := bucketSlots(name)
-	if !ok || f.buckets[name] {
-		return
-	}
-	set := k.addSet(f, name)
-	f.buckets[name] = true
-	rule := func(chain string, ex []expr.Any) {
-		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains[chain], Exprs: ex})
-	}
-	switch {
-	case strings.HasPrefix(name, setAffinityPrefix):
-		// Listed for inspection; affinity-record has a rule per front-end.
-	case strings.HasPrefix(name, setServicePrefix):
-		rule("services", dnatExprs(f.is4, true, slots, set))
-	case strings.HasPrefix(name, setShortCircuitPrefix):
-		rule("short-circuit", dnatExprs(f.is4, true, slots, set))
-	case strings.HasPrefix(name, setShortCircuitNodePortPrefix):
-		rule("short-circuit-nodeport", dnatExprs(f.is4, false, slots, set))
-	default:
-		rule("nodeports", dnatExprs(f.is4, false, slots, set))
-	}
-}
-
-// Registers: 8 is NFT_REG32_00; concatenations use consecutive 32-bit ones.
-const reg0 = 8
-
-func addrLen(is4 bool) uint32 {
-	if is4 {
-		return 4
-	}
-	return 16
-}
-
-func daddr(is4 bool, reg uint32) expr.Any {
-	off := uint32(16)
-	if !is4 {
-		off = 24
-	}
-	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: addrLen(is4)}
-}
-
-func saddr(is4 bool, reg uint32) expr.Any {
-	off := uint32(12)
-	if !is4 {
-		off = 8
-	}
-	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: addrLen(is4)}
-}
-
-// frontEnd loads "daddr . l4proto . dport" (withAddr) or "l4proto . dport"
-// into consecutive registers from reg0 and returns the next free register.
-func frontEnd(is4, withAddr bool) ([]expr.Any, uint32) {
-	r := uint32(reg0)
-	var out []expr.Any
-	if withAddr {
-		out = append(out, daddr(is4, r))
-		r += addrLen(is4) / 4
-	}
-	out = append(out,
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r},
-		&expr.Payload{DestRegister: r + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	)
-	return out, r + 2
-}
-
-func dnatExprs(is4, withAddr bool, slots uint32, set *nftables.Set) []expr.Any {
-	ex, r := frontEnd(is4, withAddr)
-	nfproto := uint32(unix.NFPROTO_IPV4)
-	if !is4 {
-		nfproto = unix.NFPROTO_IPV6
-	}
-	return append(ex,
-		&expr.Numgen{Register: r, Modulus: slots, Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: reg0, RegProtoMin: reg0 + addrLen(is4)/4, Specified: true},
-	)
-}
-
-// ipsDstNAT is the conntrack status bit of a connection whose destination
-// was translated (IPS_DST_NAT).
-const ipsDstNAT = 1 << 5
-
-// affinityFront is a sessionAffinity front-end and its timeout.
-type affinityFront struct {
-	addr    netip.Addr
-	proto   v1.Protocol
-	port    uint16
-	seconds uint32
-}
-
-// affinityRecordExprs remembers, for a new connection DNATed from this
-// front-end, which endpoint the client got: "ct status dnat ct original
-// daddr A meta l4proto P ct original proto-dst N update @affinity { ip
-// saddr . A . P . N timeout T : ip daddr . th dport }". The front-end part
-// of the key is constants, not conntrack fields: nft 1.0.6 (Debian 12)
-// aborts printing a set key concatenated from "ct original saddr/daddr"
-// (netlink_parse_concat_expr), and operators run `nft list ruleset`.
-func affinityRecordExprs(f *family, a affinityFront) []expr.Any {
-	w := addrLen(f.is4) / 4
-	r := uint32(reg0)
-	return []expr.Any{
-		// "ct status dnat": only connections the services chain really
-		// translated. A retransmitted first packet of a connection that
-		// began before this Service was programmed is still "new" but
-		// keeps its untranslated NAT binding; recording it would pin the
-		// client to the front-end address itself.
-		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Ct{Key: expr.CtKeyDST, Register: 1, Direction: 0},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.addr.AsSlice()},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoNum(a.proto)}},
-		&expr.Ct{Key: expr.CtKeyPROTODST, Register: 1, Direction: 0},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, a.port)},
-		saddr(f.is4, r),
-		&expr.Immediate{Register: r + w, Data: a.addr.AsSlice()},
-		&expr.Immediate{Register: r + 2*w, Data: []byte{protoNum(a.proto)}},
-		&expr.Immediate{Register: r + 2*w + 1, Data: binary.BigEndian.AppendUint16(nil, a.port)},
-		daddr(f.is4, r+2*w+2),
-		&expr.Payload{DestRegister: r + 3*w + 2, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Dynset{SrcRegKey: r, SrcRegData: r + 2*w + 2, SetName: setAffinity, SetID: f.sets[setAffinity].ID,
-			Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(a.seconds) * time.Second},
-	}
-}
-
-// clientFrontEnd loads "ip saddr . ip daddr . meta l4proto . th dport",
-// the affinity map's key, into registers from reg.
-func clientFrontEnd(is4 bool, reg uint32) []expr.Any {
-	w := addrLen(is4) / 4
-	return []expr.Any{
-		saddr(is4, reg), daddr(is4, reg+w),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg + 2*w},
-		&expr.Payload{DestRegister: reg + 2*w + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
-}
-
-// natTo DNATs to the address . port in registers from reg.
-func natTo(is4 bool, reg uint32) expr.Any {
-	nfproto := uint32(unix.NFPROTO_IPV4)
-	if !is4 {
-		nfproto = unix.NFPROTO_IPV6
-	}
-	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: reg, RegProtoMin: reg + addrLen(is4)/4, Specified: true}
-}
-
-// recordAffinity rewrites the affinity-record chain when the set of
-// sessionAffinity front-ends changed: one rule per front-end. Affinity
-// Services are few; the rewrite costs in proportion to them.
-func (k *Kernel) recordAffinity(f *family, fam int, force bool) {
-	want := map[affinityFront]bool{}
-	for _, es := range k.applied {
-		for _, e := range es[fam] {
-			if s, ok := strings.CutPrefix(e.Set, setAffinityPrefix); ok {
-				secs, _ := strconv.ParseUint(s, 10, 32)
-				want[affinityFront{e.Addr, e.Proto, e.Port, uint32(secs)}] = true
-			}
-		}
-	}
-	if !force && maps.Equal(want, f.affinity) {
-		return
-	}
-	f.affinity = want
-	ch := f.chains["affinity-record"]
-	k.conn.FlushChain(ch)
-	fronts := slices.SortedFunc(maps.Keys(want), func(a, b affinityFront) int {
-		if c := a.addr.Compare(b.addr); c != 0 {
-			return c
-		}
-		if c := strings.Compare(string(a.proto), string(b.proto)); c != 0 {
-			return c
-		}
-		return int(a.port) - int(b.port)
-	})
-	for _, a := range fronts {
-		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: affinityRecordExprs(f, a)})
-	}
-}
-
-func lookup(set *nftables.Set) expr.Any {
-	return &expr.Lookup{SourceRegister: reg0, SetName: set.Name, SetID: set.ID}
-}
-
-func setMasqMark() []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^uint32(masqMark)), Xor: binaryutil.NativeEndian.PutUint32(masqMark)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-	}
-}
-
-// skeleton queues the table, its chains (flushed) and fixed rules, and all
-// sets (flushed), in the transaction being built.
-func (k *Kernel) skeleton(f *family, existing []string) {
-	c := k.conn
-	c.AddTable(f.table)
-	add := func(r *nftables.Rule) { c.AddRule(r) }
-	f.chains, f.sets, f.buckets = map[string]*nftables.Chain{}, map[string]*nftables.Set{}, map[string]bool{}
-	chain := func(name string, hook *nftables.ChainHook, prio int32, typ nftables.ChainType) *nftables.Chain {
-		ch := &nftables.Chain{Name: name, Table: f.table}
-		if hook != nil {
-			ch.Hooknum, ch.Priority, ch.Type = hook, nftables.ChainPriorityRef(nftables.ChainPriority(prio)), typ
-			accept := nftables.ChainPolicyAccept
-			ch.Policy = &accept
-		}
-		ch = c.AddChain(ch)
-		c.FlushChain(ch)
-		f.chains[name] = ch
-		return ch
-	}
-	services := chain("services", nil, 0, "")
-	nodeports := chain("nodeports", nil, 0, "")
-	rejects := chain("reject-check", nil, 0, "")
-	clusterIPs := chain("cluster-ips-check", nil, 0, "")
-	chain("affinity-record", nil, 0, "")
-	shortCircuit := chain("short-circuit", nil, 0, "")
-	shortCircuitNP := chain("short-circuit-nodeport", nil, 0, "")
-	firewall := chain("firewall-check", nil, 0, "")
-	for _, name := range []string{setAffinity, setLBRestricted, setLBAllowed, setNoEndpoints, setNoEndpointsNodePort, setNoLocalEndpoints, setNoLocalEndpointsNodePort,
-		setMasqExternal, setMasqNodePort, setMasqCluster, setHairpin, setNodeIPs, setClusterIPs, setShortCircuit, setShortCircuitNodePort} {
-		k.addSet(f, name)
-	}
-	for _, name := range existing {
-		c.FlushSet(k.addSet(f, name))
-	}
-	for name := range f.sets {
-		// Affinity entries survive a restart: clients keep their endpoint.
-		if name != setAffinity {
-			c.FlushSet(f.sets[name])
-		}
-	}
-	jump := func(to string) expr.Any { return &expr.Verdict{Kind: expr.VerdictJump, Chain: to} }
-	ctNew := []expr.Any{
-		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	}
-	for _, h := range []struct {
-		name string
-		hook *nftables.ChainHook
-		prio int32
-		typ  nftables.ChainType
-		to   []string
-	}{
-		{"nat-prerouting", nftables.ChainHookPrerouting, -100, nftables.ChainTypeNAT, []string{"services"}},
-		{"nat-output", nftables.ChainHookOutput, -100, nftables.ChainTypeNAT, []string{"services"}},
-		// Before DNAT (priority -100), while the destination is still the
-		// load balancer's address; on the output path too, so the node's
-		// own traffic is held to loadBalancerSourceRanges (kube-proxy's
-		// filter-prerouting-pre-dnat and filter-output-pre-dnat).
-		{"filter-prerouting", nftables.ChainHookPrerouting, -110, nftables.ChainTypeFilter, []string{"firewall-check"}},
-		{"filter-output-pre-dnat", nftables.ChainHookOutput, -110, nftables.ChainTypeFilter, []string{"firewall-check"}},
-		// After DNAT: what is still addressed to a front-end had no
-		// endpoint; what is still addressed to a ClusterIP or the Service
-		// CIDRs is to a port or address no Service has.
-		{"filter-input", nftables.ChainHookInput, -10, nftables.ChainTypeFilter, []string{"reject-check"}},
-		{"filter-forward", nftables.ChainHookForward, -10, nftables.ChainTypeFilter, []string{"reject-check", "cluster-ips-check"}},
-		{"filter-output", nftables.ChainHookOutput, -10, nftables.ChainTypeFilter, []string{"reject-check", "cluster-ips-check"}},
-		// Right after DNAT (priority -100) the packet carries the chosen
-		// endpoint, which affinity records.
-		{"affinity-prerouting", nftables.ChainHookPrerouting, -90, nftables.ChainTypeFilter, []string{"affinity-record"}},
-		{"affinity-output", nftables.ChainHookOutput, -90, nftables.ChainTypeFilter, []string{"affinity-record"}},
-	} {
-		ch := chain(h.name, h.hook, h.prio, h.typ)
-		for _, to := range h.to {
-			ex := []expr.Any{jump(to)}
-			if h.typ == nftables.ChainTypeFilter {
-				// Only new connections are judged or recorded.
-				ex = append(slices.Clone(ctNew), ex...)
-			}
-			add(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
-		}
-	}
-	post := chain("nat-postrouting", nftables.ChainHookPostrouting, 100, nftables.ChainTypeNAT)
-	add(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(masqMark), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Masq{},
-	}})
-	add(&nftables.Rule{Table: f.table, Chain: post, Exprs: []expr.Any{
-		saddr(f.is4, reg0), daddr(f.is4, reg0+addrLen(f.is4)/4), lookup(f.sets[setHairpin]), &expr.Masq{},
-	}})
-
-	// inCIDR matches a source (or destination) address in cidr.
-	inCIDR := func(cidr netip.Prefix, src bool) []expr.Any {
-		mask := make([]byte, addrLen(f.is4))
-		for i := 0; i < cidr.Bits(); i++ {
-			mask[i/8] |= 0x80 >> (i % 8)
-		}
-		load := daddr(f.is4, 1)
-		if src {
-			load = saddr(f.is4, 1)
-		}
-		return []expr.Any{load,
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: addrLen(f.is4), Mask: mask, Xor: make([]byte, addrLen(f.is4))},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: cidr.Masked().Addr().AsSlice()},
-		}
-	}
-	var clusterCIDRs []netip.Prefix
-	for _, cidr := range k.cfg.Options.ClusterCIDRs {
-		if cidr.Addr().Is4() == f.is4 {
-			clusterCIDRs = append(clusterCIDRs, cidr)
-		}
-	}
-
-	// Marks come first: DNAT ends the chain.
-	ex, _ := frontEnd(f.is4, true)
-	add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(ex, lookup(f.sets[setMasqExternal])), setMasqMark()...)})
-	for _, cidr := range clusterCIDRs {
-		rule := inCIDR(cidr, true)
-		rule[len(rule)-1].(*expr.Cmp).Op = expr.CmpOpNeq
-		ex, _ := frontEnd(f.is4, true)
-		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(append(rule, ex...), lookup(f.sets[setMasqCluster])), setMasqMark()...)})
-	}
-	add(&nftables.Rule{Table: f.table, Chain: services, Exprs: []expr.Any{
-		daddr(f.is4, reg0), lookup(f.sets[setNodeIPs]), jump("nodeports"),
-	}})
-	// sessionAffinity: a client that has an endpoint for this front-end
-	// gets it again; "dnat to ip saddr . ip daddr . l4proto . th dport map
-	// @affinity".
-	{
-		ex := append(clientFrontEnd(f.is4, reg0),
-			&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: setAffinity, SetID: f.sets[setAffinity].ID},
-			natTo(f.is4, reg0))
-		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: ex})
-	}
-	// externalTrafficPolicy Local short-circuit: traffic from the node
-	// itself ("fib saddr type local") or from its pods (the cluster CIDRs,
-	// as kube-proxy's detect-local-mode ClusterCIDR) to a Local front-end
-	// goes to the Cluster-policy endpoints.
-	local := []expr.Any{
-		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-	}
-	sources := [][]expr.Any{local}
-	for _, cidr := range clusterCIDRs {
-		sources = append(sources, inCIDR(cidr, true))
-	}
-	// The set first: the source test costs a route lookup.
-	for _, src := range sources {
-		ex, _ := frontEnd(f.is4, true)
-		add(&nftables.Rule{Table: f.table, Chain: services, Exprs: append(append(append(ex, lookup(f.sets[setShortCircuit])), src...), jump("short-circuit"))})
-	}
-	ex, _ = frontEnd(f.is4, false)
-	add(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(ex, lookup(f.sets[setMasqNodePort])), setMasqMark()...)})
-	for _, src := range sources {
-		ex, _ := frontEnd(f.is4, false)
-		add(&nftables.Rule{Table: f.table, Chain: nodeports, Exprs: append(append(append(ex, lookup(f.sets[setShortCircuitNodePort])), src...), jump("short-circuit-nodeport"))})
-	}
-	// The node's own traffic to a Local front-end is masqueraded: its
-	// source may be the front-end itself (kube-proxy's "masquerade local
-	// traffic").
-	for _, ch := range []*nftables.Chain{shortCircuit, shortCircuitNP} {
-		add(&nftables.Rule{Table: f.table, Chain: ch, Exprs: append(slices.Clone(local), setMasqMark()...)})
-	}
-
-	// loadBalancerSourceRanges: "ip daddr . l4proto . th dport
-	// @lb-restricted ip daddr . l4proto . th dport . ip saddr != @lb-allowed drop".
-	ex, r := frontEnd(f.is4, true)
-	ex = append(ex, lookup(f.sets[setLBRestricted]), saddr(f.is4, r),
-		&expr.Lookup{SourceRegister: reg0, SetName: setLBAllowed, SetID: f.sets[setLBAllowed].ID, Invert: true},
-		&expr.Verdict{Kind: expr.VerdictDrop})
-	add(&nftables.Rule{Table: f.table, Chain: firewall, Exprs: ex})
-
-	reject := &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3} // port unreachable
-	if !f.is4 {
-		reject = &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 4}
-	}
-	// filter applies verdict to front-ends in set (address . protocol .
-	// port) and to NodePorts in nodePortSet reached on the node's addresses.
-	filter := func(set, nodePortSet string, verdict expr.Any) {
-		ex, _ := frontEnd(f.is4, true)
-		add(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append(ex, lookup(f.sets[set]), verdict)})
-		ex, _ = frontEnd(f.is4, false)
-		add(&nftables.Rule{Table: f.table, Chain: rejects, Exprs: append([]expr.Any{
-			daddr(f.is4, 1), &expr.Lookup{SourceRegister: 1, SetName: setNodeIPs, SetID: f.sets[setNodeIPs].ID},
-		}, append(ex, lookup(f.sets[nodePortSet]), verdict)...)})
-	}
-	filter(setNoEndpoints, setNoEndpointsNodePort, reject)
-	// Endpoints only on other nodes under a Local policy: dropped, like
-	// kube-proxy's "drop" verdict in its no-endpoint maps.
-	filter(setNoLocalEndpoints, setNoLocalEndpointsNodePort, &expr.Verdict{Kind: expr.VerdictDrop})
-	// kube-proxy's cluster-ips-check: a ClusterIP on a port its Service
-	// does not have is rejected; any other address of the Service CIDRs
-	// (unallocated, or a deleted Service's) is dropped, so it never leaves
-	// the node by its default route.
-	add(&nftables.Rule{Table: f.table, Chain: clusterIPs, Exprs: []expr.Any{
-		daddr(f.is4, reg0), lookup(f.sets[setClusterIPs]), reject,
-	}})
-	for _, cidr := range k.serviceCIDRs {
-		if cidr.Addr().Is4() == f.is4 {
-			add(&nftables.Rule{Table: f.table, Chain: clusterIPs, Exprs: append(inCIDR(cidr, false), &expr.Verdict{Kind: expr.VerdictDrop})})
-		}
-	}
-	for _, name := range existing {
-		k.ensureBucket(f, name)
-	}
+	return buckets, endpoints, legacyAffinity, nil
 }

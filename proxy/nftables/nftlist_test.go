@@ -75,6 +75,21 @@ func TestNftListsEveryFeature(t *testing.T) {
 	}
 	snap := snapshot.New(all)
 	snap.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/112")}
+	// The table an earlier version left: affinity recorded from hooks
+	// after DNAT into one map. Adoption deletes that recorder.
+	for _, fam := range []string{"ip", "ip6"} {
+		saddr := fam + " saddr"
+		if _, err := netnamespace.Exec(node, "nft", "add table "+fam+" switchboard; "+
+			"add set "+fam+" switchboard affinity { type "+map[string]string{"ip": "ipv4_addr", "ip6": "ipv6_addr"}[fam]+"; flags dynamic,timeout; timeout 1h; }; "+
+			"add chain "+fam+" switchboard affinity-record; "+
+			"add rule "+fam+" switchboard affinity-record update @affinity { "+saddr+" }; "+
+			"add chain "+fam+" switchboard affinity-prerouting { type filter hook prerouting priority -90; }; "+
+			"add rule "+fam+" switchboard affinity-prerouting ct state new jump affinity-record; "+
+			"add chain "+fam+" switchboard affinity-output { type filter hook output priority -90; }; "+
+			"add rule "+fam+" switchboard affinity-output ct state new jump affinity-record"); err != nil {
+			t.Fatalf("write the earlier version's affinity recorder: %v", err)
+		}
+	}
 	k, err := New(Config{NetNS: nodePath, NodeIPs: []netip.Addr{mustAddr("10.0.1.1"), mustAddr("fd00:1::1")},
 		Options: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/48")}}})
 	must(t, err)
@@ -85,13 +100,24 @@ func TestNftListsEveryFeature(t *testing.T) {
 		if err != nil {
 			t.Fatalf("nft list ruleset after %s: %v\n%s", what, err, out)
 		}
+		// nft prints what it cannot type as "[invalid type]": the ruleset
+		// would not load back.
+		if strings.Contains(out, "invalid") {
+			t.Errorf("nft cannot type part of the ruleset after %s:\n%s", what, out)
+		}
 		return out
 	}
 	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
 	out := list("a full sync")
-	for _, want := range []string{"update @affinity", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
+	for _, want := range []string{"update @aff-", "vmap @affchk-", "numgen random mod 2 vmap @affsvc-2", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, out)
+		}
+	}
+
+	for _, legacy := range []string{"affinity-record", "affinity-prerouting", "set affinity {"} {
+		if strings.Contains(out, legacy) {
+			t.Errorf("adoption left the earlier version's %q:\n%s", legacy, out)
 		}
 	}
 

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -187,5 +189,144 @@ func TestStatsCountsProgrammedRules(t *testing.T) {
 	w.set(webKey, webService(), true, webSlice(tenAddrs()[:5]...))
 	if got, want := w.k.Stats().Rules, len(w.fake.Rules()); got != want {
 		t.Errorf("after a second full sync: Stats().Rules = %d, tables hold %d", got, want)
+	}
+}
+
+// TestAffinityEndpointsComeAndGoWithTheirObjects checks sessionAffinity's
+// layout through the fake: each endpoint has its own client set and
+// chains; replacing one writes its two elements and objects only, deletes
+// its clients with its set in the same transaction, and keeps the other
+// endpoints' clients, also across a bucket change and a full resync.
+func TestAffinityEndpointsComeAndGoWithTheirObjects(t *testing.T) {
+	w := newFakeWorld(t)
+	svc := webService()
+	svc.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	svc.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
+	eps := tenAddrs()[:3]
+	w.set(webKey, svc, true, webSlice(eps...))
+	setOf := func(addr string) *nftables.Set {
+		id := endpointID(Elem{Addr: netip.MustParseAddr("10.96.0.10"), Proto: v1.ProtocolTCP, Port: 80,
+			To: netip.AddrPortFrom(netip.MustParseAddr(addr), 8080), Timeout: 600})
+		return &nftables.Set{Table: w.k.fams[0].table, Name: setAffinityEndpointPrefix + id}
+	}
+	affinitySets := func() []string {
+		var out []string
+		for _, n := range w.fake.SetNames(nftables.TableFamilyIPv4) {
+			if strings.HasPrefix(n, setAffinityEndpointPrefix) {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	if got := affinitySets(); len(got) != 3 {
+		t.Fatalf("3 affinity endpoints have sets %v, want 3", got)
+	}
+	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, "affsvc-3")); n != 3 {
+		t.Errorf("affsvc-3 holds %d elements, want 3", n)
+	}
+	for s := range 3 {
+		if n := len(w.fake.Elements(nftables.TableFamilyIPv4, fmt.Sprintf("affchk-3-%d", s))); n != 1 {
+			t.Errorf("affchk-3-%d holds %d elements, want 1", s, n)
+		}
+	}
+	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, "svc-3")); n != 0 {
+		t.Errorf("an affinity front-end is in svc-3 too (%d elements)", n)
+	}
+	// Clients the packet path recorded, one per endpoint.
+	client := nftables.SetElement{Key: netip.MustParseAddr("10.0.0.7").AsSlice()}
+	for _, a := range eps {
+		must(t, w.fake.SetAddElements(setOf(a), []nftables.SetElement{client}))
+	}
+	must(t, w.fake.Flush())
+	hasClient := func(addr string) bool {
+		return len(w.fake.Elements(nftables.TableFamilyIPv4, setOf(addr).Name)) == 1
+	}
+
+	// Replace eps[1]: its two elements and its objects go, nothing else.
+	gone := eps[1]
+	eps = []string{eps[0], eps[2], "10.244.0.1"}
+	w.set(webKey, svc, false, webSlice(eps...))
+	if got := w.k.Stats().LastWrite; got != (Written{Added: 2, Deleted: 2}) {
+		t.Errorf("replacing an affinity endpoint wrote %+v, want its two elements added and deleted", got)
+	}
+	if slices.Contains(w.fake.SetNames(nftables.TableFamilyIPv4), setOf(gone).Name) {
+		t.Errorf("the replaced endpoint's client set %s is still there", setOf(gone).Name)
+	}
+	if !hasClient(eps[0]) || !hasClient(eps[1]) || hasClient(eps[2]) {
+		t.Errorf("clients of %s/%s/%s: %v/%v/%v, want true/true/false", eps[0], eps[1], eps[2], hasClient(eps[0]), hasClient(eps[1]), hasClient(eps[2]))
+	}
+	if got, want := w.k.Stats().Rules, len(w.fake.Rules()); got != want {
+		t.Errorf("Stats().Rules = %d, tables hold %d", got, want)
+	}
+
+	// A fourth endpoint moves the front-end to another bucket; the
+	// endpoints keep their sets and clients.
+	w.set(webKey, svc, false, webSlice(append(eps, "10.244.0.2")...))
+	if n, m := len(w.fake.Elements(nftables.TableFamilyIPv4, "affsvc-3")), len(w.fake.Elements(nftables.TableFamilyIPv4, "affsvc-4")); n != 0 || m != 4 {
+		t.Errorf("after scaling to 4: affsvc-3 holds %d, affsvc-4 %d; want 0 and 4", n, m)
+	}
+	if !hasClient(eps[0]) || !hasClient(eps[1]) {
+		t.Errorf("scaling to 4 lost the clients of the endpoints that stayed")
+	}
+
+	// A restarted proxy adopts the table: clients stay.
+	k2, err := New(Config{Conn: w.fake, Conntrack: w.fake, NodeIPs: addrs("192.168.0.1")})
+	must(t, err)
+	w.k = k2
+	w.set(webKey, svc, true, webSlice(append(eps, "10.244.0.2")...))
+	if !hasClient(eps[0]) || !hasClient(eps[1]) || len(affinitySets()) != 4 {
+		t.Errorf("after adoption: clients %v/%v, %d endpoint sets; want true/true, 4", hasClient(eps[0]), hasClient(eps[1]), len(affinitySets()))
+	}
+
+	// Affinity off: every endpoint's objects go.
+	svc.Spec.SessionAffinity, svc.Spec.SessionAffinityConfig = v1.ServiceAffinityNone, nil
+	w.set(webKey, svc, false, webSlice(append(eps, "10.244.0.2")...))
+	if got := affinitySets(); len(got) != 0 {
+		t.Errorf("without affinity, endpoint sets %v remain", got)
+	}
+	for _, r := range w.fake.Rules() {
+		if strings.HasPrefix(r.Chain.Name, affinityEndpointChain) || strings.HasPrefix(r.Chain.Name, affinityCheckChain) {
+			t.Errorf("without affinity, chain %s remains", r.Chain.Name)
+		}
+	}
+	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, "svc-4")); n != 4 {
+		t.Errorf("without affinity svc-4 holds %d, want 4", n)
+	}
+}
+
+// TestAdoptionDeletesTheLegacyAffinityRecorder adopts a table an earlier
+// version wrote, whose hooks recorded affinity in one map after DNAT:
+// the hooks, their chain and the map go in the adopting full sync.
+func TestAdoptionDeletesTheLegacyAffinityRecorder(t *testing.T) {
+	f := NewFake()
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		tbl := f.AddTable(&nftables.Table{Name: TableName, Family: fam})
+		set := &nftables.Set{Table: tbl, Name: legacyAffinitySet, KeyType: nftables.TypeIPAddr, Dynamic: true, HasTimeout: true}
+		must(t, f.AddSet(set, nil))
+		record := f.AddChain(&nftables.Chain{Name: "affinity-record", Table: tbl})
+		f.AddRule(&nftables.Rule{Table: tbl, Chain: record, Exprs: []expr.Any{
+			&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: 1}}})
+		for _, hook := range []string{"affinity-prerouting", "affinity-output"} {
+			ch := f.AddChain(&nftables.Chain{Name: hook, Table: tbl})
+			f.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: record.Name}}})
+		}
+	}
+	must(t, f.Flush())
+	k, err := New(Config{Conn: f, Conntrack: f, NodeIPs: addrs("192.168.0.1")})
+	must(t, err)
+	w := &fakeWorld{t: t, fake: f, k: k, snap: snapshot.New(nil)}
+	w.set(webKey, webService(), true, webSlice(tenAddrs()[:2]...))
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		if slices.Contains(f.SetNames(fam), legacyAffinitySet) {
+			t.Errorf("family %v: the legacy affinity map is still there", fam)
+		}
+	}
+	for _, r := range f.Rules() {
+		if slices.Contains(legacyAffinityChains[:], r.Chain.Name) {
+			t.Errorf("legacy chain %s still has rules", r.Chain.Name)
+		}
+	}
+	if n := len(w.bucket("svc-2")); n != 2 {
+		t.Errorf("svc-2 holds %d elements, want 2", n)
 	}
 }

@@ -2,7 +2,8 @@
 // through netlink, in a layout whose update cost grows with what changed.
 //
 // Layout (one table "switchboard" per IP family, never anyone else's):
-// there are no per-Service or per-endpoint chains. A Service port with k
+// there are no per-Service chains, and per-endpoint chains only for
+// sessionAffinity (affinity.go). A Service port with k
 // endpoints owns k elements of the map svc-k, keyed
 // "address . protocol . port . slot" with slot in [0,k), and one rule per
 // bucket size k does "dnat to address . protocol . port . numgen random mod
@@ -60,11 +61,16 @@ const (
 	setHairpin = "hairpin"
 	// setNodeIPs holds the node's addresses NodePorts answer on.
 	setNodeIPs = "node-ips"
-	// setAffinity is the dynamic map "client . front-end address .
-	// protocol . port : endpoint" that sessionAffinity ClientIP fills
-	// from the packet path; setAffinityPrefix+seconds holds the front-ends
-	// with that affinity timeout (one recording rule per distinct timeout).
-	setAffinity = "affinity"
+	// setAffinityPrefix+seconds holds the sessionAffinity ClientIP
+	// front-ends with that timeout, for inspection. Their endpoints are
+	// not in svc-k but in the verdict maps affsvc-k ("front-end .
+	// slot : goto" the endpoint's chain, which records the client in the
+	// endpoint's own dynamic set and DNATs, as kube-proxy's endpoint
+	// chains do) and affchk-k (in the kernel, one map per slot S,
+	// affchk-k-S, "front-end : jump" a chain sending a client already in
+	// that set back to the endpoint).
+	setAffinityServicePrefix = "affsvc-"
+	setAffinityCheckPrefix   = "affchk-"
 	// setLBRestricted holds load balancer front-ends with
 	// loadBalancerSourceRanges; setLBAllowed "front-end . source range"
 	// (an interval set). Restricted traffic from elsewhere is dropped.
@@ -101,6 +107,9 @@ type Elem struct {
 	// Range is the source prefix of lb-allowed elements.
 	Range netip.Prefix
 	To    netip.AddrPort
+	// Timeout is the affinity timeout, in seconds, of affsvc-k and
+	// affchk-k elements: it is part of the endpoint's objects.
+	Timeout uint32
 }
 
 // IsMap reports whether the element carries a value.
@@ -127,6 +136,9 @@ func (e Elem) String() string {
 	s := e.Set + " " + strings.Join(parts, " . ")
 	if e.IsMap() {
 		s += " : " + e.To.Addr().String() + " . " + fmt.Sprint(e.To.Port())
+	}
+	if e.Timeout > 0 {
+		s += " timeout " + fmt.Sprint(e.Timeout) + "s"
 	}
 	return s
 }
@@ -172,7 +184,15 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			return
 		}
 		if sp.AffinityTimeout > 0 {
-			out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(sp.AffinityTimeout.Seconds())), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+			secs := uint32(sp.AffinityTimeout.Seconds())
+			out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(secs)), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
+			balance, check := bucket(setAffinityServicePrefix, len(eps)), bucket(setAffinityCheckPrefix, len(eps))
+			for i, e := range eps {
+				out = append(out,
+					Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs},
+					Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs})
+			}
+			return
 		}
 		name := bucket(setServicePrefix, len(eps))
 		for i, e := range eps {
@@ -232,11 +252,6 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			}
 			if len(shortCircuit) > 0 {
 				out = append(out, Elem{Set: setShortCircuit, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
-				if sp.AffinityTimeout > 0 && len(externalEPs) == 0 {
-					// front() lists it for affinity only when it has
-					// endpoints of its own.
-					out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(sp.AffinityTimeout.Seconds())), Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
-				}
 				name := bucket(setShortCircuitPrefix, len(shortCircuit))
 				for i, e := range shortCircuit {
 					out = append(out, Elem{Set: name, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
@@ -297,7 +312,8 @@ func lbSourceRanges(all []netip.Prefix, is4 bool) []netip.Prefix {
 
 // bucketNames caches bucket map names: building them per element would
 // dominate a full sync.
-var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil, setShortCircuitPrefix: nil, setShortCircuitNodePortPrefix: nil}
+var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil, setShortCircuitPrefix: nil, setShortCircuitNodePortPrefix: nil,
+	setAffinityServicePrefix: nil, setAffinityCheckPrefix: nil}
 
 func bucket(prefix string, n int) string {
 	if n < 64 {
@@ -343,6 +359,9 @@ func StableSlots(old, now []Elem) []Elem {
 		addr  netip.Addr
 		proto v1.Protocol
 		port  uint16
+		// An endpoint's affsvc and affchk elements take
+		// the same slot: both groups have the same members, in the same
+		// order, and the same previous slots.
 	}
 	var prev map[group]map[netip.AddrPort]int
 	for _, e := range old {

@@ -202,7 +202,7 @@ func TestTranslate(t *testing.T) {
 			"no-endpoints-nodeport tcp . 30080",
 		},
 	}, {
-		name: "sessionAffinity ClientIP lists the front-ends under their timeout",
+		name: "sessionAffinity ClientIP balances to and checks per-endpoint chains, under the timeout",
 		sp: base(func(sp *snapshot.ServicePort) {
 			sp.AffinityTimeout = 30 * time.Second
 			sp.ExternalIPs = addrs("192.0.2.1")
@@ -210,8 +210,11 @@ func TestTranslate(t *testing.T) {
 		}),
 		is4: true,
 		want: []string{
-			"affinity-30 10.96.0.10 . tcp . 80", "svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80",
-			"affinity-30 192.0.2.1 . tcp . 80", "svc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-external 192.0.2.1 . tcp . 80",
+			"affinity-30 10.96.0.10 . tcp . 80",
+			"affsvc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s", "affchk-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s",
+			"affinity-30 192.0.2.1 . tcp . 80",
+			"affsvc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s", "affchk-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s",
+			"masq-external 192.0.2.1 . tcp . 80",
 		},
 	}, {
 		name: "loadBalancerSourceRanges restrict the LB ingress IP, not the ClusterIP",

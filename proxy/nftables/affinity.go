@@ -1,0 +1,187 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// sessionAffinity ClientIP, as kube-proxy's nftables mode does it: each
+// endpoint of an affinity front-end has its own dynamic set of clients
+// (aff-ID) and its own chain (aff-ep-ID) that records the client in that
+// set and DNATs in one rule, so a client is only ever recorded with the
+// translation it got, and an endpoint's clients go with its set, in the
+// transaction that removes the endpoint. A second chain (aff-chk-ID)
+// sends a client already in the set back to the endpoint.
+//
+// Per bucket size k, the chain affinity-balance-k first jumps to the
+// check chain of each slot S of the front-end (verdict maps affchk-k-S,
+// "front : jump aff-chk-ID"), then balances with "front . numgen random
+// mod k" over affsvc-k ("front . slot : goto aff-ep-ID"). The services
+// chain sends a front-end there when affchk-k-0 has it. Adding or
+// removing one endpoint writes its set, its two chains and its two
+// elements, nothing of the other endpoints.
+const (
+	setAffinityEndpointPrefix = "aff-"
+	affinityEndpointChain     = "aff-ep-"
+	affinityCheckChain        = "aff-chk-"
+	affinityBalanceChain      = "affinity-balance-"
+)
+
+// elemSet is the set an element is in: an affchk-k element with slot S
+// is in affchk-k-S, keyed by the front-end alone, so the rules need no
+// constant slot in their keys (nft 1.0.6 prints those as "[invalid
+// type]").
+func elemSet(e Elem) string {
+	if strings.HasPrefix(e.Set, setAffinityCheckPrefix) {
+		return e.Set + "-" + strconv.Itoa(e.Slot)
+	}
+	return e.Set
+}
+
+// legacyAffinitySet is the one dynamic affinity map of earlier versions,
+// filled by the chain legacyAffinityChains[2] from hooks after DNAT.
+const legacyAffinitySet = "affinity"
+
+var legacyAffinityChains = [...]string{"affinity-prerouting", "affinity-output", "affinity-record"}
+
+// deleteLegacyAffinity queues deleting what an earlier version recorded
+// affinity with, when adopting its table: its hooks would otherwise keep
+// recording clients nothing reads. The skeleton has flushed the services
+// chain, whose lookup used the map.
+func (k *Kernel) deleteLegacyAffinity(f *family) {
+	for _, name := range legacyAffinityChains {
+		k.conn.DelChain(&nftables.Chain{Name: name, Table: f.table})
+	}
+	k.conn.DelSet(&nftables.Set{Name: legacyAffinitySet, Table: f.table})
+}
+
+// endpointID names an affinity endpoint's set and chains: its front-end,
+// endpoint and timeout (a new timeout makes new objects, as the set's
+// timeout is part of its definition).
+func endpointID(e Elem) string {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%s %s %d %s %d", e.Addr, e.Proto, e.Port, e.To, e.Timeout)
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+// affinityEndpointChanges returns the affinity endpoints whose elements
+// are added and the IDs of those whose elements all go. An endpoint that
+// only changes slot (its front-end changed bucket) is in neither: its
+// clients stay.
+func affinityEndpointChanges(add, del []Elem) (born []Elem, gone []string) {
+	added := map[string]bool{}
+	for _, e := range add {
+		if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+			id := endpointID(e)
+			added[id] = true
+			born = append(born, e)
+		}
+	}
+	for _, e := range del {
+		if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+			if id := endpointID(e); !added[id] {
+				gone = append(gone, id)
+			}
+		}
+	}
+	return born, gone
+}
+
+// addAffinityEndpoint queues the set and chains of the affinity endpoint
+// of e (an affsvc-k element). An existing set is kept with its clients;
+// the chains are rewritten.
+func (k *Kernel) addAffinityEndpoint(f *family, e Elem) {
+	id := endpointID(e)
+	timeout := time.Duration(e.Timeout) * time.Second
+	set := &nftables.Set{Table: f.table, Name: setAffinityEndpointPrefix + id, KeyType: addrType(f.is4),
+		Dynamic: true, HasTimeout: true, Timeout: timeout}
+	if err := k.conn.AddSet(set, nil); err != nil {
+		// AddSet only fails on invalid definitions, which are ours.
+		panic(fmt.Sprintf("define set %s: %v", set.Name, err))
+	}
+	f.endpoints[id] = set
+	chain := func(name string) *nftables.Chain {
+		ch := k.conn.AddChain(&nftables.Chain{Name: name, Table: f.table})
+		k.conn.FlushChain(ch)
+		return ch
+	}
+	// "update @aff-ID { ip saddr } dnat to E": the record and the
+	// translation are one rule.
+	ep := chain(affinityEndpointChain + id)
+	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ep, Exprs: []expr.Any{
+		saddr(f.is4, 1),
+		&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: timeout},
+		&expr.Immediate{Register: reg0, Data: e.To.Addr().AsSlice()},
+		&expr.Immediate{Register: reg0 + addrLen(f.is4)/4, Data: binary.BigEndian.AppendUint16(nil, e.To.Port())},
+		natTo(f.is4, reg0),
+	}})
+	// "ip saddr @aff-ID goto aff-ep-ID".
+	chk := chain(affinityCheckChain + id)
+	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: chk, Exprs: []expr.Any{
+		saddr(f.is4, 1),
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+		&expr.Verdict{Kind: expr.VerdictGoto, Chain: ep.Name},
+	}})
+}
+
+// deleteAffinityEndpoint queues deleting an affinity endpoint's chains
+// and set (with its clients). The elements that jumped to the chains must
+// be deleted earlier in the transaction.
+func (k *Kernel) deleteAffinityEndpoint(f *family, id string) {
+	set := f.endpoints[id]
+	if set == nil {
+		return
+	}
+	k.conn.DelChain(&nftables.Chain{Name: affinityCheckChain + id, Table: f.table})
+	k.conn.DelChain(&nftables.Chain{Name: affinityEndpointChain + id, Table: f.table})
+	k.conn.DelSet(set)
+	delete(f.endpoints, id)
+}
+
+// ensureAffinityBucket creates, for front-ends with slots endpoints, the
+// maps affsvc-k and affchk-k, the chain affinity-balance-k and the
+// services rule that sends those front-ends there. Kept once made, as the
+// other buckets.
+func (k *Kernel) ensureAffinityBucket(f *family, slots uint32) {
+	balance, check := bucket(setAffinityServicePrefix, int(slots)), bucket(setAffinityCheckPrefix, int(slots))
+	bs := k.addSet(f, balance)
+	f.buckets[balance], f.buckets[check] = true, true
+	ch := k.conn.AddChain(&nftables.Chain{Name: affinityBalanceChain + strconv.Itoa(int(slots)), Table: f.table})
+	k.conn.FlushChain(ch)
+	f.chains[ch.Name] = ch
+	// "ip daddr . meta l4proto . th dport vmap @affchk-k-S" per slot: a
+	// client known to the endpoint in slot S goes back to it.
+	var first *nftables.Set
+	for s := range slots {
+		name := elemSet(Elem{Set: check, Slot: int(s)})
+		cs := k.addSet(f, name)
+		f.buckets[name] = true
+		if s == 0 {
+			first = cs
+		}
+		ex, _ := frontEnd(f.is4, true)
+		ex = append(ex, &expr.Lookup{SourceRegister: reg0, DestRegister: 0, IsDestRegSet: true, SetName: cs.Name, SetID: cs.ID})
+		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
+	}
+	// "ip daddr . meta l4proto . th dport . numgen random mod k vmap
+	// @affsvc-k": a new client is balanced to an endpoint chain, which
+	// records it.
+	ex, r := frontEnd(f.is4, true)
+	ex = append(ex, &expr.Numgen{Register: r, Modulus: slots, Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg0, DestRegister: 0, IsDestRegSet: true, SetName: balance, SetID: bs.ID})
+	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
+	// "ip daddr . meta l4proto . th dport @affchk-k-0 goto
+	// affinity-balance-k".
+	ex, _ = frontEnd(f.is4, true)
+	ex = append(ex, &expr.Lookup{SourceRegister: reg0, SetName: first.Name, SetID: first.ID},
+		&expr.Verdict{Kind: expr.VerdictGoto, Chain: ch.Name})
+	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["services"], Exprs: ex})
+}

@@ -38,6 +38,7 @@ func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
 // TCP and UDP echo servers on port 8080 and 9090 of both families.
 type world struct {
 	t         *testing.T
+	mode      string // proxy mode startProxy runs
 	node      string // namespace names
 	nodePath  string
 	client    string
@@ -147,6 +148,14 @@ func serveEcho(t *testing.T, path, addr string, port int) {
 	}()
 }
 
+// eachMode runs a test of behaviour every proxy mode must have once per
+// mode, as subtests named after the mode.
+func eachMode(t *testing.T, f func(t *testing.T, mode string)) {
+	for _, mode := range proxy.Modes {
+		t.Run(mode, func(t *testing.T) { f(t, mode) })
+	}
+}
+
 // dial opens a TCP connection from the client namespace.
 func (w *world) dial(target string) (net.Conn, error) {
 	return dialFrom(w.clientNS, target, 3*time.Second)
@@ -209,6 +218,9 @@ func startProxy(t *testing.T, w *world, cfg proxy.Config) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	cfg.NetNS = w.nodePath
+	if cfg.Mode == "" {
+		cfg.Mode = w.mode
+	}
 	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr(nodeIP)}
 	if cfg.NodeName == "" {
 		cfg.NodeName = "node-a"
@@ -288,7 +300,12 @@ func sameSet(a, b map[string]bool) bool { return maps.Equal(a, b) }
 func ready(addr, node string) epSpec { return epSpec{addr: addr, node: node, ready: true} }
 
 func TestClusterIPBalancingScalingAndRefusal(t *testing.T) {
+	eachMode(t, testClusterIPBalancingScalingAndRefusal)
+}
+
+func testClusterIPBalancingScalingAndRefusal(t *testing.T, mode string) {
 	w := newWorld(t, 3)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -348,8 +365,11 @@ func TestClusterIPBalancingScalingAndRefusal(t *testing.T) {
 // TestDualStackClusterIP checks a dual-stack Service with an IPv4 and an
 // IPv6 slice: each of its cluster IPs balances over the endpoints of its own
 // family, with real packets through the node's ip and ip6 tables.
-func TestDualStackClusterIP(t *testing.T) {
+func TestDualStackClusterIP(t *testing.T) { eachMode(t, testDualStackClusterIP) }
+
+func testDualStackClusterIP(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -388,7 +408,12 @@ func TestDualStackClusterIP(t *testing.T) {
 }
 
 func TestNodePortAndExternalTrafficPolicy(t *testing.T) {
+	eachMode(t, testNodePortAndExternalTrafficPolicy)
+}
+
+func testNodePortAndExternalTrafficPolicy(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client, NodeName: "node-a"})
@@ -434,7 +459,12 @@ func TestNodePortAndExternalTrafficPolicy(t *testing.T) {
 }
 
 func TestRestartKeepsEstablishedConnections(t *testing.T) {
+	eachMode(t, testRestartKeepsEstablishedConnections)
+}
+
+func testRestartKeepsEstablishedConnections(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	stop := startProxy(t, w, proxy.Config{Client: client})
@@ -518,8 +548,11 @@ func TestRestartKeepsEstablishedConnections(t *testing.T) {
 	}
 }
 
-func TestUDPStaleConntrackCleared(t *testing.T) {
+func TestUDPStaleConntrackCleared(t *testing.T) { eachMode(t, testUDPStaleConntrackCleared) }
+
+func testUDPStaleConntrackCleared(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -567,8 +600,11 @@ func TestUDPStaleConntrackCleared(t *testing.T) {
 	})
 }
 
-func TestSessionAffinitySticks(t *testing.T) {
+func TestSessionAffinitySticks(t *testing.T) { eachMode(t, testSessionAffinitySticks) }
+
+func testSessionAffinitySticks(t *testing.T, mode string) {
 	w := newWorld(t, 3)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -618,7 +654,12 @@ func httpGet(path, url string) (*http.Response, string, error) {
 }
 
 func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
+	eachMode(t, testLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin)
+}
+
+func testLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	ensureNode(t, client, "node-a", nil)

@@ -22,6 +22,9 @@ const DebugPath = "/debug/switchboard/services"
 // DebugState is the answer at DebugPath.
 type DebugState struct {
 	Node string `json:"node"`
+	// Mode is the proxy mode (ModeNFTables, ModeIPTables): what the
+	// Services' Kernel state is made of.
+	Mode string `json:"mode,omitempty"`
 	// LastSync is when the last sync succeeded (zero before the first).
 	LastSync time.Time `json:"lastSync"`
 	// LastError is the last failed sync's error, if it failed after the
@@ -41,7 +44,8 @@ type DebugService struct {
 	Namespace string      `json:"namespace"`
 	Name      string      `json:"name"`
 	Ports     []DebugPort `json:"ports"`
-	// Kernel is what the data plane holds for the Service.
+	// Kernel is what the data plane holds for the Service: nftables
+	// elements, or in the iptables mode "table -A chain spec" rules.
 	Kernel      nftables.ServiceState `json:"kernel"`
 	KernelError string                `json:"kernelError,omitempty"`
 }
@@ -76,7 +80,7 @@ type inspector interface {
 // debugState builds the answer from the last programmed snapshot.
 func (h *health) debugState(namespace, name string) DebugState {
 	h.mu.Lock()
-	st := DebugState{Node: h.node, LastSync: h.lastUpdated, LastError: h.lastError, LastErrorTime: h.lastErrorTime}
+	st := DebugState{Node: h.node, Mode: h.mode, LastSync: h.lastUpdated, LastError: h.lastError, LastErrorTime: h.lastErrorTime}
 	snap, insp := h.programmed, h.inspect
 	h.mu.Unlock()
 	st.PendingSince = h.tracker.OldestPending()

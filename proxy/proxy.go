@@ -6,6 +6,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -202,6 +203,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	}
 	hs := newHealth(cfg.NodeName, cfg.NetNS, nodePortAddrs, nodeObj, tracker, kern, log)
+	hs.mode = cmp.Or(cfg.Mode, ModeNFTables)
 	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, cfg.EnableProfiling, m); err != nil {
 		return err
 	}

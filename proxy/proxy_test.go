@@ -782,3 +782,55 @@ func testLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T, m
 		}
 	}
 }
+
+// TestSwitchingModesRemovesThePreviousModesRules runs the proxy on one node
+// in each mode in turn, as an operator switching --proxy-mode would: each
+// run serves the VIP with real packets, and removes what the previous mode
+// programmed (kube-proxy's --cleanup), so no stale translation is left.
+func TestSwitchingModesRemovesThePreviousModesRules(t *testing.T) {
+	w := newWorld(t, 1)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	svc := service(t, client, ns, "web", nil)
+	setSlice(t, client, ns, "web", []epSpec{ready(w.backends[0], "node-a")})
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	nftTables := func() string {
+		out, err := netnamespace.Exec(w.node, "nft", "list", "tables")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	iptChains := func() string {
+		var b strings.Builder
+		for _, bin := range []string{"iptables-save", "ip6tables-save"} {
+			out, err := netnamespace.Exec(w.node, bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.WriteString(out)
+		}
+		return b.String()
+	}
+	for _, mode := range []string{proxy.ModeNFTables, proxy.ModeIPTables, proxy.ModeNFTables} {
+		stop := startProxy(t, w, proxy.Config{Client: client, Mode: mode})
+		// The previous mode's rules may serve the VIP until the new run's
+		// first sync: wait for the state only this mode leaves, then send.
+		eventually(t, mode+" mode alone programs the node", func() error {
+			hasTable := strings.Contains(nftTables(), "switchboard")
+			hasChains := strings.Contains(iptChains(), "SWB-")
+			if (mode == proxy.ModeNFTables) != hasTable || (mode == proxy.ModeIPTables) != hasChains {
+				return fmt.Errorf("nftables table %v, iptables chains of ours %v", hasTable, hasChains)
+			}
+			return nil
+		})
+		eventually(t, mode+" mode serves the VIP", func() error {
+			b, _, err := w.request(vip)
+			if err == nil && b != w.backends[0] {
+				err = fmt.Errorf("reached %s", b)
+			}
+			return err
+		})
+		stop()
+	}
+}

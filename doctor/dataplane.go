@@ -207,14 +207,14 @@ func proxyFindings(o *observation, s Snapshot) []Finding {
 		}
 		if ds.KernelError != "" {
 			out = append(out, Finding{Code: CodeProxyUnreachable, Severity: Warning,
-				Message: fmt.Sprintf("node %s's proxy could not read its nftables table back: %s", node, ds.KernelError)})
+				Message: fmt.Sprintf("node %s's proxy could not read its %s back: %s", node, kernelStore(st.Mode), ds.KernelError)})
 		} else if len(ds.Kernel.Missing) > 0 {
 			out = append(out, Finding{Code: CodeKernelDrift, Severity: Problem,
-				Message: fmt.Sprintf("node %s's nftables table lacks %d of the %d rule element(s) its proxy applied for this service: something else flushed or edited table %q; restart the node's proxy to reprogram it",
-					node, len(ds.Kernel.Missing), len(ds.Kernel.Applied), "switchboard"),
+				Message: fmt.Sprintf("node %s's proxy finds %d of the %d %s it applied for this service missing from the %s: something else flushed or edited them; restart the node's proxy to reprogram it",
+					node, len(ds.Kernel.Missing), len(ds.Kernel.Applied), kernelUnit(st.Mode), kernelStore(st.Mode)),
 				Details: ds.Kernel.Missing})
 		}
-		out = append(out, packetPath(node, ds, podsByIP(s.Pods)))
+		out = append(out, packetPath(node, st.Mode, ds, podsByIP(s.Pods)))
 	}
 	return out
 }
@@ -285,7 +285,7 @@ func podsByIP(pods []corev1.Pod) map[netip.Addr]string {
 }
 
 // packetPath says, for one node, where a packet to each front-end goes.
-func packetPath(node string, ds *proxydebug.Service, who map[netip.Addr]string) Finding {
+func packetPath(node, mode string, ds *proxydebug.Service, who map[netip.Addr]string) Finding {
 	f := Finding{Code: CodePacketPath, Severity: Info,
 		Message: fmt.Sprintf("on node %s, packets to the service go:", node)}
 	for _, p := range ds.Ports {
@@ -320,14 +320,14 @@ func packetPath(node string, ds *proxydebug.Service, who map[netip.Addr]string) 
 		}
 	}
 	if len(ds.Kernel.Applied) > 0 {
-		// The example shown is a map element (key : verdict or target) when
-		// there is one: it says where packets go, a set element only that the
-		// address is known.
+		// The example shown is one that says where packets go (a map
+		// element, key : target; an iptables DNAT rule) when there is one,
+		// not one that only says the address is known.
 		example := ds.Kernel.Applied[0]
-		if i := slices.IndexFunc(ds.Kernel.Applied, func(e string) bool { return strings.Contains(e, " : ") }); i >= 0 {
+		if i := slices.IndexFunc(ds.Kernel.Applied, func(e string) bool { return strings.Contains(e, " : ") || strings.Contains(e, " DNAT ") }); i >= 0 {
 			example = ds.Kernel.Applied[i]
 		}
-		f.Details = append(f.Details, fmt.Sprintf("as %d nftables element(s) in table switchboard, e.g. %s", len(ds.Kernel.Applied), example))
+		f.Details = append(f.Details, fmt.Sprintf("as %d %s in the %s, e.g. %s", len(ds.Kernel.Applied), kernelUnit(mode), kernelStore(mode), example))
 	}
 	return f
 }
@@ -572,4 +572,20 @@ func (d NamespaceDataPlane) Dial(ctx context.Context, pod *corev1.Pod, network, 
 	}
 	c, err := netnamespace.Dial(ctx, path, network, address)
 	return c, where, err
+}
+
+// kernelStore names where a proxy of mode keeps its state, and kernelUnit
+// what the state is made of (a proxy without a mode is an nftables one).
+func kernelStore(mode string) string {
+	if mode == proxydebug.ModeIPTables {
+		return "iptables chains (SWB-*)"
+	}
+	return "nftables table switchboard"
+}
+
+func kernelUnit(mode string) string {
+	if mode == proxydebug.ModeIPTables {
+		return "rule(s)"
+	}
+	return "nftables element(s)"
 }

@@ -124,7 +124,7 @@ func TestDataPlaneFindings(t *testing.T) {
 	}
 	r = diagnose("web")
 	drift := findings(r, CodeKernelDrift)
-	if r.Healthy || len(drift) != 1 || !strings.Contains(drift[0].Message, "node "+node("fast")+"'s nftables table lacks 2 of") ||
+	if r.Healthy || len(drift) != 1 || !strings.Contains(drift[0].Message, "node "+node("fast")+"'s proxy finds 2 of") ||
 		!slices.Contains(drift[0].Details, fmt.Sprintf("svc-2 %s . tcp . 80 . 1 : 10.244.0.12 . 8080", cip)) {
 		t.Errorf("want the fast node's flushed elements reported:\n%s", reportText(t, r))
 	}

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +58,8 @@ type Config struct {
 	// client's and grpc's loggers) lands in the log, not on the terminal.
 	// Crash reports go to both. Only for a process running one cluster.
 	Terminal *os.File
+	// ProxyMode is the node proxies' mode (proxy.ModeNFTables when empty).
+	ProxyMode string
 }
 
 func (c *Config) defaults() {
@@ -138,6 +141,9 @@ type parsed struct {
 func (c Config) parse() (parsed, error) {
 	if c.Nodes < 1 {
 		return parsed{}, fmt.Errorf("--nodes must be at least 1, got %d", c.Nodes)
+	}
+	if c.ProxyMode != "" && !slices.Contains(proxy.Modes, c.ProxyMode) {
+		return parsed{}, fmt.Errorf("--proxy-mode %q: want one of %v", c.ProxyMode, proxy.Modes)
 	}
 	if c.APIServerPort < 0 || c.APIServerPort > 65535 {
 		return parsed{}, fmt.Errorf("--apiserver-port %d: want 0 (any free port) to 65535", c.APIServerPort)
@@ -481,7 +487,7 @@ func (c *Cluster) startProxy(info NodeInfo) *nodeProxy {
 		defer close(p.done)
 		// One node proxy per node, in process, programming that node's
 		// namespace, exactly as `switchboard proxy` would on a real node.
-		err := proxy.Run(ctx, proxy.Config{Client: c.client, NodeName: info.Name, NodeIPs: []netip.Addr{info.IP},
+		err := proxy.Run(ctx, proxy.Config{Mode: c.Config.ProxyMode, Client: c.client, NodeName: info.Name, NodeIPs: []netip.Addr{info.IP},
 			NetNS: info.NetNS, ClusterCIDRs: []netip.Prefix{c.Network.PodCIDR},
 			HealthzBindAddress: "0.0.0.0:10256", MetricsBindAddress: "127.0.0.1:10249", Logger: log,
 			OnInitialSync: func() { once.Do(func() { close(p.synced) }) }})

@@ -21,7 +21,7 @@ type inspector interface {
 // debugState builds the answer from the last programmed snapshot.
 func (h *health) debugState(namespace, name string) proxydebug.State {
 	h.mu.Lock()
-	st := proxydebug.State{Node: h.node, LastSync: h.lastUpdated, LastError: h.lastError, LastErrorTime: h.lastErrorTime}
+	st := proxydebug.State{Node: h.node, Mode: h.mode, LastSync: h.lastUpdated, LastError: h.lastError, LastErrorTime: h.lastErrorTime}
 	snap, insp := h.programmed, h.inspect
 	h.mu.Unlock()
 	st.PendingSince = h.tracker.OldestPending()

@@ -57,7 +57,9 @@ type health struct {
 	// the data plane back (see proxydebug.Path).
 	programmed *snapshot.Snapshot
 	inspect    inspector
-	servers    []*http.Server
+	// mode is the proxy mode, for the debug state.
+	mode    string
+	servers []*http.Server
 	// hcnp are the open healthCheckNodePort servers; hcOf is what each
 	// Service asks for, hcByPort which Service a port serves.
 	hcnp     map[int32]*hcServer

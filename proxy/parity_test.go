@@ -126,7 +126,12 @@ func unreachable(ns, target string) error {
 // of the Service CIDRs no Service holds (never allocated, or a deleted
 // Service's), IPv4 and IPv6, is dropped: neither leaves the node.
 func TestServiceCIDRUnknownPortRejectedUnallocatedDropped(t *testing.T) {
+	eachMode(t, testServiceCIDRUnknownPortRejectedUnallocatedDropped)
+}
+
+func testServiceCIDRUnknownPortRejectedUnallocatedDropped(t *testing.T, mode string) {
 	w := newWorld(t, 1)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -171,8 +176,11 @@ func TestServiceCIDRUnknownPortRejectedUnallocatedDropped(t *testing.T) {
 // Item 2: an endpoint with serving unset is serving (the API's default);
 // with no ready endpoint, a terminating one with serving unset still
 // takes traffic.
-func TestServingUnsetIsServing(t *testing.T) {
+func TestServingUnsetIsServing(t *testing.T) { eachMode(t, testServingUnsetIsServing) }
+
+func testServingUnsetIsServing(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -196,7 +204,12 @@ func TestServingUnsetIsServing(t *testing.T) {
 // too (a range with the node's address lets it in); an ingress with ipMode
 // Proxy is left alone, so traffic to it reaches the real load balancer.
 func TestLoadBalancerSourceRangesFromNodeAndIPModeProxy(t *testing.T) {
+	eachMode(t, testLoadBalancerSourceRangesFromNodeAndIPModeProxy)
+}
+
+func testLoadBalancerSourceRangesFromNodeAndIPModeProxy(t *testing.T, mode string) {
 	w := newWorld(t, 1)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -245,7 +258,12 @@ func TestLoadBalancerSourceRangesFromNodeAndIPModeProxy(t *testing.T) {
 // Service's other endpoints through its LB IP and NodePort, while an
 // external client is dropped.
 func TestExternalTrafficPolicyLocalShortCircuit(t *testing.T) {
+	eachMode(t, testExternalTrafficPolicyLocalShortCircuit)
+}
+
+func testExternalTrafficPolicyLocalShortCircuit(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
@@ -282,7 +300,12 @@ func TestExternalTrafficPolicyLocalShortCircuit(t *testing.T) {
 // endpoints and answers on the node's addresses only; /healthz and /livez
 // carry kube-proxy's body.
 func TestHealthCheckNodePortAndHealthzLikeKubeProxy(t *testing.T) {
+	eachMode(t, testHealthCheckNodePortAndHealthzLikeKubeProxy)
+}
+
+func testHealthCheckNodePortAndHealthzLikeKubeProxy(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	ensureNode(t, client, "node-a", nil)
@@ -360,8 +383,11 @@ func TestHealthCheckNodePortAndHealthzLikeKubeProxy(t *testing.T) {
 // Item 9: topology hints. With zone hints on the slice, the ClusterIP
 // reaches only the endpoints hinted for this node's zone; when none is
 // hinted for it, all of them.
-func TestTopologyHints(t *testing.T) {
+func TestTopologyHints(t *testing.T) { eachMode(t, testTopologyHints) }
+
+func testTopologyHints(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	ensureNode(t, client, "node-a", map[string]string{v1.LabelTopologyZone: "zone-a"})

@@ -1,11 +1,12 @@
 // Package proxy is the node proxy: it watches Services, EndpointSlices and
 // its own Node, keeps an immutable snapshot of what to program (package
-// snapshot), and hands each change to a Backend (package nftables) in one
-// small transaction. It also serves kube-proxy's health endpoints and
+// snapshot), and hands each change to a Backend (package nftables, or
+// package iptables in the iptables mode) in one small transaction. It also serves kube-proxy's health endpoints and
 // Prometheus metrics.
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -70,6 +71,10 @@ type Config struct {
 	// start-up memory for steady-state memory (switchboard proxy settles
 	// its working set then).
 	OnInitialSync func()
+	// Mode is the proxy mode, kube-proxy's --proxy-mode: ModeNFTables
+	// (the default when empty) or ModeIPTables. Starting in one mode
+	// removes the rules of the others.
+	Mode string
 	// MinSyncInterval coalesces bursts of changes; 0 uses 10ms.
 	MinSyncInterval time.Duration
 	Logger          *slog.Logger
@@ -185,8 +190,7 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Error("no address of the node matches --nodeport-addresses; NodePorts will not answer", "cidrs", cfg.NodePortAddresses)
 		}
 	}
-	kern, err := nftables.New(nftables.Config{NetNS: cfg.NetNS, NodeIPs: nodePortAddrs,
-		Options: nftables.Options{ClusterCIDRs: cfg.ClusterCIDRs, NodeIPs: primary}, Logger: log})
+	kern, err := newDataPlane(cfg, nodePortAddrs, primary, log)
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
@@ -199,6 +203,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return nil
 	}
 	hs := newHealth(cfg.NodeName, cfg.NetNS, nodePortAddrs, nodeObj, tracker, kern, log)
+	hs.mode = cmp.Or(cfg.Mode, ModeNFTables)
 	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, cfg.EnableProfiling, m); err != nil {
 		return err
 	}

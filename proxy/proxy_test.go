@@ -38,6 +38,7 @@ func TestMain(m *testing.M) { os.Exit(clustertest.Main(m)) }
 // TCP and UDP echo servers on port 8080 and 9090 of both families.
 type world struct {
 	t         *testing.T
+	mode      string // proxy mode startProxy runs
 	node      string // namespace names
 	nodePath  string
 	client    string
@@ -147,6 +148,14 @@ func serveEcho(t *testing.T, path, addr string, port int) {
 	}()
 }
 
+// eachMode runs a test of behaviour every proxy mode must have once per
+// mode, as subtests named after the mode.
+func eachMode(t *testing.T, f func(t *testing.T, mode string)) {
+	for _, mode := range proxy.Modes {
+		t.Run(mode, func(t *testing.T) { f(t, mode) })
+	}
+}
+
 // dial opens a TCP connection from the client namespace.
 func (w *world) dial(target string) (net.Conn, error) {
 	return dialFrom(w.clientNS, target, 3*time.Second)
@@ -209,6 +218,9 @@ func startProxy(t *testing.T, w *world, cfg proxy.Config) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	cfg.NetNS = w.nodePath
+	if cfg.Mode == "" {
+		cfg.Mode = w.mode
+	}
 	cfg.NodeIPs = []netip.Addr{netip.MustParseAddr(nodeIP)}
 	if cfg.NodeName == "" {
 		cfg.NodeName = "node-a"
@@ -288,7 +300,12 @@ func sameSet(a, b map[string]bool) bool { return maps.Equal(a, b) }
 func ready(addr, node string) epSpec { return epSpec{addr: addr, node: node, ready: true} }
 
 func TestClusterIPBalancingScalingAndRefusal(t *testing.T) {
+	eachMode(t, testClusterIPBalancingScalingAndRefusal)
+}
+
+func testClusterIPBalancingScalingAndRefusal(t *testing.T, mode string) {
 	w := newWorld(t, 3)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -348,8 +365,11 @@ func TestClusterIPBalancingScalingAndRefusal(t *testing.T) {
 // TestDualStackClusterIP checks a dual-stack Service with an IPv4 and an
 // IPv6 slice: each of its cluster IPs balances over the endpoints of its own
 // family, with real packets through the node's ip and ip6 tables.
-func TestDualStackClusterIP(t *testing.T) {
+func TestDualStackClusterIP(t *testing.T) { eachMode(t, testDualStackClusterIP) }
+
+func testDualStackClusterIP(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -388,7 +408,12 @@ func TestDualStackClusterIP(t *testing.T) {
 }
 
 func TestNodePortAndExternalTrafficPolicy(t *testing.T) {
+	eachMode(t, testNodePortAndExternalTrafficPolicy)
+}
+
+func testNodePortAndExternalTrafficPolicy(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client, NodeName: "node-a"})
@@ -434,7 +459,12 @@ func TestNodePortAndExternalTrafficPolicy(t *testing.T) {
 }
 
 func TestRestartKeepsEstablishedConnections(t *testing.T) {
+	eachMode(t, testRestartKeepsEstablishedConnections)
+}
+
+func testRestartKeepsEstablishedConnections(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	stop := startProxy(t, w, proxy.Config{Client: client})
@@ -518,8 +548,11 @@ func TestRestartKeepsEstablishedConnections(t *testing.T) {
 	}
 }
 
-func TestUDPStaleConntrackCleared(t *testing.T) {
+func TestUDPStaleConntrackCleared(t *testing.T) { eachMode(t, testUDPStaleConntrackCleared) }
+
+func testUDPStaleConntrackCleared(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -567,8 +600,11 @@ func TestUDPStaleConntrackCleared(t *testing.T) {
 	})
 }
 
-func TestSessionAffinitySticks(t *testing.T) {
+func TestSessionAffinitySticks(t *testing.T) { eachMode(t, testSessionAffinitySticks) }
+
+func testSessionAffinitySticks(t *testing.T, mode string) {
 	w := newWorld(t, 3)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	startProxy(t, w, proxy.Config{Client: client})
@@ -618,7 +654,12 @@ func httpGet(path, url string) (*http.Response, string, error) {
 }
 
 func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
+	eachMode(t, testLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin)
+}
+
+func testLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T, mode string) {
 	w := newWorld(t, 2)
+	w.mode = mode
 	client, _ := clustertest.Client(t)
 	ns := clustertest.Namespace(t, client)
 	ensureNode(t, client, "node-a", nil)
@@ -739,5 +780,57 @@ func TestLoadBalancerHealthCheckNodePortHealthzMetricsAndHairpin(t *testing.T) {
 		if !strings.Contains(body, m) {
 			t.Errorf("/metrics lacks %s", m)
 		}
+	}
+}
+
+// TestSwitchingModesRemovesThePreviousModesRules runs the proxy on one node
+// in each mode in turn, as an operator switching --proxy-mode would: each
+// run serves the VIP with real packets, and removes what the previous mode
+// programmed (kube-proxy's --cleanup), so no stale translation is left.
+func TestSwitchingModesRemovesThePreviousModesRules(t *testing.T) {
+	w := newWorld(t, 1)
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	svc := service(t, client, ns, "web", nil)
+	setSlice(t, client, ns, "web", []epSpec{ready(w.backends[0], "node-a")})
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	nftTables := func() string {
+		out, err := netnamespace.Exec(w.node, "nft", "list", "tables")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	iptChains := func() string {
+		var b strings.Builder
+		for _, bin := range []string{"iptables-save", "ip6tables-save"} {
+			out, err := netnamespace.Exec(w.node, bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.WriteString(out)
+		}
+		return b.String()
+	}
+	for _, mode := range []string{proxy.ModeNFTables, proxy.ModeIPTables, proxy.ModeNFTables} {
+		stop := startProxy(t, w, proxy.Config{Client: client, Mode: mode})
+		// The previous mode's rules may serve the VIP until the new run's
+		// first sync: wait for the state only this mode leaves, then send.
+		eventually(t, mode+" mode alone programs the node", func() error {
+			hasTable := strings.Contains(nftTables(), "switchboard")
+			hasChains := strings.Contains(iptChains(), "SWB-")
+			if (mode == proxy.ModeNFTables) != hasTable || (mode == proxy.ModeIPTables) != hasChains {
+				return fmt.Errorf("nftables table %v, iptables chains of ours %v", hasTable, hasChains)
+			}
+			return nil
+		})
+		eventually(t, mode+" mode serves the VIP", func() error {
+			b, _, err := w.request(vip)
+			if err == nil && b != w.backends[0] {
+				err = fmt.Errorf("reached %s", b)
+			}
+			return err
+		})
+		stop()
 	}
 }

@@ -14,9 +14,19 @@ import (
 // "the API says X" apart from "this node programmed X".
 const Path = "/debug/switchboard/services"
 
+// The proxy modes State.Mode names, as kube-proxy's --proxy-mode spells them.
+const (
+	ModeNFTables = "nftables"
+	ModeIPTables = "iptables"
+)
+
 // State is the answer at Path.
 type State struct {
 	Node string `json:"node"`
+	// Mode is the proxy mode (ModeNFTables, ModeIPTables; empty from a
+	// proxy older than the iptables mode, which is nftables): what the
+	// Services' Kernel state is made of.
+	Mode string `json:"mode,omitempty"`
 	// LastSync is when the last sync succeeded (zero before the first).
 	LastSync time.Time `json:"lastSync"`
 	// LastError is the last failed sync's error, if it failed after the

@@ -12,11 +12,13 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/switchboard/switchboard/localcluster"
+	"github.com/switchboard/switchboard/proxy"
 	"github.com/switchboard/switchboard/workingset"
 )
 
@@ -128,6 +130,7 @@ func upCmd() *cobra.Command {
 	f.StringVar(&cfg.NodeCIDR, "node-cidr", "172.30.0.0/24", "addresses of the nodes on the cluster bridge")
 	f.StringVar(&cfg.PodCIDR, "pod-cidr", "10.244.0.0/16", "pod addresses, one /24 per node")
 	f.StringVar(&cfg.DNSIP, "cluster-dns", "10.96.0.10", "cluster DNS address written into pods' resolv.conf")
+	f.StringVar(&cfg.ProxyMode, "proxy-mode", proxy.ModeNFTables, "the node proxies' mode, as kube-proxy's --proxy-mode: "+strings.Join(proxy.Modes, " or "))
 	return cmd
 }
 

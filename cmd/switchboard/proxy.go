@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,7 +20,8 @@ import (
 	"github.com/switchboard/switchboard/workingset"
 )
 
-// proxyCmd is `switchboard proxy`, a drop-in for kube-proxy in nftables mode.
+// proxyCmd is `switchboard proxy`, a drop-in for kube-proxy in nftables or
+// iptables mode.
 func proxyCmd() *cobra.Command {
 	var (
 		cf               clientFlags
@@ -40,10 +43,11 @@ func proxyCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
-		Short: "Run the node proxy: program Service VIPs, NodePorts and traffic policies into nftables",
+		Short: "Run the node proxy: program Service VIPs, NodePorts and traffic policies into nftables or iptables",
 		Long: `proxy programs Services into nftables (its own tables "switchboard", ip and ip6), as kube-proxy's
-nftables mode. On SIGTERM it exits and leaves its rules, so traffic flows until the next proxy adopts them.
---cleanup removes its tables (and kube-proxy's leftovers) and exits, as kube-proxy --cleanup.
+nftables mode, or with --proxy-mode iptables into iptables chains of its own (prefix SWB-), as kube-proxy's
+iptables mode; starting in one mode removes the other's rules. On SIGTERM it exits and leaves its rules, so traffic flows until the next proxy adopts them.
+--cleanup removes its tables and chains of both modes (and kube-proxy's leftovers) and exits, as kube-proxy --cleanup.
 --config reads kube-proxy's KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1): its fields win
 over flags, except --hostname-override, -v and --logging-format, as in kube-proxy.`,
 		Args: cobra.NoArgs,
@@ -68,6 +72,7 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 				set(&metricsAddr, s.MetricsBindAddress, "")
 				set(&clusterCIDR, s.ClusterCIDR, "")
 				set(&detectLocal, s.DetectLocalMode, "")
+				set(&mode, s.Mode, "")
 				set(&lf.format, s.LoggingFormat, "logging-format")
 				if s.QPS != 0 {
 					cf.qps = s.QPS
@@ -109,14 +114,14 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 				if err := removeKubeProxy(); err != nil {
 					return err
 				}
-				removed, err := nftables.Cleanup(netns)
-				for _, r := range removed {
-					log.Info("removed", "what", r)
+				var errs []error
+				for _, m := range proxy.Modes {
+					errs = append(errs, proxy.CleanupMode(m, netns))
 				}
-				return err
+				return errors.Join(errs...)
 			}
-			if mode != "nftables" && mode != "" {
-				return fmt.Errorf("--mode %q: only nftables is supported", mode)
+			if !slices.Contains(proxy.Modes, mode) {
+				return fmt.Errorf("--proxy-mode %q: want one of %s", mode, strings.Join(proxy.Modes, ", "))
 			}
 			if hostname == "" {
 				h, err := os.Hostname()
@@ -125,7 +130,7 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 				}
 				hostname = strings.ToLower(h)
 			}
-			cfg := proxy.Config{NodeName: hostname, NetNS: netns, HealthzBindAddress: healthz, MetricsBindAddress: metricsAddr, EnableProfiling: profiling}
+			cfg := proxy.Config{Mode: mode, NodeName: hostname, NetNS: netns, HealthzBindAddress: healthz, MetricsBindAddress: metricsAddr, EnableProfiling: profiling}
 			switch detectLocal {
 			case "ClusterCIDR":
 				for _, s := range strings.Split(clusterCIDR, ",") {
@@ -195,7 +200,9 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 	lf.addTo(f)
 	f.StringVar(&configFile, "config", "", "kube-proxy's configuration file (KubeProxyConfiguration, kubeproxy.config.k8s.io/v1alpha1); its fields win over flags but --hostname-override, -v and --logging-format")
 	f.StringVar(&hostname, "hostname-override", "", "this node's name (default: the hostname)")
-	f.StringVar(&mode, "mode", "nftables", "proxy mode; only nftables")
+	f.StringVar(&mode, "proxy-mode", proxy.ModeNFTables, "proxy mode, as kube-proxy's: "+strings.Join(proxy.Modes, " or ")+"; starting in one mode removes the other's rules")
+	f.StringVar(&mode, "mode", proxy.ModeNFTables, "proxy mode")
+	f.MarkDeprecated("mode", "use --proxy-mode")
 	f.StringVar(&healthz, "healthz-bind-address", "0.0.0.0:10256", "address for /healthz and /livez; empty disables")
 	f.StringVar(&metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "address for /metrics and /debug/switchboard/services (what switchboard doctor reads); empty disables")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "comma-separated pod CIDRs; traffic to ClusterIPs from outside them is masqueraded")
@@ -204,7 +211,7 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 	f.StringSliceVar(&npAddrs, "nodeport-addresses", []string{"primary"}, "as kube-proxy's: CIDRs whose local addresses NodePorts and healthCheckNodePorts answer on, or \"primary\" for the node's addresses")
 	f.StringVar(&netns, "netns", "", "network namespace path to program (default: the current one)")
 	f.BoolVar(&profiling, "profiling", false, "serve /debug/pprof/ on the metrics address")
-	f.BoolVar(&cleanup, "cleanup", false, "remove switchboard's nftables tables and kube-proxy's leftovers, then exit (as kube-proxy --cleanup)")
+	f.BoolVar(&cleanup, "cleanup", false, "remove switchboard's nftables tables and iptables chains and kube-proxy's leftovers, then exit (as kube-proxy --cleanup)")
 	f.BoolVar(&cleanupKubeProxy, "cleanup-kube-proxy", false, "once the first sync is programmed, remove kube-proxy's leftovers (its nftables tables, its iptables-nft chains), as kube-proxy removes other modes' rules; for a node where kube-proxy no longer runs")
 	return cmd
 }

@@ -45,6 +45,10 @@ var (
 	startErr error
 )
 
+// proxyModeEnv picks the node proxies' mode for a run of the suite
+// (nftables when unset); scripts/ci runs the suite once per mode.
+const proxyModeEnv = "SWITCHBOARD_E2E_PROXY_MODE"
+
 // ignoreTermEnv, set on a container, makes its echo server ignore SIGTERM
 // and keep serving through the pod's grace period, as a server draining its
 // connections does: that is what makes an endpoint serving-and-terminating
@@ -76,7 +80,7 @@ func run(m *testing.M) int {
 	// A state directory of its own gives this run's namespaces unique names
 	// (their prefix is a hash of it).
 	cluster, startErr = localcluster.Start(context.Background(), localcluster.Config{StateDir: dir, Nodes: 2,
-		APIServerPort: 0, EchoCommand: []string{exe, "echo"}, Logger: testLogger()})
+		APIServerPort: 0, ProxyMode: os.Getenv(proxyModeEnv), EchoCommand: []string{exe, "echo"}, Logger: testLogger()})
 	// Stop leaves the data plane serving (as for a restart of `up`); Down
 	// removes it. Deferred first, so it runs last.
 	defer localcluster.Down(dir)

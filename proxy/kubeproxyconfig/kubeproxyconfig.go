@@ -19,6 +19,9 @@ import (
 // Settings are the fields of a KubeProxyConfiguration that switchboard
 // proxy applies. A zero field was not set in the file.
 type Settings struct {
+	// Mode is the proxy mode: "" (the default, nftables), nftables or
+	// iptables.
+	Mode               string
 	Kubeconfig         string
 	QPS                float32
 	Burst              int32
@@ -30,7 +33,8 @@ type Settings struct {
 	DetectLocalMode    string
 	// NodePortAddresses are CIDRs, or the one word "primary".
 	NodePortAddresses []string
-	// MinSyncPeriod is nftables.minSyncPeriod: how long changes coalesce.
+	// MinSyncPeriod is nftables.minSyncPeriod (iptables.minSyncPeriod in
+	// the iptables mode): how long changes coalesce.
 	MinSyncPeriod time.Duration
 	// LoggingFormat and Verbosity are logging.format and .verbosity.
 	LoggingFormat string
@@ -83,9 +87,9 @@ func Decode(data []byte) (*Settings, error) {
 		}
 	}
 	switch c.Mode {
-	case "", "nftables":
+	case "", "nftables", "iptables":
 	default:
-		return nil, fmt.Errorf("mode %q: switchboard proxy programs nftables only", c.Mode)
+		return nil, fmt.Errorf("mode %q: switchboard proxy programs nftables or iptables", c.Mode)
 	}
 	switch c.DetectLocalMode {
 	case "", "ClusterCIDR":
@@ -105,7 +109,11 @@ func Decode(data []byte) (*Settings, error) {
 	s.EnableProfiling = c.EnableProfiling
 	s.ClusterCIDR, s.DetectLocalMode = c.ClusterCIDR, string(c.DetectLocalMode)
 	s.NodePortAddresses = c.NodePortAddresses
+	s.Mode = string(c.Mode)
 	s.MinSyncPeriod = c.NFTables.MinSyncPeriod.Duration
+	if c.Mode == "iptables" {
+		s.MinSyncPeriod = c.IPTables.MinSyncPeriod.Duration
+	}
 	s.LoggingFormat, s.Verbosity = c.Logging.Format, int(c.Logging.Verbosity)
 
 	ignore := func(set bool, field, why string) {

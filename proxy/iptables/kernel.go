@@ -1,0 +1,689 @@
+package iptables
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/switchboard/switchboard/proxy/nftables"
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// Runner runs the iptables tools of one family (is4: iptables, else
+// ip6tables) inside the proxy's network namespace.
+type Runner interface {
+	// Restore feeds data to "<family>-restore --noflush": one transaction.
+	Restore(is4 bool, data []byte) error
+	// Save returns "<family>-save -t table".
+	Save(is4 bool, table string) ([]byte, error)
+	// Run runs "<family> -w args...".
+	Run(is4 bool, args ...string) error
+}
+
+// ExecRunner runs the iptables binaries, in NetNS (a path like
+// /run/netns/NAME; "" is the current namespace) through nsenter.
+type ExecRunner struct {
+	NetNS string
+	// Variant picks the backend of the binaries: "" runs iptables (the
+	// one the distribution's alternatives chose), "legacy" or "nft" run
+	// iptables-legacy or iptables-nft.
+	Variant string
+}
+
+func (r ExecRunner) command(is4 bool, suffix string, args ...string) *exec.Cmd {
+	name := "ip6tables"
+	if is4 {
+		name = "iptables"
+	}
+	if r.Variant != "" {
+		name += "-" + r.Variant
+	}
+	name += suffix
+	if r.NetNS == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("nsenter", append([]string{"--net=" + r.NetNS, name}, args...)...)
+}
+
+// Restore implements Runner.
+func (r ExecRunner) Restore(is4 bool, data []byte) error {
+	c := r.command(is4, "-restore", "-w", "--noflush", "--counters")
+	c.Stdin = bytes.NewReader(data)
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(c.Args, " "), err, lines(data, out))
+	}
+	return nil
+}
+
+// Save implements Runner.
+func (r ExecRunner) Save(is4 bool, table string) ([]byte, error) {
+	c := r.command(is4, "-save", "-t", table)
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v: %s", strings.Join(c.Args, " "), err, stderr.Bytes())
+	}
+	return out, nil
+}
+
+// Run implements Runner.
+func (r ExecRunner) Run(is4 bool, args ...string) error {
+	c := r.command(is4, "", append([]string{"-w"}, args...)...)
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s", strings.Join(c.Args, " "), err, out)
+	}
+	return nil
+}
+
+// lines quotes the restore input around the line iptables-restore blamed
+// ("Error occurred at line: N"), so an error names the rule.
+func lines(data, out []byte) string {
+	msg := strings.TrimSpace(string(out))
+	var n int
+	if i := strings.Index(msg, "line: "); i >= 0 {
+		fmt.Sscanf(msg[i+len("line: "):], "%d", &n)
+	}
+	all := strings.Split(string(data), "\n")
+	if n < 1 || n > len(all) {
+		return msg
+	}
+	return msg + " (" + all[n-1] + ")"
+}
+
+// Config configures a Kernel.
+type Config struct {
+	NetNS string
+	// NodeIPs are the addresses NodePorts answer on (Options.NodeIPs, the
+	// node's own addresses, default to them).
+	NodeIPs []netip.Addr
+	Options Options
+	Logger  *slog.Logger
+	// Runner and Conntrack replace the real tools (tests); Variant picks
+	// the iptables backend when Runner is nil.
+	Runner    Runner
+	Conntrack nftables.Conntrack
+	Variant   string
+}
+
+// Kernel programs snapshots with iptables-restore, one transaction per
+// family per sync. It implements the proxy's Backend.
+type Kernel struct {
+	cfg Config
+	log *slog.Logger
+	run Runner
+	ct  nftables.Conntrack
+	nl  *netlink.Handle
+
+	mu sync.Mutex
+	// applied is what the last successful syncs wrote per Service and
+	// family; partial syncs diff against it.
+	applied      map[snapshot.ServiceKey][2]Service
+	synced       bool
+	serviceCIDRs []netip.Prefix
+	rules        [2]int
+	last         nftables.Written
+}
+
+// New prepares a Kernel for cfg.NetNS; nothing is programmed before the
+// first Sync.
+func New(cfg Config) (*Kernel, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Options.NodeIPs == nil {
+		cfg.Options.NodeIPs = cfg.NodeIPs
+	}
+	k := &Kernel{cfg: cfg, log: cfg.Logger, run: cfg.Runner, ct: cfg.Conntrack, applied: map[snapshot.ServiceKey][2]Service{}}
+	if k.run == nil {
+		k.run = ExecRunner{NetNS: cfg.NetNS, Variant: cfg.Variant}
+	}
+	if k.ct == nil {
+		ns, err := netns.Get()
+		if cfg.NetNS != "" {
+			ns, err = netns.GetFromPath(cfg.NetNS)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace %q: %w", cfg.NetNS, err)
+		}
+		defer ns.Close()
+		if k.nl, err = netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err != nil {
+			return nil, fmt.Errorf("open conntrack netlink socket in %q: %w", cfg.NetNS, err)
+		}
+		k.ct = k.nl
+	}
+	return k, nil
+}
+
+// Close releases the conntrack socket; the rules stay.
+func (k *Kernel) Close() error {
+	if k.nl != nil {
+		k.nl.Close()
+	}
+	return nil
+}
+
+// Stats reports the rules the transactions left (Rules) and, as Elements,
+// the rules of Service chains (iptables has no set elements).
+func (k *Kernel) Stats() nftables.Stats {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return nftables.Stats{Rules: k.rules[0] + k.rules[1], LastWrite: k.last}
+}
+
+// Sync programs snap: everything on changes.Full (or after a failure, or
+// when the Service CIDRs changed), else only the chains and rules of the
+// Services in changes.Keys, as kube-proxy's partial syncs do.
+func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if changes.Full || !k.synced || !slices.Equal(snap.ServiceCIDRs, k.serviceCIDRs) {
+		err := k.fullSync(snap)
+		k.synced = err == nil
+		return err
+	}
+	next := make(map[snapshot.ServiceKey][2]Service, len(changes.Keys))
+	var written nftables.Written
+	for i, is4 := range []bool{true, false} {
+		var p partial
+		for _, key := range changes.Keys {
+			now := Translate(snap.Get(key), is4, k.cfg.Options)
+			p.add(k.applied[key][i], now)
+			n := next[key]
+			n[i] = now
+			next[key] = n
+		}
+		if p.empty() {
+			continue
+		}
+		if err := k.run.Restore(is4, p.text()); err != nil {
+			k.synced = false
+			return fmt.Errorf("partial sync in %q: %w", k.cfg.NetNS, err)
+		}
+		k.rules[i] += p.ruleDelta
+		written.Added += p.added
+		written.Deleted += p.deleted
+	}
+	var udpGone [2][]netip.Addr
+	var udpActive [2][]netip.AddrPort
+	for key, now := range next {
+		old := k.applied[key]
+		for i := range 2 {
+			udpGone[i] = append(udpGone[i], gone(old[i].UDPEndpoints, now[i].UDPEndpoints)...)
+			udpActive[i] = append(udpActive[i], gone(now[i].UDPFronts, old[i].UDPFronts)...)
+		}
+		if len(now[0].Rules)+len(now[1].Rules) == 0 {
+			delete(k.applied, key)
+		} else {
+			k.applied[key] = now
+		}
+	}
+	k.last = written
+	k.clearConntrack(udpGone, udpActive)
+	return nil
+}
+
+// gone returns the members of old that are not in now.
+func gone[T comparable](old, now []T) []T {
+	var out []T
+	for _, x := range old {
+		if !slices.Contains(now, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// partial is the restore input of a partial sync in one family: the
+// changed Services' chains rewritten, their shared rules deleted and
+// inserted one by one, their stale chains deleted.
+type partial struct {
+	decl, chains, del, ins, drop []string
+	filterDel, filterIns         []string
+	ruleDelta                    int
+	// added and deleted count the rules written and removed.
+	added, deleted int
+}
+
+func (p *partial) add(old, now Service) {
+	oldChains := map[string][]string{}
+	for _, c := range old.Chains {
+		oldChains[c.Name] = c.Rules
+	}
+	for _, c := range now.Chains {
+		prev, had := oldChains[c.Name]
+		delete(oldChains, c.Name)
+		if had && slices.Equal(prev, c.Rules) {
+			continue
+		}
+		p.decl = append(p.decl, ":"+c.Name+" - [0:0]")
+		for _, r := range c.Rules {
+			p.chains = append(p.chains, "-A "+c.Name+" "+r)
+		}
+		p.ruleDelta += len(c.Rules) - len(prev)
+		p.added += len(c.Rules)
+		p.deleted += len(prev)
+	}
+	for name, prev := range oldChains {
+		// Flushed now, deleted once nothing jumps to it any more.
+		p.decl = append(p.decl, ":"+name+" - [0:0]")
+		p.drop = append(p.drop, "-X "+name)
+		p.ruleDelta -= len(prev)
+		p.deleted += len(prev)
+	}
+	for _, r := range gone(old.Rules, now.Rules) {
+		line := "-D " + r.Chain + " " + r.Spec
+		if r.Table == TableNAT {
+			p.del = append(p.del, line)
+		} else {
+			p.filterDel = append(p.filterDel, line)
+		}
+		p.ruleDelta--
+		p.deleted++
+	}
+	for _, r := range gone(now.Rules, old.Rules) {
+		// Inserted at the top: the node-wide rules that must stay last
+		// (the NodePort jump, the Service CIDR drop) stay last.
+		line := "-I " + r.Chain + " 1 " + r.Spec
+		if r.Table == TableNAT {
+			p.ins = append(p.ins, line)
+		} else {
+			p.filterIns = append(p.filterIns, line)
+		}
+		p.ruleDelta++
+		p.added++
+	}
+}
+
+func (p *partial) empty() bool {
+	return len(p.decl)+len(p.del)+len(p.ins)+len(p.drop)+len(p.filterDel)+len(p.filterIns) == 0
+}
+
+func (p *partial) text() []byte {
+	var b bytes.Buffer
+	if len(p.filterDel)+len(p.filterIns) > 0 {
+		b.WriteString("*filter\n")
+		writeLines(&b, p.filterDel, p.filterIns)
+		b.WriteString("COMMIT\n")
+	}
+	if len(p.decl)+len(p.del)+len(p.ins)+len(p.drop) > 0 {
+		b.WriteString("*nat\n")
+		// Every chain is declared before any rule jumps to it.
+		writeLines(&b, p.decl, p.chains, p.del, p.ins, p.drop)
+		b.WriteString("COMMIT\n")
+	}
+	return b.Bytes()
+}
+
+func writeLines(b *bytes.Buffer, groups ...[]string) {
+	for _, g := range groups {
+		for _, l := range g {
+			b.WriteString(l)
+			b.WriteByte('\n')
+		}
+	}
+}
+
+// fullSync rewrites every chain of ours in each family in one transaction
+// (the shared chains are flushed and refilled in it, so nothing is ever
+// half-programmed), deletes Service chains nothing wants any more, and
+// makes sure the built-in chains jump to ours.
+func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
+	applied := make(map[snapshot.ServiceKey][2]Service, snap.Len())
+	for key, ports := range snap.All() {
+		applied[key] = [2]Service{Translate(ports, true, k.cfg.Options), Translate(ports, false, k.cfg.Options)}
+	}
+	var written nftables.Written
+	for i, is4 := range []bool{true, false} {
+		existing, err := k.run.Save(is4, TableNAT)
+		if err != nil {
+			return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
+		}
+		data, rules := FullText(is4, k.cfg.NodeIPs, snap.ServiceCIDRs, func(yield func(Service) bool) {
+			for _, s := range applied {
+				if !yield(s[i]) {
+					return
+				}
+			}
+		}, chainsOf(existing))
+		if err := k.run.Restore(is4, data); err != nil {
+			return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
+		}
+		if err := ensureJumps(k.run, is4); err != nil {
+			return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
+		}
+		k.rules[i] = rules
+		written.Added += rules
+	}
+	// What the previous syncs applied and this one dropped: a failed
+	// partial sync's change lands here.
+	var udpGone [2][]netip.Addr
+	var udpActive [2][]netip.AddrPort
+	for key, old := range k.applied {
+		now := applied[key]
+		for i := range 2 {
+			udpGone[i] = append(udpGone[i], gone(old[i].UDPEndpoints, now[i].UDPEndpoints)...)
+		}
+	}
+	for key, now := range applied {
+		if old, ok := k.applied[key]; ok {
+			for i := range 2 {
+				udpActive[i] = append(udpActive[i], gone(now[i].UDPFronts, old[i].UDPFronts)...)
+			}
+		}
+	}
+	k.clearConntrack(udpGone, udpActive)
+	k.applied, k.serviceCIDRs, k.last = applied, snap.ServiceCIDRs, written
+	for key, s := range k.applied {
+		if len(s[0].Rules)+len(s[1].Rules) == 0 {
+			delete(k.applied, key)
+		}
+	}
+	return nil
+}
+
+// chainsOf lists the chains an iptables-save dump declares.
+func chainsOf(save []byte) []string {
+	var out []string
+	for _, l := range strings.Split(string(save), "\n") {
+		if strings.HasPrefix(l, ":") {
+			if f := strings.Fields(l[1:]); len(f) > 0 {
+				out = append(out, f[0])
+			}
+		}
+	}
+	return out
+}
+
+// baseChains are the node-wide chains of each table, with the rules that
+// follow the Services' rules in them.
+func baseChains(is4 bool, nodePortIPs []netip.Addr, serviceCIDRs []netip.Prefix) (filter, nat []Chain) {
+	var nodePorts []string
+	for _, ip := range nodePortIPs {
+		if ip.Is4() == is4 {
+			nodePorts = append(nodePorts, "-d "+host(ip)+" -m comment --comment \"nodeports\" -j "+chainNodePorts)
+		}
+	}
+	var drops []string
+	for _, p := range serviceCIDRs {
+		if p.Addr().Is4() == is4 {
+			drops = append(drops, "-d "+p.Masked().String()+" -m comment --comment \"unallocated Service address\" -j DROP")
+		}
+	}
+	filter = []Chain{
+		{Name: chainServices}, {Name: chainExternal}, {Name: chainNodePorts}, {Name: chainProxyFirewall},
+		{Name: chainClusterIPs, Rules: drops},
+		{Name: chainForward, Rules: []string{
+			"-m conntrack --ctstate INVALID -j DROP",
+			"-m comment --comment \"forwarding rules\" -m mark --mark " + masqMark + "/" + masqMark + " -j ACCEPT",
+			"-m comment --comment \"forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+		}},
+	}
+	nat = []Chain{
+		{Name: chainServices, Rules: nodePorts},
+		{Name: chainNodePorts},
+		{Name: chainPostrouting, Rules: []string{
+			"-m mark ! --mark " + masqMark + "/" + masqMark + " -j RETURN",
+			"-j MARK --set-xmark " + masqMark + "/0x0",
+			"-m comment --comment \"Service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+		}},
+		{Name: chainMarkMasq, Rules: []string{"-j MARK --set-xmark " + masqMark + "/" + masqMark}},
+	}
+	return filter, nat
+}
+
+// FullText renders a full sync of one family: every chain of ours
+// declared (and so flushed) and refilled, and the Service chains in
+// existing that no Service wants flushed and deleted. NodePorts answer on
+// nodePortIPs. It also returns the number of rules written.
+func FullText(is4 bool, nodePortIPs []netip.Addr, serviceCIDRs []netip.Prefix, services func(func(Service) bool), existing []string) ([]byte, int) {
+	filter, nat := baseChains(is4, nodePortIPs, serviceCIDRs)
+	var b bytes.Buffer
+	n := 0
+	rule := func(chain, spec string) {
+		b.WriteString("-A " + chain + " " + spec + "\n")
+		n++
+	}
+	for _, table := range []string{TableFilter, TableNAT} {
+		base := filter
+		if table == TableNAT {
+			base = nat
+		}
+		b.WriteString("*" + table + "\n")
+		for _, c := range base {
+			b.WriteString(":" + c.Name + " - [0:0]\n")
+		}
+		wanted := map[string]bool{}
+		if table == TableNAT {
+			for s := range services {
+				for _, c := range s.Chains {
+					wanted[c.Name] = true
+					b.WriteString(":" + c.Name + " - [0:0]\n")
+				}
+			}
+		}
+		var stale []string
+		if table == TableNAT {
+			for _, c := range existing {
+				if isServiceChain(c) && !wanted[c] {
+					stale = append(stale, c)
+					b.WriteString(":" + c + " - [0:0]\n")
+				}
+			}
+		}
+		for s := range services {
+			for _, r := range s.Rules {
+				if r.Table == table {
+					rule(r.Chain, r.Spec)
+				}
+			}
+			if table == TableNAT {
+				for _, c := range s.Chains {
+					for _, r := range c.Rules {
+						rule(c.Name, r)
+					}
+				}
+			}
+		}
+		// The node-wide rules that must come last.
+		for _, c := range base {
+			for _, r := range c.Rules {
+				rule(c.Name, r)
+			}
+		}
+		for _, c := range stale {
+			b.WriteString("-X " + c + "\n")
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.Bytes(), n
+}
+
+// jump is a rule in a built-in chain that sends traffic to ours.
+type jump struct {
+	table, chain string
+	args         []string
+}
+
+// jumps are kube-proxy's iptablesJumpChains with our chains, in the order
+// they end up in the built-in chains.
+var jumps = []jump{
+	{TableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard load balancer firewall", "-j", chainProxyFirewall}},
+	{TableFilter, "INPUT", []string{"-m", "comment", "--comment", "switchboard health check service ports", "-j", chainNodePorts}},
+	{TableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard externally-visible service portals", "-j", chainExternal}},
+	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard load balancer firewall", "-j", chainProxyFirewall}},
+	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard service portals", "-j", chainServices}},
+	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard cluster IPs", "-j", chainClusterIPs}},
+	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard externally-visible service portals", "-j", chainExternal}},
+	{TableFilter, "FORWARD", []string{"-m", "comment", "--comment", "switchboard forwarding rules", "-j", chainForward}},
+	{TableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard load balancer firewall", "-j", chainProxyFirewall}},
+	{TableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard service portals", "-j", chainServices}},
+	{TableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchboard cluster IPs", "-j", chainClusterIPs}},
+	{TableNAT, "PREROUTING", []string{"-m", "comment", "--comment", "switchboard service portals", "-j", chainServices}},
+	{TableNAT, "OUTPUT", []string{"-m", "comment", "--comment", "switchboard service portals", "-j", chainServices}},
+	{TableNAT, "POSTROUTING", []string{"-m", "comment", "--comment", "switchboard postrouting rules", "-j", chainPostrouting}},
+}
+
+// ensureJumps inserts the jumps that are missing, at the top of their
+// built-in chain (kube-proxy's EnsureRule Prepend); walking the list
+// backwards leaves them in its order.
+func ensureJumps(r Runner, is4 bool) error {
+	for i := len(jumps) - 1; i >= 0; i-- {
+		j := jumps[i]
+		if r.Run(is4, append([]string{"-t", j.table, "-C", j.chain}, j.args...)...) == nil {
+			continue
+		}
+		if err := r.Run(is4, append([]string{"-t", j.table, "-I", j.chain, "1"}, j.args...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Cleanup removes everything this package programs in the namespace of
+// r, in both families: the jumps from the built-in chains, then every
+// chain of ours. It is kube-proxy's --cleanup for this mode; a node
+// switching to another proxy mode runs it.
+func Cleanup(r Runner) error {
+	var errs []error
+	for _, is4 := range []bool{true, false} {
+		ours := map[string][]string{}
+		for _, table := range []string{TableFilter, TableNAT} {
+			save, err := r.Save(is4, table)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, c := range chainsOf(save) {
+				if strings.HasPrefix(c, ChainPrefix) {
+					ours[table] = append(ours[table], c)
+				}
+			}
+		}
+		// A jump needs its target chain: without chains of ours there
+		// is nothing to remove, and a node that never ran this mode pays
+		// only the reads.
+		if len(ours) == 0 {
+			continue
+		}
+		for _, j := range jumps {
+			for r.Run(is4, append([]string{"-t", j.table, "-C", j.chain}, j.args...)...) == nil {
+				if err := r.Run(is4, append([]string{"-t", j.table, "-D", j.chain}, j.args...)...); err != nil {
+					errs = append(errs, err)
+					break
+				}
+			}
+		}
+		var b bytes.Buffer
+		for _, table := range []string{TableFilter, TableNAT} {
+			if len(ours[table]) == 0 {
+				continue
+			}
+			b.WriteString("*" + table + "\n")
+			for _, c := range ours[table] {
+				b.WriteString(":" + c + " - [0:0]\n")
+			}
+			for _, c := range ours[table] {
+				b.WriteString("-X " + c + "\n")
+			}
+			b.WriteString("COMMIT\n")
+		}
+		if err := r.Restore(is4, b.Bytes()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove iptables rules: %v", errs)
+	}
+	return nil
+}
+
+// clearConntrack deletes UDP conntrack entries of endpoints no longer
+// used (their flows would keep going to a gone pod) and entries to
+// front-ends that just got endpoints but were never translated (so the
+// flows' next datagrams are), as the nftables mode and kube-proxy do.
+func (k *Kernel) clearConntrack(gone [2][]netip.Addr, active [2][]netip.AddrPort) {
+	for i := range 2 {
+		fam := netlink.InetFamily(unix.AF_INET)
+		if i == 1 {
+			fam = unix.AF_INET6
+		}
+		var filters []netlink.CustomConntrackFilter
+		for _, a := range gone[i] {
+			f := &netlink.ConntrackFilter{}
+			if f.AddIP(netlink.ConntrackReplySrcIP, a.AsSlice()) != nil || f.AddProtocol(unix.IPPROTO_UDP) != nil {
+				continue
+			}
+			filters = append(filters, f)
+		}
+		for _, ap := range active[i] {
+			f := &netlink.ConntrackFilter{}
+			ip := ap.Addr().AsSlice()
+			if f.AddProtocol(unix.IPPROTO_UDP) != nil || f.AddIP(netlink.ConntrackOrigDstIP, ip) != nil ||
+				f.AddIP(netlink.ConntrackReplySrcIP, ip) != nil || f.AddPort(netlink.ConntrackOrigDstPort, ap.Port()) != nil {
+				continue
+			}
+			filters = append(filters, f)
+		}
+		if len(filters) == 0 {
+			continue
+		}
+		if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...); err != nil {
+			k.log.Warn("clear UDP conntrack entries", "err", err)
+		} else if n > 0 {
+			k.log.Debug("cleared UDP conntrack entries", "entries", n)
+		}
+	}
+}
+
+// Inspect reports the rules the last syncs applied for each Service and
+// reads the tables back (one iptables-save per table and family) to find
+// applied rules the kernel no longer holds.
+func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]nftables.ServiceState, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make(map[snapshot.ServiceKey]nftables.ServiceState, len(keys))
+	for i, is4 := range []bool{true, false} {
+		held := map[string]bool{}
+		for _, table := range []string{TableFilter, TableNAT} {
+			save, err := k.run.Save(is4, table)
+			if err != nil {
+				return nil, err
+			}
+			for _, l := range strings.Split(string(save), "\n") {
+				if strings.HasPrefix(l, "-A ") {
+					held[table+" "+l] = true
+				}
+			}
+		}
+		for _, key := range keys {
+			st := out[key]
+			s := k.applied[key][i]
+			check := func(table, line string) {
+				st.Applied = append(st.Applied, table+" "+line)
+				if !held[table+" "+line] {
+					st.Missing = append(st.Missing, table+" "+line)
+				}
+			}
+			for _, r := range s.Rules {
+				check(r.Table, "-A "+r.Chain+" "+r.Spec)
+			}
+			for _, c := range s.Chains {
+				for _, r := range c.Rules {
+					check(TableNAT, "-A "+c.Name+" "+r)
+				}
+			}
+			out[key] = st
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,153 @@
+package iptables
+
+import (
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchboard/switchboard/clustertest"
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// variants are the iptables backends to run the kernel tests on: the one
+// the distribution's "iptables" is, and legacy when it is installed.
+func variants(t *testing.T) []string {
+	out := []string{""}
+	if _, err := exec.LookPath("iptables-legacy-restore"); err == nil {
+		out = append(out, "legacy")
+	}
+	return out
+}
+
+func webPort(key snapshot.ServiceKey, proto v1.Protocol, port int32, eps ...string) *snapshot.ServicePort {
+	sp := &snapshot.ServicePort{Key: snapshot.PortKey{ServiceKey: key, Port: strings.ToLower(string(proto)), Protocol: proto}, Protocol: proto, Port: port,
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00:96::10")}, NodePort: 30080,
+		LoadBalancerIPs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, LoadBalancerSourceRanges: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")},
+		AffinityTimeout: 30 * time.Second}
+	for _, e := range eps {
+		sp.Endpoints = append(sp.Endpoints, snapshot.Endpoint{Addr: netip.MustParseAddr(e), Port: 8080, Ready: true, Serving: true, Local: true})
+	}
+	return sp
+}
+
+// TestKernelPartialSyncsCleanupAndReadBack programs Services into a fresh
+// namespace with each iptables backend: a full sync, partial syncs that
+// replace an endpoint, add and remove a Service (the read-back finds every
+// applied rule, in iptables-save's own spelling, and no chain of a gone
+// Service or endpoint is left), a full sync that deletes a stale chain an
+// earlier run left, then Cleanup removing every rule and chain of ours
+// and no one else's.
+func TestKernelPartialSyncsCleanupAndReadBack(t *testing.T) {
+	clustertest.RequireRoot(t)
+	for _, variant := range variants(t) {
+		t.Run("variant="+variant, func(t *testing.T) {
+			_, path := clustertest.NetNS(t, "sbip")
+			run := ExecRunner{NetNS: path, Variant: variant}
+			// Somebody else's chain and rule, which must survive.
+			must(t, run.Restore(true, []byte("*nat\n:OTHER - [0:0]\n-A OTHER -j RETURN\n-A PREROUTING -j OTHER\nCOMMIT\n")))
+			// A Service chain an earlier run left behind.
+			must(t, run.Restore(true, []byte("*nat\n:SWB-SVC-STALESTALESTALE - [0:0]\n-A SWB-SVC-STALESTALESTALE -j RETURN\nCOMMIT\n")))
+
+			k, err := New(Config{NetNS: path, Variant: variant, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")},
+				Options: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+			must(t, err)
+			defer k.Close()
+			web := snapshot.ServiceKey{Namespace: "ns", Name: "web"}
+			dns := snapshot.ServiceKey{Namespace: "ns", Name: "dns"}
+			ports := map[snapshot.ServiceKey][]*snapshot.ServicePort{
+				web: {webPort(web, v1.ProtocolTCP, 80, "10.244.1.2", "10.244.2.2", "fd00:244:1::2"), webPort(web, v1.ProtocolUDP, 53, "10.244.1.2")},
+			}
+			snap := snapshot.New(ports)
+			snap.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}
+			must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+			readBack(t, k, web)
+			saved := save(t, run)
+			if strings.Contains(saved, "STALE") {
+				t.Errorf("full sync left a stale chain:\n%s", saved)
+			}
+			if !strings.Contains(saved, "-A OTHER -j RETURN") || !strings.Contains(saved, "-A PREROUTING -j OTHER") {
+				t.Errorf("full sync touched a foreign chain:\n%s", saved)
+			}
+
+			// Replace an endpoint (its chain goes), add a Service.
+			snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{
+				web: {webPort(web, v1.ProtocolTCP, 80, "10.244.1.2", "10.244.3.2", "fd00:244:1::2"), webPort(web, v1.ProtocolUDP, 53, "10.244.3.2")},
+				dns: {webPort(dns, v1.ProtocolUDP, 5353)},
+			})
+			must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{web, dns}}))
+			readBack(t, k, web, dns)
+			saved = save(t, run)
+			gone := endpointChain("ns/web:tcp", "tcp", netip.MustParseAddrPort("10.244.2.2:8080"))
+			if strings.Contains(saved, gone) {
+				t.Errorf("chain %s of the replaced endpoint is still there:\n%s", gone, saved)
+			}
+			// dns has no endpoints: its ClusterIP port is rejected.
+			if !strings.Contains(saved, "-A SWB-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment \"ns/dns:udp\" -m udp --dport 5353 -j REJECT") {
+				t.Errorf("no reject rule for the endpoint-less Service:\n%s", saved)
+			}
+
+			// Remove web: none of its chains stays.
+			snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{web: nil})
+			must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{web}}))
+			saved = save(t, run)
+			for _, c := range chainsOf([]byte(saved)) {
+				if isServiceChain(c) {
+					t.Errorf("chain %s left after its Service went", c)
+				}
+			}
+			if strings.Contains(saved, "ns/web:") {
+				t.Errorf("rules of a removed Service left:\n%s", saved)
+			}
+
+			must(t, Cleanup(run))
+			saved = save(t, run)
+			if strings.Contains(saved, ChainPrefix) {
+				t.Errorf("Cleanup left rules or chains of ours:\n%s", saved)
+			}
+			if !strings.Contains(saved, "-A OTHER -j RETURN") || !strings.Contains(saved, "-A PREROUTING -j OTHER") {
+				t.Errorf("Cleanup touched a foreign chain:\n%s", saved)
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// save dumps both tables of both families.
+func save(t *testing.T, r Runner) string {
+	t.Helper()
+	var b strings.Builder
+	for _, is4 := range []bool{true, false} {
+		for _, table := range []string{TableFilter, TableNAT} {
+			out, err := r.Save(is4, table)
+			must(t, err)
+			b.Write(out)
+		}
+	}
+	return b.String()
+}
+
+// readBack checks that the kernel holds every rule applied for keys,
+// spelled as iptables-save spells it.
+func readBack(t *testing.T, k *Kernel, keys ...snapshot.ServiceKey) {
+	t.Helper()
+	st, err := k.Inspect(keys...)
+	must(t, err)
+	for _, key := range keys {
+		if len(st[key].Applied) == 0 {
+			t.Errorf("%s: nothing applied", key)
+		}
+		if len(st[key].Missing) > 0 {
+			t.Errorf("%s: the kernel lacks applied rules (or spells them otherwise):\n%s", key, strings.Join(st[key].Missing, "\n"))
+		}
+	}
+}

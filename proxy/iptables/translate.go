@@ -1,0 +1,423 @@
+// Package iptables programs Service traffic with iptables, in the layout of
+// kube-proxy v1.36's iptables proxier, in chains of our own (prefix "SWB-")
+// so it never touches kube-proxy's or anybody else's.
+//
+// Layout, per IP family (iptables and ip6tables):
+//
+//   - nat SWB-SERVICES, jumped to from PREROUTING and OUTPUT, holds one rule
+//     per front-end (ClusterIP, externalIP, load balancer IP) that has
+//     endpoints, jumping to the Service port's chains; its last rules send
+//     traffic to the node's addresses on to SWB-NODEPORTS.
+//   - per Service port: SWB-SVC-<hash> balances over the Cluster-policy
+//     endpoints with "statistic random" (1/n, 1/(n-1), ...), SWB-SVL-<hash>
+//     over the Local-policy ones, SWB-EXT-<hash> is the external entry
+//     (masquerade, or eTP Local's short-circuit for pods and the node),
+//     SWB-FW-<hash> checks loadBalancerSourceRanges; SWB-SEP-<hash> per
+//     endpoint marks hairpin traffic for masquerade, records ClientIP
+//     affinity with the "recent" match and DNATs.
+//   - nat SWB-POSTROUTING masquerades packets SWB-MARK-MASQ marked.
+//   - filter SWB-SERVICES rejects (no endpoints) or drops (no local
+//     endpoints under internalTrafficPolicy Local) ClusterIP traffic;
+//     SWB-EXTERNAL-SERVICES does the same for external front-ends;
+//     SWB-PROXY-FIREWALL drops load balancer traffic the source ranges
+//     did not admit; SWB-NODEPORTS accepts healthCheckNodePorts;
+//     SWB-CLUSTER-IPS rejects a ClusterIP's unknown ports and drops the
+//     unallocated rest of the Service CIDRs (as kube-proxy's nftables mode
+//     does); SWB-FORWARD accepts marked and established forwarded traffic.
+//
+// This file is the pure half: Service ports in, rules out.
+package iptables
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// Chain names. Node-wide chains are fixed; per-Service-port and
+// per-endpoint chains carry a hash, as kube-proxy's do.
+const (
+	ChainPrefix         = "SWB-"
+	chainServices       = "SWB-SERVICES"
+	chainNodePorts      = "SWB-NODEPORTS"
+	chainPostrouting    = "SWB-POSTROUTING"
+	chainMarkMasq       = "SWB-MARK-MASQ"
+	chainExternal       = "SWB-EXTERNAL-SERVICES"
+	chainForward        = "SWB-FORWARD"
+	chainProxyFirewall  = "SWB-PROXY-FIREWALL"
+	chainClusterIPs     = "SWB-CLUSTER-IPS"
+	prefixClusterPolicy = "SWB-SVC-"
+	prefixLocalPolicy   = "SWB-SVL-"
+	prefixExternal      = "SWB-EXT-"
+	prefixFirewall      = "SWB-FW-"
+	prefixEndpoint      = "SWB-SEP-"
+)
+
+// masqMark is the mark bit that asks SWB-POSTROUTING to masquerade; the
+// same bit the nftables mode uses, so switching modes keeps its meaning.
+const masqMark = "0x4000"
+
+// Table names.
+const (
+	TableFilter = "filter"
+	TableNAT    = "nat"
+)
+
+// Rule is one rule in a chain shared by all Services (SWB-SERVICES and the
+// like). Spec is what follows "-A <chain>", written as iptables-save
+// prints it, so the kernel's state can be compared with it.
+type Rule struct {
+	Table, Chain, Spec string
+}
+
+// Chain is a nat chain one Service port owns, with its rules' specs.
+type Chain struct {
+	Name  string
+	Rules []string
+}
+
+// Service is what one Service needs in one family's tables.
+type Service struct {
+	// Rules go into the shared chains; Chains are the Service's own.
+	Rules  []Rule
+	Chains []Chain
+	// UDPEndpoints are the UDP endpoints traffic is DNATed to, and
+	// UDPFronts the UDP front-ends that DNAT: the conntrack cleanup
+	// compares them across a change.
+	UDPEndpoints []netip.Addr
+	UDPFronts    []netip.AddrPort
+}
+
+// Options are the node-wide inputs to translation.
+type Options struct {
+	// ClusterCIDRs, when set, make traffic to ClusterIPs from outside them
+	// masqueraded, and pod traffic to externalTrafficPolicy Local
+	// front-ends short-circuited to all endpoints (kube-proxy's
+	// detect-local-mode ClusterCIDR; the first CIDR of each family is used,
+	// as kube-proxy takes one per family).
+	ClusterCIDRs []netip.Prefix
+	// NodeIPs are the addresses NodePorts answer on; a source range
+	// holding one also admits the load balancer's own address.
+	NodeIPs []netip.Addr
+}
+
+// Translate returns the rules and chains of one Service (all its ports) in
+// the table of family is4. It is pure.
+func Translate(ports []*snapshot.ServicePort, is4 bool, opts Options) Service {
+	var s Service
+	seen := map[Rule]bool{}
+	add := func(r Rule) {
+		if !seen[r] {
+			seen[r] = true
+			s.Rules = append(s.Rules, r)
+		}
+	}
+	for _, sp := range ports {
+		translatePort(&s, add, sp, is4, opts)
+	}
+	return s
+}
+
+func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 bool, opts Options) {
+	fam := func(eps []snapshot.Endpoint) []snapshot.Endpoint {
+		var r []snapshot.Endpoint
+		for _, e := range eps {
+			if e.Addr.Is4() == is4 {
+				r = append(r, e)
+			}
+		}
+		return r
+	}
+	addrs := func(list []netip.Addr) []netip.Addr {
+		var r []netip.Addr
+		for _, a := range list {
+			if a.Is4() == is4 {
+				r = append(r, a)
+			}
+		}
+		return r
+	}
+	cips := addrs(sp.ClusterIPs)
+	if len(cips) == 0 {
+		return
+	}
+	// kube-proxy's ServicePortName: namespace/name:port.
+	name := sp.Key.ServiceKey.String() + ":" + sp.Key.Port
+	cm := comment(name)
+	proto := strings.ToLower(string(sp.Protocol))
+	hasEndpoints := len(fam(sp.UsableEndpoints())) > 0
+	clusterEPs := fam(sp.ClusterPolicyEndpoints())
+	localEPs := fam(sp.LocalPolicyEndpoints())
+	external := sp.HasExternal()
+	// kube-proxy's UsesClusterEndpoints: eTP Local still needs them, for
+	// the short-circuit.
+	usesCluster := len(clusterEPs) > 0 && (!sp.InternalLocal || external)
+	usesLocal := len(localEPs) > 0 && (sp.InternalLocal || (sp.ExternalLocal && external))
+	clusterChain := prefixClusterPolicy + portHash(name, proto)
+	localChain := prefixLocalPolicy + portHash(name, proto)
+	extChain := prefixExternal + portHash(name, proto)
+	fwChain := prefixFirewall + portHash(name, proto)
+
+	internalChain, hasInternal := clusterChain, hasEndpoints
+	if sp.InternalLocal {
+		internalChain, hasInternal = localChain, hasEndpoints && len(localEPs) > 0
+	}
+	externalChain, hasExternal := clusterChain, hasEndpoints
+	if sp.ExternalLocal {
+		externalChain, hasExternal = localChain, hasEndpoints && len(localEPs) > 0
+	}
+	internalTarget, externalTarget := "", ""
+	switch {
+	case !hasEndpoints:
+		internalTarget, externalTarget = reject(is4), reject(is4)
+	default:
+		if !hasInternal {
+			internalTarget = "DROP"
+		}
+		if !hasExternal {
+			externalTarget = "DROP"
+		}
+	}
+	lbs := addrs(sp.LoadBalancerIPs)
+	ranges := sp.SourceRanges(is4)
+	usesFW := hasEndpoints && len(lbs) > 0 && len(ranges) > 0
+	lbChain := extChain
+	if usesFW {
+		lbChain = fwChain
+	}
+	dport := func(port int32) string {
+		return "-p " + proto + " " + cm + " -m " + proto + " --dport " + strconv.Itoa(int(port))
+	}
+	dst := func(a netip.Addr) string { return "-d " + host(a) }
+
+	for _, cip := range cips {
+		if hasInternal {
+			add(Rule{TableNAT, chainServices, dst(cip) + " " + dport(sp.Port) + " -j " + internalChain})
+		} else {
+			add(Rule{TableFilter, chainServices, dst(cip) + " " + dport(sp.Port) + " -j " + internalTarget})
+		}
+		// Any other port of the ClusterIP is rejected (its own ports were
+		// DNATed, rejected or dropped before this chain).
+		add(Rule{TableFilter, chainClusterIPs, dst(cip) + " " + comment(sp.Key.ServiceKey.String()) + " -j " + reject(is4)})
+	}
+	for _, ip := range addrs(sp.ExternalIPs) {
+		if hasEndpoints {
+			add(Rule{TableNAT, chainServices, dst(ip) + " " + dport(sp.Port) + " -j " + extChain})
+		}
+		if !hasExternal {
+			add(Rule{TableFilter, chainExternal, dst(ip) + " " + dport(sp.Port) + " -j " + externalTarget})
+		}
+	}
+	for _, ip := range lbs {
+		if hasEndpoints {
+			add(Rule{TableNAT, chainServices, dst(ip) + " " + dport(sp.Port) + " -j " + lbChain})
+		}
+		if usesFW {
+			add(Rule{TableFilter, chainProxyFirewall, dst(ip) + " " + dport(sp.Port) + " -j DROP"})
+		}
+		if !hasExternal {
+			add(Rule{TableFilter, chainExternal, dst(ip) + " " + dport(sp.Port) + " -j " + externalTarget})
+		}
+	}
+	if sp.NodePort != 0 {
+		if hasEndpoints {
+			add(Rule{TableNAT, chainNodePorts, dport(sp.NodePort) + " -j " + extChain})
+		}
+		if !hasExternal {
+			add(Rule{TableFilter, chainExternal, "-p " + proto + " " + cm + " -m addrtype --dst-type LOCAL -m " + proto + " --dport " + strconv.Itoa(int(sp.NodePort)) + " -j " + externalTarget})
+		}
+	}
+	if sp.HealthCheckNodePort != 0 {
+		add(Rule{TableFilter, chainNodePorts, "-p tcp " + comment(sp.Key.ServiceKey.String()) + " -m tcp --dport " + strconv.Itoa(int(sp.HealthCheckNodePort)) + " -j ACCEPT"})
+	}
+	if !hasEndpoints {
+		return
+	}
+
+	// The Service port's own chains.
+	chains := map[string]*Chain{}
+	var order []string
+	use := func(n string) *Chain {
+		if chains[n] == nil {
+			chains[n] = &Chain{Name: n}
+			order = append(order, n)
+		}
+		return chains[n]
+	}
+	local := localCIDR(opts.ClusterCIDRs, is4)
+	if hasInternal && local.IsValid() {
+		c := use(internalChain)
+		for _, cip := range cips {
+			c.Rules = append(c.Rules, "! -s "+local.String()+" "+dst(cip)+" "+dport(sp.Port)+" -j "+chainMarkMasq)
+		}
+	}
+	if external {
+		c := use(extChain)
+		if !sp.ExternalLocal {
+			c.Rules = append(c.Rules, cm+" -j "+chainMarkMasq)
+		} else if usesCluster {
+			// The short-circuit: pods and the node itself are not
+			// external, so eTP Local does not apply to them.
+			if local.IsValid() {
+				c.Rules = append(c.Rules, "-s "+local.String()+" "+cm+" -j "+clusterChain)
+			}
+			c.Rules = append(c.Rules,
+				cm+" -m addrtype --src-type LOCAL -j "+chainMarkMasq,
+				cm+" -m addrtype --src-type LOCAL -j "+clusterChain)
+		}
+		if hasExternal {
+			c.Rules = append(c.Rules, "-j "+externalChain)
+		}
+	}
+	if usesFW {
+		c := use(fwChain)
+		allowFromNode := slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return slices.ContainsFunc(opts.NodeIPs, r.Contains) })
+		for _, r := range ranges {
+			c.Rules = append(c.Rules, "-s "+r.String()+" "+cm+" -j "+extChain)
+		}
+		if allowFromNode {
+			for _, ip := range lbs {
+				c.Rules = append(c.Rules, "-s "+host(ip)+" "+cm+" -j "+extChain)
+			}
+		}
+		// Anything else falls through to SWB-PROXY-FIREWALL's drop.
+	}
+	var reachable []snapshot.Endpoint
+	if usesCluster {
+		balance(use(clusterChain), name, proto, clusterEPs, sp.AffinityTimeout.Seconds())
+		reachable = append(reachable, clusterEPs...)
+	}
+	if usesLocal {
+		balance(use(localChain), name, proto, localEPs, sp.AffinityTimeout.Seconds())
+		reachable = append(reachable, localEPs...)
+	}
+	done := map[netip.AddrPort]bool{}
+	for _, e := range reachable {
+		if done[e.AddrPort()] {
+			continue
+		}
+		done[e.AddrPort()] = true
+		c := use(endpointChain(name, proto, e.AddrPort()))
+		c.Rules = append(c.Rules, "-s "+host(e.Addr)+" "+cm+" -j "+chainMarkMasq)
+		r := "-p " + proto + " " + cm
+		if sp.AffinityTimeout > 0 {
+			r += " -m recent --set --name " + c.Name + " --mask " + fullMask(is4) + " --rsource"
+		}
+		c.Rules = append(c.Rules, r+" -m "+proto+" -j DNAT --to-destination "+e.AddrPort().String())
+		if sp.Protocol == v1.ProtocolUDP {
+			s.UDPEndpoints = append(s.UDPEndpoints, e.Addr)
+		}
+	}
+	for _, n := range order {
+		s.Chains = append(s.Chains, *chains[n])
+	}
+	if sp.Protocol == v1.ProtocolUDP {
+		var fronts []netip.Addr
+		if hasInternal {
+			fronts = cips
+		}
+		for _, ip := range slices.Concat(fronts, addrs(sp.ExternalIPs), lbs) {
+			s.UDPFronts = append(s.UDPFronts, netip.AddrPortFrom(ip, uint16(sp.Port)))
+		}
+	}
+}
+
+// balance writes a policy chain's rules: affinity checks first (a client
+// seen within the timeout goes back to its endpoint), then one rule per
+// endpoint with the probability that spreads new connections evenly.
+func balance(c *Chain, name, proto string, eps []snapshot.Endpoint, affinity float64) {
+	is4 := eps[0].Addr.Is4()
+	if affinity > 0 {
+		for _, e := range eps {
+			sep := endpointChain(name, proto, e.AddrPort())
+			c.Rules = append(c.Rules, comment(name)+" -m recent --rcheck --seconds "+strconv.Itoa(int(affinity))+
+				" --reap --name "+sep+" --mask "+fullMask(is4)+" --rsource -j "+sep)
+		}
+	}
+	for i, e := range eps {
+		r := comment(name)
+		if i < len(eps)-1 {
+			r += " -m statistic --mode random --probability " + probability(len(eps)-i)
+		}
+		c.Rules = append(c.Rules, r+" -j "+endpointChain(name, proto, e.AddrPort()))
+	}
+}
+
+// probability is 1/n as iptables-save prints it back: the statistic match
+// keeps it as a fraction of 2^31.
+func probability(n int) string {
+	p := math.Round(0x80000000 / float64(n))
+	return fmt.Sprintf("%.11f", p/0x80000000)
+}
+
+func reject(is4 bool) string {
+	if is4 {
+		return "REJECT --reject-with icmp-port-unreachable"
+	}
+	return "REJECT --reject-with icmp6-port-unreachable"
+}
+
+func fullMask(is4 bool) string {
+	if is4 {
+		return "255.255.255.255"
+	}
+	return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+}
+
+func hostSuffix(is4 bool) string {
+	if is4 {
+		return "/32"
+	}
+	return "/128"
+}
+
+// host renders a single address as iptables-save prints it.
+func host(a netip.Addr) string { return a.String() + hostSuffix(a.Is4()) }
+
+// localCIDR is the first cluster CIDR of the family (invalid if none).
+func localCIDR(cidrs []netip.Prefix, is4 bool) netip.Prefix {
+	for _, p := range cidrs {
+		if p.Addr().Is4() == is4 {
+			return p.Masked()
+		}
+	}
+	return netip.Prefix{}
+}
+
+var encoding = base32.StdEncoding
+
+// portHash names a Service port's chains, as kube-proxy's portProtoHash.
+func portHash(name, proto string) string {
+	h := sha256.Sum256([]byte(name + proto))
+	return encoding.EncodeToString(h[:])[:16]
+}
+
+// endpointChain names an endpoint's chain, as kube-proxy's
+// servicePortEndpointChainName.
+func endpointChain(name, proto string, ep netip.AddrPort) string {
+	h := sha256.Sum256([]byte(name + proto + ep.String()))
+	return prefixEndpoint + encoding.EncodeToString(h[:])[:16]
+}
+
+// isServiceChain tells the chains Services own (deleted when stale) from
+// the node-wide ones.
+func isServiceChain(name string) bool {
+	for _, p := range []string{prefixClusterPolicy, prefixLocalPolicy, prefixExternal, prefixFirewall, prefixEndpoint} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// comment is a comment match, quoted as iptables-save prints it.
+func comment(s string) string { return "-m comment --comment \"" + s + "\"" }

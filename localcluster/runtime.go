@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/kubernetes/third_party/forked/golang/expansion"
+	"k8s.io/kubernetes/pkg/apis/core/v1/helper/qos"
 
 	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
@@ -830,7 +831,9 @@ func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, starte
 	st := &corev1.PodStatus{
 		HostIP: w.rt.node.IP.String(), HostIPs: []corev1.HostIP{{IP: w.rt.node.IP.String()}},
 		PodIP: pn.IP.String(), PodIPs: []corev1.PodIP{{IP: pn.IP.String()}},
-		StartTime: &started, QOSClass: corev1.PodQOSBestEffort,
+		// The API server sets the QoS class at creation and refuses a
+		// status that changes it: the kubelet's GetPodQOS keeps it.
+		StartTime: &started, QOSClass: qos.GetPodQOS(pod),
 	}
 	allReady, anyRunning, allStartedOnce, failed := true, false, true, false
 	var notes []string

@@ -26,6 +26,32 @@ func (r *runtime) podDir(uid types.UID) string {
 	return filepath.Join(filepath.Dir(r.records), "volumes", string(uid))
 }
 
+// etcDir holds the pod's resolv.conf and hosts, bound over /etc's in its
+// containers: `ip netns exec`'s /etc/netns/NS for a pod's own namespace;
+// a hostNetwork pod's are its own, in the pod's directory, as the node's
+// namespace is shared.
+func (r *runtime) etcDir(uid types.UID, pn PodNet) string {
+	if pn.HostNetwork {
+		return filepath.Join(r.podDir(uid), "etc")
+	}
+	return filepath.Join("/etc/netns", pn.NS)
+}
+
+// setUpHostNetwork gives a hostNetwork pod its node's namespace and IP
+// (the kubelet's pods with hostNetwork get no sandbox network) and its
+// resolv.conf.
+func (r *runtime) setUpHostNetwork(pod *corev1.Pod, resolvConf string) (PodNet, error) {
+	pn := PodNet{NS: r.net.NodeNS(r.node.Name), IP: r.node.IP, Node: r.node.Name, HostNetwork: true}
+	dir := r.etcDir(pod.UID, pn)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return PodNet{}, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(resolvConf), 0o644); err != nil {
+		return PodNet{}, fmt.Errorf("pod %s/%s: write resolv.conf: %w", pod.Namespace, pod.Name, err)
+	}
+	return pn, nil
+}
+
 // nodeAllocatable is what an unset resource limit reads as through the
 // downward API: the machine's CPUs and memory.
 func nodeAllocatable() corev1.ResourceList {

@@ -2,7 +2,9 @@ package localcluster_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"github.com/switchboard/switchboard/echoserver"
 )
 
 // runToEnd creates a pod whose containers run once, waits for its final
@@ -297,5 +301,43 @@ func TestResolvConf(t *testing.T) {
 	_, out = runToEnd(t, c, ns, cat("default", corev1.DNSDefault, nil), corev1.PodSucceeded)
 	if strings.Contains(out["c"], cluster.Config.DNSIP) || strings.Contains(out["c"], "svc.cluster.local") {
 		t.Errorf("dnsPolicy Default has the cluster's DNS:\n%s", out["c"])
+	}
+}
+
+// TestHostNetworkPod: a hostNetwork pod has its node's IP, runs in its
+// node's network namespace (another node reaches its port at the node's
+// IP) and gets the node's resolver, as with the kubelet.
+func TestHostNetworkPod(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	pod := nginxPod("hostnet")
+	pod.Spec.HostNetwork = true
+	pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 18080, HostPort: 18080}}
+	createPod(t, c, ns, pod)
+	p := waitPod(t, c, ns, "hostnet", "Ready", isReady)
+	if p.Status.PodIP != p.Status.HostIP || p.Status.PodIP == "" {
+		t.Errorf("hostNetwork pod IP %q, want its node's %q", p.Status.PodIP, p.Status.HostIP)
+	}
+	var other string
+	for _, n := range cluster.Nodes() {
+		if n.Name != p.Spec.NodeName {
+			other = n.Name
+		}
+	}
+	if other == "" {
+		t.Skip("needs a second node to reach the pod from")
+	}
+	out, err := exec.Command("ip", "netns", "exec", cluster.Network.NodeNS(other),
+		"curl", "-s", "--max-time", "5", "http://"+p.Status.HostIP+":18080/").CombinedOutput()
+	if err != nil {
+		t.Fatalf("node %s -> %s:18080: %v %s", other, p.Status.HostIP, err, out)
+	}
+	var r echoserver.Reply
+	if err := json.Unmarshal(out, &r); err != nil || r.Pod != "hostnet" {
+		t.Errorf("node IP port answered %q (%v), want the hostNetwork pod", out, err)
+	}
+	// The pod has no namespace of its own.
+	if _, err := os.Stat("/run/netns/" + cluster.Network.PodNS(ns, "hostnet")); err == nil {
+		t.Errorf("hostNetwork pod got its own network namespace")
 	}
 }

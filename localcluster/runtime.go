@@ -460,15 +460,24 @@ func (r *runtime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
 	if err != nil {
 		return nil, PodNet{}, err
 	}
-	ip, err := r.allocateIP(pod)
-	if err != nil {
-		return nil, PodNet{}, err
+	var pn PodNet
+	if pod.Spec.HostNetwork {
+		pn, err = r.setUpHostNetwork(pod, resolvConf)
+		if err != nil {
+			return nil, PodNet{}, err
+		}
+	} else {
+		ip, err := r.allocateIP(pod)
+		if err != nil {
+			return nil, PodNet{}, err
+		}
+		pn, err = r.net.SetUpPod(r.node.Name, r.node.PodCIDR, pod.Namespace, pod.Name, ip, resolvConf)
+		if err != nil {
+			r.releaseIP(ip, pod.UID)
+			return nil, PodNet{}, fmt.Errorf("pod network: %w", err)
+		}
 	}
-	pn, err := r.net.SetUpPod(r.node.Name, r.node.PodCIDR, pod.Namespace, pod.Name, ip, resolvConf)
-	if err != nil {
-		r.releaseIP(ip, pod.UID)
-		return nil, PodNet{}, fmt.Errorf("pod network: %w", err)
-	}
+	ip := pn.IP
 	pn.Node = r.node.Name
 	fail := func(err error) (*podRecord, PodNet, error) {
 		r.tearDownPod(pod.UID, pn)
@@ -478,8 +487,12 @@ func (r *runtime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
 	if err != nil {
 		return fail(err)
 	}
+	if pod.Spec.HostNetwork {
+		// The node's names, as the kubelet copies the node's hosts file.
+		hostname, domain = r.node.Name, ""
+	}
 	hosts := hostsFile([]string{ip.String()}, hostname, domain, pod.Spec.HostAliases)
-	if err := os.WriteFile(filepath.Join("/etc/netns", pn.NS, "hosts"), hosts, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(r.etcDir(pod.UID, pn), "hosts"), hosts, 0o644); err != nil {
 		return fail(fmt.Errorf("write hosts file: %w", err))
 	}
 	if _, err := r.cg.create(podCgroup(string(pod.UID))); err != nil {
@@ -497,7 +510,7 @@ func (r *runtime) tearDownPod(uid types.UID, pn PodNet) {
 	if err := r.cg.kill(podCgroup(string(uid))); err != nil {
 		r.log.Error("end pod processes", "uid", uid, "err", err)
 	}
-	if pn.NS != "" {
+	if pn.NS != "" && !pn.HostNetwork {
 		r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
 	}
 	os.Remove(filepath.Join(r.records, string(uid)+".json"))
@@ -566,7 +579,11 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		return false
 	}
 	defer placed()
-	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: filepath.Join("/etc/netns", pn.NS),
+	if pod.Spec.HostNetwork {
+		// The node's UTS namespace's name, as a hostNetwork pod has.
+		kernelHostname = r.node.Name
+	}
+	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: r.etcDir(pod.UID, pn),
 		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Dir: proc.Dir, Path: path, Argv: argv})
 	// The container init (this executable under containerInitName) starts
 	// in new PID, mount, UTS and IPC namespaces and, started from a thread

@@ -8,11 +8,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -339,5 +341,49 @@ func TestHostNetworkPod(t *testing.T) {
 	// The pod has no namespace of its own.
 	if _, err := os.Stat("/run/netns/" + cluster.Network.PodNS(ns, "hostnet")); err == nil {
 		t.Errorf("hostNetwork pod got its own network namespace")
+	}
+}
+
+// TestHostPort: a pod's hostPort answers at its node's IP, from another
+// node and from the node itself, and goes with the pod.
+func TestHostPort(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	pod := nginxPod("hostport")
+	pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 80, HostPort: 18081}}
+	createPod(t, c, ns, pod)
+	p := waitPod(t, c, ns, "hostport", "Ready", isReady)
+	if p.Status.PodIP == p.Status.HostIP {
+		t.Fatalf("pod with a hostPort has its node's IP %s, want its own", p.Status.PodIP)
+	}
+	get := func(node string) (string, error) {
+		out, err := exec.Command("ip", "netns", "exec", cluster.Network.NodeNS(node),
+			"curl", "-s", "--max-time", "5", "http://"+p.Status.HostIP+":18081/").CombinedOutput()
+		return string(out), err
+	}
+	for _, n := range cluster.Nodes() {
+		out, err := get(n.Name)
+		if err != nil {
+			t.Fatalf("node %s -> %s:18081: %v %s", n.Name, p.Status.HostIP, err, out)
+		}
+		var r echoserver.Reply
+		if err := json.Unmarshal([]byte(out), &r); err != nil || r.Pod != "hostport" {
+			t.Errorf("from node %s the hostPort answered %q (%v), want pod hostport", n.Name, out, err)
+		}
+	}
+	grace := int64(0)
+	if err := c.CoreV1().Pods(ns).Delete(context.Background(), "hostport", metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+		t.Fatal(err)
+	}
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := c.CoreV1().Pods(ns).Get(ctx, "hostport", metav1.GetOptions{})
+		return err != nil, nil
+	})
+	if err != nil {
+		t.Fatal("pod not deleted")
+	}
+	out, err := exec.Command("ip", "netns", "exec", cluster.Network.NodeNS(p.Spec.NodeName), "nft", "list", "tables").CombinedOutput()
+	if err == nil && strings.Contains(string(out), "sb-hostport-") {
+		t.Errorf("hostPort rules left after the pod went:\n%s", out)
 	}
 }

@@ -483,6 +483,11 @@ func (r *runtime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
 		r.tearDownPod(pod.UID, pn)
 		return nil, PodNet{}, err
 	}
+	if !pod.Spec.HostNetwork {
+		if err := r.net.SetUpHostPorts(r.node.Name, pod.UID, r.node.IP, ip, hostPorts(pod)); err != nil {
+			return fail(err)
+		}
+	}
 	hostname, domain, _, err := podHostname(pod, r.zone)
 	if err != nil {
 		return fail(err)
@@ -511,6 +516,7 @@ func (r *runtime) tearDownPod(uid types.UID, pn PodNet) {
 		r.log.Error("end pod processes", "uid", uid, "err", err)
 	}
 	if pn.NS != "" && !pn.HostNetwork {
+		r.net.TearDownHostPorts(r.node.Name, uid)
 		r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
 	}
 	os.Remove(filepath.Join(r.records, string(uid)+".json"))

@@ -83,6 +83,8 @@ type setupError struct {
 
 func (e *setupError) Error() string { return e.err.Error() }
 
+func (e *setupError) Unwrap() error { return e.err }
+
 // prepare sets up the pod's volumes (again: their contents follow their
 // sources at every start) and computes the container's environment,
 // expanded command line and mounts.
@@ -172,6 +174,31 @@ func setupFailure(err error) (reason, message string) {
 		return se.reason, se.err.Error()
 	}
 	return "CreateContainerError", err.Error()
+}
+
+// setupEvent records why a container cannot start as the kubelet's
+// event: FailedMount for a volume, Failed for its configuration.
+func (r *runtime) setupEvent(pod *corev1.Pod, err error) {
+	reason := "Failed"
+	var me *podvolume.MountError
+	if errors.As(err, &me) {
+		reason = "FailedMount"
+	}
+	now := metav1.Now()
+	ev := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: pod.Name + ".", Namespace: pod.Namespace},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name,
+			UID: pod.UID, ResourceVersion: pod.ResourceVersion},
+		Reason: reason, Message: err.Error(), Type: corev1.EventTypeWarning,
+		Source:         corev1.EventSource{Component: "kubelet", Host: r.node.Name},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		ReportingController: "kubelet", ReportingInstance: r.node.Name,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.client.CoreV1().Events(pod.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		r.log.Debug("record event", "pod", pod.Namespace+"/"+pod.Name, "reason", reason, "err", err)
+	}
 }
 
 // The kubelet's limits on a termination message (kuberuntime

@@ -139,6 +139,17 @@ func TestPodVolumeWaitsForConfigMap(t *testing.T) {
 		return len(cs) == 1 && cs[0].State.Waiting != nil && cs[0].State.Waiting.Reason == "ContainerCreating" &&
 			strings.Contains(cs[0].State.Waiting.Message, `configmap "later" not found`)
 	})
+	evs, err := c.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range evs.Items {
+		found = found || (e.Reason == "FailedMount" && e.InvolvedObject.Name == "waits" && strings.Contains(e.Message, `configmap "later" not found`))
+	}
+	if !found {
+		t.Errorf("no FailedMount event for the missing ConfigMap; events: %+v", evs.Items)
+	}
 	if _, err := c.CoreV1().ConfigMaps(ns).Create(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "later"},
 		Data: map[string]string{"k": "v"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

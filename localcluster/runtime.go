@@ -535,7 +535,11 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	r := w.rt
 	prep, err := r.prepare(pod, c, pn)
 	if err != nil {
+		prev := c.waitMessage
 		c.waitReason, c.waitMessage = setupFailure(err)
+		if c.waitMessage != prev {
+			r.setupEvent(pod, err)
+		}
 		c.nextStart = time.Now().Add(time.Second)
 		return false
 	}

@@ -291,5 +291,19 @@ func sweepOrphans(ctx context.Context, client kubernetes.Interface, g *cgroups, 
 			n.TearDownPod("", e.Name())
 		}
 	}
+	vols := filepath.Join(filepath.Dir(records), "volumes")
+	dirs, _ := os.ReadDir(vols)
+	for _, e := range dirs {
+		if !live[e.Name()] {
+			os.RemoveAll(filepath.Join(vols, e.Name()))
+		}
+	}
+	liveTables := map[string]bool{}
+	for uid := range live {
+		liveTables[hostPortTable(types.UID(uid))] = true
+	}
+	for _, nd := range nodes {
+		n.sweepHostPorts(nd.Name, liveTables)
+	}
 	return errors.Join(errs...)
 }

@@ -3,6 +3,7 @@ package localcluster
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -110,6 +111,23 @@ func (n *Network) TearDownHostPorts(node string, uid types.UID) {
 		t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: hostPortTable(uid)}
 		c.AddTable(t)
 		c.DelTable(t)
+		return nil
+	})
+}
+
+// sweepHostPorts removes the node's hostPort tables of pods that are gone
+// (deleted while no `up` ran).
+func (n *Network) sweepHostPorts(node string, live map[string]bool) {
+	n.withNFT(node, func(c *nftables.Conn) error {
+		tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+		if err != nil {
+			return err
+		}
+		for _, t := range tables {
+			if strings.HasPrefix(t.Name, "sb-hostport-") && !live[t.Name] {
+				c.DelTable(t)
+			}
+		}
 		return nil
 	})
 }

@@ -126,6 +126,11 @@ func (r *runtime) prepare(pod *corev1.Pod, c *container, pn PodNet) (*containerS
 		s.env = append(s.env, e.Name+"="+e.Value)
 	}
 	s.command, s.args = podenv.CommandLine(&c.spec, env)
+	// The kubelet mounts the API's data read-only whatever the mount says.
+	apiData := map[string]bool{}
+	for _, v := range pod.Spec.Volumes {
+		apiData[v.Name] = v.ConfigMap != nil || v.Secret != nil || v.DownwardAPI != nil || v.Projected != nil
+	}
 	for _, m := range c.spec.VolumeMounts {
 		src, ok := vols[m.Name]
 		if !ok {
@@ -147,7 +152,7 @@ func (r *runtime) prepare(pod *corev1.Pod, c *container, pn PodNet) (*containerS
 				}
 			}
 		}
-		s.mounts = append(s.mounts, bindMount{Source: src, Target: m.MountPath, ReadOnly: m.ReadOnly})
+		s.mounts = append(s.mounts, bindMount{Source: src, Target: m.MountPath, ReadOnly: m.ReadOnly || apiData[m.Name]})
 	}
 	path := c.spec.TerminationMessagePath
 	if path == "" {

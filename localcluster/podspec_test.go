@@ -75,7 +75,7 @@ func TestPodVolumes(t *testing.T) {
 		"reader": `while [ ! -f /shared/msg ]; do sleep 0.1; done; cat /shared/msg
 echo color=$(cat /cm/color); echo item=$(cat /items/renamed); echo data=$(readlink /cm/..data | cut -c1-2)
 echo password=$(cat /sec/password); echo labels:; cat /dapi/labels; echo; echo name=$(cat /dapi/name)
-echo token=$(cat /tok/token); touch /cm/x 2>/dev/null || echo cm-readonly`,
+echo token=$(cat /tok/token); touch /cm/x 2>/dev/null || echo cm-readonly; touch /sec/x 2>/dev/null || echo secret-readonly`,
 	})
 	pod.Labels = map[string]string{"app": "vols"}
 	for i := range pod.Spec.Containers {
@@ -103,7 +103,7 @@ echo token=$(cat /tok/token); touch /cm/x 2>/dev/null || echo cm-readonly`,
 	}
 	_, out := runToEnd(t, c, ns, pod, corev1.PodSucceeded)
 	r := out["reader"]
-	wantLines(t, "reader", r, "from-writer", "color=blue", "item=9", "data=..", "password=s3cret", `app="vols"`, "name=vols", "cm-readonly")
+	wantLines(t, "reader", r, "from-writer", "color=blue", "item=9", "data=..", "password=s3cret", `app="vols"`, "name=vols", "cm-readonly", "secret-readonly")
 	var token string
 	for _, l := range strings.Split(r, "\n") {
 		token, _ = strings.CutPrefix(l, "token=")

@@ -63,6 +63,40 @@ func nodeAllocatable() corev1.ResourceList {
 	return l
 }
 
+// setUpVolumes writes the pod's volumes under its directory.
+func (r *runtime) setUpVolumes(ctx context.Context, pod *corev1.Pod, pn PodNet) (map[string]string, error) {
+	return podvolume.SetUp(ctx, r.client, podvolume.Pod{Pod: pod, PodIPs: []string{pn.IP.String()},
+		HostIPs: []string{r.node.IP.String()}, NodeAllocatable: nodeAllocatable(), Tokens: &r.tokens},
+		filepath.Join(r.podDir(pod.UID), "volumes"))
+}
+
+// volumeResync is how often a running pod's configMap, secret,
+// downwardAPI and projected volumes follow their sources (the kubelet's
+// sync period is a minute).
+const volumeResync = time.Minute
+
+// resyncVolumes refreshes the volumes of a pod with a running container
+// when due: an updated ConfigMap, Secret or label shows in its files, and a
+// service account token is renewed before it expires.
+func (r *runtime) resyncVolumes(pod *corev1.Pod, pn PodNet, ctrs []*container, last *time.Time) {
+	if time.Since(*last) < volumeResync {
+		return
+	}
+	running := false
+	for _, c := range ctrs {
+		running = running || c.proc != nil
+	}
+	if !running {
+		return
+	}
+	*last = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := r.setUpVolumes(ctx, pod, pn); err != nil {
+		r.log.Warn("refresh pod volumes", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+	}
+}
+
 // containerStart is what a container starts with besides its user and
 // namespaces, computed as the kubelet does before it creates a container.
 type containerStart struct {
@@ -94,8 +128,7 @@ func (r *runtime) prepare(pod *corev1.Pod, c *container, pn PodNet) (*containerS
 	podIPs, hostIPs := []string{pn.IP.String()}, []string{r.node.IP.String()}
 	alloc := nodeAllocatable()
 	dir := r.podDir(pod.UID)
-	vols, err := podvolume.SetUp(ctx, r.client, podvolume.Pod{Pod: pod, PodIPs: podIPs, HostIPs: hostIPs, NodeAllocatable: alloc},
-		filepath.Join(dir, "volumes"))
+	vols, err := r.setUpVolumes(ctx, pod, pn)
 	if err != nil {
 		// The kubelet's containers wait in ContainerCreating while a
 		// volume cannot be mounted (event FailedMount).

@@ -32,6 +32,7 @@ import (
 
 	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
+	"github.com/switchboard/switchboard/podvolume"
 )
 
 // runtime is one node's pod runtime, the local cluster's kubelet: it runs
@@ -55,6 +56,8 @@ type runtime struct {
 	echoCmd []string
 	// resolv is the pod's resolv.conf (poddns.ResolvConf).
 	resolv func(pod *corev1.Pod) (string, error)
+	// tokens are the projected service account tokens, renewed when due.
+	tokens podvolume.Tokens
 	// exe is this executable, started as the container init.
 	exe string
 	cg  *cgroups
@@ -377,6 +380,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 	logDir := podLogDir(r.logDir, pod)
 
 	var lastStatus *corev1.PodStatus
+	lastVolumes := time.Now()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -393,6 +397,9 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			}
 		}
 		w.publish(ctrs, pn)
+		if !terminating {
+			r.resyncVolumes(pod, pn, ctrs, &lastVolumes)
+		}
 		if terminating {
 			w.terminate(append(append([]*container{}, inits...), ctrs...), pod, log)
 			// The tree and the namespace go before the object, so a pod gone
@@ -521,6 +528,7 @@ func (r *runtime) tearDownPod(uid types.UID, pn PodNet) {
 	}
 	os.Remove(filepath.Join(r.records, string(uid)+".json"))
 	os.RemoveAll(r.podDir(uid))
+	r.tokens.Forget(uid)
 	if pn.IP.IsValid() {
 		r.releaseIP(pn.IP, uid)
 	}

@@ -11,11 +11,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/kubernetes/pkg/volume/configmap"
 	"k8s.io/kubernetes/pkg/volume/secret"
@@ -29,6 +33,36 @@ type Pod struct {
 	Pod             *corev1.Pod
 	PodIPs, HostIPs []string
 	NodeAllocatable corev1.ResourceList
+	// Tokens keeps service account tokens between set-ups; nil asks for
+	// a new token every time.
+	Tokens *Tokens
+}
+
+// Tokens caches the tokens of projected volumes as the kubelet's token
+// manager does: a token is asked for again once 80% of its life is over
+// (or after 24 hours), not at every set-up.
+type Tokens struct {
+	mu sync.Mutex
+	m  map[string]cachedToken
+}
+
+type cachedToken struct {
+	token   string
+	refresh time.Time
+}
+
+// Forget drops the pod's tokens (the pod is gone).
+func (t *Tokens) Forget(uid types.UID) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k := range t.m {
+		if strings.HasPrefix(k, string(uid)+"/") {
+			delete(t.m, k)
+		}
+	}
 }
 
 // MountError is a volume that cannot be set up yet (a missing ConfigMap or
@@ -173,7 +207,7 @@ func projection(ctx context.Context, client kubernetes.Interface, p Pod, v corev
 		case src.DownwardAPI != nil:
 			files, err = downward(p, src.DownwardAPI.Items, mode(defMode))
 		case src.ServiceAccountToken != nil:
-			files, err = token(ctx, client, pod, src.ServiceAccountToken, mode(defMode))
+			files, err = token(ctx, client, pod, p.Tokens, src.ServiceAccountToken, mode(defMode))
 		}
 		if err != nil {
 			return nil, err
@@ -220,7 +254,7 @@ func downward(p Pod, items []corev1.DownwardAPIVolumeFile, defMode int32) (map[s
 // token asks the TokenRequest API for the pod's service account token,
 // bound to the pod, with the source's audience (the API server's by
 // default) and expiry (an hour by default), as the kubelet's token manager.
-func token(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, src *corev1.ServiceAccountTokenProjection, m int32) (map[string]volumeutil.FileProjection, error) {
+func token(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, cache *Tokens, src *corev1.ServiceAccountTokenProjection, m int32) (map[string]volumeutil.FileProjection, error) {
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
@@ -228,6 +262,15 @@ func token(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, sr
 	exp := int64(3600)
 	if src.ExpirationSeconds != nil {
 		exp = *src.ExpirationSeconds
+	}
+	key := fmt.Sprintf("%s/%s/%s/%d", pod.UID, sa, src.Audience, exp)
+	if cache != nil {
+		cache.mu.Lock()
+		c, ok := cache.m[key]
+		cache.mu.Unlock()
+		if ok && time.Now().Before(c.refresh) {
+			return map[string]volumeutil.FileProjection{src.Path: {Data: []byte(c.token), Mode: m}}, nil
+		}
 	}
 	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
 		ExpirationSeconds: &exp,
@@ -239,6 +282,20 @@ func token(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, sr
 	tr, err := client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, sa, req, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("failed to fetch token: %w", err)
+	}
+	if cache != nil {
+		now := time.Now()
+		life := tr.Status.ExpirationTimestamp.Sub(now)
+		refresh := now.Add(life * 8 / 10)
+		if life > 24*time.Hour*10/8 {
+			refresh = now.Add(24 * time.Hour)
+		}
+		cache.mu.Lock()
+		if cache.m == nil {
+			cache.m = map[string]cachedToken{}
+		}
+		cache.m[key] = cachedToken{token: tr.Status.Token, refresh: refresh}
+		cache.mu.Unlock()
 	}
 	return map[string]volumeutil.FileProjection{src.Path: {Data: []byte(tr.Status.Token), Mode: m}}, nil
 }

@@ -75,7 +75,8 @@ func TestPodVolumes(t *testing.T) {
 		"reader": `while [ ! -f /shared/msg ]; do sleep 0.1; done; cat /shared/msg
 echo color=$(cat /cm/color); echo item=$(cat /items/renamed); echo data=$(readlink /cm/..data | cut -c1-2)
 echo password=$(cat /sec/password); echo labels:; cat /dapi/labels; echo; echo name=$(cat /dapi/name)
-echo token=$(cat /tok/token); touch /cm/x 2>/dev/null || echo cm-readonly; touch /sec/x 2>/dev/null || echo secret-readonly`,
+echo token=$(cat /tok/token); touch /cm/x 2>/dev/null || echo cm-readonly; touch /sec/x 2>/dev/null || echo secret-readonly
+sa=/var/run/secrets/kubernetes.io/serviceaccount; echo sa-ns=$(cat $sa/namespace); head -1 $sa/ca.crt; [ -s $sa/token ] && echo sa-token`,
 	})
 	pod.Labels = map[string]string{"app": "vols"}
 	for i := range pod.Spec.Containers {
@@ -103,7 +104,10 @@ echo token=$(cat /tok/token); touch /cm/x 2>/dev/null || echo cm-readonly; touch
 	}
 	_, out := runToEnd(t, c, ns, pod, corev1.PodSucceeded)
 	r := out["reader"]
-	wantLines(t, "reader", r, "from-writer", "color=blue", "item=9", "data=..", "password=s3cret", `app="vols"`, "name=vols", "cm-readonly", "secret-readonly")
+	wantLines(t, "reader", r, "from-writer", "color=blue", "item=9", "data=..", "password=s3cret", `app="vols"`, "name=vols", "cm-readonly", "secret-readonly",
+		// The service account admission's kube-api-access volume: token, the
+		// published kube-root-ca.crt and the namespace.
+		"sa-ns="+ns, "-----BEGIN CERTIFICATE-----", "sa-token")
 	var token string
 	for _, l := range strings.Split(r, "\n") {
 		token, _ = strings.CutPrefix(l, "token=")
@@ -243,6 +247,19 @@ func TestInitContainers(t *testing.T) {
 			t.Errorf("init container %s: %+v, want terminated Completed and ready", s.Name, s.State)
 		}
 	}
+
+	// A sidecar (an init container with restartPolicy Always) runs beside
+	// the app container.
+	always := corev1.ContainerRestartPolicyAlways
+	sidecar := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sidecar"}, Spec: corev1.PodSpec{
+		Volumes: []corev1.Volume{{Name: "w", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+		InitContainers: []corev1.Container{{Name: "side", Image: "busybox", RestartPolicy: &always, VolumeMounts: mount,
+			Command: []string{"sh", "-c", "echo $$$$ > /work/side; exec sleep 100000"}}},
+		Containers: []corev1.Container{{Name: "app", Image: "busybox", VolumeMounts: mount,
+			Command: []string{"sh", "-c", "while [ ! -s /work/side ]; do sleep 0.1; done; echo sidecar-pid=$(cat /work/side)"}}},
+	}}
+	_, out = runToEnd(t, c, ns, sidecar, corev1.PodSucceeded)
+	wantLines(t, "app beside its sidecar", out["app"], "sidecar-pid=1")
 
 	failing := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "failing"}, Spec: corev1.PodSpec{
 		InitContainers: []corev1.Container{{Name: "init", Image: "busybox", Command: []string{"sh", "-c", "exit 3"}}},

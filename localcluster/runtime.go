@@ -640,6 +640,18 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 func (w *podWorker) runInits(inits []*container, pod *corev1.Pod, pn PodNet, rec *podRecord, logDir string, log *slog.Logger, terminating bool) (initialized, failed bool) {
 	for _, c := range inits {
 		w.reap(c)
+		if c.sidecar() {
+			// A sidecar (restartPolicy Always) keeps running beside the
+			// app containers: the next init container waits only for it
+			// to have started.
+			if !terminating {
+				w.maybeStart(c, pod, pn, rec, logDir, log)
+			}
+			if c.proc == nil && c.restarts == 0 {
+				return false, false
+			}
+			continue
+		}
 		if c.terminated != nil {
 			if c.terminated.ExitCode == 0 {
 				continue
@@ -652,6 +664,11 @@ func (w *podWorker) runInits(inits []*container, pod *corev1.Pod, pn PodNet, rec
 		return false, false
 	}
 	return true, false
+}
+
+// sidecar: an init container with restartPolicy Always.
+func (c *container) sidecar() bool {
+	return c.init && c.spec.RestartPolicy != nil && *c.spec.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }
 
 func (c *container) backoffStep() {
@@ -696,7 +713,9 @@ func (w *podWorker) reap(c *container) {
 	c.proc, c.ready = nil, false
 	ran := time.Since(c.started)
 	policy := w.policy()
-	if c.init && policy == corev1.RestartPolicyAlways {
+	if c.sidecar() {
+		policy = corev1.RestartPolicyAlways
+	} else if c.init && policy == corev1.RestartPolicyAlways {
 		// An init container runs to completion: Always restarts it only
 		// on failure.
 		policy = corev1.RestartPolicyOnFailure
@@ -912,6 +931,7 @@ func (w *podWorker) status(pod *corev1.Pod, inits, ctrs []*container, initialize
 		case c.proc != nil:
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.started)}
 			cs.ContainerID = fmt.Sprintf("switchboard://%d", c.proc.pid)
+			cs.Ready = c.sidecar()
 		case c.terminated != nil:
 			cs.State.Terminated = c.terminated
 			cs.Ready = c.terminated.ExitCode == 0

@@ -46,6 +46,25 @@ func shPod(name string, containers map[string]string) *corev1.Pod {
 	return p
 }
 
+// mountRoot is where a test's pods mount their volumes: every container
+// sees the host's file system, so a missing mount point is made on the
+// host; "@/" in the pod's commands and mount paths becomes this root, which
+// goes with the test.
+func mountRoot(t *testing.T, ns string, pod *corev1.Pod) {
+	root := filepath.Join(os.TempDir(), ns)
+	t.Cleanup(func() { os.RemoveAll(root) })
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range list {
+			for j := range list[i].Command {
+				list[i].Command[j] = strings.ReplaceAll(list[i].Command[j], "@/", root+"/")
+			}
+			for j := range list[i].VolumeMounts {
+				list[i].VolumeMounts[j].MountPath = strings.ReplaceAll(list[i].VolumeMounts[j].MountPath, "@/", root+"/")
+			}
+		}
+	}
+}
+
 func wantLines(t *testing.T, what, out string, lines ...string) {
 	t.Helper()
 	for _, l := range lines {
@@ -71,23 +90,23 @@ func TestPodVolumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := shPod("vols", map[string]string{
-		"writer": `echo from-writer > /shared/msg`,
-		"reader": `while [ ! -f /shared/msg ]; do sleep 0.1; done; cat /shared/msg
-echo color=$(cat /cm/color); echo item=$(cat /items/renamed); echo data=$(readlink /cm/..data | cut -c1-2)
-echo password=$(cat /sec/password); echo labels:; cat /dapi/labels; echo; echo name=$(cat /dapi/name)
-echo token=$(cat /tok/token); touch /cm/x 2>/dev/null || echo cm-readonly; touch /sec/x 2>/dev/null || echo secret-readonly
+		"writer": `echo from-writer > @/shared/msg`,
+		"reader": `while [ ! -f @/shared/msg ]; do sleep 0.1; done; cat @/shared/msg
+echo color=$(cat @/cm/color); echo item=$(cat @/items/renamed); echo data=$(readlink @/cm/..data | cut -c1-2)
+echo password=$(cat @/sec/password); echo labels:; cat @/dapi/labels; echo; echo name=$(cat @/dapi/name)
+echo token=$(cat @/tok/token); touch @/cm/x 2>/dev/null || echo cm-readonly; touch @/sec/x 2>/dev/null || echo secret-readonly
 sa=/var/run/secrets/kubernetes.io/serviceaccount; echo sa-ns=$(cat $sa/namespace); head -1 $sa/ca.crt; [ -s $sa/token ] && echo sa-token`,
 	})
 	pod.Labels = map[string]string{"app": "vols"}
 	for i := range pod.Spec.Containers {
-		pod.Spec.Containers[i].VolumeMounts = []corev1.VolumeMount{{Name: "shared", MountPath: "/shared"}}
+		pod.Spec.Containers[i].VolumeMounts = []corev1.VolumeMount{{Name: "shared", MountPath: "@/shared"}}
 		if pod.Spec.Containers[i].Name == "reader" {
 			pod.Spec.Containers[i].VolumeMounts = append(pod.Spec.Containers[i].VolumeMounts,
-				corev1.VolumeMount{Name: "cm", MountPath: "/cm", ReadOnly: true},
-				corev1.VolumeMount{Name: "items", MountPath: "/items"},
-				corev1.VolumeMount{Name: "sec", MountPath: "/sec"},
-				corev1.VolumeMount{Name: "dapi", MountPath: "/dapi"},
-				corev1.VolumeMount{Name: "tok", MountPath: "/tok"})
+				corev1.VolumeMount{Name: "cm", MountPath: "@/cm", ReadOnly: true},
+				corev1.VolumeMount{Name: "items", MountPath: "@/items"},
+				corev1.VolumeMount{Name: "sec", MountPath: "@/sec"},
+				corev1.VolumeMount{Name: "dapi", MountPath: "@/dapi"},
+				corev1.VolumeMount{Name: "tok", MountPath: "@/tok"})
 		}
 	}
 	pod.Spec.Volumes = []corev1.Volume{
@@ -102,6 +121,7 @@ sa=/var/run/secrets/kubernetes.io/serviceaccount; echo sa-ns=$(cat $sa/namespace
 		{Name: "tok", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
 			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", ExpirationSeconds: ptr.To[int64](3600)}}}}}},
 	}
+	mountRoot(t, ns, pod)
 	_, out := runToEnd(t, c, ns, pod, corev1.PodSucceeded)
 	r := out["reader"]
 	wantLines(t, "reader", r, "from-writer", "color=blue", "item=9", "data=..", "password=s3cret", `app="vols"`, "name=vols", "cm-readonly", "secret-readonly",
@@ -133,10 +153,11 @@ sa=/var/run/secrets/kubernetes.io/serviceaccount; echo sa-ns=$(cat $sa/namespace
 func TestPodVolumeWaitsForConfigMap(t *testing.T) {
 	c := need(t)
 	ns := namespace(t, c)
-	pod := commandPod("waits", "sh", "-c", "cat /cm/k; sleep 100000")
-	pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "cm", MountPath: "/cm"}}
+	pod := commandPod("waits", "sh", "-c", "cat @/cm/k; sleep 100000")
+	pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "cm", MountPath: "@/cm"}}
 	pod.Spec.Volumes = []corev1.Volume{{Name: "cm", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 		LocalObjectReference: corev1.LocalObjectReference{Name: "later"}}}}}
+	mountRoot(t, ns, pod)
 	createPod(t, c, ns, pod)
 	waitPod(t, c, ns, "waits", "waiting for its ConfigMap", func(p *corev1.Pod) bool {
 		cs := p.Status.ContainerStatuses
@@ -159,6 +180,16 @@ func TestPodVolumeWaitsForConfigMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPod(t, c, ns, "waits", "Ready", isReady)
+	// Gone before mountRoot's clean-up, which cannot remove a mount point
+	// in use.
+	grace := int64(0)
+	if err := c.CoreV1().Pods(ns).Delete(context.Background(), "waits", metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+		t.Fatal(err)
+	}
+	wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := c.CoreV1().Pods(ns).Get(ctx, "waits", metav1.GetOptions{})
+		return err != nil, nil
+	})
 }
 
 // TestPodEnv: env from every source, envFrom with a prefix, $(VAR)
@@ -226,15 +257,16 @@ func TestPodEnv(t *testing.T) {
 func TestInitContainers(t *testing.T) {
 	c := need(t)
 	ns := namespace(t, c)
-	mount := []corev1.VolumeMount{{Name: "w", MountPath: "/work"}}
+	mount := []corev1.VolumeMount{{Name: "w", MountPath: "@/work"}}
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "inits"}, Spec: corev1.PodSpec{
 		Volumes: []corev1.Volume{{Name: "w", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
 		InitContainers: []corev1.Container{
-			{Name: "first", Image: "busybox", Command: []string{"sh", "-c", "sleep 0.5; echo first >> /work/order"}, VolumeMounts: mount},
-			{Name: "second", Image: "busybox", Command: []string{"sh", "-c", "echo second >> /work/order"}, VolumeMounts: mount},
+			{Name: "first", Image: "busybox", Command: []string{"sh", "-c", "sleep 0.5; echo first >> @/work/order"}, VolumeMounts: mount},
+			{Name: "second", Image: "busybox", Command: []string{"sh", "-c", "echo second >> @/work/order"}, VolumeMounts: mount},
 		},
-		Containers: []corev1.Container{{Name: "app", Image: "busybox", Command: []string{"sh", "-c", "echo app >> /work/order; cat /work/order"}, VolumeMounts: mount}},
+		Containers: []corev1.Container{{Name: "app", Image: "busybox", Command: []string{"sh", "-c", "echo app >> @/work/order; cat @/work/order"}, VolumeMounts: mount}},
 	}}
+	mountRoot(t, ns, pod)
 	p, out := runToEnd(t, c, ns, pod, corev1.PodSucceeded)
 	if out["app"] != "first\nsecond\napp\n" {
 		t.Errorf("containers ran in the order %q, want first, second, app", out["app"])
@@ -254,10 +286,11 @@ func TestInitContainers(t *testing.T) {
 	sidecar := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sidecar"}, Spec: corev1.PodSpec{
 		Volumes: []corev1.Volume{{Name: "w", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
 		InitContainers: []corev1.Container{{Name: "side", Image: "busybox", RestartPolicy: &always, VolumeMounts: mount,
-			Command: []string{"sh", "-c", "echo $$$$ > /work/side; exec sleep 100000"}}},
+			Command: []string{"sh", "-c", "echo $$$$ > @/work/side; exec sleep 100000"}}},
 		Containers: []corev1.Container{{Name: "app", Image: "busybox", VolumeMounts: mount,
-			Command: []string{"sh", "-c", "while [ ! -s /work/side ]; do sleep 0.1; done; echo sidecar-pid=$(cat /work/side)"}}},
+			Command: []string{"sh", "-c", "while [ ! -s @/work/side ]; do sleep 0.1; done; echo sidecar-pid=$(cat @/work/side)"}}},
 	}}
+	mountRoot(t, ns, sidecar)
 	_, out = runToEnd(t, c, ns, sidecar, corev1.PodSucceeded)
 	wantLines(t, "app beside its sidecar", out["app"], "sidecar-pid=1")
 

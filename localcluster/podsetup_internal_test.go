@@ -19,9 +19,21 @@ func TestTerminationMessageSources(t *testing.T) {
 		}
 		return p
 	}
-	var long strings.Builder
+	cri := func(lines ...string) string {
+		var b strings.Builder
+		for _, l := range lines {
+			tag := "F"
+			l, partial := strings.CutSuffix(l, "\\")
+			if partial {
+				tag = "P"
+			}
+			fmt.Fprintf(&b, "2026-12-02T05:00:00.000000000Z stdout %s %s\n", tag, l)
+		}
+		return b.String()
+	}
+	var long []string
 	for i := range 100 {
-		fmt.Fprintf(&long, "line %d\n", i)
+		long = append(long, fmt.Sprintf("line %d", i))
 	}
 	var wantTail strings.Builder
 	for i := 20; i < 100; i++ {
@@ -35,12 +47,13 @@ func TestTerminationMessageSources(t *testing.T) {
 		code      int
 		want      string
 	}{
-		{name: "file", term: file("t1", "bye"), log: file("l1", "logged\n"), code: 1, want: "bye"},
-		{name: "file wins over logs", spec: fallback, term: file("t2", "bye"), log: file("l2", "logged\n"), code: 1, want: "bye"},
-		{name: "no fallback", term: file("t3", ""), log: file("l3", "logged\n"), code: 1, want: ""},
-		{name: "fallback on failure", spec: fallback, term: file("t4", ""), log: file("l4", "a\nb\n"), code: 2, want: "a\nb\n"},
-		{name: "no fallback on success", spec: fallback, term: file("t5", ""), log: file("l5", "a\n"), code: 0, want: ""},
-		{name: "last 80 lines", spec: fallback, term: file("t6", ""), log: file("l6", long.String()), code: 1, want: wantTail.String()},
+		{name: "file", term: file("t1", "bye"), log: file("l1", cri("logged")), code: 1, want: "bye"},
+		{name: "file wins over logs", spec: fallback, term: file("t2", "bye"), log: file("l2", cri("logged")), code: 1, want: "bye"},
+		{name: "no fallback", term: file("t3", ""), log: file("l3", cri("logged")), code: 1, want: ""},
+		{name: "fallback on failure", spec: fallback, term: file("t4", ""), log: file("l4", cri("a", "b")), code: 2, want: "a\nb\n"},
+		{name: "no fallback on success", spec: fallback, term: file("t5", ""), log: file("l5", cri("a")), code: 0, want: ""},
+		{name: "last 80 lines", spec: fallback, term: file("t6", ""), log: file("l6", cri(long...)), code: 1, want: wantTail.String()},
+		{name: "partial records join", spec: fallback, term: file("t8", ""), log: file("l8", cri("par\\", "tial", "end\\")), code: 1, want: "partial\nend"},
 		{name: "file cut to 4096", term: file("t7", strings.Repeat("x", 5000)), code: 1, want: strings.Repeat("x", 4096)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

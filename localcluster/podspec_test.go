@@ -32,8 +32,10 @@ func runToEnd(t *testing.T, c kubernetes.Interface, ns string, pod *corev1.Pod, 
 	})
 	out := map[string]string{}
 	for _, ctr := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		b, _ := os.ReadFile(filepath.Join(cluster.Config.StateDir, "logs", "pods", ns+"_"+pod.Name, ctr.Name+".log"))
-		out[ctr.Name] = string(b)
+		b, err := c.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: ctr.Name}).DoRaw(context.Background())
+		if err == nil {
+			out[ctr.Name] = string(b)
+		}
 	}
 	return p, out
 }

@@ -450,3 +450,36 @@ func TestHostPort(t *testing.T) {
 		t.Errorf("hostPort rules left after the pod went:\n%s", out)
 	}
 }
+
+// TestExecSeesContainer: kubectl exec runs with the container's
+// environment (every env source) and in its mounts (its volumes).
+func TestExecSeesContainer(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	if _, err := c.CoreV1().ConfigMaps(ns).Create(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm"},
+		Data: map[string]string{"color": "blue"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := commandPod("shell", "sleep", "3600")
+	pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "COLOR", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "cm"}, Key: "color"}}}}
+	pod.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "cm", MountPath: "@/cm"}}
+	pod.Spec.Volumes = []corev1.Volume{{Name: "cm", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "cm"}}}}}
+	mountRoot(t, ns, pod)
+	runningPod(t, c, ns, pod)
+	t.Cleanup(func() {
+		// The pod goes before mountRoot's clean-up of its mount point.
+		c.CoreV1().Pods(ns).Delete(context.Background(), "shell", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+		wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			_, err := c.CoreV1().Pods(ns).Get(ctx, "shell", metav1.GetOptions{})
+			return err != nil, nil
+		})
+	})
+	mount := pod.Spec.Containers[0].VolumeMounts[0].MountPath
+	out := kubectlOut(t, "-n", ns, "exec", "shell", "--", "sh", "-c", "echo color=$COLOR; echo svc=$KUBERNETES_SERVICE_HOST; cat "+mount+"/color")
+	wantLines(t, "exec", out+"\n", "color=blue")
+	if !strings.Contains(out, "svc=10.") || !strings.HasSuffix(strings.TrimSpace(out), "blue") {
+		t.Errorf("exec output %q, want the Service variables and the ConfigMap volume", out)
+	}
+}

@@ -197,19 +197,25 @@ func (r *runtime) adopt(pod *corev1.Pod, ctrs []*container, log *slog.Logger) (*
 	}
 	cg := podCgroup(string(pod.UID))
 	ip, err := netip.ParseAddr(rec.IP)
-	if err != nil || rec.UID != pod.UID || rec.Node != r.node.Name || rec.NetNS != r.net.PodNS(pod.Namespace, pod.Name) || !r.cg.exists(cg) {
+	wantNS := r.net.PodNS(pod.Namespace, pod.Name)
+	if pod.Spec.HostNetwork {
+		wantNS = r.net.NodeNS(r.node.Name)
+	}
+	if err != nil || rec.UID != pod.UID || rec.Node != r.node.Name || rec.NetNS != wantNS || !r.cg.exists(cg) {
 		return nil, PodNet{}, false
 	}
 	if _, err := os.Stat(filepath.Join("/run/netns", rec.NetNS)); err != nil {
 		return nil, PodNet{}, false
 	}
-	r.mu.Lock()
-	if owner, taken := r.ips[ip]; taken && owner != pod.UID {
+	if !pod.Spec.HostNetwork {
+		r.mu.Lock()
+		if owner, taken := r.ips[ip]; taken && owner != pod.UID {
+			r.mu.Unlock()
+			return nil, PodNet{}, false
+		}
+		r.ips[ip] = pod.UID
 		r.mu.Unlock()
-		return nil, PodNet{}, false
 	}
-	r.ips[ip] = pod.UID
-	r.mu.Unlock()
 	if rec.Containers == nil {
 		rec.Containers = map[string]containerRecord{}
 	}
@@ -239,7 +245,7 @@ func (r *runtime) adopt(pod *corev1.Pod, ctrs []*container, log *slog.Logger) (*
 		}
 	}
 	log.Info("adopted pod", "containers", adopted, "ip", ip)
-	return rec, PodNet{NS: rec.NetNS, IP: ip, Node: r.node.Name}, true
+	return rec, PodNet{NS: rec.NetNS, IP: ip, Node: r.node.Name, HostNetwork: pod.Spec.HostNetwork}, true
 }
 
 // sweepOrphans ends what earlier runs left of pods that are gone: process
@@ -284,6 +290,20 @@ func sweepOrphans(ctx context.Context, client kubernetes.Interface, g *cgroups, 
 		if strings.HasPrefix(e.Name(), n.Prefix+"-pod-") && !liveNS[e.Name()] {
 			n.TearDownPod("", e.Name())
 		}
+	}
+	vols := filepath.Join(filepath.Dir(records), "volumes")
+	dirs, _ := os.ReadDir(vols)
+	for _, e := range dirs {
+		if !live[e.Name()] {
+			os.RemoveAll(filepath.Join(vols, e.Name()))
+		}
+	}
+	liveTables := map[string]bool{}
+	for uid := range live {
+		liveTables[hostPortTable(types.UID(uid))] = true
+	}
+	for _, nd := range nodes {
+		n.sweepHostPorts(nd.Name, liveTables)
 	}
 	return errors.Join(errs...)
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/switchboard/switchboard/controlplane"
 	"github.com/switchboard/switchboard/endpointslice"
 	"github.com/switchboard/switchboard/kubeletapi"
+	"github.com/switchboard/switchboard/poddns"
 	"github.com/switchboard/switchboard/proxy"
 )
 
@@ -371,8 +372,9 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	startScheduler(ctx, client, factory, c.nodes, nodeLabels, cfg.Logger)
-	resolv := func(ns string) string {
-		return fmt.Sprintf("search %s.svc.cluster.local svc.cluster.local cluster.local\nnameserver %s\noptions ndots:5\n", ns, cfg.DNSIP)
+	host := poddns.HostConfig()
+	resolv := func(p *corev1.Pod) (string, error) {
+		return poddns.ResolvConf(p, []string{cfg.DNSIP}, "cluster.local", host)
 	}
 	var regs []cache.InformerSynced
 	for _, info := range c.nodes {

@@ -46,10 +46,13 @@ type initSpec struct {
 	// EtcDir holds files (resolv.conf, hosts) bound over /etc's.
 	EtcDir   string `json:"etcDir"`
 	Hostname string `json:"hostname"`
-	UID      *int64 `json:"uid,omitempty"`
-	GID      *int64 `json:"gid,omitempty"`
-	Groups   []int  `json:"groups,omitempty"`
-	Dir      string `json:"dir,omitempty"`
+	// Mounts are the container's volumes and termination message file,
+	// bound in order after /etc's files.
+	Mounts []bindMount `json:"mounts,omitempty"`
+	UID    *int64      `json:"uid,omitempty"`
+	GID    *int64      `json:"gid,omitempty"`
+	Groups []int       `json:"groups,omitempty"`
+	Dir    string      `json:"dir,omitempty"`
 	// Path is the program to exec when it is not Argv[0] looked up on
 	// PATH: this executable, for a program linked into it that it
 	// recognises by argv[0] (package agnhost).
@@ -101,6 +104,11 @@ func containerInit(arg string) error {
 			}
 		}
 	}
+	for _, m := range s.Mounts {
+		if err := m.bind(); err != nil {
+			return err
+		}
+	}
 	if s.Hostname != "" {
 		if err := unix.Sethostname([]byte(s.Hostname)); err != nil {
 			return fmt.Errorf("set hostname %q: %w", s.Hostname, err)
@@ -133,6 +141,46 @@ func containerInit(arg string) error {
 		path = p
 	}
 	return syscall.Exec(path, s.Argv, os.Environ())
+}
+
+// bindMount is one volume (or file) bound into the container.
+type bindMount struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// bind binds the source over the target in the container's mount
+// namespace. Every container sees the host's file system, so a mount
+// point that does not exist is created there (an empty directory or
+// file), as a runtime creates one in an image's root.
+func (m bindMount) bind() error {
+	st, err := os.Stat(m.Source)
+	if err != nil {
+		return fmt.Errorf("volume source for %s: %w", m.Target, err)
+	}
+	if _, err := os.Stat(m.Target); os.IsNotExist(err) {
+		if st.IsDir() {
+			err = os.MkdirAll(m.Target, 0o755)
+		} else if err = os.MkdirAll(filepath.Dir(m.Target), 0o755); err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(m.Target, os.O_CREATE|os.O_RDONLY, 0o644); err == nil {
+				f.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("mount point %s: %w", m.Target, err)
+		}
+	}
+	if err := unix.Mount(m.Source, m.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", m.Source, m.Target, err)
+	}
+	if m.ReadOnly {
+		if err := unix.Mount("", m.Target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			return fmt.Errorf("make %s read-only: %w", m.Target, err)
+		}
+	}
+	return nil
 }
 
 // podHostname is the pod's hostname and domain as the kubelet computes

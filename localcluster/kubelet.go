@@ -112,9 +112,15 @@ func (k kubeletRuntime) Command(pod *corev1.Pod, container string, argv []string
 		args = append(args, "setsid", "--ctty", "--wait")
 	}
 	cmd := exec.Command("nsenter", append(args, argv...)...)
-	cmd.Env = append(os.Environ()[:0:0], "PATH="+os.Getenv("PATH"), "HOSTNAME="+pod.Name)
-	for _, e := range spec.Env {
-		cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+	// The container's environment, as a runtime's exec inherits it: what
+	// its PID 1 was started with (every env source, Service variables).
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err == nil {
+		cmd.Env = strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	} else {
+		cmd.Env = append(os.Environ()[:0:0], "PATH="+os.Getenv("PATH"), "HOSTNAME="+pod.Name)
+		for _, e := range spec.Env {
+			cmd.Env = append(cmd.Env, e.Name+"="+e.Value)
+		}
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd, nil

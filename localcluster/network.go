@@ -228,6 +228,9 @@ type PodNet struct {
 	NS   string
 	IP   netip.Addr
 	Node string
+	// HostNetwork: the pod runs in its node's namespace (NS) with the
+	// node's IP, and owns neither.
+	HostNetwork bool
 }
 
 // SetUpPod creates the pod's namespace and veth into its node, and writes

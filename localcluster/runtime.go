@@ -28,10 +28,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
-	"k8s.io/kubernetes/third_party/forked/golang/expansion"
+	"k8s.io/kubernetes/pkg/apis/core/v1/helper/qos"
 
 	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
+	"github.com/switchboard/switchboard/podvolume"
 )
 
 // runtime is one node's pod runtime, the local cluster's kubelet: it runs
@@ -53,7 +54,10 @@ type runtime struct {
 	log     *slog.Logger
 	logDir  string
 	echoCmd []string
-	resolv  func(namespace string) string
+	// resolv is the pod's resolv.conf (poddns.ResolvConf).
+	resolv func(pod *corev1.Pod) (string, error)
+	// tokens are the projected service account tokens, renewed when due.
+	tokens podvolume.Tokens
 	// exe is this executable, started as the container init.
 	exe string
 	cg  *cgroups
@@ -296,6 +300,10 @@ type container struct {
 	// echoNote is set when the built-in echo server stands in for the
 	// container's image, and says so in the pod's status.
 	echoNote string
+	// init: an init container, run to completion before the app ones.
+	init bool
+	// termFile and logFile are where the termination message is read from.
+	termFile, logFile string
 }
 
 func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
@@ -326,6 +334,24 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			}
 		}
 	}
+	inits := make([]*container, len(pod.Spec.InitContainers))
+	for i, c := range pod.Spec.InitContainers {
+		inits[i] = &container{spec: c, init: true, waitReason: "ContainerCreating"}
+		for _, cs := range pod.Status.InitContainerStatuses {
+			if cs.Name == c.Name {
+				inits[i].restarts, inits[i].lastTerm = cs.RestartCount, cs.LastTerminationState.Terminated
+				if t := cs.State.Terminated; t != nil && t.ExitCode == 0 {
+					// Done before: init containers do not run again.
+					inits[i].terminated = t
+				}
+			}
+		}
+	}
+	if len(inits) > 0 {
+		for _, c := range ctrs {
+			c.waitReason = "PodInitializing"
+		}
+	}
 	rec, pn, ok := r.adopt(pod, ctrs, log)
 	if ok {
 		for _, c := range ctrs {
@@ -354,14 +380,16 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 	logDir := podLogDir(r.logDir, pod)
 
 	var lastStatus *corev1.PodStatus
+	lastVolumes := time.Now()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		now := time.Now()
 		terminating := pod.DeletionTimestamp != nil
+		initialized, initFailed := w.runInits(inits, pod, pn, rec, logDir, log, terminating)
 		for _, c := range ctrs {
 			w.reap(c)
-			if !terminating {
+			if !terminating && initialized {
 				if w.maybeStart(c, pod, pn, rec, logDir, log) {
 					r.saveRecord(rec, ctrs)
 				}
@@ -369,8 +397,11 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			}
 		}
 		w.publish(ctrs, pn)
+		if !terminating {
+			r.resyncVolumes(pod, pn, ctrs, &lastVolumes)
+		}
 		if terminating {
-			w.terminate(ctrs, pod, log)
+			w.terminate(append(append([]*container{}, inits...), ctrs...), pod, log)
 			// The tree and the namespace go before the object, so a pod gone
 			// from the API never leaves a process or a network behind (the
 			// deferred teardown is then a no-op).
@@ -379,7 +410,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			os.RemoveAll(logDir) // as the kubelet removes a deleted pod's logs
 			return
 		}
-		st := w.status(pod, ctrs, pn, started, now)
+		st := w.status(pod, inits, ctrs, initialized, initFailed, pn, started, now)
 		if lastStatus == nil || !apiequality.Semantic.DeepEqual(st, lastStatus) {
 			if err := w.writeStatus(ctx, pod, st); err != nil {
 				if apierrors.IsNotFound(err) {
@@ -395,7 +426,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 				}
 			}
 		}
-		if allTerminated(ctrs, pod) {
+		if allTerminated(ctrs, pod) || initFailed {
 			// A pod whose containers all finished for good keeps its status
 			// and frees its network, as the kubelet does.
 			return
@@ -412,10 +443,10 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 			case detach && !deleted:
 				detached = true
 			case deleted:
-				w.kill(ctrs, 0)
+				w.kill(append(append([]*container{}, inits...), ctrs...), 0)
 				os.RemoveAll(logDir)
 			default:
-				w.kill(ctrs, 2*time.Second)
+				w.kill(append(append([]*container{}, inits...), ctrs...), 2*time.Second)
 			}
 			return
 		case p := <-w.updates:
@@ -432,26 +463,48 @@ func (r *runtime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
 	if err := r.cg.kill(podCgroup(string(pod.UID))); err != nil {
 		return nil, PodNet{}, err
 	}
-	ip, err := r.allocateIP(pod)
+	resolvConf, err := r.resolv(pod)
 	if err != nil {
 		return nil, PodNet{}, err
 	}
-	pn, err := r.net.SetUpPod(r.node.Name, r.node.PodCIDR, pod.Namespace, pod.Name, ip, r.resolv(pod.Namespace))
-	if err != nil {
-		r.releaseIP(ip, pod.UID)
-		return nil, PodNet{}, fmt.Errorf("pod network: %w", err)
+	var pn PodNet
+	if pod.Spec.HostNetwork {
+		pn, err = r.setUpHostNetwork(pod, resolvConf)
+		if err != nil {
+			return nil, PodNet{}, err
+		}
+	} else {
+		ip, err := r.allocateIP(pod)
+		if err != nil {
+			return nil, PodNet{}, err
+		}
+		pn, err = r.net.SetUpPod(r.node.Name, r.node.PodCIDR, pod.Namespace, pod.Name, ip, resolvConf)
+		if err != nil {
+			r.releaseIP(ip, pod.UID)
+			return nil, PodNet{}, fmt.Errorf("pod network: %w", err)
+		}
 	}
+	ip := pn.IP
 	pn.Node = r.node.Name
 	fail := func(err error) (*podRecord, PodNet, error) {
 		r.tearDownPod(pod.UID, pn)
 		return nil, PodNet{}, err
 	}
+	if !pod.Spec.HostNetwork {
+		if err := r.net.SetUpHostPorts(r.node.Name, pod.UID, r.node.IP, ip, hostPorts(pod)); err != nil {
+			return fail(err)
+		}
+	}
 	hostname, domain, _, err := podHostname(pod, r.zone)
 	if err != nil {
 		return fail(err)
 	}
+	if pod.Spec.HostNetwork {
+		// The node's names, as the kubelet copies the node's hosts file.
+		hostname, domain = r.node.Name, ""
+	}
 	hosts := hostsFile([]string{ip.String()}, hostname, domain, pod.Spec.HostAliases)
-	if err := os.WriteFile(filepath.Join("/etc/netns", pn.NS, "hosts"), hosts, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(r.etcDir(pod.UID, pn), "hosts"), hosts, 0o644); err != nil {
 		return fail(fmt.Errorf("write hosts file: %w", err))
 	}
 	if _, err := r.cg.create(podCgroup(string(pod.UID))); err != nil {
@@ -469,10 +522,13 @@ func (r *runtime) tearDownPod(uid types.UID, pn PodNet) {
 	if err := r.cg.kill(podCgroup(string(uid))); err != nil {
 		r.log.Error("end pod processes", "uid", uid, "err", err)
 	}
-	if pn.NS != "" {
+	if pn.NS != "" && !pn.HostNetwork {
+		r.net.TearDownHostPorts(r.node.Name, uid)
 		r.net.TearDownPod(r.net.NodeNS(r.node.Name), pn.NS)
 	}
 	os.Remove(filepath.Join(r.records, string(uid)+".json"))
+	os.RemoveAll(r.podDir(uid))
+	r.tokens.Forget(uid)
 	if pn.IP.IsValid() {
 		r.releaseIP(pn.IP, uid)
 	}
@@ -485,6 +541,16 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		return false
 	}
 	r := w.rt
+	prep, err := r.prepare(pod, c, pn)
+	if err != nil {
+		prev := c.waitMessage
+		c.waitReason, c.waitMessage = setupFailure(err)
+		if c.waitMessage != prev {
+			r.setupEvent(pod, err)
+		}
+		c.nextStart = time.Now().Add(time.Second)
+		return false
+	}
 	uid, gid, groups, err := containerUser(pod, c.spec)
 	if err != nil {
 		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
@@ -497,15 +563,11 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		c.nextStart = time.Now().Add(time.Second)
 		return false
 	}
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + kernelHostname}
-	for _, e := range c.spec.Env {
-		env = append(env, e.Name+"="+e.Value)
-	}
-	// The image selects the program; $(VAR) references in command and args
-	// are expanded first, from the container's environment, as the kubelet
-	// does before it hands them to the container runtime.
-	command, args := expandCommand(c.spec, env)
-	proc := image.Resolve(c.spec.Image, command, args, c.spec.WorkingDir, exec.LookPath)
+	env := append([]string{"PATH=" + os.Getenv("PATH"), "HOSTNAME=" + kernelHostname}, prep.env...)
+	// The image selects the program from the command line prepare
+	// expanded ($(VAR) references), as the kubelet does before it hands
+	// it to the container runtime.
+	proc := image.Resolve(c.spec.Image, prep.command, prep.args, c.spec.WorkingDir, exec.LookPath)
 	argv, path := proc.Argv, ""
 	switch proc.Kind {
 	case image.Unrunnable:
@@ -525,6 +587,7 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 			argv = append(argv, "--port", fmt.Sprintf("%d/%s", p.ContainerPort, proto))
 		}
 	}
+	c.termFile, c.logFile = prep.termFile, containerLogPath(logDir, c.spec.Name, c.restarts)
 	attr := &syscall.SysProcAttr{Setsid: true,
 		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC}
 	join, placed, err := r.cg.place(attr, podCgroup(string(pod.UID)))
@@ -534,8 +597,12 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		return false
 	}
 	defer placed()
-	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: filepath.Join("/etc/netns", pn.NS),
-		Hostname: kernelHostname, UID: uid, GID: gid, Groups: groups, Dir: proc.Dir, Path: path, Argv: argv})
+	if pod.Spec.HostNetwork {
+		// The node's UTS namespace's name, as a hostNetwork pod has.
+		kernelHostname = r.node.Name
+	}
+	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: r.etcDir(pod.UID, pn),
+		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Dir: proc.Dir, Path: path, Argv: argv})
 	// The container init (this executable under containerInitName) starts
 	// in new PID, mount, UTS and IPC namespaces and, started from a thread
 	// inside the pod's network namespace, in that one; it sets the
@@ -566,29 +633,42 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	return true
 }
 
-// expandCommand expands $(VAR) references in the container's command and
-// args from env (NAME=value entries), as the kubelet's
-// ExpandContainerCommandAndArgs does: $$ escapes, unknown names stay as
-// written.
-func expandCommand(c corev1.Container, env []string) (command, args []string) {
-	vars := make(map[string]string, len(env))
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			vars[k] = v
+// runInits runs the init containers one at a time, in order, each to
+// success before the next (the kubelet's computeInitContainerActions);
+// initialized: all succeeded; failed: one failed for good (restartPolicy
+// Never), so the app containers never start.
+func (w *podWorker) runInits(inits []*container, pod *corev1.Pod, pn PodNet, rec *podRecord, logDir string, log *slog.Logger, terminating bool) (initialized, failed bool) {
+	for _, c := range inits {
+		w.reap(c)
+		if c.sidecar() {
+			// A sidecar (restartPolicy Always) keeps running beside the
+			// app containers: the next init container waits only for it
+			// to have started.
+			if !terminating {
+				w.maybeStart(c, pod, pn, rec, logDir, log)
+			}
+			if c.proc == nil && c.restarts == 0 {
+				return false, false
+			}
+			continue
 		}
+		if c.terminated != nil {
+			if c.terminated.ExitCode == 0 {
+				continue
+			}
+			return false, true
+		}
+		if !terminating {
+			w.maybeStart(c, pod, pn, rec, logDir, log)
+		}
+		return false, false
 	}
-	mapping := expansion.MappingFuncFor(vars)
-	expand := func(in []string) []string {
-		if len(in) == 0 {
-			return nil
-		}
-		out := make([]string, len(in))
-		for i, s := range in {
-			out[i] = expansion.Expand(s, mapping)
-		}
-		return out
-	}
-	return expand(c.Command), expand(c.Args)
+	return true, false
+}
+
+// sidecar: an init container with restartPolicy Always.
+func (c *container) sidecar() bool {
+	return c.init && c.spec.RestartPolicy != nil && *c.spec.RestartPolicy == corev1.ContainerRestartPolicyAlways
 }
 
 func (c *container) backoffStep() {
@@ -625,11 +705,21 @@ func (w *podWorker) reap(c *container) {
 	case code != 0:
 		reason = "Error"
 	}
+	if m := terminationMessage(c.spec, c.termFile, c.logFile, code); m != "" {
+		message = m
+	}
 	term := &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, Message: message,
 		StartedAt: metav1.NewTime(c.started), FinishedAt: metav1.Now()}
 	c.proc, c.ready = nil, false
 	ran := time.Since(c.started)
 	policy := w.policy()
+	if c.sidecar() {
+		policy = corev1.RestartPolicyAlways
+	} else if c.init && policy == corev1.RestartPolicyAlways {
+		// An init container runs to completion: Always restarts it only
+		// on failure.
+		policy = corev1.RestartPolicyOnFailure
+	}
 	if policy == corev1.RestartPolicyAlways || (policy == corev1.RestartPolicyOnFailure && code != 0) {
 		c.lastTerm = term
 		c.restarts++
@@ -826,11 +916,29 @@ func dialFromNode(nodeNS string, ip netip.Addr, port int, timeout time.Duration)
 }
 
 // status computes the pod's status from its containers.
-func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, started metav1.Time, now time.Time) *corev1.PodStatus {
+func (w *podWorker) status(pod *corev1.Pod, inits, ctrs []*container, initialized, initFailed bool, pn PodNet, started metav1.Time, now time.Time) *corev1.PodStatus {
 	st := &corev1.PodStatus{
 		HostIP: w.rt.node.IP.String(), HostIPs: []corev1.HostIP{{IP: w.rt.node.IP.String()}},
 		PodIP: pn.IP.String(), PodIPs: []corev1.PodIP{{IP: pn.IP.String()}},
-		StartTime: &started, QOSClass: corev1.PodQOSBestEffort,
+		// The API server sets the QoS class at creation and refuses a
+		// status that changes it: the kubelet's GetPodQOS keeps it.
+		StartTime: &started, QOSClass: qos.GetPodQOS(pod),
+	}
+	for _, c := range inits {
+		cs := corev1.ContainerStatus{Name: c.spec.Name, Image: c.spec.Image, ImageID: "switchboard://" + c.spec.Image,
+			RestartCount: c.restarts, LastTerminationState: corev1.ContainerState{Terminated: c.lastTerm}, Started: ptrBool(c.proc != nil)}
+		switch {
+		case c.proc != nil:
+			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.started)}
+			cs.ContainerID = fmt.Sprintf("switchboard://%d", c.proc.pid)
+			cs.Ready = c.sidecar()
+		case c.terminated != nil:
+			cs.State.Terminated = c.terminated
+			cs.Ready = c.terminated.ExitCode == 0
+		default:
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waitReason, Message: c.waitMessage}
+		}
+		st.InitContainerStatuses = append(st.InitContainerStatuses, cs)
 	}
 	allReady, anyRunning, allStartedOnce, failed := true, false, true, false
 	var notes []string
@@ -865,6 +973,10 @@ func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, starte
 		st.ContainerStatuses = append(st.ContainerStatuses, cs)
 	}
 	switch {
+	case initFailed:
+		st.Phase = corev1.PodFailed
+	case !initialized:
+		st.Phase = corev1.PodPending
 	case allTerminated(ctrs, pod) && failed:
 		st.Phase = corev1.PodFailed
 	case allTerminated(ctrs, pod):
@@ -895,7 +1007,7 @@ func (w *podWorker) status(pod *corev1.Pod, ctrs []*container, pn PodNet, starte
 	st.Message = strings.Join(notes, "; ")
 	st.Conditions = []corev1.PodCondition{
 		cond(corev1.PodReadyToStartContainers, true, ""),
-		cond(corev1.PodInitialized, true, ""),
+		cond(corev1.PodInitialized, initialized, "ContainersNotInitialized"),
 		cond(corev1.ContainersReady, ready, "ContainersNotReady"),
 		cond(corev1.PodReady, ready, "ContainersNotReady"),
 		cond(corev1.PodScheduled, true, ""),
@@ -923,6 +1035,7 @@ func (w *podWorker) writeStatus(ctx context.Context, pod *corev1.Pod, st *corev1
 		cur.Status.StartTime, cur.Status.QOSClass = st.StartTime, st.QOSClass
 		cur.Status.Phase, cur.Status.Conditions, cur.Status.ContainerStatuses = st.Phase, st.Conditions, st.ContainerStatuses
 		cur.Status.Message = st.Message
+		cur.Status.InitContainerStatuses = st.InitContainerStatuses
 		_, err = w.rt.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})

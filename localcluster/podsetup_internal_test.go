@@ -1,0 +1,84 @@
+package localcluster
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+func TestTerminationMessageSources(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cri := func(lines ...string) string {
+		var b strings.Builder
+		for _, l := range lines {
+			tag := "F"
+			l, partial := strings.CutSuffix(l, "\\")
+			if partial {
+				tag = "P"
+			}
+			fmt.Fprintf(&b, "2026-12-02T05:00:00.000000000Z stdout %s %s\n", tag, l)
+		}
+		return b.String()
+	}
+	var long []string
+	for i := range 100 {
+		long = append(long, fmt.Sprintf("line %d", i))
+	}
+	var wantTail strings.Builder
+	for i := 20; i < 100; i++ {
+		fmt.Fprintf(&wantTail, "line %d\n", i)
+	}
+	fallback := corev1.Container{TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError}
+	for _, tc := range []struct {
+		name      string
+		spec      corev1.Container
+		term, log string
+		code      int
+		want      string
+	}{
+		{name: "file", term: file("t1", "bye"), log: file("l1", cri("logged")), code: 1, want: "bye"},
+		{name: "file wins over logs", spec: fallback, term: file("t2", "bye"), log: file("l2", cri("logged")), code: 1, want: "bye"},
+		{name: "no fallback", term: file("t3", ""), log: file("l3", cri("logged")), code: 1, want: ""},
+		{name: "fallback on failure", spec: fallback, term: file("t4", ""), log: file("l4", cri("a", "b")), code: 2, want: "a\nb\n"},
+		{name: "no fallback on success", spec: fallback, term: file("t5", ""), log: file("l5", cri("a")), code: 0, want: ""},
+		{name: "last 80 lines", spec: fallback, term: file("t6", ""), log: file("l6", cri(long...)), code: 1, want: wantTail.String()},
+		{name: "partial records join", spec: fallback, term: file("t8", ""), log: file("l8", cri("par\\", "tial", "end\\")), code: 1, want: "partial\nend"},
+		{name: "file cut to 4096", term: file("t7", strings.Repeat("x", 5000)), code: 1, want: strings.Repeat("x", 4096)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := terminationMessage(tc.spec, tc.term, tc.log, tc.code)
+			if len(got) > maxMessageLogBytes && tc.term == "" {
+				t.Errorf("message of %d bytes from logs, want at most %d", len(got), maxMessageLogBytes)
+			}
+			if got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestHostPorts(t *testing.T) {
+	pod := &corev1.Pod{Spec: corev1.PodSpec{
+		InitContainers: []corev1.Container{{Ports: []corev1.ContainerPort{{ContainerPort: 1, HostPort: 11}}}},
+		Containers: []corev1.Container{
+			{Ports: []corev1.ContainerPort{{ContainerPort: 80}, {ContainerPort: 81, HostPort: 8081, Protocol: corev1.ProtocolUDP}}},
+		}}}
+	got := hostPorts(pod)
+	if len(got) != 2 || got[0].HostPort != 11 || got[1].HostPort != 8081 {
+		t.Errorf("hostPorts = %+v, want the two ports with a hostPort", got)
+	}
+	if n := hostPortTable("0123456789abcdef-xyz"); n != "sb-hostport-0123456789abc" {
+		t.Errorf("table name %q", n)
+	}
+}

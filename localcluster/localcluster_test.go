@@ -706,12 +706,21 @@ func TestKill9ProcessTree(t *testing.T) {
 	lost := waitPod(t, up.client, ns, "lost", "Ready", isReady)
 	cg := cgroupOf(t, containerPID(t, tree.Status.ContainerStatuses[0].ContainerID))
 	var pids []int
+	// Settled once both sleeps run: the subshell that started the
+	// grandchild has exited by then (the shell waits for it before its own
+	// sleep), so no pid taken here ends by itself.
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		pids = cgroupPIDs(cg)
-		return len(pids) >= 2, nil
+		sleeps := 0
+		for _, p := range pids {
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p)); strings.TrimSpace(string(comm)) == "sleep" {
+				sleeps++
+			}
+		}
+		return sleeps >= 2, nil
 	})
 	if err != nil {
-		t.Fatalf("pod tree's cgroup %s holds %v, want the shell and its grandchild", cg, pids)
+		t.Fatalf("pod tree's cgroup %s holds %v, want the shell, its sleep and the grandchild sleep", cg, pids)
 	}
 
 	up.cmd.Process.Kill()

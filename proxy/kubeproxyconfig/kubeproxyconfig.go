@@ -134,8 +134,14 @@ func Decode(data []byte) (*Settings, error) {
 	ignore(c.OOMScoreAdj != nil, "oomScoreAdj", "set the pod's priority and resources instead")
 	ignore(c.ConfigSyncPeriod.Duration != 0, "configSyncPeriod", "informers never resync")
 	ignore(c.PortRange != "", "portRange", "deprecated and unused upstream")
-	ignore(c.IPTables.MasqueradeBit != nil || c.IPTables.MasqueradeAll || c.IPTables.LocalhostNodePorts != nil ||
-		c.IPTables.SyncPeriod.Duration != 0 || c.IPTables.MinSyncPeriod.Duration != 0, "iptables", "the iptables mode's section")
+	if c.Mode == "iptables" {
+		// minSyncPeriod is applied (above); the rest of the section is not.
+		ignore(c.IPTables.MasqueradeBit != nil || c.IPTables.MasqueradeAll || c.IPTables.LocalhostNodePorts != nil ||
+			c.IPTables.SyncPeriod.Duration != 0, "iptables", "only iptables.minSyncPeriod applies")
+	} else {
+		ignore(c.IPTables.MasqueradeBit != nil || c.IPTables.MasqueradeAll || c.IPTables.LocalhostNodePorts != nil ||
+			c.IPTables.SyncPeriod.Duration != 0 || c.IPTables.MinSyncPeriod.Duration != 0, "iptables", "the iptables mode's section")
+	}
 	ignore(c.IPVS.Scheduler != "" || len(c.IPVS.ExcludeCIDRs) > 0 || c.IPVS.StrictARP || c.IPVS.SyncPeriod.Duration != 0 ||
 		c.IPVS.MinSyncPeriod.Duration != 0 || c.IPVS.TCPTimeout.Duration != 0 || c.IPVS.TCPFinTimeout.Duration != 0 ||
 		c.IPVS.UDPTimeout.Duration != 0, "ipvs", "the ipvs mode's section")

@@ -229,7 +229,7 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			used[e.Addr] = true
 		}
 	}
-	ranges := lbSourceRanges(sp.LoadBalancerSourceRanges, is4)
+	ranges := sp.SourceRanges(is4)
 	allowFromNode := slices.ContainsFunc(ranges, func(r netip.Prefix) bool { return slices.ContainsFunc(opts.NodeIPs, r.Contains) })
 	for li, list := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, ip := range list {
@@ -288,24 +288,6 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			out = append(out, Elem{Set: setHairpin, Addr: e.Addr, Addr2: e.Addr, Slot: -1})
 			delete(used, e.Addr)
 		}
-	}
-	return out
-}
-
-// lbSourceRanges are the loadBalancerSourceRanges of family is4, as
-// kube-proxy reads them: per family, and a zero-length prefix ("allow
-// any") in a family lifts that family's restriction altogether (so does a
-// family without ranges).
-func lbSourceRanges(all []netip.Prefix, is4 bool) []netip.Prefix {
-	var out []netip.Prefix
-	for _, r := range all {
-		if r.Addr().Is4() != is4 {
-			continue
-		}
-		if r.Bits() == 0 {
-			return nil
-		}
-		out = append(out, r)
 	}
 	return out
 }

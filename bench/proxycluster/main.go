@@ -13,15 +13,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
 	"flag"
 	"fmt"
 	"io"
 	"log"
 	"net"
-	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -35,13 +32,10 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/utils/ptr"
 
 	"github.com/switchboard/switchboard/bench/measure"
 	"github.com/switchboard/switchboard/controlplane"
@@ -148,17 +142,8 @@ func main() {
 		must(registerNode(ctx, client, r.node))
 	}
 	start := time.Now()
-	ips := make([]string, *nServices)
-	measure.Parallel(*nServices, 32, func(i int) {
-		svc, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", i)},
-			Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-		}, metav1.CreateOptions{})
-		must(err)
-		ips[i] = svc.Spec.ClusterIP
-		_, err = client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(i, 0), metav1.CreateOptions{})
-		must(err)
-	})
+	_, err = measure.LoadServices(ctx, client, ns, *nServices, *nEps)
+	must(err)
 	log.Printf("created %d Services x %d endpoints in %v", *nServices, *nEps, time.Since(start).Round(time.Millisecond))
 
 	for _, r := range rivals {
@@ -190,7 +175,7 @@ func main() {
 			m := r.metrics()
 			before[r] = mark{m[r.progLat+"_count"+r.labels], m[r.syncDur+"_count"+r.labels], m[r.syncDur+"_sum"+r.labels], m[r.written]}
 		}
-		sl := slice(idx, i+1)
+		sl := measure.EndpointSlice(idx, i+1, *nEps)
 		cur, err := client.DiscoveryV1().EndpointSlices(ns).Get(ctx, sl.Name, metav1.GetOptions{})
 		must(err)
 		sl.ResourceVersion = cur.ResourceVersion
@@ -288,29 +273,6 @@ func pct(ds []time.Duration, p int) string {
 	return s[i].Round(10 * time.Microsecond).String()
 }
 
-// slice is Service i's one EndpointSlice; generation g replaces the
-// middle endpoint by one whose address sorts after all the others (a
-// rollout: the new pod's address sorts elsewhere, the rest unchanged).
-func slice(i, g int) *discovery.EndpointSlice {
-	sl := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d-bench", i), Labels: map[string]string{
-			discovery.LabelServiceName: fmt.Sprintf("svc-%d", i), discovery.LabelManagedBy: "bench"}},
-		AddressType: discovery.AddressTypeIPv4,
-		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
-	}
-	for j := range *nEps {
-		n := uint32(0x0a800000) + uint32(i)*16 + uint32(j) + 1 // 10.128.0.0/9
-		if j == *nEps/2 && g > 0 {
-			n = uint32(0x0afa0000) + uint32(g) // 10.250.0.0/16: replacements
-		}
-		ip := netip.AddrFrom4([4]byte(binary.BigEndian.AppendUint32(nil, n)))
-		sl.Endpoints = append(sl.Endpoints, discovery.Endpoint{Addresses: []string{ip.String()},
-			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
-			NodeName:   ptr.To("elsewhere")})
-	}
-	return sl
-}
-
 // registerNode creates a Node with an InternalIP: kube-proxy waits for one.
 func registerNode(ctx context.Context, c kubernetes.Interface, name string) error {
 	n, err := c.CoreV1().Nodes().Create(ctx, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name,
@@ -370,27 +332,9 @@ func relayKubeconfig(cp *controlplane.ControlPlane, dir string, r *rival) (strin
 	return path, clientcmd.WriteToFile(*kc, path)
 }
 
-// metrics reads the rival's /metrics inside its namespace: sample (name
-// with its labels) -> value.
+// metrics reads the rival's /metrics inside its namespace.
 func (r *rival) metrics() map[string]float64 {
-	resp, err := netnamespace.HTTPClient(r.netnsPath, 5*time.Second).Get("http://127.0.0.1:10249/metrics")
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) != 2 || strings.HasPrefix(f[0], "#") {
-			continue
-		}
-		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
-			out[f[0]] = v
-		}
-	}
-	return out
+	return measure.Metrics(r.netnsPath, "http://127.0.0.1:10249/metrics")
 }
 
 func (r *rival) histogram(name string) (count, sum float64) {

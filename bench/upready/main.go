@@ -10,17 +10,13 @@
 package main
 
 import (
-	"bufio"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/switchboard/switchboard/bench/measure"
@@ -85,60 +81,13 @@ type result struct {
 
 // start runs one `up` until its ready line, then interrupts it.
 func start(bin string, nodes int, dir string, timeout time.Duration, verbose bool) (result, error) {
-	cmd := exec.Command(bin, "up", "--nodes", strconv.Itoa(nodes), "--apiserver-port", "0", "--state-dir", dir)
-	stdout, err := cmd.StdoutPipe()
+	u, err := measure.StartUp(bin, dir, []string{"--nodes", strconv.Itoa(nodes)}, timeout, verbose)
 	if err != nil {
 		return result{}, err
 	}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return result{}, err
-	}
-	begin := time.Now()
-	if err := cmd.Start(); err != nil {
-		return result{}, err
-	}
-	ready := make(chan string, 1)
-	echo := func(name string, r io.Reader, readyLine bool) {
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if verbose {
-				fmt.Printf("  %8s %s: %s\n", time.Since(begin).Round(time.Millisecond), name, line)
-			}
-			if readyLine && strings.HasPrefix(line, "switchboard is up") {
-				ready <- line
-			}
-		}
-	}
-	go echo("stdout", stdout, true)
-	go echo("stderr", stderr, false)
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	var r result
-	select {
-	case <-ready:
-		r.ready = time.Since(begin)
-	case err := <-exited:
-		return result{}, fmt.Errorf("up exited before it was ready: %v", err)
-	case <-time.After(timeout):
-		cmd.Process.Kill()
-		<-exited
-		return result{}, fmt.Errorf("not ready after %s", timeout)
-	}
-	r.peakRSS = measure.MB(measure.Status(cmd.Process.Pid, "VmHWM"))
-	stopAt := time.Now()
-	cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Minute):
-		cmd.Process.Kill()
-		<-exited
-		return result{}, fmt.Errorf("did not stop within 5 minutes of SIGINT")
-	}
-	r.stop = time.Since(stopAt)
-	return r, nil
+	r := result{ready: u.Ready, peakRSS: measure.MB(measure.Status(u.Cmd.Process.Pid, "VmHWM"))}
+	r.stop, err = u.Stop()
+	return r, err
 }
 
 func median(ds []time.Duration) time.Duration {

@@ -18,13 +18,22 @@ type inspector interface {
 	Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]nftables.ServiceState, error)
 }
 
-// debugState builds the answer from the last programmed snapshot.
-func (h *health) debugState(namespace, name string) proxydebug.State {
-	h.mu.Lock()
-	st := proxydebug.State{Node: h.node, Mode: h.mode, LastSync: h.lastUpdated, LastError: h.lastError, LastErrorTime: h.lastErrorTime}
-	snap, insp := h.programmed, h.inspect
-	h.mu.Unlock()
-	st.PendingSince = h.tracker.OldestPending()
+// debugState answers proxydebug.Path: the proxy's view of Services as it
+// last programmed them, and the data plane read back.
+type debugState struct {
+	node, mode string
+	status     *syncStatus
+	// inspect reads the data plane back; nil if the mode cannot.
+	inspect inspector
+}
+
+// state builds the answer from the last programmed snapshot: one Service
+// when namespace and name are set, else every Service (of namespace).
+func (d *debugState) state(namespace, name string) proxydebug.State {
+	v := d.status.view()
+	st := proxydebug.State{Node: d.node, Mode: d.mode, LastSync: v.lastUpdated, LastError: v.lastError, LastErrorTime: v.lastErrorTime}
+	snap, insp := v.programmed, d.inspect
+	st.PendingSince = d.status.tracker.OldestPending()
 	if snap == nil {
 		return st
 	}
@@ -101,12 +110,12 @@ func addrPorts(eps []snapshot.Endpoint) []netip.AddrPort {
 	return out
 }
 
-// serveDebug answers proxydebug.Path.
-func (h *health) serveDebug(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP answers proxydebug.Path.
+func (d *debugState) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	enc.Encode(h.debugState(q.Get("namespace"), q.Get("name")))
+	enc.Encode(d.state(q.Get("namespace"), q.Get("name")))
 }

@@ -9,7 +9,6 @@ import (
 
 	gonft "github.com/google/nftables"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchboard/switchboard/proxy/nftables"
 )
@@ -31,10 +30,13 @@ func TestLoopProgramsEachChangeOnce(t *testing.T) {
 		slh.OnAdd(benchSlice(i, []string{benchAddr(i, 0), benchAddr(i, 1)}), false)
 	}
 	m := newMetrics()
-	hs := newHealth("node-a", "", nil, func() *v1.Node { return nil }, tr, k, slog.Default())
+	status := newSyncStatus(tr)
+	hc := newHealthCheckServers("", nil, status, slog.Default())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- loop(ctx, Config{MinSyncInterval: time.Millisecond}, tr, k, m, hs, slog.Default()) }()
+	go func() {
+		done <- loop(ctx, Config{MinSyncInterval: time.Millisecond}, tr, k, m, status, hc, slog.Default())
+	}()
 	defer func() { cancel(); <-done }()
 
 	// waitFor polls the fake until cond holds: the loop runs on its own.

@@ -202,21 +202,24 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	}
-	hs := newHealth(cfg.NodeName, cfg.NetNS, nodePortAddrs, nodeObj, tracker, kern, log)
-	hs.mode = cmp.Or(cfg.Mode, ModeNFTables)
-	if err := hs.serve(ctx, cfg.HealthzBindAddress, cfg.MetricsBindAddress, cfg.EnableProfiling, m); err != nil {
+	status := newSyncStatus(tracker)
+	hc := newHealthCheckServers(cfg.NetNS, nodePortAddrs, status, log)
+	defer hc.close()
+	debug := &debugState{node: cfg.NodeName, mode: cmp.Or(cfg.Mode, ModeNFTables), status: status, inspect: kern}
+	stop, err := serveEndpoints(cfg, healthzHandler(status, nodeObj), debug, m, log)
+	if err != nil {
 		return err
 	}
-	defer hs.stop()
+	defer stop()
 	log.Info("proxy started", "netns", cfg.NetNS, "nodeIPs", nodeIPs, "nodePortAddresses", nodePortAddrs)
-	return loop(ctx, cfg, tracker, kern, m, hs, log)
+	return loop(ctx, cfg, tracker, kern, m, status, hc, log)
 }
 
 // loop syncs pending changes, coalescing bursts; the first sync programs
 // everything (adopting what an earlier run left).
-func loop(ctx context.Context, cfg Config, t *Tracker, b Backend, m *metrics, hs *health, log *slog.Logger) error {
+func loop(ctx context.Context, cfg Config, t *Tracker, b Backend, m *metrics, status *syncStatus, hc *healthCheckServers, log *slog.Logger) error {
 	first := true
-	hs.loopStarted(time.Now())
+	status.loopStarted(time.Now())
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	for {
@@ -231,7 +234,7 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b Backend, m *metrics, hs
 		m.syncDuration.Observe(done.Sub(start).Seconds())
 		if err != nil {
 			m.syncErrors.Inc()
-			hs.failed(done, u.Queued, err)
+			status.failed(done, u.Queued, err)
 			log.Error("sync failed; retrying", "err", err)
 			t.Requeue(u.Changed)
 			retry.Reset(time.Second)
@@ -242,11 +245,12 @@ func loop(ctx context.Context, cfg Config, t *Tracker, b Backend, m *metrics, hs
 				cfg.OnInitialSync()
 			}
 			for _, tt := range u.Triggers {
-				if tt.After(hs.started) {
+				if tt.After(status.started) {
 					m.programmingLatency.Observe(done.Sub(tt).Seconds())
 				}
 			}
-			hs.synced(done, u.Snapshot, changes)
+			status.synced(done, u.Snapshot)
+			hc.update(u.Snapshot, changes)
 			m.record(u.Snapshot, b.Stats())
 			first = false
 			log.Debug("synced", "changed", len(u.Changed), "full", changes.Full, "took", done.Sub(start))

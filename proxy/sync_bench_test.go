@@ -76,13 +76,15 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 				slh.OnAdd(benchSlice(i, cur[i]), false)
 			}
 			m := newMetrics()
-			hs := newHealth("node", path, nil, func() *v1.Node { return nil }, t, k, slog.Default())
+			status := newSyncStatus(t)
+			hc := newHealthCheckServers(path, nil, status, slog.Default())
 			u := t.Next()
 			full := snapshot.Changes{Full: true, Keys: u.Changed}
 			if err := k.Sync(u.Snapshot, full); err != nil {
 				b.Fatal(err)
 			}
-			hs.synced(time.Now(), u.Snapshot, full)
+			status.synced(time.Now(), u.Snapshot)
+			hc.update(u.Snapshot, full)
 			m.record(u.Snapshot, k.Stats())
 			var elems int
 			var kernel time.Duration
@@ -99,7 +101,8 @@ func BenchmarkOneEndpointChange(b *testing.B) {
 					b.Fatal(err)
 				}
 				kernel += time.Since(ks)
-				hs.synced(time.Now(), u.Snapshot, changes)
+				status.synced(time.Now(), u.Snapshot)
+				hc.update(u.Snapshot, changes)
 				st := k.Stats()
 				m.record(u.Snapshot, st)
 				elems += st.LastWrite.Added + st.LastWrite.Deleted

@@ -11,6 +11,9 @@
 // then creates -runs Services, one at a time, each selecting the server
 // pods. Each run is split by what was seen, all from the create call:
 //
+//   - created, seen: the create call returned; the Service's watch event
+//     arrived here (as it arrives at the controller's and proxies'
+//     informers): the API server's part;
 //   - slice: the controller's EndpointSlice for the Service, with its ready
 //     endpoints, arrived on a watch here;
 //   - node-K: the first connection to the ClusterIP from node K's own
@@ -88,6 +91,10 @@ type node struct {
 
 // run is one new Service's timeline, each from the create call.
 type run struct {
+	// created is when the create call returned, seen when the Service's
+	// watch event reached this process (as it reaches the controller's
+	// and the proxies' informers).
+	created, seen       time.Duration
 	slice, client, exec time.Duration
 	nodes               []time.Duration
 	syncs               []float64       // per node: syncs from the create to the client's connection
@@ -140,7 +147,7 @@ func main() {
 
 	var runs []run
 	fmt.Printf("\nnew Service on `up --nodes %d` with %d Services x %d endpoints loaded; times from the create call\n", *nNodes, *nServices, *nEps)
-	header := fmt.Sprintf("%-4s %9s", "run", "slice")
+	header := fmt.Sprintf("%-4s %9s %9s %9s", "run", "created", "seen", "slice")
 	for _, n := range nodes {
 		header += fmt.Sprintf(" %9s", n.name)
 	}
@@ -152,7 +159,7 @@ func main() {
 	for i := range *nRuns {
 		r := measureOne(ctx, client, cfg, nodes, pod0NetNS, client0, i)
 		runs = append(runs, r)
-		line := fmt.Sprintf("%-4d %9s", i, ms(r.slice))
+		line := fmt.Sprintf("%-4d %9s %9s %9s", i, ms(r.created), ms(r.seen), ms(r.slice))
 		for _, d := range r.nodes {
 			line += fmt.Sprintf(" %9s", ms(d))
 		}
@@ -163,14 +170,16 @@ func main() {
 		fmt.Println(line)
 		time.Sleep(500 * time.Millisecond)
 	}
-	line := fmt.Sprintf("%-4s %9s", "p50", ms(median(runs, func(r run) time.Duration { return r.slice })))
+	line := fmt.Sprintf("%-4s %9s %9s %9s", "p50", ms(median(runs, func(r run) time.Duration { return r.created })),
+		ms(median(runs, func(r run) time.Duration { return r.seen })), ms(median(runs, func(r run) time.Duration { return r.slice })))
 	for k := range nodes {
 		line += fmt.Sprintf(" %9s", ms(median(runs, func(r run) time.Duration { return r.nodes[k] })))
 	}
 	line += fmt.Sprintf(" %9s %9s", ms(median(runs, func(r run) time.Duration { return r.client })),
 		ms(median(runs, func(r run) time.Duration { return r.exec })))
 	fmt.Println(line)
-	line = fmt.Sprintf("%-4s %9s", "max", ms(maximum(runs, func(r run) time.Duration { return r.slice })))
+	line = fmt.Sprintf("%-4s %9s %9s %9s", "max", ms(maximum(runs, func(r run) time.Duration { return r.created })),
+		ms(maximum(runs, func(r run) time.Duration { return r.seen })), ms(maximum(runs, func(r run) time.Duration { return r.slice })))
 	for k := range nodes {
 		line += fmt.Sprintf(" %9s", ms(maximum(runs, func(r run) time.Duration { return r.nodes[k] })))
 	}
@@ -187,6 +196,9 @@ func measureOne(ctx context.Context, client kubernetes.Interface, cfg *rest.Conf
 	w, err := client.DiscoveryV1().EndpointSlices(runNS).Watch(ctx, metav1.ListOptions{LabelSelector: discovery.LabelServiceName + "=" + name})
 	must(err)
 	defer w.Stop()
+	sw, err := client.CoreV1().Services(runNS).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+	must(err)
+	defer sw.Stop()
 	before := make([]map[string]float64, len(nodes))
 	for k, n := range nodes {
 		before[k] = measure.Metrics(n.netns, proxyMetrics)
@@ -199,8 +211,17 @@ func measureOne(ctx context.Context, client kubernetes.Interface, cfg *rest.Conf
 			Ports: []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(80)}}},
 	}, metav1.CreateOptions{})
 	must(err)
+	r.created = time.Since(t0)
 	addr := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ev := range sw.ResultChan() {
+			if ev.Type == watch.Added {
+				r.seen = time.Since(t0)
+				return
+			}
+		}
+	})
 	wg.Go(func() {
 		for ev := range w.ResultChan() {
 			if sl, ok := ev.Object.(*discovery.EndpointSlice); ok && ev.Type != watch.Deleted && readyEndpoints(sl) > 0 {

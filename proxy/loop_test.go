@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	gonft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/switchboard/switchboard/proxy/nftables"
@@ -70,5 +72,66 @@ func TestLoopProgramsEachChangeOnce(t *testing.T) {
 	})
 	if n := bucket("svc-2"); n != 4 {
 		t.Errorf("svc-2 holds %d elements after the deletion, want 4", n)
+	}
+}
+
+// TestServiceCIDRChangeReachesTheKernel changes only the cluster's Service
+// CIDRs: the loop wakes with no Service changed and the writer rebuilds
+// its node-wide rules, so the new CIDR's drop rule is programmed.
+func TestServiceCIDRChangeReachesTheKernel(t *testing.T) {
+	fake := nftables.NewFake()
+	k, err := nftables.New(nftables.Config{Conn: fake, Conntrack: fake, NodeIPs: []netip.Addr{netip.MustParseAddr("192.168.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := NewTracker("node-a")
+	tr.ServiceHandler().OnAdd(benchService(0), false)
+	tr.SliceHandler().OnAdd(benchSlice(0, []string{benchAddr(0, 0)}), false)
+	status := newSyncStatus(tr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- loop(ctx, Config{MinSyncInterval: time.Millisecond}, tr, k, newMetrics(), status, newHealthCheckServers("", nil, status, slog.Default()), slog.Default())
+	}()
+	defer func() { cancel(); <-done }()
+	// dropsTo says whether a rule of the IPv4 table drops traffic to addr
+	// (the Service CIDR check compares the masked destination with it).
+	dropsTo := func(addr string) bool {
+		want := netip.MustParseAddr(addr).AsSlice()
+		for _, r := range fake.Rules() {
+			if r.Table.Family != gonft.TableFamilyIPv4 {
+				continue
+			}
+			cmp, drop := false, false
+			for _, e := range r.Exprs {
+				switch e := e.(type) {
+				case *expr.Cmp:
+					cmp = cmp || bytes.Equal(e.Data, want)
+				case *expr.Verdict:
+					drop = e.Kind == expr.VerdictDrop
+				}
+			}
+			if cmp && drop {
+				return true
+			}
+		}
+		return false
+	}
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("never saw %s", what)
+			}
+		}
+	}
+	wait("the first sync", func() bool { return fake.Transactions() == 1 })
+	if dropsTo("10.96.0.0") {
+		t.Fatal("a drop rule for 10.96.0.0/16 before any ServiceCIDR was known")
+	}
+	tr.SetServiceCIDRs([]netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")})
+	wait("the drop rule for 10.96.0.0/16", func() bool { return dropsTo("10.96.0.0") })
+	if got := fake.Transactions(); got != 2 {
+		t.Errorf("%d transactions, want 2 (one for the CIDR change)", got)
 	}
 }

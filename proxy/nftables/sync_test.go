@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -329,4 +330,68 @@ func TestAdoptionDeletesTheLegacyAffinityRecorder(t *testing.T) {
 	if n := len(w.bucket("svc-2")); n != 2 {
 		t.Errorf("svc-2 holds %d elements, want 2", n)
 	}
+}
+
+// TestServiceCIDRChangeRewritesDropRules changes only the Service CIDRs
+// between two syncs that name no Service: Sync must rebuild the node-wide
+// rules (a full sync), so an address of a new CIDR is dropped and one of a
+// removed CIDR no longer is, while the Services' elements stay as they were
+// and the rule count follows what was programmed.
+func TestServiceCIDRChangeRewritesDropRules(t *testing.T) {
+	w := newFakeWorld(t)
+	w.snap.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}
+	w.set(webKey, webService(), true, webSlice("10.244.1.1", "10.244.1.2"))
+	drops := func() []string {
+		var out []string
+		for _, r := range w.fake.Rules() {
+			if r.Table.Family != nftables.TableFamilyIPv4 || r.Chain.Name != "cluster-ips-check" {
+				continue
+			}
+			var dst string
+			drop := false
+			for _, e := range r.Exprs {
+				switch e := e.(type) {
+				case *expr.Cmp:
+					if a, ok := netip.AddrFromSlice(e.Data); ok {
+						dst = a.String()
+					}
+				case *expr.Verdict:
+					drop = e.Kind == expr.VerdictDrop
+				}
+			}
+			if drop {
+				out = append(out, dst)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := drops(); !slices.Equal(got, []string{"10.96.0.0"}) {
+		t.Fatalf("drop rules for %v, want 10.96.0.0", got)
+	}
+	bucket := w.bucket("svc-2")
+	step := func(cidrs []string, want []string) {
+		t.Helper()
+		tx := w.fake.Transactions()
+		w.snap = w.snap.With(nil)
+		w.snap.ServiceCIDRs = nil
+		for _, c := range cidrs {
+			w.snap.ServiceCIDRs = append(w.snap.ServiceCIDRs, netip.MustParsePrefix(c))
+		}
+		must(t, w.k.Sync(w.snap, snapshot.Changes{}))
+		if got := w.fake.Transactions(); got != tx+1 {
+			t.Errorf("CIDRs %v: %d transactions, want 1", cidrs, got-tx)
+		}
+		if got := drops(); !slices.Equal(got, want) {
+			t.Errorf("CIDRs %v: drop rules for %v, want %v", cidrs, got, want)
+		}
+		if got := w.bucket("svc-2"); !maps.Equal(got, bucket) {
+			t.Errorf("CIDRs %v: web's bucket %v, want it unchanged %v", cidrs, got, bucket)
+		}
+		if got, want := w.k.Stats().Rules, len(w.fake.Rules()); got != want {
+			t.Errorf("CIDRs %v: Stats().Rules %d, the table holds %d", cidrs, got, want)
+		}
+	}
+	step([]string{"10.96.0.0/16", "10.97.0.0/16"}, []string{"10.96.0.0", "10.97.0.0"})
+	step([]string{"10.97.0.0/16"}, []string{"10.97.0.0"})
 }

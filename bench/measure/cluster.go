@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -84,8 +85,14 @@ func Metrics(netnsPath, url string) map[string]float64 {
 		return nil
 	}
 	defer resp.Body.Close()
+	return ParseMetrics(resp.Body)
+}
+
+// ParseMetrics reads the Prometheus text format: sample (name with its
+// labels) -> value.
+func ParseMetrics(r io.Reader) map[string]float64 {
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())

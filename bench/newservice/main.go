@@ -145,6 +145,7 @@ func main() {
 	pod0NetNS := "/run/netns/" + localcluster.NewNetwork(dir, netip.Prefix{}, netip.Prefix{}).PodNS(runNS, client0)
 	time.Sleep(2 * time.Second) // let the pods' events settle
 
+	apiBefore := apiServerMetrics(ctx, client)
 	var runs []run
 	fmt.Printf("\nnew Service on `up --nodes %d` with %d Services x %d endpoints loaded; times from the create call\n", *nNodes, *nServices, *nEps)
 	header := fmt.Sprintf("%-4s %9s %9s %9s", "run", "created", "seen", "slice")
@@ -186,7 +187,53 @@ func main() {
 	line += fmt.Sprintf(" %9s %9s", ms(maximum(runs, func(r run) time.Duration { return r.client })),
 		ms(maximum(runs, func(r run) time.Duration { return r.exec })))
 	fmt.Println(line)
+	apiAfter := apiServerMetrics(ctx, client)
+	fmt.Println("\nthe API server during the runs (its own metrics; mean per request):")
+	for _, q := range []struct {
+		what, name string
+		labels     []string
+	}{
+		{"POST services (whole request)", "apiserver_request_duration_seconds", []string{`verb="POST"`, `resource="services"`}},
+		{"etcd create services", "etcd_request_duration_seconds", []string{`operation="create"`, `"services"`}},
+		{"POST ipaddresses (ClusterIP)", "apiserver_request_duration_seconds", []string{`verb="POST"`, `resource="ipaddresses"`}},
+		{"POST endpointslices", "apiserver_request_duration_seconds", []string{`verb="POST"`, `resource="endpointslices"`}},
+	} {
+		c := sumOf(apiAfter, q.name+"_count", q.labels) - sumOf(apiBefore, q.name+"_count", q.labels)
+		sum := sumOf(apiAfter, q.name+"_sum", q.labels) - sumOf(apiBefore, q.name+"_sum", q.labels)
+		if c > 0 {
+			fmt.Printf("  %-32s %4.0f requests, mean %s\n", q.what, c, ms(time.Duration(sum/c*float64(time.Second))))
+		}
+	}
 	atExit()
+}
+
+// apiServerMetrics reads the API server's /metrics.
+func apiServerMetrics(ctx context.Context, client kubernetes.Interface) map[string]float64 {
+	body, err := client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		log.Printf("API server metrics: %v", err)
+		return nil
+	}
+	return measure.ParseMetrics(bytes.NewReader(body))
+}
+
+// sumOf adds the samples of name whose labels hold every one of labels.
+func sumOf(m map[string]float64, name string, labels []string) float64 {
+	var sum float64
+	for k, v := range m {
+		rest, ok := strings.CutPrefix(k, name+"{")
+		if !ok {
+			continue
+		}
+		all := true
+		for _, l := range labels {
+			all = all && strings.Contains(rest, l)
+		}
+		if all {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // measureOne creates Service newsvc-i in front of the server pods and

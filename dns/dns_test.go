@@ -585,3 +585,57 @@ func TestExternalNameUpstream(t *testing.T) {
 		t.Errorf("AAAA %s: %v, want the CNAME alone", name, in)
 	}
 }
+
+// TestRelabelledSliceLeavesItsService moves a slice to another Service by
+// its label, through the API: the endpoint's records leave the Service it
+// belonged to and answer under the new one, as CoreDNS's endpoint index
+// does; unlabelled, it answers under neither.
+func TestRelabelledSliceLeavesItsService(t *testing.T) {
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	ctx := context.Background()
+	httpPort := []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}}
+	headless := func(name string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.ServiceSpec{ClusterIP: "None",
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	}
+	create(t, client, ns, headless("a"), headless("b"), slice("x", "a", httpPort, ep("10.244.9.31", true, "")))
+	ts := startServer(t, client, nil)
+	name := func(svc string) string { return svc + "." + ns + ".svc.cluster.local." }
+	answers := func(svc string) string {
+		return strings.Join(rrs(ts.query(t, "udp", name(svc), dns.TypeA, 0).Answer), ",")
+	}
+	// waitFor polls until a and b answer as wanted: the index follows the
+	// API through a watch.
+	waitFor := func(wantA, wantB string) {
+		t.Helper()
+		var a, b string
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if a, b = answers("a"), answers("b"); a == wantA && b == wantB {
+				return
+			}
+		}
+		t.Fatalf("a answers %q, want %q; b answers %q, want %q", a, wantA, b, wantB)
+	}
+	rec := func(svc string) string { return name(svc) + " 30 IN A 10.244.9.31" }
+	waitFor(rec("a"), "")
+	relabel := func(label string) {
+		t.Helper()
+		sl, err := client.DiscoveryV1().EndpointSlices(ns).Get(ctx, "x", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if label == "" {
+			delete(sl.Labels, discoveryv1.LabelServiceName)
+		} else {
+			sl.Labels[discoveryv1.LabelServiceName] = label
+		}
+		if _, err := client.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relabel("b")
+	waitFor("", rec("b"))
+	relabel("")
+	waitFor("", "")
+}

@@ -1,9 +1,7 @@
 package dns
 
 import (
-	"maps"
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/switchboard/switchboard/servicestore"
 )
 
 // port is one named or unnamed port of a Service or endpoint.
@@ -48,10 +48,11 @@ type service struct {
 // Index is the in-memory view DNS answers from, kept current by informers.
 // Reads (queries) take a read lock; each write recomputes one Service.
 type Index struct {
-	mu         sync.RWMutex
-	services   map[string]*service                              // ns/name
-	specs      map[string]*corev1.Service                       // ns/name
-	slices     map[string]map[string]*discoveryv1.EndpointSlice // service ns/name -> slice name
+	mu       sync.RWMutex
+	services map[string]*service // ns/name
+	// objects are the Services and their slices; each change rebuilds
+	// its Service's answers.
+	objects    *servicestore.Store
 	namespaces map[string]int
 	podIPs     map[string]map[netip.Addr]int // namespace -> pod IP -> pods with it
 	pods       map[string]netip.Addr         // ns/name -> the address counted in podIPs
@@ -63,8 +64,7 @@ type Index struct {
 
 // NewIndex returns an empty index.
 func NewIndex() *Index {
-	x := &Index{services: map[string]*service{}, specs: map[string]*corev1.Service{},
-		slices: map[string]map[string]*discoveryv1.EndpointSlice{}, namespaces: map[string]int{},
+	x := &Index{services: map[string]*service{}, objects: servicestore.New(), namespaces: map[string]int{},
 		podIPs: map[string]map[netip.Addr]int{}, pods: map[string]netip.Addr{}, ptr: map[netip.Addr][]string{}}
 	x.touch()
 	return x
@@ -79,33 +79,19 @@ func (x *Index) touch() { x.modified.Store(time.Now().Unix()) }
 
 // SetService records a Service (nil deletes it).
 func (x *Index) SetService(ns, name string, svc *corev1.Service) {
-	key := ns + "/" + name
+	key := servicestore.Key{Namespace: ns, Name: name}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if svc == nil {
-		delete(x.specs, key)
-	} else {
-		x.specs[key] = svc
-	}
+	x.objects.SetService(key, svc)
 	x.rebuild(key)
 }
 
 // SetSlice records an EndpointSlice (nil deletes it) under its Service.
 func (x *Index) SetSlice(ns, service, slice string, s *discoveryv1.EndpointSlice) {
-	key := ns + "/" + service
+	key := servicestore.Key{Namespace: ns, Name: service}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if s == nil {
-		delete(x.slices[key], slice)
-		if len(x.slices[key]) == 0 {
-			delete(x.slices, key)
-		}
-	} else {
-		if x.slices[key] == nil {
-			x.slices[key] = map[string]*discoveryv1.EndpointSlice{}
-		}
-		x.slices[key][slice] = s
-	}
+	x.objects.SetSlice(key, slice, s)
 	x.rebuild(key)
 }
 
@@ -149,13 +135,14 @@ func (x *Index) SetPod(ns, name string, addr netip.Addr) {
 
 // rebuild recomputes one Service's answers and its PTR names. Callers hold
 // the write lock.
-func (x *Index) rebuild(key string) {
+func (x *Index) rebuild(k servicestore.Key) {
 	x.touch()
+	key := k.String()
 	if old := x.services[key]; old != nil {
 		x.dropPTR(old)
 		delete(x.services, key)
 	}
-	spec := x.specs[key]
+	spec := x.objects.Service(k)
 	if spec == nil {
 		return
 	}
@@ -168,14 +155,14 @@ func (x *Index) rebuild(key string) {
 		s.externalName = strings.TrimSuffix(spec.Spec.ExternalName, ".")
 	case spec.Spec.ClusterIP == corev1.ClusterIPNone:
 		s.headless = true
-		s.endpoints = readyEndpoints(x.slices[key])
+		s.endpoints = readyEndpoints(x.objects.Slices(k))
 	default:
 		for _, ip := range spec.Spec.ClusterIPs {
 			if a, err := netip.ParseAddr(ip); err == nil {
 				s.clusterIPs = append(s.clusterIPs, a)
 			}
 		}
-		s.endpoints = readyEndpoints(x.slices[key])
+		s.endpoints = readyEndpoints(x.objects.Slices(k))
 	}
 	x.services[key] = s
 	svcName := s.name + "." + s.namespace + ".svc"
@@ -210,14 +197,15 @@ func (x *Index) dropPTR(s *service) {
 	}
 }
 
-// readyEndpoints lists the ready endpoints of a Service's slices, one per address, in a stable order. The EndpointSlice controller
-// already marks not-ready endpoints ready when the Service publishes
-// not-ready addresses, so readiness alone decides, as in CoreDNS.
-func readyEndpoints(bySlice map[string]*discoveryv1.EndpointSlice) []endpoint {
+// readyEndpoints lists the ready endpoints of a Service's slices (in the
+// order of their names), one per address, in a stable order. The
+// EndpointSlice controller already marks not-ready endpoints ready when the
+// Service publishes not-ready addresses, so readiness alone decides, as in
+// CoreDNS.
+func readyEndpoints(slices []*discoveryv1.EndpointSlice) []endpoint {
 	seen := map[netip.Addr]bool{}
 	var out []endpoint
-	for _, n := range slices.Sorted(maps.Keys(bySlice)) {
-		sl := bySlice[n]
+	for _, sl := range slices {
 		var ports []port
 		for _, p := range sl.Ports {
 			if p.Port == nil {

@@ -6,11 +6,12 @@ import (
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/switchboard/switchboard/servicestore"
 )
 
 // Watch keeps x current from the API through informers and returns once
@@ -22,42 +23,17 @@ func (x *Index) Watch(ctx context.Context, client kubernetes.Interface) error {
 	slices := factory.Discovery().V1().EndpointSlices().Informer()
 	nss := factory.Core().V1().Namespaces().Informer()
 	pods := factory.Core().V1().Pods().Informer()
-	for _, inf := range []cache.SharedIndexInformer{svc, slices, nss, pods} {
-		if err := inf.SetTransform(trim); err != nil {
+	for _, t := range []struct {
+		inf cache.SharedIndexInformer
+		fn  cache.TransformFunc
+	}{{svc, servicestore.TrimService}, {slices, servicestore.TrimSlice}, {nss, trim}, {pods, trim}} {
+		if err := t.inf.SetTransform(t.fn); err != nil {
 			return fmt.Errorf("dns: informer transform: %w", err)
 		}
 	}
-	svc.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { s := o.(*corev1.Service); x.SetService(s.Namespace, s.Name, s) },
-		UpdateFunc: func(_, o any) { s := o.(*corev1.Service); x.SetService(s.Namespace, s.Name, s) },
-		DeleteFunc: func(o any) {
-			if s, ok := unwrap(o).(*corev1.Service); ok {
-				x.SetService(s.Namespace, s.Name, nil)
-			}
-		},
-	})
-	setSlice := func(o any, deleted bool) {
-		s, ok := unwrap(o).(*discoveryv1.EndpointSlice)
-		if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
-			return
-		}
-		var cur *discoveryv1.EndpointSlice
-		if !deleted {
-			cur = s
-		}
-		x.SetSlice(s.Namespace, s.Labels[discoveryv1.LabelServiceName], s.Name, cur)
-	}
-	slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(o any) { setSlice(o, false) },
-		UpdateFunc: func(old, o any) {
-			// A slice relabelled to another Service leaves the first.
-			if a, b := old.(*discoveryv1.EndpointSlice), o.(*discoveryv1.EndpointSlice); a.Labels[discoveryv1.LabelServiceName] != b.Labels[discoveryv1.LabelServiceName] {
-				setSlice(old, true)
-			}
-			setSlice(o, false)
-		},
-		DeleteFunc: func(o any) { setSlice(o, true) },
-	})
+	svcHandler, sliceHandler := x.objects.Handlers(&x.mu, x.rebuild)
+	svc.AddEventHandler(svcHandler)
+	slices.AddEventHandler(sliceHandler)
 	nss.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { x.SetNamespace(o.(*corev1.Namespace).Name, true) },
 		DeleteFunc: func(o any) { x.SetNamespace(unwrap(o).(metav1.Object).GetName(), false) },
@@ -95,10 +71,11 @@ func unwrap(o any) any {
 	return o
 }
 
-// trim keeps only what DNS reads before objects enter the informers'
-// caches, which hold every object for as long as it exists: a fresh, small
-// object rather than the decoded one with its managed fields, annotations,
-// pod specs, topology and conditions.
+// trim keeps only what DNS reads of pods and namespaces before they enter
+// the informers' caches, which hold every object for as long as it exists:
+// a fresh, small object rather than the decoded one with its managed
+// fields, annotations, pod specs and conditions. Services and slices are
+// trimmed as the proxy trims them (package servicestore).
 func trim(o any) (any, error) {
 	meta := func(m metav1.ObjectMeta) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion,
@@ -107,22 +84,6 @@ func trim(o any) (any, error) {
 	switch o := o.(type) {
 	case *corev1.Pod:
 		return &corev1.Pod{ObjectMeta: meta(o.ObjectMeta), Status: corev1.PodStatus{PodIP: o.Status.PodIP}}, nil
-	case *corev1.Service:
-		spec := corev1.ServiceSpec{Type: o.Spec.Type, ClusterIP: o.Spec.ClusterIP, ClusterIPs: o.Spec.ClusterIPs, ExternalName: o.Spec.ExternalName}
-		for _, p := range o.Spec.Ports {
-			spec.Ports = append(spec.Ports, corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port})
-		}
-		return &corev1.Service{ObjectMeta: meta(o.ObjectMeta), Spec: spec}, nil
-	case *discoveryv1.EndpointSlice:
-		m := meta(o.ObjectMeta)
-		if svc := o.Labels[discoveryv1.LabelServiceName]; svc != "" {
-			m.Labels = map[string]string{discoveryv1.LabelServiceName: svc}
-		}
-		eps := make([]discoveryv1.Endpoint, len(o.Endpoints))
-		for i, e := range o.Endpoints {
-			eps[i] = discoveryv1.Endpoint{Addresses: e.Addresses, Hostname: e.Hostname, Conditions: discoveryv1.EndpointConditions{Ready: e.Conditions.Ready}}
-		}
-		return &discoveryv1.EndpointSlice{ObjectMeta: m, AddressType: o.AddressType, Ports: o.Ports, Endpoints: eps}, nil
 	case *corev1.Namespace:
 		return &corev1.Namespace{ObjectMeta: meta(o.ObjectMeta)}, nil
 	}

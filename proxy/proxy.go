@@ -26,6 +26,7 @@ import (
 
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
+	"github.com/switchboard/switchboard/servicestore"
 )
 
 // Backend programs snapshots into a data plane.
@@ -111,10 +112,10 @@ func Run(ctx context.Context, cfg Config) error {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	svcInf := factory.Core().V1().Services().Informer()
 	sliceInf := factory.Discovery().V1().EndpointSlices().Informer()
-	if err := svcInf.SetTransform(trimService); err != nil {
+	if err := svcInf.SetTransform(servicestore.TrimService); err != nil {
 		return fmt.Errorf("proxy: watch services: %w", err)
 	}
-	if err := sliceInf.SetTransform(trimSlice); err != nil {
+	if err := sliceInf.SetTransform(servicestore.TrimSlice); err != nil {
 		return fmt.Errorf("proxy: watch endpointslices: %w", err)
 	}
 	svcReg, err := svcInf.AddEventHandler(tracker.ServiceHandler())

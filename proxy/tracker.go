@@ -6,38 +6,41 @@ import (
 	"sync"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/switchboard/switchboard/proxy/snapshot"
+	"github.com/switchboard/switchboard/servicestore"
 )
 
 // Tracker turns informer events for Services and EndpointSlices into
 // immutable snapshots and the list of Services that changed since the last
 // one, so a backend's work grows with the change, not the cluster.
 type Tracker struct {
-	mu       sync.Mutex
-	node     snapshot.Node
-	services map[snapshot.ServiceKey]*v1.Service
-	slices   map[snapshot.ServiceKey]map[string]*discoveryv1.EndpointSlice
-	dirty    map[snapshot.ServiceKey]time.Time // first time it became dirty
-	current  *snapshot.Snapshot
-	notify   chan struct{}
+	mu   sync.Mutex
+	node snapshot.Node
+	// objects are the Services and their slices, as the informers
+	// deliver them; every change marks its Service dirty.
+	objects *servicestore.Store
+	// serviceHandler and sliceHandler feed objects.
+	serviceHandler, sliceHandler cache.ResourceEventHandler
+	dirty                        map[snapshot.ServiceKey]time.Time // first time it became dirty
+	current                      *snapshot.Snapshot
+	notify                       chan struct{}
 	// serviceCIDRs are the cluster's Service CIDRs, for every snapshot.
 	serviceCIDRs []netip.Prefix
 }
 
 // NewTracker returns an empty tracker for the proxy on node.
 func NewTracker(node string) *Tracker {
-	return &Tracker{
-		node:     snapshot.Node{Name: node},
-		services: map[snapshot.ServiceKey]*v1.Service{},
-		slices:   map[snapshot.ServiceKey]map[string]*discoveryv1.EndpointSlice{},
-		dirty:    map[snapshot.ServiceKey]time.Time{},
-		current:  snapshot.New(nil),
-		notify:   make(chan struct{}, 1),
+	t := &Tracker{
+		node:    snapshot.Node{Name: node},
+		objects: servicestore.New(),
+		dirty:   map[snapshot.ServiceKey]time.Time{},
+		current: snapshot.New(nil),
+		notify:  make(chan struct{}, 1),
 	}
+	t.serviceHandler, t.sliceHandler = t.objects.Handlers(&t.mu, func(k servicestore.Key) { t.markLocked(snapshot.ServiceKey(k)) })
+	return t
 }
 
 // Changed is signalled (coalesced) whenever a change is pending; Next takes
@@ -78,11 +81,8 @@ func (t *Tracker) SetZone(zone string) {
 		return
 	}
 	t.node.Zone = zone
-	for k := range t.services {
-		t.markLocked(k)
-	}
-	for k := range t.slices {
-		t.markLocked(k)
+	for k := range t.objects.Keys() {
+		t.markLocked(snapshot.ServiceKey(k))
 	}
 }
 
@@ -103,85 +103,11 @@ func (t *Tracker) SetServiceCIDRs(cidrs []netip.Prefix) {
 }
 
 // ServiceHandler is the informer handler for Services.
-func (t *Tracker) ServiceHandler() cache.ResourceEventHandler {
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { t.setService(o, false) },
-		UpdateFunc: func(_, o any) { t.setService(o, false) },
-		DeleteFunc: func(o any) { t.setService(o, true) },
-	}
-}
+func (t *Tracker) ServiceHandler() cache.ResourceEventHandler { return t.serviceHandler }
 
-func (t *Tracker) setService(o any, deleted bool) {
-	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
-		o, deleted = d.Obj, true
-	}
-	svc, ok := o.(*v1.Service)
-	if !ok {
-		return
-	}
-	k := snapshot.ServiceKey{Namespace: svc.Namespace, Name: svc.Name}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if deleted {
-		delete(t.services, k)
-	} else {
-		t.services[k] = svc
-	}
-	t.markLocked(k)
-}
-
-// SliceHandler is the informer handler for EndpointSlices of any manager.
-func (t *Tracker) SliceHandler() cache.ResourceEventHandler {
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc: func(o any) { t.setSlice(o, false) },
-		UpdateFunc: func(old, o any) {
-			// A slice relabelled to another Service (or unlabelled)
-			// leaves the one it belonged to.
-			if was, ok := old.(*discoveryv1.EndpointSlice); ok {
-				if now, ok := o.(*discoveryv1.EndpointSlice); ok &&
-					was.Labels[discoveryv1.LabelServiceName] != now.Labels[discoveryv1.LabelServiceName] {
-					t.setSlice(was, true)
-				}
-			}
-			t.setSlice(o, false)
-		},
-		DeleteFunc: func(o any) { t.setSlice(o, true) },
-	}
-}
-
-func (t *Tracker) setSlice(o any, deleted bool) {
-	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
-		o, deleted = d.Obj, true
-	}
-	sl, ok := o.(*discoveryv1.EndpointSlice)
-	if !ok {
-		return
-	}
-	name := sl.Labels[discoveryv1.LabelServiceName]
-	if name == "" {
-		return
-	}
-	k := snapshot.ServiceKey{Namespace: sl.Namespace, Name: name}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	m := t.slices[k]
-	if deleted {
-		if _, ok := m[sl.Name]; !ok {
-			return
-		}
-		delete(m, sl.Name)
-		if len(m) == 0 {
-			delete(t.slices, k)
-		}
-	} else {
-		if m == nil {
-			m = map[string]*discoveryv1.EndpointSlice{}
-			t.slices[k] = m
-		}
-		m[sl.Name] = sl
-	}
-	t.markLocked(k)
-}
+// SliceHandler is the informer handler for EndpointSlices of any manager;
+// a slice relabelled to another Service leaves the one it belonged to.
+func (t *Tracker) SliceHandler() cache.ResourceEventHandler { return t.sliceHandler }
 
 // Update is the result of Next: a new snapshot, what changed, and for
 // latency metrics the newest last-change-trigger-time per changed Service.
@@ -206,11 +132,9 @@ func (t *Tracker) Next() Update {
 		if u.Queued.IsZero() || at.Before(u.Queued) {
 			u.Queued = at
 		}
-		sl := make([]*discoveryv1.EndpointSlice, 0, len(t.slices[k]))
-		for _, s := range t.slices[k] {
-			sl = append(sl, s)
-		}
-		changes[k] = snapshot.BuildService(t.services[k], sl, t.node)
+		sk := servicestore.Key(k)
+		sl := t.objects.Slices(sk)
+		changes[k] = snapshot.BuildService(t.objects.Service(sk), sl, t.node)
 		u.Changed = append(u.Changed, k)
 		if tt := snapshot.LastChangeTriggerTime(sl); !tt.IsZero() {
 			u.Triggers = append(u.Triggers, tt)

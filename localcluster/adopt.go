@@ -155,12 +155,12 @@ func startTicks(pid int) uint64 {
 	return n
 }
 
-func (r *runtime) recordPath(uid types.UID) string {
+func (r *podRuntime) recordPath(uid types.UID) string {
 	return filepath.Join(r.records, string(uid)+".json")
 }
 
 // saveRecord writes the pod's record with its running containers.
-func (r *runtime) saveRecord(rec *podRecord, ctrs []*container) {
+func (r *podRuntime) saveRecord(rec *podRecord, ctrs []*container) {
 	for _, c := range ctrs {
 		if c.proc != nil && c.proc.pid != 0 {
 			rec.Containers[c.spec.Name] = containerRecord{PID: c.proc.pid, StartTicks: c.proc.startTicks, Started: c.started}
@@ -190,7 +190,7 @@ func readRecord(path string) (*podRecord, error) {
 // still lives in the cgroup is running again with the readiness the API
 // last showed (so no endpoint flaps). A container that ended in between
 // starts again, counted as a restart (see run).
-func (r *runtime) adopt(pod *corev1.Pod, ctrs []*container, log *slog.Logger) (*podRecord, PodNet, bool) {
+func (r *podRuntime) adopt(pod *corev1.Pod, ctrs []*container, log *slog.Logger) (*podRecord, PodNet, bool) {
 	rec, err := readRecord(r.recordPath(pod.UID))
 	if err != nil {
 		return nil, PodNet{}, false

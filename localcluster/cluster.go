@@ -92,7 +92,7 @@ type Cluster struct {
 	Network      *Network
 
 	nodes    []NodeInfo
-	runtimes []*runtime
+	runtimes []*podRuntime
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	lock     *StateLock
@@ -378,7 +378,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	}
 	var regs []cache.InformerSynced
 	for _, info := range c.nodes {
-		rt := &runtime{node: info, net: n, client: client, log: cfg.Logger, logDir: filepath.Join(cfg.StateDir, "logs", "pods"),
+		rt := &podRuntime{node: info, net: n, client: client, log: cfg.Logger, logDir: filepath.Join(cfg.StateDir, "logs", "pods"),
 			echoCmd: cfg.EchoCommand, resolv: resolv, exe: selfExe, cg: c.cg, records: c.recordsDir(), zone: "cluster.local",
 			workers: map[types.UID]*podWorker{}, ips: map[netip.Addr]types.UID{}}
 		reg, err := rt.start(ctx, factory)

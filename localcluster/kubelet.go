@@ -59,7 +59,7 @@ func openContainerLog(podDir, container string, restarts int32) (*containerlog.F
 
 // kubeletRuntime is the kubelet API's view of one node's runtime.
 type kubeletRuntime struct {
-	rt   *runtime
+	rt   *podRuntime
 	pods corelisters.PodLister
 }
 
@@ -186,7 +186,7 @@ func (k kubeletRuntime) ContainerLog(pod *corev1.Pod, container string, previous
 
 // startKubelet serves node's kubelet API on its address in its network
 // namespace, with a serving certificate of the cluster CA.
-func (c *Cluster) startKubelet(ctx context.Context, rt *runtime, pods corelisters.PodLister, auth *kubeletapi.Auth) error {
+func (c *Cluster) startKubelet(ctx context.Context, rt *podRuntime, pods corelisters.PodLister, auth *kubeletapi.Auth) error {
 	node := rt.node
 	certFile, keyFile, err := c.ControlPlane.PKI.KubeletServing(node.Name, net.IP(node.IP.AsSlice()))
 	if err != nil {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -22,7 +22,7 @@ import (
 
 // podDir is where the pod's volumes and termination message files live on
 // the node, as the kubelet's /var/lib/kubelet/pods/UID.
-func (r *runtime) podDir(uid types.UID) string {
+func (r *podRuntime) podDir(uid types.UID) string {
 	return filepath.Join(filepath.Dir(r.records), "volumes", string(uid))
 }
 
@@ -30,7 +30,7 @@ func (r *runtime) podDir(uid types.UID) string {
 // containers: `ip netns exec`'s /etc/netns/NS for a pod's own namespace;
 // a hostNetwork pod's are its own, in the pod's directory, as the node's
 // namespace is shared.
-func (r *runtime) etcDir(uid types.UID, pn PodNet) string {
+func (r *podRuntime) etcDir(uid types.UID, pn PodNet) string {
 	if pn.HostNetwork {
 		return filepath.Join(r.podDir(uid), "etc")
 	}
@@ -40,7 +40,7 @@ func (r *runtime) etcDir(uid types.UID, pn PodNet) string {
 // setUpHostNetwork gives a hostNetwork pod its node's namespace and IP
 // (the kubelet's pods with hostNetwork get no sandbox network) and its
 // resolv.conf.
-func (r *runtime) setUpHostNetwork(pod *corev1.Pod, resolvConf string) (PodNet, error) {
+func (r *podRuntime) setUpHostNetwork(pod *corev1.Pod, resolvConf string) (PodNet, error) {
 	pn := PodNet{NS: r.net.NodeNS(r.node.Name), IP: r.node.IP, Node: r.node.Name, HostNetwork: true}
 	dir := r.etcDir(pod.UID, pn)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -55,7 +55,7 @@ func (r *runtime) setUpHostNetwork(pod *corev1.Pod, resolvConf string) (PodNet, 
 // nodeAllocatable is what an unset resource limit reads as through the
 // downward API: the machine's CPUs and memory.
 func nodeAllocatable() corev1.ResourceList {
-	l := corev1.ResourceList{corev1.ResourceCPU: *resource.NewQuantity(int64(goruntime.NumCPU()), resource.DecimalSI)}
+	l := corev1.ResourceList{corev1.ResourceCPU: *resource.NewQuantity(int64(runtime.NumCPU()), resource.DecimalSI)}
 	var si syscall.Sysinfo_t
 	if syscall.Sysinfo(&si) == nil {
 		l[corev1.ResourceMemory] = *resource.NewQuantity(int64(si.Totalram)*int64(si.Unit), resource.BinarySI)
@@ -64,7 +64,7 @@ func nodeAllocatable() corev1.ResourceList {
 }
 
 // setUpVolumes writes the pod's volumes under its directory.
-func (r *runtime) setUpVolumes(ctx context.Context, pod *corev1.Pod, pn PodNet) (map[string]string, error) {
+func (r *podRuntime) setUpVolumes(ctx context.Context, pod *corev1.Pod, pn PodNet) (map[string]string, error) {
 	return podvolume.SetUp(ctx, r.client, podvolume.Pod{Pod: pod, PodIPs: []string{pn.IP.String()},
 		HostIPs: []string{r.node.IP.String()}, NodeAllocatable: nodeAllocatable(), Tokens: &r.tokens},
 		filepath.Join(r.podDir(pod.UID), "volumes"))
@@ -78,7 +78,7 @@ const volumeResync = time.Minute
 // resyncVolumes refreshes the volumes of a pod with a running container
 // when due: an updated ConfigMap, Secret or label shows in its files, and a
 // service account token is renewed before it expires.
-func (r *runtime) resyncVolumes(pod *corev1.Pod, pn PodNet, ctrs []*container, last *time.Time) {
+func (r *podRuntime) resyncVolumes(pod *corev1.Pod, pn PodNet, ctrs []*container, last *time.Time) {
 	if time.Since(*last) < volumeResync {
 		return
 	}
@@ -122,7 +122,7 @@ func (e *setupError) Unwrap() error { return e.err }
 // prepare sets up the pod's volumes (again: their contents follow their
 // sources at every start) and computes the container's environment,
 // expanded command line and mounts.
-func (r *runtime) prepare(pod *corev1.Pod, c *container, pn PodNet) (*containerStart, error) {
+func (r *podRuntime) prepare(pod *corev1.Pod, c *container, pn PodNet) (*containerStart, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	podIPs, hostIPs := []string{pn.IP.String()}, []string{r.node.IP.String()}
@@ -216,7 +216,7 @@ func setupFailure(err error) (reason, message string) {
 
 // setupEvent records why a container cannot start as the kubelet's
 // event: FailedMount for a volume, Failed for its configuration.
-func (r *runtime) setupEvent(pod *corev1.Pod, err error) {
+func (r *podRuntime) setupEvent(pod *corev1.Pod, err error) {
 	reason := "Failed"
 	var me *podvolume.MountError
 	if errors.As(err, &me) {

@@ -35,7 +35,7 @@ import (
 	"github.com/switchboard/switchboard/podvolume"
 )
 
-// runtime is one node's pod runtime, the local cluster's kubelet: it runs
+// podRuntime is one node's pod runtime, the local cluster's kubelet: it runs
 // every pod bound to its node as processes in the pod's network namespace
 // and reports their status. There are no images: a container with a
 // command runs that command from the host's file system, contained as a
@@ -47,7 +47,7 @@ import (
 // Pods outlive the runtime: stopping `up` leaves their processes, cgroups
 // and network namespaces running, and the next runtime adopts them from the
 // pod records in its state directory (see adopt).
-type runtime struct {
+type podRuntime struct {
 	node    NodeInfo
 	net     *Network
 	client  kubernetes.Interface
@@ -73,7 +73,7 @@ type runtime struct {
 
 // start registers the runtime's pod handler; the registration tells when
 // every pod that existed at start has been handed to a worker.
-func (r *runtime) start(ctx context.Context, factory informers.SharedInformerFactory) (cache.ResourceEventHandlerRegistration, error) {
+func (r *podRuntime) start(ctx context.Context, factory informers.SharedInformerFactory) (cache.ResourceEventHandlerRegistration, error) {
 	inf := factory.Core().V1().Pods().Informer()
 	handle := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == r.node.Name {
@@ -100,7 +100,7 @@ func (r *runtime) start(ctx context.Context, factory informers.SharedInformerFac
 }
 
 // sync hands the pod's newest state to its worker, starting one if needed.
-func (r *runtime) sync(ctx context.Context, p *corev1.Pod) {
+func (r *podRuntime) sync(ctx context.Context, p *corev1.Pod) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopping {
@@ -137,7 +137,7 @@ func (r *runtime) sync(ctx context.Context, p *corev1.Pod) {
 }
 
 // workersNow lists the pods' workers.
-func (r *runtime) workersNow() []*podWorker {
+func (r *podRuntime) workersNow() []*podWorker {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	ws := make([]*podWorker, 0, len(r.workers))
@@ -150,7 +150,7 @@ func (r *runtime) workersNow() []*podWorker {
 // stop ends every pod worker and leaves the pods' processes, cgroups and
 // networks running, as a kubelet's restart leaves its containers: the next
 // `up` adopts them.
-func (r *runtime) stop() {
+func (r *podRuntime) stop() {
 	r.mu.Lock()
 	r.stopping = true
 	for _, w := range r.workers {
@@ -163,7 +163,7 @@ func (r *runtime) stop() {
 	r.wg.Wait()
 }
 
-func (r *runtime) finalizeDelete(ctx context.Context, p *corev1.Pod) {
+func (r *podRuntime) finalizeDelete(ctx context.Context, p *corev1.Pod) {
 	zero := int64(0)
 	err := r.client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{
 		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &p.UID}})
@@ -174,7 +174,7 @@ func (r *runtime) finalizeDelete(ctx context.Context, p *corev1.Pod) {
 
 // allocateIP keeps the pod's previous IP when it is still free (a restarted
 // cluster keeps its addresses), else takes the lowest free one.
-func (r *runtime) allocateIP(p *corev1.Pod) (netip.Addr, error) {
+func (r *podRuntime) allocateIP(p *corev1.Pod) (netip.Addr, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if prev, err := netip.ParseAddr(p.Status.PodIP); err == nil && r.node.PodCIDR.Contains(prev) && prev != gateway(r.node.PodCIDR) {
@@ -195,7 +195,7 @@ func (r *runtime) allocateIP(p *corev1.Pod) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("node %s: no free pod IP in %s", r.node.Name, r.node.PodCIDR)
 }
 
-func (r *runtime) releaseIP(ip netip.Addr, uid types.UID) {
+func (r *podRuntime) releaseIP(ip netip.Addr, uid types.UID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.ips[ip] == uid {
@@ -205,7 +205,7 @@ func (r *runtime) releaseIP(ip netip.Addr, uid types.UID) {
 
 // podWorker owns one pod from start to removal.
 type podWorker struct {
-	rt      *runtime
+	rt      *podRuntime
 	uid     types.UID
 	updates chan *corev1.Pod
 	done    chan struct{}
@@ -459,7 +459,7 @@ func (w *podWorker) run(ctx context.Context, pod *corev1.Pod) {
 // setUpPod gives a pod that could not be adopted a fresh start: whatever an
 // earlier run left of it (processes by its cgroup, its namespace) goes, then
 // it gets an IP, its network namespace, hosts file and cgroup.
-func (r *runtime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
+func (r *podRuntime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
 	if err := r.cg.kill(podCgroup(string(pod.UID))); err != nil {
 		return nil, PodNet{}, err
 	}
@@ -518,7 +518,7 @@ func (r *runtime) setUpPod(pod *corev1.Pod) (*podRecord, PodNet, error) {
 
 // tearDownPod ends the pod's whole process tree by its cgroup, removes its
 // network namespace and record and frees its IP.
-func (r *runtime) tearDownPod(uid types.UID, pn PodNet) {
+func (r *podRuntime) tearDownPod(uid types.UID, pn PodNet) {
 	if err := r.cg.kill(podCgroup(string(uid))); err != nil {
 		r.log.Error("end pod processes", "uid", uid, "err", err)
 	}

@@ -56,7 +56,7 @@ var legacyAffinityChains = [...]string{"affinity-prerouting", "affinity-output",
 // affinity with, when adopting its table: its hooks would otherwise keep
 // recording clients nothing reads. The skeleton has flushed the services
 // chain, whose lookup used the map.
-func (k *Kernel) deleteLegacyAffinity(f *family) {
+func (k *Tables) deleteLegacyAffinity(f *family) {
 	for _, name := range legacyAffinityChains {
 		k.conn.DelChain(&nftables.Chain{Name: name, Table: f.table})
 	}
@@ -98,7 +98,7 @@ func affinityEndpointChanges(add, del []Elem) (born []Elem, gone []string) {
 // addAffinityEndpoint queues the set and chains of the affinity endpoint
 // of e (an affsvc-k element). An existing set is kept with its clients;
 // the chains are rewritten.
-func (k *Kernel) addAffinityEndpoint(f *family, e Elem) {
+func (k *Tables) addAffinityEndpoint(f *family, e Elem) {
 	id := endpointID(e)
 	timeout := time.Duration(e.Timeout) * time.Second
 	set := &nftables.Set{Table: f.table, Name: setAffinityEndpointPrefix + id, KeyType: addrType(f.is4),
@@ -135,7 +135,7 @@ func (k *Kernel) addAffinityEndpoint(f *family, e Elem) {
 // deleteAffinityEndpoint queues deleting an affinity endpoint's chains
 // and set (with its clients). The elements that jumped to the chains must
 // be deleted earlier in the transaction.
-func (k *Kernel) deleteAffinityEndpoint(f *family, id string) {
+func (k *Tables) deleteAffinityEndpoint(f *family, id string) {
 	set := f.endpoints[id]
 	if set == nil {
 		return
@@ -150,7 +150,7 @@ func (k *Kernel) deleteAffinityEndpoint(f *family, id string) {
 // maps affsvc-k and affchk-k, the chain affinity-balance-k and the
 // services rule that sends those front-ends there. Kept once made, as the
 // other buckets.
-func (k *Kernel) ensureAffinityBucket(f *family, slots uint32) {
+func (k *Tables) ensureAffinityBucket(f *family, slots uint32) {
 	balance, check := bucket(setAffinityServicePrefix, int(slots)), bucket(setAffinityCheckPrefix, int(slots))
 	bs := k.addSet(f, balance)
 	f.buckets[balance], f.buckets[check] = true, true

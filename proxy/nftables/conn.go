@@ -5,7 +5,7 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Conn is the part of an nftables netlink connection the Kernel uses:
+// Conn is the part of an nftables netlink connection the Tables uses:
 // calls that queue a message in the transaction being built, Flush that
 // sends it as one atomic batch, and the reads. *nftables.Conn implements
 // it; Fake records and applies it in memory, so the writer is tested
@@ -30,7 +30,7 @@ type Conn interface {
 	GetSetElements(s *nftables.Set) ([]nftables.SetElement, error)
 }
 
-// Conntrack is the part of a conntrack netlink handle the Kernel uses to
+// Conntrack is the part of a conntrack netlink handle the Tables uses to
 // clear stale UDP flows; *netlink.Handle implements it.
 type Conntrack interface {
 	ConntrackDeleteFilters(table netlink.ConntrackTableType, family netlink.InetFamily, filters ...netlink.CustomConntrackFilter) (uint, error)
@@ -42,7 +42,7 @@ type chainID struct {
 	name   string
 }
 
-// tally wraps the Kernel's Conn and counts what each transaction writes:
+// tally wraps the Tables' Conn and counts what each transaction writes:
 // rules per chain and elements added and deleted. Counts of a transaction
 // become the programmed state only when its Flush succeeds, so Stats
 // reports what the kernel holds, whichever code path queued it.

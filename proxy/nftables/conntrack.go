@@ -38,7 +38,7 @@ func goneUDPEndpoints(old, now []Elem) []netip.Addr {
 // conntrack entry, which every later datagram of the flow keeps alive and
 // follows, past the DNAT rules, for as long as the client keeps sending.
 // kube-proxy clears these too.
-func (k *Kernel) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
+func (k *Tables) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
 	type front struct {
 		addr     netip.Addr
 		port     uint16
@@ -72,7 +72,7 @@ func (k *Kernel) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
 	return out
 }
 
-func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
+func (k *Tables) clearConntrack(gone [2][]netip.Addr) {
 	for i, addrs := range gone {
 		fam := netlink.InetFamily(unix.AF_INET)
 		if i == 1 {
@@ -99,7 +99,7 @@ func (k *Kernel) clearConntrack(gone [2][]netip.Addr) {
 // that were never translated (their reply comes from the front-end address
 // itself), so the flows' next datagrams pass the DNAT rules. Translated
 // entries, to endpoints, are left alone.
-func (k *Kernel) clearUntranslated(fronts [2][]netip.AddrPort) {
+func (k *Tables) clearUntranslated(fronts [2][]netip.AddrPort) {
 	for i, list := range fronts {
 		if len(list) == 0 {
 			continue

@@ -28,7 +28,7 @@ func isBucket(name string) bool {
 }
 
 // queue encodes elements per set and queues add (or delete) messages.
-func (k *Kernel) queue(f *family, elems []Elem, del bool) error {
+func (k *Tables) queue(f *family, elems []Elem, del bool) error {
 	counts := map[string]int{}
 	for _, e := range elems {
 		counts[elemSet(e)]++

@@ -26,7 +26,7 @@ type ServiceState struct {
 // kernel's sets back to find applied elements it no longer holds. Each set
 // the Services use is dumped once, however many of them share it (a bucket
 // map holds every Service with as many endpoints).
-func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]ServiceState, error) {
+func (k *Tables) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]ServiceState, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	out := make(map[snapshot.ServiceKey]ServiceState, len(keys))
@@ -70,7 +70,7 @@ func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]S
 // held dumps the kernel's set name and returns the identities of its
 // elements. Interval sets come back as separate start and end elements;
 // only the starts are kept, as encode's element carries its start key.
-func (k *Kernel) held(f *family, name string) (map[string]bool, error) {
+func (k *Tables) held(f *family, name string) (map[string]bool, error) {
 	set := f.sets[name]
 	if set == nil {
 		return nil, nil

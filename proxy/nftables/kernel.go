@@ -19,7 +19,7 @@ import (
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
-// I/O: the Kernel, its netlink connections, and Sync, which diffs what
+// I/O: Tables, their netlink connections, and Sync, which diffs what
 // changed against what was applied and sends one transaction.
 
 // TableName is the one table (per family) this package creates and the
@@ -43,10 +43,12 @@ type Config struct {
 	Conntrack Conntrack
 }
 
-// Kernel applies Service ports to nftables. It remembers what it applied,
-// so a sync touches only the elements of the Services that changed, all in
-// one netlink transaction (one RCU grace period at most).
-type Kernel struct {
+// Tables are the proxy's nftables tables (one per IP family) in a network
+// namespace, with what was applied to them: it writes Service ports into
+// them, and remembering what it applied, a sync touches only the elements
+// of the Services that changed, all in one netlink transaction (one RCU
+// grace period at most).
+type Tables struct {
 	mu   sync.Mutex
 	cfg  Config
 	nsFd int
@@ -87,14 +89,14 @@ type family struct {
 
 // New opens netlink sockets in cfg.NetNS. Nothing is programmed before the
 // first Sync.
-func New(cfg Config) (*Kernel, error) {
+func New(cfg Config) (*Tables, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Options.NodeIPs == nil {
 		cfg.Options.NodeIPs = cfg.NodeIPs
 	}
-	k := &Kernel{cfg: cfg, nsFd: -1, applied: map[snapshot.ServiceKey][2][]Elem{}, log: cfg.Logger}
+	k := &Tables{cfg: cfg, nsFd: -1, applied: map[snapshot.ServiceKey][2][]Elem{}, log: cfg.Logger}
 	if cfg.Conn != nil {
 		k.conn, k.ct = newTally(cfg.Conn), cfg.Conntrack
 		k.initFamilies()
@@ -133,7 +135,7 @@ func New(cfg Config) (*Kernel, error) {
 	return k, nil
 }
 
-func (k *Kernel) initFamilies() {
+func (k *Tables) initFamilies() {
 	for i, is4 := range []bool{true, false} {
 		f := nftables.TableFamilyIPv4
 		if !is4 {
@@ -171,7 +173,7 @@ func bigBuffers(c *mdnetlink.Conn) error {
 
 // Close releases the sockets; the rules stay, so a restarted proxy adopts
 // them and established connections never notice.
-func (k *Kernel) Close() error {
+func (k *Tables) Close() error {
 	if k.nl != nil {
 		k.nl.CloseLasting()
 	}
@@ -194,7 +196,7 @@ type Stats struct {
 }
 
 // Stats reports what is programmed.
-func (k *Kernel) Stats() Stats {
+func (k *Tables) Stats() Stats {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return Stats{Elements: k.elements[0] + k.elements[1], Rules: k.conn.ruleCount(), LastWrite: k.conn.last}
@@ -206,7 +208,7 @@ func (k *Kernel) Stats() Stats {
 // start does: it adopts a table left by an earlier run, replacing its rules
 // and elements in one atomic transaction, so established connections
 // (conntrack) are untouched.
-func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
+func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	// A change of the Service CIDRs rewrites the node-wide rules that
@@ -272,14 +274,14 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 
 // fail forgets what was applied, so the next Sync rebuilds everything
 // instead of diffing against a state the kernel may not have.
-func (k *Kernel) fail(err error) error {
+func (k *Tables) fail(err error) error {
 	k.synced = false
 	return err
 }
 
 // diff updates reference counts for one Service's change and returns the
 // elements that became wanted and those no longer wanted by anyone.
-func (k *Kernel) diff(fam int, old, now []Elem) (add, del []Elem) {
+func (k *Tables) diff(fam int, old, now []Elem) (add, del []Elem) {
 	refs := k.refs[fam]
 	// A Service's own elements (keyed by its front-ends) are compared as
 	// sets; only shared ones go through the reference counts.
@@ -342,7 +344,7 @@ func shared(e Elem) bool { return e.Set == setHairpin || e.Set == setClusterIPs 
 // fullSync rebuilds both tables from snap in one transaction: base chains
 // and rules are re-added (chains flushed first), sets flushed and refilled.
 // The table itself is never deleted, so nothing is briefly unprogrammed.
-func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
+func (k *Tables) fullSync(snap *snapshot.Snapshot) error {
 	k.applied = make(map[snapshot.ServiceKey][2][]Elem, snap.Len())
 	k.serviceCIDRs = snap.ServiceCIDRs
 	// Translate first and size everything once: growing multi-megabyte
@@ -416,7 +418,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 // existingBuckets lists bucket maps a previous run left, so they are
 // flushed (not leaked with stale elements) on adoption, and the affinity
 // endpoint sets, so those no longer wanted are deleted.
-func (k *Kernel) existingBuckets(f *family) (buckets, endpoints []string, legacyAffinity bool, err error) {
+func (k *Tables) existingBuckets(f *family) (buckets, endpoints []string, legacyAffinity bool, err error) {
 	sets, err := k.conn.GetSets(f.table)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file") {

@@ -26,7 +26,7 @@ func must(t *testing.T, err error) {
 
 // TestKernelIPv6AdoptionAndForeignTables programs an IPv6 ClusterIP into a
 // node namespace and sends real packets through it from a client namespace;
-// then a second Kernel (a restarted proxy) adopts the table, drops what is
+// then a second Tables (a restarted proxy) adopts the table, drops what is
 // no longer wanted, and leaves a table it did not create alone.
 func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 	clustertest.RequireRoot(t)
@@ -103,7 +103,7 @@ func TestKernelIPv6AdoptionAndForeignTables(t *testing.T) {
 		t.Fatalf("IPv6 VIP: got %q, %v; want the backend seeing the client's address", line, err)
 	}
 
-	// Restart: a new Kernel adopts the table; the stale Service is gone
+	// Restart: a new Tables adopts the table; the stale Service is gone
 	// from the new snapshot and must disappear from the kernel.
 	k2, err := New(Config{NetNS: nodePath})
 	must(t, err)

@@ -19,7 +19,7 @@ import (
 // bit kube-proxy uses, so the two never disagree on a shared node.
 const masqMark = 0x4000
 
-func (k *Kernel) addSet(f *family, name string) *nftables.Set {
+func (k *Tables) addSet(f *family, name string) *nftables.Set {
 	key, data, concat := setTypes(f.is4, name)
 	s := &nftables.Set{Table: f.table, Name: name, KeyType: key, Concatenation: concat}
 	if data != nftables.TypeInvalid {
@@ -39,7 +39,7 @@ func (k *Kernel) addSet(f *family, name string) *nftables.Set {
 // ensureBucket creates a bucket map and its DNAT rule the first time a
 // bucket size is used. Buckets are kept once made: an empty map costs one
 // failed lookup per new connection.
-func (k *Kernel) ensureBucket(f *family, name string) {
+func (k *Tables) ensureBucket(f *family, name string) {
 	slots, ok := bucketSlots(name)
 	if !ok || f.buckets[name] {
 		return
@@ -146,7 +146,7 @@ func setMasqMark() []expr.Any {
 
 // skeleton queues the table, its chains (flushed) and fixed rules, and all
 // sets (flushed), in the transaction being built.
-func (k *Kernel) skeleton(f *family, existing []string) {
+func (k *Tables) skeleton(f *family, existing []string) {
 	c := k.conn
 	c.AddTable(f.table)
 	add := func(r *nftables.Rule) { c.AddRule(r) }

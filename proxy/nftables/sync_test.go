@@ -18,12 +18,12 @@ import (
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
-// fakeWorld is a Kernel writing into a Fake, fed through the same path as
+// fakeWorld is a Tables writing into a Fake, fed through the same path as
 // the proxy: API objects, BuildService, a snapshot.
 type fakeWorld struct {
 	t    *testing.T
 	fake *Fake
-	k    *Kernel
+	k    *Tables
 	snap *snapshot.Snapshot
 }
 
@@ -151,7 +151,7 @@ func TestReplacingAnEndpointWritesOneElement(t *testing.T) {
 }
 
 // TestSyncAfterAFailedTransactionRebuilds checks a refused transaction
-// leaves nothing half-applied in the Kernel's memory: the next sync, even
+// leaves nothing half-applied in the Tables' memory: the next sync, even
 // of one Service, rebuilds the tables from the snapshot.
 func TestSyncAfterAFailedTransactionRebuilds(t *testing.T) {
 	w := newFakeWorld(t)

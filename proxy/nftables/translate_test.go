@@ -311,7 +311,7 @@ func TestTranslate(t *testing.T) {
 // elements several Services may want (hairpin entries of a pod behind two
 // Services).
 func TestSharedElementsStayUntilTheLastUser(t *testing.T) {
-	k := &Kernel{applied: map[snapshot.ServiceKey][2][]Elem{}}
+	k := &Tables{applied: map[snapshot.ServiceKey][2][]Elem{}}
 	k.refs[0], k.refs[1] = map[Elem]int{}, map[Elem]int{}
 	hp := Elem{Set: setHairpin, Addr: netip.MustParseAddr("10.244.1.2"), Addr2: netip.MustParseAddr("10.244.1.2"), Slot: -1}
 	k.diff(0, nil, []Elem{hp})

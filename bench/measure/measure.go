@@ -100,3 +100,60 @@ func Table[R any](labelWidth int, results []R, name func(R) string) func(metric 
 		fmt.Println()
 	}
 }
+
+// Tree returns pid and every process descending from it (children, their
+// children, ...), read from /proc: what a program costs with the helper
+// processes it started.
+func Tree(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return []int{pid}
+	}
+	children := map[int][]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], p)
+	}
+	tree := []int{pid}
+	for i := 0; i < len(tree); i++ {
+		tree = append(tree, children[tree[i]]...)
+	}
+	return tree
+}
+
+// KB returns a /proc size field ("96232 kB") in kB, 0 when unreadable.
+func KB(field string) int {
+	var n int
+	fmt.Sscan(field, &n)
+	return n
+}
+
+// PSS returns a process's proportional set size from
+// /proc/PID/smaps_rollup ("96232 kB"): its resident memory with pages
+// shared between processes (the same executable mapped by a parent and
+// its children) split between them, so a tree's PSS adds up.
+func PSS(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Pss:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "?"
+}

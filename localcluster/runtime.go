@@ -62,11 +62,13 @@ type podRuntime struct {
 	exe string
 	cg  *cgroups
 	// records is the directory of the pod records (podRecord).
-	records  string
-	zone     string
-	mu       sync.Mutex
-	workers  map[types.UID]*podWorker
-	ips      map[netip.Addr]types.UID
+	records string
+	zone    string
+	mu      sync.Mutex
+	workers map[types.UID]*podWorker
+	ips     map[netip.Addr]types.UID
+	// lastIP is the pod IP handed out last (allocateIP goes on after it).
+	lastIP   netip.Addr
 	stopping bool
 	wg       sync.WaitGroup
 }
@@ -173,26 +175,41 @@ func (r *podRuntime) finalizeDelete(ctx context.Context, p *corev1.Pod) {
 }
 
 // allocateIP keeps the pod's previous IP when it is still free (a restarted
-// cluster keeps its addresses), else takes the lowest free one.
+// cluster keeps its addresses), else takes the next free one after the
+// last it handed out, wrapping around, as the CNI host-local IPAM plugin
+// (kind's, kubenet's) does: a deleted pod's address is reused last, so what
+// still names it (conntrack entries, DNS answers in clients' caches) does
+// not reach the pod that comes next, and a StatefulSet's recreated pod
+// gets a new address its DNS record follows.
 func (r *podRuntime) allocateIP(p *corev1.Pod) (netip.Addr, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if prev, err := netip.ParseAddr(p.Status.PodIP); err == nil && r.node.PodCIDR.Contains(prev) && prev != gateway(r.node.PodCIDR) {
+	cidr := r.node.PodCIDR
+	if prev, err := netip.ParseAddr(p.Status.PodIP); err == nil && cidr.Contains(prev) && prev != gateway(cidr) {
 		if owner, taken := r.ips[prev]; !taken || owner == p.UID {
 			r.ips[prev] = p.UID
 			return prev, nil
 		}
 	}
-	for a := gateway(r.node.PodCIDR).Next(); r.node.PodCIDR.Contains(a); a = a.Next() {
-		if a.As4()[3] == 255 {
-			break
-		}
+	first := gateway(cidr).Next()
+	usable := func(a netip.Addr) bool { return cidr.Contains(a) && a.As4()[3] != 255 }
+	start := r.lastIP.Next()
+	if !r.lastIP.IsValid() || !usable(start) {
+		start = first
+	}
+	for a := start; ; {
 		if _, taken := r.ips[a]; !taken {
-			r.ips[a] = p.UID
+			r.ips[a], r.lastIP = p.UID, a
 			return a, nil
 		}
+		if a = a.Next(); !usable(a) {
+			a = first
+		}
+		if a == start {
+			break
+		}
 	}
-	return netip.Addr{}, fmt.Errorf("node %s: no free pod IP in %s", r.node.Name, r.node.PodCIDR)
+	return netip.Addr{}, fmt.Errorf("node %s: no free pod IP in %s", r.node.Name, cidr)
 }
 
 func (r *podRuntime) releaseIP(ip netip.Addr, uid types.UID) {

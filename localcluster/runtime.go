@@ -603,6 +603,13 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 			}
 			argv = append(argv, "--port", fmt.Sprintf("%d/%s", p.ContainerPort, proto))
 		}
+		if len(c.spec.Ports) == 0 {
+			// Declaring ports is informational: nginx listens on 80
+			// without, and so does its stand-in.
+			for _, p := range proc.Exposed {
+				argv = append(argv, "--port", p)
+			}
+		}
 	}
 	c.termFile, c.logFile = prep.termFile, containerLogPath(logDir, c.spec.Name, c.restarts)
 	attr := &syscall.SysProcAttr{Setsid: true,

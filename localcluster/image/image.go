@@ -64,6 +64,11 @@ type Process struct {
 	Reason, Message string
 	// Note says, for Echo, what stands in for the image.
 	Note string
+	// Exposed are, for Echo, the ports the image's own program listens on
+	// (its Dockerfile's EXPOSE, "80/TCP"): the echo server serves them when
+	// the container declares no ports, as `kubectl create deployment
+	// --image=nginx` makes it, so a Service in front of it reaches it.
+	Exposed []string
 }
 
 // ReasonImagePull is the waiting reason of a container whose image nothing
@@ -87,6 +92,8 @@ type config struct {
 	// echoWithoutCommand: an image whose own program is a server the echo
 	// server stands in for (nginx, httpd) when the container has no command.
 	echoWithoutCommand bool
+	// expose is the image's EXPOSE.
+	expose []string
 }
 
 var agnhostLinked = map[string]string{agnhost.Path: agnhost.Path, agnhost.Path2: agnhost.Path2}
@@ -108,8 +115,10 @@ var known = map[string]config{
 	"jessie-dnsutils": {cmd: []string{"bash"}, shell: true},
 	// Debian-based servers: their own program is the echo server's job,
 	// a command of theirs runs through the host's tools.
-	"nginx": {entrypoint: []string{"/docker-entrypoint.sh"}, cmd: []string{"nginx", "-g", "daemon off;"}, shell: true, echoWithoutCommand: true},
-	"httpd": {cmd: []string{"httpd-foreground"}, shell: true, echoWithoutCommand: true},
+	// Both EXPOSE 80 (nginx-slim, the StatefulSet tutorial's, too).
+	"nginx":      {entrypoint: []string{"/docker-entrypoint.sh"}, cmd: []string{"nginx", "-g", "daemon off;"}, shell: true, echoWithoutCommand: true, expose: []string{"80/TCP"}},
+	"nginx-slim": {cmd: []string{"nginx", "-g", "daemon off;"}, shell: true, echoWithoutCommand: true, expose: []string{"80/TCP"}},
+	"httpd":      {cmd: []string{"httpd-foreground"}, shell: true, echoWithoutCommand: true, expose: []string{"80/TCP"}},
 }
 
 // Resolve decides what runs a container with image ref, command, args and
@@ -129,13 +138,13 @@ func Resolve(ref string, command, args []string, workingDir string, lookPath fun
 	cfg, ok := known[path.Base(repo)]
 	if !ok {
 		if len(command) == 0 {
-			return Process{Kind: Echo, Dir: dir, Note: echoNote(ref, args)}
+			return Process{Kind: Echo, Dir: dir, Note: echoNote(ref, args, nil)}
 		}
 		return Process{Reason: ReasonImagePull, Message: fmt.Sprintf(
 			"Failed to pull image %q: switchboard up runs no registry images; it runs agnhost, pause, busybox-, alpine- and debian-like images (through the host's tools), and the built-in echo server for an image without a command", ref)}
 	}
 	if len(command) == 0 && cfg.echoWithoutCommand {
-		return Process{Kind: Echo, Dir: dir, Note: echoNote(ref, args)}
+		return Process{Kind: Echo, Dir: dir, Note: echoNote(ref, args, cfg.expose), Exposed: cfg.expose}
 	}
 	argv := entrypointCmd(cfg, command, args)
 	if len(argv) == 0 {
@@ -194,8 +203,11 @@ func hostProgram(name, abs string, lookPath func(string) (string, error)) (strin
 	return p, nil
 }
 
-func echoNote(ref string, args []string) string {
+func echoNote(ref string, args, exposed []string) string {
 	n := fmt.Sprintf("image %q runs switchboard's built-in echo server on the container's ports", ref)
+	if len(exposed) > 0 {
+		n += fmt.Sprintf(" (when it declares none, the image's %s)", strings.Join(exposed, ", "))
+	}
 	if len(args) > 0 {
 		n += "; its args are not used"
 	}

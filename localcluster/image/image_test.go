@@ -69,7 +69,9 @@ func TestResolve(t *testing.T) {
 			want: Process{Reason: ReasonCannotRun, Message: `image "debian" runs the host's tools: exec: "iperf3": executable file not found in $PATH`}},
 		// Echo server: servers' own programs, and unknown images without a command.
 		{name: "nginx", image: "nginx",
-			want: Process{Kind: Echo, Dir: "/", Note: `image "nginx" runs switchboard's built-in echo server on the container's ports`}},
+			want: Process{Kind: Echo, Dir: "/", Note: `image "nginx" runs switchboard's built-in echo server on the container's ports (when it declares none, the image's 80/TCP)`, Exposed: []string{"80/TCP"}}},
+		{name: "nginx-slim", image: "registry.k8s.io/nginx-slim:0.21",
+			want: Process{Kind: Echo, Dir: "/", Note: `image "registry.k8s.io/nginx-slim:0.21" runs switchboard's built-in echo server on the container's ports (when it declares none, the image's 80/TCP)`, Exposed: []string{"80/TCP"}}},
 		{name: "nginx with a shell command", image: "nginx:1.27", command: []string{"/bin/sh", "-c", "true"},
 			want: Process{Kind: Host, Argv: []string{"/usr/bin/sh", "-c", "true"}, Dir: "/"}},
 		{name: "unknown without command", image: "example.com/shop/web:v2", args: []string{"--listen", ":80"},

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -72,6 +73,9 @@ type Config struct {
 	// LogOutput receives the API server's and etcd's own logs (klog, zap).
 	// Nil discards them: they are verbose and rarely what a user wants.
 	LogOutput io.Writer
+	// Profiling serves /debug/pprof/ on the API server (kube-apiserver's
+	// --profiling, for its admin): the profiles are this whole process's.
+	Profiling bool
 }
 
 // ControlPlane is a running etcd and kube-apiserver.
@@ -261,7 +265,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		"--kubelet-client-certificate=" + pki.KubeletClientCert(),
 		"--kubelet-client-key=" + pki.KubeletClientKey(),
 		"--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalDNS,ExternalIP",
-		"--profiling=false",
+		"--profiling=" + strconv.FormatBool(cfg.Profiling),
 		"--enable-priority-and-fairness=true",
 		// Clients outside this process (the cluster DNS process, a
 		// user's kubectl --watch) hold watches that never drain: shut the

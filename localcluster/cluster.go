@@ -61,6 +61,9 @@ type Config struct {
 	Terminal *os.File
 	// ProxyMode is the node proxies' mode (proxy.ModeNFTables when empty).
 	ProxyMode string
+	// Profiling serves the process's /debug/pprof/ on the API server
+	// (controlplane.Config.Profiling).
+	Profiling bool
 }
 
 func (c *Config) defaults() {
@@ -282,6 +285,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		APIServerPort:       apiServerPort(dir, cfg.APIServerPort),
 		AdvertiseAddress:    network.ControlPlaneIP(),
 		ClusterEgressSocket: egressSocket,
+		Profiling:           cfg.Profiling,
 		LogOutput:           c.logFile,
 	})
 	if err != nil {

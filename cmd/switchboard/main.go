@@ -112,6 +112,13 @@ func upCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "switchboard is up; export KUBECONFIG=%s\n", c.ControlPlane.KubeconfigPath)
+			// The API server's and controllers' start-up (OpenAPI specs,
+			// handler registration, first lists) ran code it will not run
+			// again: unmap those pages too (see package workingset). Not
+			// Settle: the API server's hot code would come back page by page.
+			if _, err := workingset.Release(); err != nil {
+				cfg.Logger.Debug("release start-up pages", "err", err)
+			}
 			select {
 			case <-ctx.Done():
 			case <-c.ControlPlane.Done():

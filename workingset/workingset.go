@@ -112,10 +112,24 @@ func madvise(addr, length uintptr, advice int) error {
 // is its informer caches, and its steady state (answering, syncing one
 // change) allocates little, so collecting sooner costs little CPU and keeps
 // RSS near the live data instead of at twice it.
-func CollectSooner() {
+func CollectSooner() { CollectAt(25) }
+
+// CollectAt makes the garbage collector run at percent heap growth instead
+// of 100%, unless the operator set GOGC.
+func CollectAt(percent int) {
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(25)
+		debug.SetGCPercent(percent)
 	}
+}
+
+// ReleaseStartup marks the end of start-up in a process whose hot code
+// other parts of the same process share (`up`, the API server's): the
+// garbage of start-up goes back to the OS at once, and the executable pages
+// start-up ran are released as Release does, without Settle's page-by-page
+// re-reads.
+func ReleaseStartup() (int64, error) {
+	debug.FreeOSMemory()
+	return Release()
 }
 
 // Settle marks the end of a standalone component's start-up (its informers

@@ -3,6 +3,7 @@ package localcluster_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/switchboard/switchboard/clustertest"
 	"github.com/switchboard/switchboard/echoserver"
 )
 
@@ -445,10 +447,18 @@ func TestHostPort(t *testing.T) {
 	if err != nil {
 		t.Fatal("pod not deleted")
 	}
-	out, err := exec.Command("ip", "netns", "exec", cluster.Network.NodeNS(p.Spec.NodeName), "nft", "list", "tables").CombinedOutput()
-	if err == nil && strings.Contains(string(out), "sb-hostport-") {
-		t.Errorf("hostPort rules left after the pod went:\n%s", out)
-	}
+	// Deleted with grace 0, the object goes at once, before the node has
+	// torn the pod down: its rules go right after.
+	clustertest.Eventually(t, "hostPort rules removed after the pod went", 30*time.Second, func() error {
+		out, err := exec.Command("ip", "netns", "exec", cluster.Network.NodeNS(p.Spec.NodeName), "nft", "list", "tables").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft list tables: %v %s", err, out)
+		}
+		if strings.Contains(string(out), "sb-hostport-"+string(p.UID)[:8]) {
+			return fmt.Errorf("left:\n%s", out)
+		}
+		return nil
+	})
 }
 
 // TestExecSeesContainer: kubectl exec runs with the container's

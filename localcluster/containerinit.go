@@ -58,6 +58,11 @@ type initSpec struct {
 	// recognises by argv[0] (package agnhost).
 	Path string   `json:"path,omitempty"`
 	Argv []string `json:"argv"`
+	// StartedFD, when set, is a pipe's write end the runtime waits on: it
+	// closes when the command is exec'd (or the init fails), so the runtime
+	// reports the container running only once its mounts, /etc files and
+	// hostname are in place, and `kubectl exec` right after sees them.
+	StartedFD int `json:"startedFD,omitempty"`
 }
 
 // containerInit runs in the new namespaces, as root, as the container's
@@ -70,6 +75,10 @@ func containerInit(arg string) error {
 	var s initSpec
 	if err := json.Unmarshal([]byte(arg), &s); err != nil {
 		return fmt.Errorf("container spec: %w", err)
+	}
+	if s.StartedFD != 0 {
+		// Closed by the exec below, or by this process's exit.
+		unix.CloseOnExec(s.StartedFD)
 	}
 	if len(s.Argv) == 0 {
 		return fmt.Errorf("container spec: no command")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -625,8 +626,16 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		// The node's UTS namespace's name, as a hostNetwork pod has.
 		kernelHostname = r.node.Name
 	}
+	startedR, startedW, err := os.Pipe()
+	if err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
+		c.backoffStep()
+		return false
+	}
+	defer startedR.Close()
 	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: r.etcDir(pod.UID, pn),
-		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Dir: proc.Dir, Path: path, Argv: argv})
+		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Dir: proc.Dir, Path: path, Argv: argv,
+		StartedFD: 3}) // cmd.ExtraFiles[0]
 	// The container init (this executable under containerInitName) starts
 	// in new PID, mount, UTS and IPC namespaces and, started from a thread
 	// inside the pod's network namespace, in that one; it sets the
@@ -636,18 +645,27 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	cmd := &exec.Cmd{Path: r.exe, Args: []string{containerInitName, string(spec)}}
 	cmd.Env = env
 	cmd.SysProcAttr = attr
+	cmd.ExtraFiles = []*os.File{startedW}
 	streams, err := openStdio(c.spec, cmd, logDir, c.restarts)
 	if err != nil {
 		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
 		c.backoffStep()
 		return false
 	}
-	if err := netnamespace.Do("/run/netns/"+pn.NS, cmd.Start); err != nil {
+	err = netnamespace.Do("/run/netns/"+pn.NS, cmd.Start)
+	startedW.Close()
+	if err != nil {
 		streams.started()
 		streams.stop()
 		c.waitReason, c.waitMessage = "ContainerCannotRun", err.Error()
 		c.backoffStep()
 		return false
+	}
+	// Running once the init has set the container up and exec'd the
+	// command (or failed, which the reaper then sees).
+	startedR.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.Copy(io.Discard, startedR); err != nil {
+		log.Warn("container init did not report its start", "container", c.spec.Name, "err", err)
 	}
 	streams.started()
 	c.proc, c.stdio = childProc(cmd), streams

@@ -1,6 +1,7 @@
 package localcluster_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -437,6 +438,60 @@ func TestNamespaceDeletion(t *testing.T) {
 	clustertest.Eventually(t, "Service's rules removed from every node", 30*time.Second, func() error {
 		if got := rulesWith(svc.Spec.ClusterIP); len(got) != 0 {
 			return fmt.Errorf("ClusterIP %s still in the rules of nodes %v", svc.Spec.ClusterIP, got)
+		}
+		return nil
+	})
+}
+
+// TestKubectlLogsFollow: `kubectl logs -f` on a running pod streams the
+// lines it prints as it prints them: consecutive lines arrive, in order,
+// while the container goes on running; and `kubectl logs deploy/NAME`
+// finds a Deployment's pod, as users type it.
+func TestKubectlLogsFollow(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	runningPod(t, c, ns, commandPod("ticker", "sh", "-c", `i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.2; done`))
+	follow := kubectl(t, "-n", ns, "logs", "-f", "ticker")
+	stdout, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { follow.Process.Kill(); follow.Wait() })
+	sc := bufio.NewScanner(stdout)
+	first := -1
+	for n := 0; n < 15; n++ { // the lines written before, then 10 new ones
+		if !sc.Scan() {
+			t.Fatalf("kubectl logs -f ended after %d lines: %v", n, sc.Err())
+		}
+		var i int
+		if _, err := fmt.Sscanf(sc.Text(), "tick %d", &i); err != nil {
+			t.Fatalf("kubectl logs -f: line %q", sc.Text())
+		}
+		if first < 0 {
+			first = i
+		} else if i != first+n {
+			t.Fatalf("kubectl logs -f: line %d is %q, want tick %d", n, sc.Text(), first+n)
+		}
+	}
+	// Lines arrived while the container runs, not at its end.
+	p, err := c.CoreV1().Pods(ns).Get(context.Background(), "ticker", metav1.GetOptions{})
+	if err != nil || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].State.Running == nil {
+		t.Fatalf("ticker no longer running: %v %+v", err, p.Status.ContainerStatuses)
+	}
+
+	kubectlOut(t, "-n", ns, "create", "deployment", "printer", "--image=busybox", "--", "sh", "-c", "echo hello from $HOSTNAME; sleep 3600")
+	kubectlOut(t, "-n", ns, "rollout", "status", "deployment/printer", "--timeout=2m")
+	pods := currentPods(t, c, ns, "app=printer", 1)
+	var want string
+	for name := range pods {
+		want = "hello from " + name + "\n"
+	}
+	clustertest.Eventually(t, "kubectl logs deploy/printer", 30*time.Second, func() error {
+		if got := kubectlOut(t, "-n", ns, "logs", "deploy/printer"); got != want {
+			return fmt.Errorf("%q, want %q", got, want)
 		}
 		return nil
 	})

@@ -49,8 +49,12 @@ func TestKernelPartialSyncsCleanupAndReadBack(t *testing.T) {
 			run := ExecRunner{NetNS: path, Variant: variant}
 			// Somebody else's chain and rule, which must survive.
 			must(t, run.Restore(true, []byte("*nat\n:OTHER - [0:0]\n-A OTHER -j RETURN\n-A PREROUTING -j OTHER\nCOMMIT\n")))
-			// A Service chain an earlier run left behind.
-			must(t, run.Restore(true, []byte("*nat\n:SWB-SVC-STALESTALESTALE - [0:0]\n-A SWB-SVC-STALESTALESTALE -j RETURN\nCOMMIT\n")))
+			// Service chains earlier runs left behind: one named as
+			// before this version, two of a gone Service, one jumping to
+			// the other.
+			must(t, run.Restore(true, []byte("*nat\n:SWB-SVC-STALESTALESTALE - [0:0]\n-A SWB-SVC-STALESTALESTALE -j RETURN\n"+
+				":SWB-sSTALESTALEAAAA-SVC - [0:0]\n:SWB-sSTALESTALEAAAA-STALEEND - [0:0]\n"+
+				"-A SWB-sSTALESTALEAAAA-SVC -j SWB-sSTALESTALEAAAA-STALEEND\n-A SWB-sSTALESTALEAAAA-STALEEND -j RETURN\nCOMMIT\n")))
 
 			k, err := New(Config{NetNS: path, Variant: variant, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")},
 				Options: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
@@ -81,13 +85,37 @@ func TestKernelPartialSyncsCleanupAndReadBack(t *testing.T) {
 			must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{web, dns}}))
 			readBack(t, k, web, dns)
 			saved = save(t, run)
-			gone := endpointChain("ns/web:tcp", "tcp", netip.MustParseAddrPort("10.244.2.2:8080"))
+			gone := endpointChain(web, "ns/web:tcp", "tcp", netip.MustParseAddrPort("10.244.2.2:8080"))
 			if strings.Contains(saved, gone) {
 				t.Errorf("chain %s of the replaced endpoint is still there:\n%s", gone, saved)
 			}
 			// dns has no endpoints: its ClusterIP port is rejected.
 			if !strings.Contains(saved, "-A SWB-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment \"ns/dns:udp\" -m udp --dport 5353 -j REJECT") {
 				t.Errorf("no reject rule for the endpoint-less Service:\n%s", saved)
+			}
+
+			// A full sync that knows the table (no listing) after another
+			// replacement, then a restart whose first full sync lists it:
+			// each deletes the chain of the endpoint it no longer has.
+			for i, ip := range []string{"10.244.4.2", "10.244.5.2"} {
+				if i == 1 {
+					k2, err := New(Config{NetNS: path, Variant: variant, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")},
+						Options: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
+					must(t, err)
+					defer k2.Close()
+					k = k2
+				}
+				snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{
+					web: {webPort(web, v1.ProtocolTCP, 80, ip, "10.244.3.2", "fd00:244:1::2"), webPort(web, v1.ProtocolUDP, 53, "10.244.3.2")},
+				})
+				must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+				readBack(t, k, web, dns)
+				saved = save(t, run)
+				for _, old := range []string{"10.244.1.2:8080", "10.244.4.2:8080"}[:i+1] {
+					if c := endpointChain(web, "ns/web:tcp", "tcp", netip.MustParseAddrPort(old)); strings.Contains(saved, c) {
+						t.Errorf("full sync %d left the chain of replaced endpoint %s:\n%s", i, old, saved)
+					}
+				}
 			}
 
 			// Remove web: none of its chains stays.

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"flag"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -11,14 +12,22 @@ import (
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
-// BenchmarkKernelSync programs 500 Services × 10 endpoints into a
-// fresh namespace with the distribution's iptables, then measures a full
-// sync and a partial sync replacing one endpoint.
+var (
+	benchServices = flag.Int("services", 500, "BenchmarkKernelSync: Services (× 10 endpoints)")
+	benchVariant  = flag.String("variant", "", "BenchmarkKernelSync: iptables backend (\"\", nft or legacy)")
+)
+
+// BenchmarkKernelSync programs -services Services × 10 endpoints (500 by
+// default) into a fresh namespace with the distribution's iptables (or
+// -variant's), then measures a full sync and a partial sync replacing one
+// endpoint.
+//
+//	go test -run - -bench KernelSync ./proxy/iptables -args -services 5000 -variant legacy
 func BenchmarkKernelSync(b *testing.B) {
 	clustertest.RequireRoot(b)
-	const services = 500
+	services := *benchServices
 	_, path := clustertest.NetNS(b, "sbipb")
-	k, err := New(Config{NetNS: path, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")},
+	k, err := New(Config{NetNS: path, Variant: *benchVariant, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")},
 		Options: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}})
 	if err != nil {
 		b.Fatal(err)
@@ -38,6 +47,9 @@ func BenchmarkKernelSync(b *testing.B) {
 		all[snapshot.ServiceKey{Namespace: "bench", Name: fmt.Sprintf("s%d", i)}] = mk(i, 0)
 	}
 	snap := snapshot.New(all)
+	if err := k.Sync(snap, snapshot.Changes{Full: true}); err != nil {
+		b.Fatal(err)
+	}
 	b.Run("full", func(b *testing.B) {
 		for b.Loop() {
 			if err := k.Sync(snap, snapshot.Changes{Full: true}); err != nil {

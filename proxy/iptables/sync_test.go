@@ -80,7 +80,7 @@ func TestSyncWritesOnlyTheChangedServiceAndRecovers(t *testing.T) {
 	if strings.Contains(part, "ns/b") || strings.Contains(part, "SWB-POSTROUTING") || strings.Contains(part, "*filter") {
 		t.Errorf("partial sync rewrote more than Service a's chains:\n%s", part)
 	}
-	if !strings.Contains(part, "10.244.3.2:8080") || !strings.Contains(part, "-X "+endpointChain("ns/a:http", "udp", netip.MustParseAddrPort("10.244.1.2:8080"))) {
+	if !strings.Contains(part, "10.244.3.2:8080") || !strings.Contains(part, "-X "+endpointChain(a, "ns/a:http", "udp", netip.MustParseAddrPort("10.244.1.2:8080"))) {
 		t.Errorf("partial sync lacks the new endpoint or the old one's deletion:\n%s", part)
 	}
 	if ct.calls == 0 {

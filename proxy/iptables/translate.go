@@ -8,13 +8,17 @@
 //     per front-end (ClusterIP, externalIP, load balancer IP) that has
 //     endpoints, jumping to the Service port's chains; its last rules send
 //     traffic to the node's addresses on to SWB-NODEPORTS.
-//   - per Service port: SWB-SVC-<hash> balances over the Cluster-policy
-//     endpoints with "statistic random" (1/n, 1/(n-1), ...), SWB-SVL-<hash>
-//     over the Local-policy ones, SWB-EXT-<hash> is the external entry
-//     (masquerade, or eTP Local's short-circuit for pods and the node),
-//     SWB-FW-<hash> checks loadBalancerSourceRanges; SWB-SEP-<hash> per
-//     endpoint marks hairpin traffic for masquerade, records ClientIP
-//     affinity with the "recent" match and DNATs.
+//   - per Service port: SWB-s<svc><port>-SVC balances over the
+//     Cluster-policy endpoints with "statistic random" (1/n, 1/(n-1), ...),
+//     SWB-s<svc><port>-SVL over the Local-policy ones, -EXT is the external
+//     entry (masquerade, or eTP Local's short-circuit for pods and the
+//     node), -FW checks loadBalancerSourceRanges; SWB-s<svc><port>-<ep>
+//     per endpoint marks hairpin traffic for masquerade, records ClientIP
+//     affinity with the "recent" match and DNATs. kube-proxy names them
+//     KUBE-SVC-<hash>, KUBE-SEP-<hash>...; ours share a prefix per Service
+//     (<svc>, a hash of namespace/name) that sorts after every node-wide
+//     chain, which a full sync needs to be linear with iptables-nft (see
+//     restoreOrder in kernel.go).
 //   - nat SWB-POSTROUTING masquerades packets SWB-MARK-MASQ marked.
 //   - filter SWB-SERVICES rejects (no endpoints) or drops (no local
 //     endpoints under internalTrafficPolicy Local) ClusterIP traffic;
@@ -46,21 +50,28 @@ import (
 // Chain names. Node-wide chains are fixed; per-Service-port and
 // per-endpoint chains carry a hash, as kube-proxy's do.
 const (
-	ChainPrefix         = "SWB-"
-	chainServices       = "SWB-SERVICES"
-	chainNodePorts      = "SWB-NODEPORTS"
-	chainPostrouting    = "SWB-POSTROUTING"
-	chainMarkMasq       = "SWB-MARK-MASQ"
-	chainExternal       = "SWB-EXTERNAL-SERVICES"
-	chainForward        = "SWB-FORWARD"
-	chainProxyFirewall  = "SWB-PROXY-FIREWALL"
-	chainClusterIPs     = "SWB-CLUSTER-IPS"
-	prefixClusterPolicy = "SWB-SVC-"
-	prefixLocalPolicy   = "SWB-SVL-"
-	prefixExternal      = "SWB-EXT-"
-	prefixFirewall      = "SWB-FW-"
-	prefixEndpoint      = "SWB-SEP-"
+	ChainPrefix        = "SWB-"
+	chainServices      = "SWB-SERVICES"
+	chainNodePorts     = "SWB-NODEPORTS"
+	chainPostrouting   = "SWB-POSTROUTING"
+	chainMarkMasq      = "SWB-MARK-MASQ"
+	chainExternal      = "SWB-EXTERNAL-SERVICES"
+	chainForward       = "SWB-FORWARD"
+	chainProxyFirewall = "SWB-PROXY-FIREWALL"
+	chainClusterIPs    = "SWB-CLUSTER-IPS"
+	// prefixService starts every chain a Service owns: lower case, so
+	// that it sorts after the node-wide chains' upper case names.
+	prefixService = "SWB-s"
+	// The kinds of a Service port's chains, the last part of their names.
+	kindCluster  = "SVC"
+	kindLocal    = "SVL"
+	kindExternal = "EXT"
+	kindFirewall = "FW"
 )
+
+// oldServicePrefixes start the Service chains of earlier versions (named
+// as kube-proxy's); a full sync deletes them.
+var oldServicePrefixes = []string{"SWB-SVC-", "SWB-SVL-", "SWB-EXT-", "SWB-FW-", "SWB-SEP-"}
 
 // masqMark is the mark bit that asks SWB-POSTROUTING to masquerade; the
 // same bit the nftables mode uses, so switching modes keeps its meaning.
@@ -87,6 +98,9 @@ type Chain struct {
 
 // Service is what one Service needs in one family's tables.
 type Service struct {
+	// Group is the prefix of the Service's chain names (set even when it
+	// has no chain): a full sync writes Services in descending order of it.
+	Group string
 	// Rules go into the shared chains; Chains are the Service's own.
 	Rules  []Rule
 	Chains []Chain
@@ -114,6 +128,9 @@ type Options struct {
 // the table of family is4. It is pure.
 func Translate(ports []*snapshot.ServicePort, is4 bool, opts Options) Service {
 	var s Service
+	if len(ports) > 0 {
+		s.Group = serviceGroup(ports[0].Key.ServiceKey)
+	}
 	seen := map[Rule]bool{}
 	add := func(r Rule) {
 		if !seen[r] {
@@ -162,10 +179,11 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 	// the short-circuit.
 	usesCluster := len(clusterEPs) > 0 && (!sp.InternalLocal || external)
 	usesLocal := len(localEPs) > 0 && (sp.InternalLocal || (sp.ExternalLocal && external))
-	clusterChain := prefixClusterPolicy + portHash(name, proto)
-	localChain := prefixLocalPolicy + portHash(name, proto)
-	extChain := prefixExternal + portHash(name, proto)
-	fwChain := prefixFirewall + portHash(name, proto)
+	svcKey := sp.Key.ServiceKey
+	clusterChain := portChain(svcKey, name, proto, kindCluster)
+	localChain := portChain(svcKey, name, proto, kindLocal)
+	extChain := portChain(svcKey, name, proto, kindExternal)
+	fwChain := portChain(svcKey, name, proto, kindFirewall)
 
 	internalChain, hasInternal := clusterChain, hasEndpoints
 	if sp.InternalLocal {
@@ -293,11 +311,11 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 	}
 	var reachable []snapshot.Endpoint
 	if usesCluster {
-		balance(use(clusterChain), name, proto, clusterEPs, sp.AffinityTimeout.Seconds())
+		balance(use(clusterChain), svcKey, name, proto, clusterEPs, sp.AffinityTimeout.Seconds())
 		reachable = append(reachable, clusterEPs...)
 	}
 	if usesLocal {
-		balance(use(localChain), name, proto, localEPs, sp.AffinityTimeout.Seconds())
+		balance(use(localChain), svcKey, name, proto, localEPs, sp.AffinityTimeout.Seconds())
 		reachable = append(reachable, localEPs...)
 	}
 	done := map[netip.AddrPort]bool{}
@@ -306,7 +324,7 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 			continue
 		}
 		done[e.AddrPort()] = true
-		c := use(endpointChain(name, proto, e.AddrPort()))
+		c := use(endpointChain(svcKey, name, proto, e.AddrPort()))
 		c.Rules = append(c.Rules, "-s "+host(e.Addr)+" "+cm+" -j "+chainMarkMasq)
 		r := "-p " + proto + " " + cm
 		if sp.AffinityTimeout > 0 {
@@ -334,11 +352,11 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 // balance writes a policy chain's rules: affinity checks first (a client
 // seen within the timeout goes back to its endpoint), then one rule per
 // endpoint with the probability that spreads new connections evenly.
-func balance(c *Chain, name, proto string, eps []snapshot.Endpoint, affinity float64) {
+func balance(c *Chain, svc snapshot.ServiceKey, name, proto string, eps []snapshot.Endpoint, affinity float64) {
 	is4 := eps[0].Addr.Is4()
 	if affinity > 0 {
 		for _, e := range eps {
-			sep := endpointChain(name, proto, e.AddrPort())
+			sep := endpointChain(svc, name, proto, e.AddrPort())
 			c.Rules = append(c.Rules, comment(name)+" -m recent --rcheck --seconds "+strconv.Itoa(int(affinity))+
 				" --reap --name "+sep+" --mask "+fullMask(is4)+" --rsource -j "+sep)
 		}
@@ -348,7 +366,7 @@ func balance(c *Chain, name, proto string, eps []snapshot.Endpoint, affinity flo
 		if i < len(eps)-1 {
 			r += " -m statistic --mode random --probability " + probability(len(eps)-i)
 		}
-		c.Rules = append(c.Rules, r+" -j "+endpointChain(name, proto, e.AddrPort()))
+		c.Rules = append(c.Rules, r+" -j "+endpointChain(svc, name, proto, e.AddrPort()))
 	}
 }
 
@@ -395,23 +413,49 @@ func localCIDR(cidrs []netip.Prefix, is4 bool) netip.Prefix {
 
 var encoding = base32.StdEncoding
 
-// portHash names a Service port's chains, as kube-proxy's portProtoHash.
-func portHash(name, proto string) string {
-	h := sha256.Sum256([]byte(name + proto))
-	return encoding.EncodeToString(h[:])[:16]
+// hash is the first n characters of the base32 SHA-256 of s.
+func hash(s string, n int) string {
+	h := sha256.Sum256([]byte(s))
+	return encoding.EncodeToString(h[:])[:n]
 }
 
-// endpointChain names an endpoint's chain, as kube-proxy's
-// servicePortEndpointChainName.
-func endpointChain(name, proto string, ep netip.AddrPort) string {
-	h := sha256.Sum256([]byte(name + proto + ep.String()))
-	return prefixEndpoint + encoding.EncodeToString(h[:])[:16]
+// serviceGroup is the prefix of every chain of Service svc: 50 bits of
+// hash tell 10^6 Services apart with a collision chance of 1 in 10^3.
+func serviceGroup(svc snapshot.ServiceKey) string {
+	return prefixService + hash(svc.String(), 10)
 }
 
-// isServiceChain tells the chains Services own (deleted when stale) from
-// the node-wide ones.
+// groupOf returns the Service prefix of a chain name ("" for a chain no
+// Service owns in this version's naming).
+func groupOf(chain string) string {
+	if n := len(prefixService) + 10; strings.HasPrefix(chain, prefixService) && len(chain) > n {
+		return chain[:n]
+	}
+	return ""
+}
+
+// portChain names a Service port's chain of the given kind: the Service's
+// prefix, 4 characters that tell its ports apart (name is kube-proxy's
+// ServicePortName, namespace/name:port), the kind. 25 characters at most:
+// iptables allows 28.
+func portChain(svc snapshot.ServiceKey, name, proto, kind string) string {
+	return serviceGroup(svc) + hash(name+proto, 4) + "-" + kind
+}
+
+// endpointChain names an endpoint's chain: the port's prefix and 8
+// characters of the endpoint's hash, as kube-proxy's
+// servicePortEndpointChainName hashes it (28 characters).
+func endpointChain(svc snapshot.ServiceKey, name, proto string, ep netip.AddrPort) string {
+	return serviceGroup(svc) + hash(name+proto, 4) + "-" + hash(name+proto+ep.String(), 8)
+}
+
+// isServiceChain tells the chains Services own (deleted when stale), in
+// this version's naming or an earlier one's, from the node-wide ones.
 func isServiceChain(name string) bool {
-	for _, p := range []string{prefixClusterPolicy, prefixLocalPolicy, prefixExternal, prefixFirewall, prefixEndpoint} {
+	if strings.HasPrefix(name, prefixService) {
+		return true
+	}
+	for _, p := range oldServicePrefixes {
 		if strings.HasPrefix(name, p) {
 			return true
 		}

@@ -54,12 +54,12 @@ func port(mod func(*snapshot.ServicePort), eps ...snapshot.Endpoint) *snapshot.S
 // iptables-save prints them (the kernel test checks the spelling against
 // the real tools).
 func TestTranslate(t *testing.T) {
-	svc := prefixClusterPolicy + portHash("ns/web:http", "tcp")
-	svl := prefixLocalPolicy + portHash("ns/web:http", "tcp")
-	ext := prefixExternal + portHash("ns/web:http", "tcp")
-	fw := prefixFirewall + portHash("ns/web:http", "tcp")
+	svc := portChain(key, "ns/web:http", "tcp", kindCluster)
+	svl := portChain(key, "ns/web:http", "tcp", kindLocal)
+	ext := portChain(key, "ns/web:http", "tcp", kindExternal)
+	fw := portChain(key, "ns/web:http", "tcp", kindFirewall)
 	sep := func(a string) string {
-		return endpointChain("ns/web:http", "tcp", netip.AddrPortFrom(netip.MustParseAddr(a), 8080))
+		return endpointChain(key, "ns/web:http", "tcp", netip.AddrPortFrom(netip.MustParseAddr(a), 8080))
 	}
 	const cm = `-m comment --comment "ns/web:http"`
 	opts := Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")}}
@@ -185,7 +185,7 @@ func TestTranslate(t *testing.T) {
 		is4: false,
 		want: []string{
 			`nat SWB-SERVICES -d fd00:96::10/128 -p tcp ` + cm + ` -m tcp --dport 80 -j ` + svc,
-			`nat ` + endpointChain("ns/web:http", "tcp", netip.MustParseAddrPort("[fd00:244:1::2]:8080")) + ` -p tcp ` + cm + ` -m tcp -j DNAT --to-destination [fd00:244:1::2]:8080`,
+			`nat ` + endpointChain(key, "ns/web:http", "tcp", netip.MustParseAddrPort("[fd00:244:1::2]:8080")) + ` -p tcp ` + cm + ` -m tcp -j DNAT --to-destination [fd00:244:1::2]:8080`,
 			`filter SWB-CLUSTER-IPS -d fd00:96::10/128 -m comment --comment "ns/web" -j REJECT --reject-with icmp6-port-unreachable`,
 		},
 		absent: []string{"10.244.1.2", "10.96.0.10", "! -s"}, // no IPv6 cluster CIDR: no masquerade rule
@@ -235,8 +235,8 @@ func TestPartialRewritesOnlyWhatChanged(t *testing.T) {
 	if strings.Contains(text, "*filter") || len(p.del)+len(p.ins) != 0 {
 		t.Errorf("shared rules rewritten:\n%s", text)
 	}
-	gone := endpointChain("ns/web:http", "tcp", netip.MustParseAddrPort("10.244.2.2:8080"))
-	kept := endpointChain("ns/web:http", "tcp", netip.MustParseAddrPort("10.244.1.2:8080"))
+	gone := endpointChain(key, "ns/web:http", "tcp", netip.MustParseAddrPort("10.244.2.2:8080"))
+	kept := endpointChain(key, "ns/web:http", "tcp", netip.MustParseAddrPort("10.244.1.2:8080"))
 	if !strings.Contains(text, "-X "+gone+"\n") {
 		t.Errorf("the replaced endpoint's chain is not deleted:\n%s", text)
 	}

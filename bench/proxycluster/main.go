@@ -1,15 +1,19 @@
 // Command proxycluster benchmarks `switchboard proxy` against upstream
-// kube-proxy (nftables mode) as real processes, in one run: one in-process
-// kube-apiserver holds 5,000 ClusterIP Services x 10 endpoints, and each
-// proxy runs inside its own network namespace (ip netns exec), reaching the
-// API server through a TCP relay the benchmark opens on that namespace's
-// loopback. It reports, per proxy: the time from process start until all
+// kube-proxy as real processes, in one run, for each proxy mode in -modes
+// (each proxy in the same mode as its rival): one in-process kube-apiserver
+// holds 5,000 ClusterIP Services x 10 endpoints, and each proxy runs inside
+// its own network namespace (ip netns exec), reaching the API server
+// through a TCP relay the benchmark opens on that namespace's loopback. It
+// reports, per mode and proxy: the time from process start until all
 // Services are programmed, the first full sync as the proxy itself reports
 // it, single endpoint changes (the proxy's own sync duration and the time
-// from the API write until its sync finished), the ruleset's size, and RSS.
+// from the API write until its sync finished), the ruleset's size, RSS,
+// and the latency of a new TCP connection to a ClusterIP (connect through
+// the proxy's DNAT to a listener in the namespace; iptables matches
+// Services one rule after another, so this grows with their number).
 //
 //	go build -o /tmp/sb ./cmd/switchboard
-//	go run ./bench/proxycluster [-switchboard /tmp/sb] [-kube-proxy /work/ref/kube-proxy]
+//	go run ./bench/proxycluster [-modes nftables,iptables] [-switchboard /tmp/sb] [-kube-proxy /tmp/ref/kube-proxy]
 package main
 
 import (
@@ -19,6 +23,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -32,10 +37,13 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 
 	"github.com/switchboard/switchboard/bench/measure"
 	"github.com/switchboard/switchboard/controlplane"
@@ -45,12 +53,22 @@ import (
 const ns = "bench"
 
 var (
-	nServices = flag.Int("services", 5000, "ClusterIP Services")
-	nEps      = flag.Int("endpoints", 10, "endpoints per Service")
-	nChanges  = flag.Int("changes", 10, "single endpoint changes measured")
-	sbBin     = flag.String("switchboard", "/tmp/sb", "switchboard binary (go build -o /tmp/sb ./cmd/switchboard)")
-	kpBin     = flag.String("kube-proxy", "/work/ref/kube-proxy", "upstream kube-proxy binary; skipped if missing")
+	nServices    = flag.Int("services", 5000, "ClusterIP Services")
+	nEps         = flag.Int("endpoints", 10, "endpoints per Service")
+	nChanges     = flag.Int("changes", 10, "single endpoint changes measured")
+	sbBin        = flag.String("switchboard", "/tmp/sb", "switchboard binary (go build -o /tmp/sb ./cmd/switchboard)")
+	kpBin        = flag.String("kube-proxy", "/tmp/ref/kube-proxy", "upstream kube-proxy binary; skipped if missing")
+	startTimeout = flag.Duration("start-timeout", 15*time.Minute, "how long a proxy may take to program every Service")
+	modes        = flag.String("modes", "nftables,iptables", "proxy modes to compare, in order")
+	nProbes      = flag.Int("probes", 20, "Services with a local endpoint the connection latency is measured through")
+	nConns       = flag.Int("connections", 400, "new connections measured per proxy")
 )
+
+// probeAddr is the one endpoint of the probe Services: an address on the
+// loopback of each proxy's namespace, with a listener on probePort.
+var probeAddr = netip.MustParseAddr("10.250.255.1")
+
+const probePort = 8080
 
 // rival is one proxy under test and the names of its metrics.
 type rival struct {
@@ -60,7 +78,8 @@ type rival struct {
 	syncDur  string // histogram of every sync's duration
 	progLat  string // network programming latency histogram
 	services string // gauge that reaches nServices when all is programmed ("" if none)
-	written  string // counter of nftables elements written ("" if none)
+	written  string // counter of rules or elements written ("" if none)
+	mode     string
 	labels   string // label set of the IPv4 samples, e.g. {ip_family="IPv4"}
 
 	netnsName, netnsPath string
@@ -76,12 +95,16 @@ type rival struct {
 	progMean                time.Duration
 	lines                   int
 	rss, rssAnon, rssFile   string
+	connect, direct         []time.Duration
 }
 
 func main() {
 	flag.Parse()
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	ctx := context.Background()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() { <-sig; atExit(); os.Exit(1) }()
 	dir, err := os.MkdirTemp("", "sb-bench-proxy-")
 	must(err)
 	defer os.RemoveAll(dir)
@@ -93,31 +116,69 @@ func main() {
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	client := kubernetes.NewForConfigOrDie(cfg)
 
+	_, err = client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	must(err)
+	for _, node := range []string{"sb-node", "kp-node"} {
+		must(registerNode(ctx, client, node))
+	}
+	start := time.Now()
+	_, err = measure.LoadServices(ctx, client, ns, *nServices, *nEps)
+	must(err)
+	probeIPs := make([]string, *nProbes)
+	measure.Parallel(*nProbes, 8, func(i int) {
+		svc, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("probe-%d", i)},
+			Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(probePort)}}},
+		}, metav1.CreateOptions{})
+		must(err)
+		probeIPs[i] = svc.Spec.ClusterIP
+		_, err = client.DiscoveryV1().EndpointSlices(ns).Create(ctx, probeSlice(i), metav1.CreateOptions{})
+		must(err)
+	})
+	log.Printf("created %d Services x %d endpoints (and %d probe Services) in %v", *nServices, *nEps, *nProbes, time.Since(start).Round(time.Millisecond))
+
+	gen := 0
+	for _, mode := range strings.Split(*modes, ",") {
+		rivals := newRivals(mode)
+		runMode(ctx, client, dir, cp, rivals, probeIPs, &gen)
+	}
+}
+
+// newRivals returns switchboard and, if its binary is there, kube-proxy,
+// both in mode.
+func newRivals(mode string) []*rival {
 	rivals := []*rival{{
 		name: "switchboard", node: "sb-node",
 		argv: func(kc string) []string {
 			return []string{*sbBin, "proxy", "--kubeconfig", kc, "--hostname-override", "sb-node",
-				"--cluster-cidr", "10.244.0.0/16", "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249"}
+				"--proxy-mode", mode, "--cluster-cidr", "10.244.0.0/16", "--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249"}
 		},
 		syncDur: "switchboard_proxy_sync_duration_seconds", progLat: "switchboard_proxy_network_programming_duration_seconds",
 		written:  "switchboard_proxy_nftables_elements_written_total",
-		services: "switchboard_proxy_services",
+		services: "switchboard_proxy_services", mode: mode,
 	}}
 	if _, err := os.Stat(*kpBin); err == nil {
 		rivals = append(rivals, &rival{
 			name: "kube-proxy", node: "kp-node",
 			argv: func(kc string) []string {
-				return []string{*kpBin, "--proxy-mode", "nftables", "--kubeconfig", kc, "--hostname-override", "kp-node",
+				return []string{*kpBin, "--proxy-mode", mode, "--kubeconfig", kc, "--hostname-override", "kp-node",
 					"--cluster-cidr", "10.244.0.0/16", "--conntrack-max-per-core", "0",
 					"--healthz-bind-address", "127.0.0.1:10256", "--metrics-bind-address", "127.0.0.1:10249"}
 			},
 			syncDur: "kubeproxy_sync_proxy_rules_duration_seconds", progLat: "kubeproxy_network_programming_duration_seconds",
 			// Its IPv4 proxier: the IPv6 one has nothing to program here.
-			labels: `{ip_family="IPv4"}`,
+			labels: `{ip_family="IPv4"}`, mode: mode,
 		})
 	} else {
 		log.Printf("no kube-proxy at %s (../shared/reference/build.sh builds it): switchboard only", *kpBin)
 	}
+	return rivals
+}
+
+// runMode starts each rival in turn, measures it, prints the mode's
+// table and stops them. gen numbers the endpoint changes across modes.
+func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *controlplane.ControlPlane, rivals []*rival, probeIPs []string, gen *int) {
+	var err error
 	// Namespaces and processes go away even when the run is interrupted.
 	cleanup := func() {
 		for _, r := range rivals {
@@ -132,24 +193,12 @@ func main() {
 	}
 	defer cleanup()
 	atExit = func() { cleanup(); cp.Stop(); os.RemoveAll(dir) }
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() { <-sig; atExit(); os.Exit(1) }()
-
-	_, err = client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	must(err)
-	for _, r := range rivals {
-		must(registerNode(ctx, client, r.node))
-	}
-	start := time.Now()
-	_, err = measure.LoadServices(ctx, client, ns, *nServices, *nEps)
-	must(err)
-	log.Printf("created %d Services x %d endpoints in %v", *nServices, *nEps, time.Since(start).Round(time.Millisecond))
 
 	for _, r := range rivals {
 		r.netnsName = netnamespace.Unique("sbbp")
 		r.netnsPath, r.deleteNetns, err = netnamespace.Create(r.netnsName)
 		must(err)
+		must(listenProbe(r, probeIPs))
 		kc, err := relayKubeconfig(cp, dir, r)
 		must(err)
 		argv := r.argv(kc)
@@ -175,7 +224,8 @@ func main() {
 			m := r.metrics()
 			before[r] = mark{m[r.progLat+"_count"+r.labels], m[r.syncDur+"_count"+r.labels], m[r.syncDur+"_sum"+r.labels], m[r.written]}
 		}
-		sl := measure.EndpointSlice(idx, i+1, *nEps)
+		*gen++
+		sl := measure.EndpointSlice(idx, *gen, *nEps)
 		cur, err := client.DiscoveryV1().EndpointSlices(ns).Get(ctx, sl.Name, metav1.GetOptions{})
 		must(err)
 		sl.ResourceVersion = cur.ResourceVersion
@@ -232,12 +282,11 @@ func main() {
 		}
 		pid := r.cmd.Process.Pid
 		r.rss, r.rssAnon, r.rssFile = measure.MB(measure.Status(pid, "VmRSS")), measure.MB(measure.Status(pid, "RssAnon")), measure.MB(measure.Status(pid, "RssFile"))
-		out, err := exec.Command("ip", "netns", "exec", r.netnsName, "nft", "list", "ruleset").Output()
-		if err == nil {
-			r.lines = strings.Count(string(out), "\n")
-		}
+		r.lines = rulesetLines(r)
+		r.connect, r.direct = connectLatency(r, probeIPs)
 	}
-	fmt.Printf("\n%d ClusterIP Services x %d endpoints, one kube-apiserver, each proxy in its own netns (%d changes)\n", *nServices, *nEps, *nChanges)
+	fmt.Printf("\n--proxy-mode %s: %d ClusterIP Services x %d endpoints, one kube-apiserver, each proxy in its own netns (%d changes, %d new connections)\n",
+		rivals[0].mode, *nServices, *nEps, *nChanges, *nConns)
 	row := measure.Table(40, rivals, func(r *rival) string { return r.name })
 	row("start -> all Services programmed", func(r *rival) string { return r.toProgrammed.Round(time.Millisecond).String() })
 	row("first full sync (self-reported)", func(r *rival) string { return r.firstSync.Round(time.Millisecond).String() })
@@ -257,10 +306,92 @@ func main() {
 	row("API write -> change programmed p50", func(r *rival) string { return pct(r.changeWall, 50) })
 	row("API write -> change programmed max", func(r *rival) string { return pct(r.changeWall, 100) })
 	row("programming latency mean (trigger time)", func(r *rival) string { return r.progMean.Round(10 * time.Microsecond).String() })
-	row("nft list ruleset lines", func(r *rival) string { return strconv.Itoa(r.lines) })
+	row("new connection to a ClusterIP p50", func(r *rival) string { return pct(r.connect, 50) })
+	row("new connection to a ClusterIP p99", func(r *rival) string { return pct(r.connect, 99) })
+	row("  same, straight to the endpoint p50", func(r *rival) string { return pct(r.direct, 50) })
+	row(rulesetName(rivals[0].mode), func(r *rival) string { return strconv.Itoa(r.lines) })
 	row("RSS", func(r *rival) string { return r.rss })
 	row("  of which anonymous", func(r *rival) string { return r.rssAnon })
 	row("  of which file-backed", func(r *rival) string { return r.rssFile })
+}
+
+// rulesetName says what rulesetLines counts in mode.
+func rulesetName(mode string) string {
+	if mode == "iptables" {
+		return "iptables-save lines (filter + nat)"
+	}
+	return "nft list ruleset lines"
+}
+
+// rulesetLines counts the lines of the rival's programmed ruleset, as its
+// mode's tool prints it.
+func rulesetLines(r *rival) int {
+	var out []byte
+	var err error
+	if r.mode == "iptables" {
+		out, err = exec.Command("ip", "netns", "exec", r.netnsName, "iptables-save").Output()
+	} else {
+		out, err = exec.Command("ip", "netns", "exec", r.netnsName, "nft", "list", "ruleset").Output()
+	}
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(out), "\n")
+}
+
+// listenProbe puts probeAddr on the loopback of the rival's namespace with
+// a listener that accepts and closes, and routes the probe ClusterIPs
+// there from that address: a connection to one is DNATed by the proxy's
+// rules (its output path) to the listener.
+func listenProbe(r *rival, probeIPs []string) error {
+	if err := netnamespace.IP(r.netnsName, "addr", "add", probeAddr.String()+"/32", "dev", "lo"); err != nil {
+		return err
+	}
+	for _, ip := range probeIPs {
+		if err := netnamespace.IP(r.netnsName, "route", "add", ip+"/32", "dev", "lo", "src", probeAddr.String()); err != nil {
+			return err
+		}
+	}
+	var l net.Listener
+	if err := netnamespace.Do(r.netnsPath, func() error {
+		var err error
+		l, err = net.Listen("tcp", netip.AddrPortFrom(probeAddr, probePort).String())
+		return err
+	}); err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return nil
+}
+
+// connectLatency times *nConns new TCP connections (connect returned) to
+// the probe ClusterIPs in turn from inside the rival's namespace, and as
+// many straight to the listener.
+func connectLatency(r *rival, probeIPs []string) (vip, direct []time.Duration) {
+	ctx := context.Background()
+	dial := func(addr string) time.Duration {
+		t0 := time.Now()
+		c, err := netnamespace.Dial(ctx, r.netnsPath, "tcp", addr)
+		d := time.Since(t0)
+		if err != nil {
+			fatalf("%s: connect to %s: %v", r.name, addr, err)
+		}
+		c.Close()
+		return d
+	}
+	for i := range *nConns {
+		vip = append(vip, dial(net.JoinHostPort(probeIPs[i%len(probeIPs)], "80")))
+		direct = append(direct, dial(netip.AddrPortFrom(probeAddr, probePort).String()))
+	}
+	return vip, direct
 }
 
 func pct(ds []time.Duration, p int) string {
@@ -271,6 +402,20 @@ func pct(ds []time.Duration, p int) string {
 	slices.Sort(s)
 	i := (len(s) - 1) * p / 100
 	return s[i].Round(10 * time.Microsecond).String()
+}
+
+// probeSlice is probe Service i's EndpointSlice: one ready endpoint, the
+// listener in each proxy's namespace.
+func probeSlice(i int) *discovery.EndpointSlice {
+	return &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("probe-%d-bench", i), Labels: map[string]string{
+			discovery.LabelServiceName: fmt.Sprintf("probe-%d", i), discovery.LabelManagedBy: "bench"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](probePort), Protocol: ptr.To(v1.ProtocolTCP)}},
+		Endpoints: []discovery.Endpoint{{Addresses: []string{probeAddr.String()},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
+			NodeName:   ptr.To("elsewhere")}},
+	}
 }
 
 // registerNode creates a Node with an InternalIP: kube-proxy waits for one.
@@ -344,7 +489,7 @@ func (r *rival) histogram(name string) (count, sum float64) {
 
 // waitProgrammed waits for the first sync that holds every Service.
 func (r *rival) waitProgrammed() {
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(*startTimeout)
 	for time.Now().Before(deadline) {
 		m := r.metrics()
 		count, sum := m[r.syncDur+"_count"+r.labels], m[r.syncDur+"_sum"+r.labels]
@@ -362,7 +507,7 @@ func (r *rival) waitProgrammed() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	fatalf("%s: not programmed within 5 minutes", r.name)
+	fatalf("%s: not programmed within %v", r.name, *startTimeout)
 }
 
 // atExit removes the namespaces, processes and API server a failed run

@@ -556,6 +556,11 @@ func FullText(is4 bool, nodePortIPs []netip.Addr, serviceCIDRs []netip.Prefix, s
 	for _, c := range filter {
 		declare(c.Name)
 	}
+	// A connection a Service port translated has nothing to do with the
+	// per-ClusterIP rejects: one rule saves every such connection a walk
+	// over one rule per ClusterIP (partial syncs insert above it, which
+	// costs only that shortcut for their few rules).
+	rule(chainClusterIPs, "-m conntrack --ctstate DNAT -m comment --comment \"translated\" -j RETURN")
 	for _, g := range order {
 		for _, s := range g.services {
 			for _, r := range s.Rules {

@@ -38,6 +38,19 @@ func Skip(t testing.TB, reason string) {
 	t.Skip(reason)
 }
 
+// RequireIPVS skips unless the kernel has IPVS (/proc/net/ip_vs). It is
+// the one skip RequireEnv=require accepts: CI kernels commonly lack
+// CONFIG_IP_VS, and the IPVS mode's translation is tested without it
+// (against proxy/ipvs's Fake); the skip says so in its reason.
+func RequireIPVS(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
+		t.Skip("the kernel has no IPVS (no /proc/net/ip_vs: CONFIG_IP_VS is not set or ip_vs is not loaded); " +
+			"allowed under " + RequireEnv + "=require, the translation is tested against the in-memory IPVS")
+	}
+}
+
 // RequireRoot skips (or fails, see Skip) unless the test runs as root.
 func RequireRoot(t testing.TB) {
 	t.Helper()

@@ -577,15 +577,21 @@ func (d NamespaceDataPlane) Dial(ctx context.Context, pod *corev1.Pod, network, 
 // kernelStore names where a proxy of mode keeps its state, and kernelUnit
 // what the state is made of (a proxy without a mode is an nftables one).
 func kernelStore(mode string) string {
-	if mode == proxydebug.ModeIPTables {
+	switch mode {
+	case proxydebug.ModeIPTables:
 		return "iptables chains (SWB-*)"
+	case proxydebug.ModeIPVS:
+		return "IPVS virtual servers"
 	}
 	return "nftables table switchboard"
 }
 
 func kernelUnit(mode string) string {
-	if mode == proxydebug.ModeIPTables {
+	switch mode {
+	case proxydebug.ModeIPTables:
 		return "rule(s)"
+	case proxydebug.ModeIPVS:
+		return "virtual or real server(s)"
 	}
 	return "nftables element(s)"
 }

@@ -1,12 +1,15 @@
 package proxy
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os/exec"
+	"slices"
 
 	"github.com/switchboard/switchboard/proxy/iptables"
+	"github.com/switchboard/switchboard/proxy/ipvs"
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxydebug"
 )
@@ -15,10 +18,11 @@ import (
 const (
 	ModeNFTables = proxydebug.ModeNFTables
 	ModeIPTables = proxydebug.ModeIPTables
+	ModeIPVS     = proxydebug.ModeIPVS
 )
 
 // Modes lists the proxy modes, the default first.
-var Modes = []string{ModeNFTables, ModeIPTables}
+var Modes = []string{ModeNFTables, ModeIPTables, ModeIPVS}
 
 // dataPlane is a Backend that can also read its state back and be closed.
 type dataPlane interface {
@@ -34,19 +38,27 @@ type dataPlane interface {
 // NodePorts answer on nodePortIPs; primary are the node's own addresses (a
 // load balancer source range holding one admits the load balancer's).
 func newDataPlane(cfg Config, nodePortIPs, primary []netip.Addr, log *slog.Logger) (dataPlane, error) {
-	switch cfg.Mode {
-	case "", ModeNFTables:
-		if err := CleanupMode(ModeIPTables, cfg.NetNS); err != nil {
-			return nil, err
+	mode := cmp.Or(cfg.Mode, ModeNFTables)
+	if !slices.Contains(Modes, mode) {
+		return nil, fmt.Errorf("proxy: unknown proxy mode %q (want one of %v)", cfg.Mode, Modes)
+	}
+	for _, other := range Modes {
+		if other != mode {
+			if err := CleanupMode(other, cfg.NetNS); err != nil {
+				return nil, err
+			}
 		}
+	}
+	switch mode {
+	case ModeNFTables:
 		return nftables.New(nftables.Config{NetNS: cfg.NetNS, NodeIPs: nodePortIPs,
 			Options: nftables.Options{ClusterCIDRs: cfg.ClusterCIDRs, NodeIPs: primary}, Logger: log})
 	case ModeIPTables:
-		if err := CleanupMode(ModeNFTables, cfg.NetNS); err != nil {
-			return nil, err
-		}
 		return iptables.New(iptables.Config{NetNS: cfg.NetNS, NodeIPs: nodePortIPs,
 			Options: iptables.Options{ClusterCIDRs: cfg.ClusterCIDRs, NodeIPs: primary}, Logger: log})
+	case ModeIPVS:
+		return ipvs.New(ipvs.Config{NetNS: cfg.NetNS, Logger: log,
+			Options: ipvs.Options{Scheduler: cfg.IPVSScheduler, NodeIPs: nodePortIPs, ClusterCIDRs: cfg.ClusterCIDRs}})
 	}
 	return nil, fmt.Errorf("proxy: unknown proxy mode %q (want one of %v)", cfg.Mode, Modes)
 }
@@ -67,6 +79,10 @@ func CleanupMode(mode, netns string) error {
 		}
 		if err := iptables.Cleanup(iptables.ExecRunner{NetNS: netns}); err != nil {
 			return fmt.Errorf("proxy: clean up iptables mode: %w", err)
+		}
+	case ModeIPVS:
+		if err := ipvs.Cleanup(netns); err != nil {
+			return fmt.Errorf("proxy: clean up ipvs mode: %w", err)
 		}
 	default:
 		return fmt.Errorf("proxy: unknown proxy mode %q (want one of %v)", mode, Modes)

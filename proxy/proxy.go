@@ -73,9 +73,12 @@ type Config struct {
 	// its working set then).
 	OnInitialSync func()
 	// Mode is the proxy mode, kube-proxy's --proxy-mode: ModeNFTables
-	// (the default when empty) or ModeIPTables. Starting in one mode
-	// removes the rules of the others.
+	// (the default when empty), ModeIPTables or ModeIPVS. Starting in one
+	// mode removes the rules of the others.
 	Mode string
+	// IPVSScheduler is the ipvs mode's scheduler (kube-proxy's
+	// --ipvs-scheduler; "" is rr).
+	IPVSScheduler string
 	// MinSyncInterval coalesces bursts of changes; 0 uses 10ms.
 	MinSyncInterval time.Duration
 	Logger          *slog.Logger

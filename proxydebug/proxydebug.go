@@ -18,12 +18,13 @@ const Path = "/debug/switchboard/services"
 const (
 	ModeNFTables = "nftables"
 	ModeIPTables = "iptables"
+	ModeIPVS     = "ipvs"
 )
 
 // State is the answer at Path.
 type State struct {
 	Node string `json:"node"`
-	// Mode is the proxy mode (ModeNFTables, ModeIPTables; empty from a
+	// Mode is the proxy mode (ModeNFTables, ModeIPTables, ModeIPVS; empty from a
 	// proxy older than the iptables mode, which is nftables): what the
 	// Services' Kernel state is made of.
 	Mode string `json:"mode,omitempty"`

@@ -40,13 +40,16 @@ func proxyCmd() *cobra.Command {
 		cleanup          bool
 		cleanupKubeProxy bool
 		minSync          time.Duration // only from --config's nftables.minSyncPeriod
+		ipvsScheduler    string
 	)
 	cmd := &cobra.Command{
 		Use:   "proxy",
-		Short: "Run the node proxy: program Service VIPs, NodePorts and traffic policies into nftables or iptables",
+		Short: "Run the node proxy: program Service VIPs, NodePorts and traffic policies into nftables, iptables or IPVS",
 		Long: `proxy programs Services into nftables (its own tables "switchboard", ip and ip6), as kube-proxy's
 nftables mode, or with --proxy-mode iptables into iptables chains of its own (prefix SWB-), as kube-proxy's
-iptables mode; starting in one mode removes the other's rules. On SIGTERM it exits and leaves its rules, so traffic flows until the next proxy adopts them.
+iptables mode, or with --proxy-mode ipvs into IPVS virtual servers (Service addresses on the dummy interface
+swb-ipvs0, filter rules in the nftables table "switchboard-ipvs"), as kube-proxy's ipvs mode; starting in one mode
+removes the others' rules. On SIGTERM it exits and leaves its rules, so traffic flows until the next proxy adopts them.
 --cleanup removes its tables and chains of both modes (and kube-proxy's leftovers) and exits, as kube-proxy --cleanup.
 --config reads kube-proxy's KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1): its fields win
 over flags, except --hostname-override, -v and --logging-format, as in kube-proxy.`,
@@ -73,6 +76,7 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 				set(&clusterCIDR, s.ClusterCIDR, "")
 				set(&detectLocal, s.DetectLocalMode, "")
 				set(&mode, s.Mode, "")
+				set(&ipvsScheduler, s.IPVSScheduler, "")
 				set(&lf.format, s.LoggingFormat, "logging-format")
 				if s.QPS != 0 {
 					cf.qps = s.QPS
@@ -130,7 +134,7 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 				}
 				hostname = strings.ToLower(h)
 			}
-			cfg := proxy.Config{Mode: mode, NodeName: hostname, NetNS: netns, HealthzBindAddress: healthz, MetricsBindAddress: metricsAddr, EnableProfiling: profiling}
+			cfg := proxy.Config{Mode: mode, IPVSScheduler: ipvsScheduler, NodeName: hostname, NetNS: netns, HealthzBindAddress: healthz, MetricsBindAddress: metricsAddr, EnableProfiling: profiling}
 			switch detectLocal {
 			case "ClusterCIDR":
 				for _, s := range strings.Split(clusterCIDR, ",") {
@@ -203,6 +207,7 @@ over flags, except --hostname-override, -v and --logging-format, as in kube-prox
 	f.StringVar(&mode, "proxy-mode", proxy.ModeNFTables, "proxy mode, as kube-proxy's: "+strings.Join(proxy.Modes, " or ")+"; starting in one mode removes the other's rules")
 	f.StringVar(&mode, "mode", proxy.ModeNFTables, "proxy mode")
 	f.MarkDeprecated("mode", "use --proxy-mode")
+	f.StringVar(&ipvsScheduler, "ipvs-scheduler", "rr", "the ipvs mode's scheduler, as kube-proxy's --ipvs-scheduler (rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh)")
 	f.StringVar(&healthz, "healthz-bind-address", "0.0.0.0:10256", "address for /healthz and /livez; empty disables")
 	f.StringVar(&metricsAddr, "metrics-bind-address", "127.0.0.1:10249", "address for /metrics and /debug/switchboard/services (what switchboard doctor reads); empty disables")
 	f.StringVar(&clusterCIDR, "cluster-cidr", "", "comma-separated pod CIDRs; traffic to ClusterIPs from outside them is masqueraded")

@@ -19,8 +19,8 @@ import (
 // Settings are the fields of a KubeProxyConfiguration that switchboard
 // proxy applies. A zero field was not set in the file.
 type Settings struct {
-	// Mode is the proxy mode: "" (the default, nftables), nftables or
-	// iptables.
+	// Mode is the proxy mode: "" (the default, nftables), nftables,
+	// iptables or ipvs.
 	Mode               string
 	Kubeconfig         string
 	QPS                float32
@@ -33,9 +33,11 @@ type Settings struct {
 	DetectLocalMode    string
 	// NodePortAddresses are CIDRs, or the one word "primary".
 	NodePortAddresses []string
-	// MinSyncPeriod is nftables.minSyncPeriod (iptables.minSyncPeriod in
-	// the iptables mode): how long changes coalesce.
+	// MinSyncPeriod is nftables.minSyncPeriod (iptables.minSyncPeriod or
+	// ipvs.minSyncPeriod in those modes): how long changes coalesce.
 	MinSyncPeriod time.Duration
+	// IPVSScheduler is ipvs.scheduler (applied in the ipvs mode).
+	IPVSScheduler string
 	// LoggingFormat and Verbosity are logging.format and .verbosity.
 	LoggingFormat string
 	Verbosity     int
@@ -111,8 +113,11 @@ func Decode(data []byte) (*Settings, error) {
 	s.NodePortAddresses = c.NodePortAddresses
 	s.Mode = string(c.Mode)
 	s.MinSyncPeriod = c.NFTables.MinSyncPeriod.Duration
-	if c.Mode == "iptables" {
+	switch c.Mode {
+	case "iptables":
 		s.MinSyncPeriod = c.IPTables.MinSyncPeriod.Duration
+	case "ipvs":
+		s.MinSyncPeriod = c.IPVS.MinSyncPeriod.Duration
 	}
 	s.LoggingFormat, s.Verbosity = c.Logging.Format, int(c.Logging.Verbosity)
 
@@ -142,9 +147,17 @@ func Decode(data []byte) (*Settings, error) {
 		ignore(c.IPTables.MasqueradeBit != nil || c.IPTables.MasqueradeAll || c.IPTables.LocalhostNodePorts != nil ||
 			c.IPTables.SyncPeriod.Duration != 0 || c.IPTables.MinSyncPeriod.Duration != 0, "iptables", "the iptables mode's section")
 	}
-	ignore(c.IPVS.Scheduler != "" || len(c.IPVS.ExcludeCIDRs) > 0 || c.IPVS.StrictARP || c.IPVS.SyncPeriod.Duration != 0 ||
-		c.IPVS.MinSyncPeriod.Duration != 0 || c.IPVS.TCPTimeout.Duration != 0 || c.IPVS.TCPFinTimeout.Duration != 0 ||
-		c.IPVS.UDPTimeout.Duration != 0, "ipvs", "the ipvs mode's section")
+	if c.Mode == "ipvs" {
+		// scheduler and minSyncPeriod are applied; the rest is not.
+		s.IPVSScheduler = c.IPVS.Scheduler
+		ignore(len(c.IPVS.ExcludeCIDRs) > 0 || c.IPVS.StrictARP || c.IPVS.SyncPeriod.Duration != 0 ||
+			c.IPVS.TCPTimeout.Duration != 0 || c.IPVS.TCPFinTimeout.Duration != 0 ||
+			c.IPVS.UDPTimeout.Duration != 0, "ipvs", "only ipvs.scheduler and ipvs.minSyncPeriod apply")
+	} else {
+		ignore(c.IPVS.Scheduler != "" || len(c.IPVS.ExcludeCIDRs) > 0 || c.IPVS.StrictARP || c.IPVS.SyncPeriod.Duration != 0 ||
+			c.IPVS.MinSyncPeriod.Duration != 0 || c.IPVS.TCPTimeout.Duration != 0 || c.IPVS.TCPFinTimeout.Duration != 0 ||
+			c.IPVS.UDPTimeout.Duration != 0, "ipvs", "the ipvs mode's section")
+	}
 	ignore(c.DetectLocal.BridgeInterface != "" || c.DetectLocal.InterfaceNamePrefix != "", "detectLocal", "only detectLocalMode ClusterCIDR is supported")
 	ignore(len(c.Logging.VModule) > 0, "logging.vmodule", "per-file verbosity is klog's")
 	slices.Sort(s.Ignored)

@@ -1,0 +1,455 @@
+package ipvs
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+
+	libipvs "github.com/moby/ipvs"
+	"golang.org/x/sys/unix"
+
+	"github.com/switchboard/switchboard/proxy/nftables"
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// API is the part of the IPVS generic netlink interface the Kernel uses:
+// github.com/moby/ipvs's Handle (kube-proxy's, through
+// k8s.io/kubernetes/pkg/proxy/ipvs/util) implements it, and Fake keeps
+// the same state in memory.
+type API interface {
+	GetServices() ([]*libipvs.Service, error)
+	NewService(*libipvs.Service) error
+	UpdateService(*libipvs.Service) error
+	DelService(*libipvs.Service) error
+	GetDestinations(*libipvs.Service) ([]*libipvs.Destination, error)
+	NewDestination(*libipvs.Service, *libipvs.Destination) error
+	DelDestination(*libipvs.Service, *libipvs.Destination) error
+}
+
+// Addresses are the addresses of the dummy interface that holds the
+// Service addresses.
+type Addresses interface {
+	List() ([]netip.Addr, error)
+	Add(netip.Addr) error
+	Del(netip.Addr) error
+}
+
+// Filter applies the packet-filter table (an nft script, FilterText).
+type Filter interface {
+	Apply(script []byte) error
+}
+
+// Config configures a Kernel.
+type Config struct {
+	NetNS   string
+	Options Options
+	Logger  *slog.Logger
+	// IPVS, Addresses and Filter replace the kernel (tests: Fake); nil
+	// opens the real ones in NetNS.
+	IPVS      API
+	Addresses Addresses
+	Filter    Filter
+}
+
+// Kernel programs snapshots into IPVS, the dummy interface and the filter
+// table. It implements the proxy's Backend.
+type Kernel struct {
+	cfg   Config
+	log   *slog.Logger
+	ipvs  API
+	addrs Addresses
+	nft   Filter
+	close func()
+
+	mu sync.Mutex
+	// applied is what the syncs programmed per Service; vipUsers counts
+	// the Services holding each dummy address (externalIPs may be shared).
+	applied  map[snapshot.ServiceKey]Service
+	vipUsers map[netip.Addr]int
+	synced   bool
+	servers  int
+	reals    int
+	last     nftables.Written
+}
+
+// New prepares a Kernel; nothing is programmed before the first Sync.
+func New(cfg Config) (*Kernel, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	k := &Kernel{cfg: cfg, log: cfg.Logger, ipvs: cfg.IPVS, addrs: cfg.Addresses, nft: cfg.Filter,
+		applied: map[snapshot.ServiceKey]Service{}, vipUsers: map[netip.Addr]int{}, close: func() {}}
+	if k.ipvs == nil || k.addrs == nil || k.nft == nil {
+		live, err := openLive(cfg.NetNS)
+		if err != nil {
+			return nil, err
+		}
+		k.close = live.close
+		if k.ipvs == nil {
+			k.ipvs = live.ipvs
+		}
+		if k.addrs == nil {
+			k.addrs = live.addrs
+		}
+		if k.nft == nil {
+			k.nft = live.nft
+		}
+	}
+	return k, nil
+}
+
+// Close releases the netlink sockets; what is programmed stays.
+func (k *Kernel) Close() error {
+	k.close()
+	return nil
+}
+
+// Stats reports the virtual servers (Rules) and real servers (Elements)
+// programmed.
+func (k *Kernel) Stats() nftables.Stats {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return nftables.Stats{Rules: k.servers, Elements: k.reals, LastWrite: k.last}
+}
+
+// Sync programs snap: on changes.Full (or after a failure) every Service,
+// removing the virtual servers on our addresses nothing wants; else only
+// the Services in changes.Keys, diffed against what was applied. The
+// filter table is rewritten whole in one transaction.
+func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var w nftables.Written
+	var err error
+	if changes.Full || !k.synced {
+		err = k.fullSync(snap, &w)
+	} else {
+		for _, key := range changes.Keys {
+			now := Translate(snap.Get(key), k.cfg.Options)
+			if err = k.apply(k.applied[key], now, &w); err != nil {
+				break
+			}
+			k.remember(key, now)
+		}
+	}
+	if err == nil {
+		err = k.nft.Apply(FilterText(k.all(), k.cfg.Options.ClusterCIDRs))
+	}
+	k.synced = err == nil
+	if err != nil {
+		return fmt.Errorf("ipvs sync in %q: %w", k.cfg.NetNS, err)
+	}
+	k.last = w
+	return nil
+}
+
+func (k *Kernel) all() []Service {
+	out := make([]Service, 0, len(k.applied))
+	for _, s := range k.applied {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (k *Kernel) remember(key snapshot.ServiceKey, s Service) {
+	if len(s.Servers)+len(s.VIPs) == 0 {
+		delete(k.applied, key)
+		return
+	}
+	k.applied[key] = s
+}
+
+// fullSync reads the kernel's virtual servers and addresses, programs
+// every Service against them and removes ours that nothing wants.
+func (k *Kernel) fullSync(snap *snapshot.Snapshot, w *nftables.Written) error {
+	want := map[snapshot.ServiceKey]Service{}
+	wantServers := map[ServerKey]VirtualServer{}
+	wantVIPs := map[netip.Addr]int{}
+	for key, ports := range snap.All() {
+		s := Translate(ports, k.cfg.Options)
+		want[key] = s
+		for _, vs := range s.Servers {
+			wantServers[vs.ServerKey] = vs
+		}
+		for _, a := range s.VIPs {
+			wantVIPs[a]++
+		}
+	}
+	have, err := k.ipvs.GetServices()
+	if err != nil {
+		return fmt.Errorf("list virtual servers: %w", err)
+	}
+	addrs, err := k.addrs.List()
+	if err != nil {
+		return fmt.Errorf("list Service addresses: %w", err)
+	}
+	ours := func(a netip.Addr) bool {
+		return slices.Contains(addrs, a) || slices.Contains(k.cfg.Options.NodeIPs, a) || wantVIPs[a] > 0
+	}
+	for _, h := range have {
+		key, ok := serverKey(h)
+		if !ok || !ours(key.Addr) {
+			continue
+		}
+		vs, wanted := wantServers[key]
+		if !wanted {
+			if err := k.ipvs.DelService(h); err != nil {
+				return fmt.Errorf("delete virtual server %s: %w", key, err)
+			}
+			w.Deleted++
+			continue
+		}
+		if err := k.syncServer(h, vs, w); err != nil {
+			return err
+		}
+		delete(wantServers, key)
+	}
+	for _, vs := range wantServers {
+		if err := k.newServer(vs, w); err != nil {
+			return err
+		}
+	}
+	for _, a := range addrs {
+		if wantVIPs[a] == 0 {
+			if err := k.addrs.Del(a); err != nil {
+				return fmt.Errorf("remove address %s: %w", a, err)
+			}
+		}
+	}
+	for a := range wantVIPs {
+		if !slices.Contains(addrs, a) {
+			if err := k.addrs.Add(a); err != nil {
+				return fmt.Errorf("add address %s: %w", a, err)
+			}
+		}
+	}
+	k.applied, k.vipUsers = map[snapshot.ServiceKey]Service{}, wantVIPs
+	k.servers, k.reals = 0, 0
+	for key, s := range want {
+		k.remember(key, s)
+		k.count(s, 1)
+	}
+	return nil
+}
+
+// syncServer makes the kernel's virtual server h what vs says: its
+// scheduler and persistence, and its real servers.
+func (k *Kernel) syncServer(h *libipvs.Service, vs VirtualServer, w *nftables.Written) error {
+	want := toService(vs)
+	if h.SchedName != want.SchedName || h.Flags&persistent != want.Flags&persistent || h.Timeout != want.Timeout {
+		if err := k.ipvs.UpdateService(want); err != nil {
+			return fmt.Errorf("update virtual server %s: %w", vs.ServerKey, err)
+		}
+		w.Added++
+	}
+	dests, err := k.ipvs.GetDestinations(h)
+	if err != nil {
+		return fmt.Errorf("list real servers of %s: %w", vs.ServerKey, err)
+	}
+	var have []RealServer
+	for _, d := range dests {
+		a, _ := netip.AddrFromSlice(d.Address)
+		have = append(have, RealServer{Addr: netip.AddrPortFrom(a.Unmap(), d.Port), Weight: d.Weight})
+	}
+	return k.syncReals(want, vs.ServerKey, have, vs.Reals, w)
+}
+
+func (k *Kernel) syncReals(svc *libipvs.Service, key ServerKey, have, want []RealServer, w *nftables.Written) error {
+	for _, r := range have {
+		if !slices.Contains(want, r) {
+			if err := k.ipvs.DelDestination(svc, toDestination(r)); err != nil {
+				return fmt.Errorf("remove real server %s of %s: %w", r.Addr, key, err)
+			}
+			w.Deleted++
+		}
+	}
+	for _, r := range want {
+		if !slices.Contains(have, r) {
+			if err := k.ipvs.NewDestination(svc, toDestination(r)); err != nil {
+				return fmt.Errorf("add real server %s to %s: %w", r.Addr, key, err)
+			}
+			w.Added++
+		}
+	}
+	return nil
+}
+
+func (k *Kernel) newServer(vs VirtualServer, w *nftables.Written) error {
+	svc := toService(vs)
+	if err := k.ipvs.NewService(svc); err != nil {
+		return fmt.Errorf("add virtual server %s: %w", vs.ServerKey, err)
+	}
+	w.Added++
+	return k.syncReals(svc, vs.ServerKey, nil, vs.Reals, w)
+}
+
+// apply moves one Service from old to now: virtual servers and real
+// servers diffed against what was applied (not read back), addresses
+// added and removed as their last user comes and goes.
+func (k *Kernel) apply(old, now Service, w *nftables.Written) error {
+	oldBy := map[ServerKey]VirtualServer{}
+	for _, vs := range old.Servers {
+		oldBy[vs.ServerKey] = vs
+	}
+	for _, vs := range now.Servers {
+		prev, had := oldBy[vs.ServerKey]
+		delete(oldBy, vs.ServerKey)
+		switch {
+		case !had:
+			if err := k.newServer(vs, w); err != nil {
+				return err
+			}
+		default:
+			svc := toService(vs)
+			if prev.Scheduler != vs.Scheduler || prev.Timeout != vs.Timeout {
+				if err := k.ipvs.UpdateService(svc); err != nil {
+					return fmt.Errorf("update virtual server %s: %w", vs.ServerKey, err)
+				}
+				w.Added++
+			}
+			if err := k.syncReals(svc, vs.ServerKey, prev.Reals, vs.Reals, w); err != nil {
+				return err
+			}
+		}
+	}
+	for _, vs := range oldBy {
+		if err := k.ipvs.DelService(toService(vs)); err != nil {
+			return fmt.Errorf("delete virtual server %s: %w", vs.ServerKey, err)
+		}
+		w.Deleted++
+	}
+	for _, a := range now.VIPs {
+		if !slices.Contains(old.VIPs, a) {
+			if k.vipUsers[a] == 0 {
+				if err := k.addrs.Add(a); err != nil {
+					return fmt.Errorf("add address %s: %w", a, err)
+				}
+			}
+			k.vipUsers[a]++
+		}
+	}
+	for _, a := range old.VIPs {
+		if !slices.Contains(now.VIPs, a) {
+			k.vipUsers[a]--
+			if k.vipUsers[a] <= 0 {
+				delete(k.vipUsers, a)
+				if err := k.addrs.Del(a); err != nil {
+					return fmt.Errorf("remove address %s: %w", a, err)
+				}
+			}
+		}
+	}
+	k.count(old, -1)
+	k.count(now, 1)
+	return nil
+}
+
+func (k *Kernel) count(s Service, sign int) {
+	k.servers += sign * len(s.Servers)
+	for _, vs := range s.Servers {
+		k.reals += sign * len(vs.Reals)
+	}
+}
+
+// persistent is IP_VS_SVC_F_PERSISTENT.
+const persistent = 0x1
+
+func protoNumber(p string) uint16 {
+	switch p {
+	case "UDP":
+		return unix.IPPROTO_UDP
+	case "SCTP":
+		return unix.IPPROTO_SCTP
+	}
+	return unix.IPPROTO_TCP
+}
+
+func protoName(n uint16) (string, bool) {
+	switch n {
+	case unix.IPPROTO_TCP:
+		return "TCP", true
+	case unix.IPPROTO_UDP:
+		return "UDP", true
+	case unix.IPPROTO_SCTP:
+		return "SCTP", true
+	}
+	return "", false
+}
+
+func family(a netip.Addr) uint16 {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+// toService is vs as the IPVS API takes it (as kube-proxy's
+// toIPVSService: persistence with a full netmask).
+func toService(vs VirtualServer) *libipvs.Service {
+	s := &libipvs.Service{Address: net.IP(vs.Addr.AsSlice()), Protocol: protoNumber(vs.Protocol), Port: vs.Port,
+		SchedName: vs.Scheduler, AddressFamily: family(vs.Addr), Netmask: 0xffffffff}
+	if vs.Addr.Is6() {
+		s.Netmask = 128
+	}
+	if vs.Timeout > 0 {
+		s.Flags |= persistent
+		s.Timeout = vs.Timeout
+	}
+	return s
+}
+
+func toDestination(r RealServer) *libipvs.Destination {
+	return &libipvs.Destination{Address: net.IP(r.Addr.Addr().AsSlice()), Port: r.Addr.Port(), Weight: r.Weight,
+		AddressFamily: family(r.Addr.Addr()), ConnectionFlags: libipvs.ConnectionFlagMasq}
+}
+
+// serverKey names a kernel virtual server (false for firewall-mark ones).
+func serverKey(s *libipvs.Service) (ServerKey, bool) {
+	a, ok := netip.AddrFromSlice(s.Address)
+	p, known := protoName(s.Protocol)
+	if !ok || !known || s.FWMark != 0 {
+		return ServerKey{}, false
+	}
+	return ServerKey{Addr: a.Unmap(), Protocol: p, Port: s.Port}, true
+}
+
+// Inspect reports, per Service, the virtual and real servers the syncs
+// applied and which of them the kernel no longer holds (read back through
+// the IPVS API).
+func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]nftables.ServiceState, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make(map[snapshot.ServiceKey]nftables.ServiceState, len(keys))
+	for _, key := range keys {
+		var st nftables.ServiceState
+		for _, vs := range k.applied[key].Servers {
+			line := "ipvs " + vs.ServerKey.String() + " " + vs.Scheduler
+			if vs.Timeout > 0 {
+				line += fmt.Sprintf(" persistent %d", vs.Timeout)
+			}
+			st.Applied = append(st.Applied, line)
+			got, err := k.ipvs.GetDestinations(toService(vs))
+			if err != nil {
+				st.Missing = append(st.Missing, line)
+				continue
+			}
+			var held []string
+			for _, d := range got {
+				a, _ := netip.AddrFromSlice(d.Address)
+				held = append(held, netip.AddrPortFrom(a.Unmap(), d.Port).String())
+			}
+			for _, r := range vs.Reals {
+				l := "  -> " + r.Addr.String()
+				st.Applied = append(st.Applied, line+l)
+				if !slices.Contains(held, r.Addr.String()) {
+					st.Missing = append(st.Missing, line+l)
+				}
+			}
+		}
+		out[key] = st
+	}
+	return out, nil
+}

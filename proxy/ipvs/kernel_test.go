@@ -1,0 +1,145 @@
+package ipvs
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	libipvs "github.com/moby/ipvs"
+
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+func fakeKernel(t *testing.T, f *Fake, opts Options) *Kernel {
+	t.Helper()
+	k, err := New(Config{IPVS: f, Addresses: f, Filter: f, Options: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func svcPorts(name, cip string, mod func(*snapshot.ServicePort), eps ...snapshot.Endpoint) []*snapshot.ServicePort {
+	sp := port(mod, eps...)
+	sp.Key.ServiceKey = snapshot.ServiceKey{Namespace: "ns", Name: name}
+	sp.ClusterIPs = addrs(cip)
+	return []*snapshot.ServicePort{sp}
+}
+
+// TestKernelSyncs runs the Kernel against the in-memory IPVS: a full sync
+// programs every Service and removes a stale virtual server on one of our
+// addresses but not a foreign one; replacing one endpoint is one real
+// server removed and one added, nothing else; a shared externalIP stays
+// bound until its last Service goes; removing a Service removes its
+// virtual servers and address; the read-back finds a real server deleted
+// behind the Kernel's back, and the next full sync restores it.
+func TestKernelSyncs(t *testing.T) {
+	f := NewFake()
+	// Left by an earlier run on an address of ours, and somebody else's.
+	must(t, f.Add(netip.MustParseAddr("10.96.9.9")))
+	stale := toService(VirtualServer{ServerKey: ServerKey{netip.MustParseAddr("10.96.9.9"), "TCP", 80}, Scheduler: "rr"})
+	foreign := toService(VirtualServer{ServerKey: ServerKey{netip.MustParseAddr("172.16.0.1"), "TCP", 80}, Scheduler: "wrr"})
+	must(t, f.NewService(stale))
+	must(t, f.NewService(foreign))
+
+	k := fakeKernel(t, f, Options{NodeIPs: addrs("10.0.1.1")})
+	shared := func(sp *snapshot.ServicePort) { sp.ExternalIPs = addrs("192.0.2.1") }
+	a := snapshot.ServiceKey{Namespace: "ns", Name: "a"}
+	b := snapshot.ServiceKey{Namespace: "ns", Name: "b"}
+	snap := snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{
+		a: svcPorts("a", "10.96.0.1", shared, ep("10.244.1.2"), ep("10.244.2.2")),
+		b: svcPorts("b", "10.96.0.2", func(sp *snapshot.ServicePort) { shared(sp); sp.Port = 81 }, ep("10.244.3.2")),
+	})
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+	want := []string{
+		"tcp 10.96.0.1:80 rr", "tcp 10.96.0.1:80 rr -> 10.244.1.2:8080 w1", "tcp 10.96.0.1:80 rr -> 10.244.2.2:8080 w1",
+		"tcp 10.96.0.2:81 rr", "tcp 10.96.0.2:81 rr -> 10.244.3.2:8080 w1",
+		"tcp 172.16.0.1:80 wrr",
+		"tcp 192.0.2.1:80 rr", "tcp 192.0.2.1:80 rr -> 10.244.1.2:8080 w1", "tcp 192.0.2.1:80 rr -> 10.244.2.2:8080 w1",
+		"tcp 192.0.2.1:81 rr", "tcp 192.0.2.1:81 rr -> 10.244.3.2:8080 w1",
+	}
+	if got := f.Dump(); !slices.Equal(got, want) {
+		t.Fatalf("after the full sync:\n got %q\nwant %q", got, want)
+	}
+	vips, _ := f.List()
+	slices.SortFunc(vips, netip.Addr.Compare)
+	if !slices.Equal(vips, addrs("10.96.0.1", "10.96.0.2", "192.0.2.1")) {
+		t.Errorf("addresses %v", vips)
+	}
+	if !strings.Contains(string(f.Script), "10.96.0.1 . tcp . 80") {
+		t.Errorf("filter table lacks the Service:\n%s", f.Script)
+	}
+
+	// Replace one endpoint of a: one real server out, one in, per
+	// front-end (ClusterIP and externalIP).
+	calls := f.Calls
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{a: svcPorts("a", "10.96.0.1", shared, ep("10.244.1.2"), ep("10.244.9.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{a}}))
+	if w := k.Stats().LastWrite; w.Added != 2 || w.Deleted != 2 || f.Calls-calls != 4 {
+		t.Errorf("replacing an endpoint wrote %+v in %d calls, want 2 added and 2 deleted in 4", w, f.Calls-calls)
+	}
+	if got := f.Dump(); !slices.Contains(got, "tcp 10.96.0.1:80 rr -> 10.244.9.2:8080 w1") || slices.Contains(got, "tcp 10.96.0.1:80 rr -> 10.244.2.2:8080 w1") {
+		t.Errorf("after the replacement: %q", got)
+	}
+
+	// Remove a: its virtual servers go, the shared externalIP stays (b).
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{a: nil})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{a}}))
+	vips, _ = f.List()
+	slices.SortFunc(vips, netip.Addr.Compare)
+	if !slices.Equal(vips, addrs("10.96.0.2", "192.0.2.1")) {
+		t.Errorf("addresses after removing a: %v", vips)
+	}
+	for _, l := range f.Dump() {
+		if strings.Contains(l, ":80 rr") {
+			t.Errorf("a's virtual server left: %s", l)
+		}
+	}
+
+	// A real server deleted behind our back: Inspect reports it, a full
+	// sync puts it back.
+	vsB := toService(VirtualServer{ServerKey: ServerKey{netip.MustParseAddr("10.96.0.2"), "TCP", 81}})
+	must(t, f.DelDestination(vsB, &libipvs.Destination{Address: netip.MustParseAddr("10.244.3.2").AsSlice(), Port: 8080}))
+	st, err := k.Inspect(b)
+	must(t, err)
+	if len(st[b].Missing) != 1 || !strings.Contains(st[b].Missing[0], "10.244.3.2:8080") {
+		t.Errorf("Inspect missing %q, want the deleted real server", st[b].Missing)
+	}
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+	if st, _ := k.Inspect(b); len(st[b].Missing) != 0 {
+		t.Errorf("after a full sync still missing %q", st[b].Missing)
+	}
+	if s := k.Stats(); s.Rules != 2 || s.Elements != 2 {
+		t.Errorf("stats %+v, want 2 virtual and 2 real servers", s)
+	}
+}
+
+// TestKernelAffinityAndScheduler: turning ClientIP affinity on updates the
+// virtual server in place (persistent, with the timeout), keeping its real
+// servers.
+func TestKernelAffinityAndScheduler(t *testing.T) {
+	f := NewFake()
+	k := fakeKernel(t, f, Options{Scheduler: "sh"})
+	a := snapshot.ServiceKey{Namespace: "ns", Name: "a"}
+	snap := snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{a: svcPorts("a", "10.96.0.1", nil, ep("10.244.1.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{a: svcPorts("a", "10.96.0.1", func(sp *snapshot.ServicePort) {
+		sp.AffinityTimeout = 10800e9
+	}, ep("10.244.1.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{a}}))
+	want := []string{"tcp 10.96.0.1:80 sh persistent 10800", "tcp 10.96.0.1:80 sh persistent 10800 -> 10.244.1.2:8080 w1"}
+	if got := f.Dump(); !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if w := k.Stats().LastWrite; w.Added != 1 || w.Deleted != 0 {
+		t.Errorf("wrote %+v, want one update", w)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,241 @@
+package ipvs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+
+	libipvs "github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/switchboard/switchboard/netnamespace"
+)
+
+// Interface is the dummy interface holding the Service addresses
+// (kube-proxy's kube-ipvs0).
+const Interface = "swb-ipvs0"
+
+// Available tells whether the kernel has IPVS (/proc/net/ip_vs exists
+// once the ip_vs module is loaded or built in).
+func Available() error {
+	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
+		return fmt.Errorf("the kernel has no IPVS (no /proc/net/ip_vs: CONFIG_IP_VS is not set or ip_vs is not loaded)")
+	}
+	return nil
+}
+
+// live are the real kernel edges in one network namespace.
+type live struct {
+	ipvs  *libipvs.Handle
+	addrs *linkAddrs
+	nft   nftExec
+	close func()
+}
+
+// sysctls are the IPVS settings kube-proxy's ipvs mode makes: conntrack
+// for IPVS connections (the nat rules see them), and connections to a
+// removed or weight-0 real server expired instead of kept.
+var sysctls = map[string]string{
+	"net/ipv4/vs/conntrack":                 "1",
+	"net/ipv4/vs/expire_nodest_conn":        "1",
+	"net/ipv4/vs/expire_quiescent_template": "1",
+}
+
+func openLive(path string) (*live, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	h, err := libipvs.New(path)
+	if err != nil {
+		return nil, fmt.Errorf("open IPVS in %q: %w", path, err)
+	}
+	ns, err := netns.Get()
+	if path != "" {
+		ns, err = netns.GetFromPath(path)
+	}
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open network namespace %q: %w", path, err)
+	}
+	defer ns.Close()
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open netlink in %q: %w", path, err)
+	}
+	set := func() error {
+		for k, v := range sysctls {
+			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
+				return fmt.Errorf("set %s: %w", k, err)
+			}
+		}
+		return nil
+	}
+	if path != "" {
+		err = netnamespace.Do(path, set)
+	} else {
+		err = set()
+	}
+	if err != nil {
+		h.Close()
+		nl.Close()
+		return nil, err
+	}
+	return &live{ipvs: h, addrs: &linkAddrs{nl: nl}, nft: nftExec{netns: path},
+		close: func() { h.Close(); nl.Close() }}, nil
+}
+
+// linkAddrs keeps the addresses of the dummy interface, creating it on
+// first use.
+type linkAddrs struct {
+	nl   *netlink.Handle
+	link netlink.Link
+}
+
+func (l *linkAddrs) get() (netlink.Link, error) {
+	if l.link != nil {
+		return l.link, nil
+	}
+	link, err := l.nl.LinkByName(Interface)
+	if err != nil {
+		d := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: Interface}}
+		if err := l.nl.LinkAdd(d); err != nil {
+			return nil, fmt.Errorf("create %s: %w", Interface, err)
+		}
+		if link, err = l.nl.LinkByName(Interface); err != nil {
+			return nil, err
+		}
+	}
+	l.link = link
+	return link, nil
+}
+
+// List implements Addresses.
+func (l *linkAddrs) List() ([]netip.Addr, error) {
+	link, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	list, err := l.nl.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range list {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLinkLocalUnicast() {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out, nil
+}
+
+func (l *linkAddrs) addr(a netip.Addr) *netlink.Addr {
+	return &netlink.Addr{IPNet: netlink.NewIPNet(a.AsSlice())}
+}
+
+// Add implements Addresses.
+func (l *linkAddrs) Add(a netip.Addr) error {
+	link, err := l.get()
+	if err != nil {
+		return err
+	}
+	return l.nl.AddrAdd(link, l.addr(a))
+}
+
+// Del implements Addresses.
+func (l *linkAddrs) Del(a netip.Addr) error {
+	link, err := l.get()
+	if err != nil {
+		return err
+	}
+	return l.nl.AddrDel(link, l.addr(a))
+}
+
+// nftExec applies scripts with nft -f in a namespace.
+type nftExec struct{ netns string }
+
+// Apply implements Filter.
+func (n nftExec) Apply(script []byte) error {
+	c := exec.Command("nft", "-f", "-")
+	c.Stdin = bytes.NewReader(script)
+	var out bytes.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	start := c.Start
+	if n.netns != "" {
+		start = func() error { return netnamespace.Do(n.netns, c.Start) }
+	}
+	if err := start(); err != nil {
+		return fmt.Errorf("nft -f: %w", err)
+	}
+	if err := c.Wait(); err != nil {
+		return fmt.Errorf("nft -f: %v: %s", err, out.Bytes())
+	}
+	return nil
+}
+
+// Cleanup removes what this mode programs in the namespace at path ("" is
+// the current one): the filter table, the virtual servers on the dummy
+// interface's addresses, the interface. NodePort virtual servers, on the
+// node's own addresses, are not told apart from others' and stay (another
+// mode's DNAT in prerouting comes before IPVS sees the traffic). A
+// namespace without them is left untouched.
+func Cleanup(path string) error {
+	var errs []error
+	if _, err := exec.LookPath("nft"); err == nil {
+		// Only when the table is there: creating it to delete it would
+		// still be a write.
+		list := exec.Command("nft", "list", "table", "inet", Table)
+		start := list.Start
+		if path != "" {
+			start = func() error { return netnamespace.Do(path, list.Start) }
+		}
+		if start() == nil && list.Wait() == nil {
+			script := []byte("delete table inet " + Table + "\n")
+			if err := (nftExec{netns: path}).Apply(script); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	ns, err := netns.Get()
+	if path != "" {
+		ns, err = netns.GetFromPath(path)
+	}
+	if err != nil {
+		return fmt.Errorf("open network namespace %q: %w", path, err)
+	}
+	defer ns.Close()
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("open netlink in %q: %w", path, err)
+	}
+	defer nl.Close()
+	l := &linkAddrs{nl: nl}
+	if _, err := nl.LinkByName(Interface); err != nil {
+		return errors.Join(errs...)
+	}
+	if Available() == nil {
+		ours, _ := l.List()
+		if h, err := libipvs.New(path); err == nil {
+			svcs, _ := h.GetServices()
+			for _, s := range svcs {
+				if k, ok := serverKey(s); ok && slices.Contains(ours, k.Addr) {
+					if err := h.DelService(s); err != nil {
+						errs = append(errs, fmt.Errorf("delete virtual server %s: %w", k, err))
+					}
+				}
+			}
+			h.Close()
+		}
+	}
+	if link, err := nl.LinkByName(Interface); err == nil {
+		if err := nl.LinkDel(link); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", Interface, err))
+		}
+	}
+	return errors.Join(errs...)
+}

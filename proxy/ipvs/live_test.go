@@ -1,0 +1,127 @@
+package ipvs
+
+import (
+	"context"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/switchboard/switchboard/clustertest"
+	"github.com/switchboard/switchboard/netnamespace"
+	"github.com/switchboard/switchboard/proxy/snapshot"
+)
+
+// TestFilterTableInKernel applies the filter table with the real nft in a
+// fresh namespace (this needs nftables, not IPVS): the script is accepted,
+// applying it again replaces it, and with real packets a port of a
+// Service address that no virtual server serves is rejected while a
+// served one is not (listeners on both, the address on loopback).
+func TestFilterTableInKernel(t *testing.T) {
+	clustertest.RequireRoot(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		clustertest.Skip(t, "needs nft")
+	}
+	name, path := clustertest.NetNS(t, "sbipvsf")
+	s := Translate([]*snapshot.ServicePort{port(func(sp *snapshot.ServicePort) {
+		sp.ClusterIPs, sp.NodePort = addrs("10.96.0.10", "fd00:96::10"), 30080
+	}, ep("10.244.1.2"))}, Options{NodeIPs: addrs("10.0.1.1")})
+	f := nftExec{netns: path}
+	for range 2 {
+		must(t, f.Apply(FilterText([]Service{s}, nil)))
+	}
+	out, err := netnamespace.Exec(name, "nft", "list", "table", "inet", Table)
+	must(t, err)
+	if strings.Count(out, "set vips4") != 1 || !strings.Contains(out, "10.96.0.10") {
+		t.Fatalf("table after two applies:\n%s", out)
+	}
+	must(t, netnamespace.IP(name, "addr", "add", "10.96.0.10/32", "dev", "lo"))
+	for _, p := range []string{"80", "81"} {
+		var l net.Listener
+		must(t, netnamespace.Do(path, func() (err error) { l, err = net.Listen("tcp", "10.96.0.10:"+p); return err }))
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, "hi")
+				c.Close()
+			}
+		}()
+	}
+	if c, err := netnamespace.Dial(context.Background(), path, "tcp", "10.96.0.10:80"); err != nil {
+		t.Errorf("served port: %v", err)
+	} else {
+		c.Close()
+	}
+	if c, err := netnamespace.Dial(context.Background(), path, "tcp", "10.96.0.10:81"); err == nil {
+		c.Close()
+		t.Errorf("a port no virtual server serves was not rejected")
+	}
+	must(t, Cleanup(path))
+	if out, err := netnamespace.Exec(name, "nft", "list", "tables"); err != nil || strings.Contains(out, Table) {
+		t.Errorf("Cleanup left the table (%v):\n%s", err, out)
+	}
+}
+
+// TestLiveIPVS programs a Service into a real kernel's IPVS in a fresh
+// namespace: its address is bound to the dummy interface, the virtual and
+// real servers read back as applied, a connection to the ClusterIP
+// reaches the endpoint (a listener in the namespace), replacing the
+// endpoint moves it, and Cleanup removes everything. It skips where the
+// kernel has no IPVS (the one skip SWITCHBOARD_E2E=require accepts).
+func TestLiveIPVS(t *testing.T) {
+	clustertest.RequireIPVS(t)
+	name, path := clustertest.NetNS(t, "sbipvs")
+	must(t, netnamespace.IP(name, "addr", "add", "10.250.0.1/32", "dev", "lo"))
+	must(t, netnamespace.IP(name, "addr", "add", "10.250.0.2/32", "dev", "lo"))
+	k, err := New(Config{NetNS: path, Options: Options{NodeIPs: addrs("10.250.0.1")}})
+	must(t, err)
+	defer k.Close()
+	for _, a := range []string{"10.250.0.1:8080", "10.250.0.2:8080"} {
+		var l net.Listener
+		must(t, netnamespace.Do(path, func() (err error) { l, err = net.Listen("tcp", a); return err }))
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, a)
+				c.Close()
+			}
+		}()
+	}
+	web := snapshot.ServiceKey{Namespace: "ns", Name: "web"}
+	snap := snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{web: svcPorts("web", "10.96.0.10", nil, ep("10.250.0.1"))})
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+	check := func(want string) {
+		t.Helper()
+		st, err := k.Inspect(web)
+		must(t, err)
+		if len(st[web].Applied) == 0 || len(st[web].Missing) > 0 {
+			t.Errorf("read-back: applied %q, missing %q", st[web].Applied, st[web].Missing)
+		}
+		c, err := netnamespace.Dial(context.Background(), path, "tcp", "10.96.0.10:80")
+		if err != nil {
+			t.Fatalf("connect through the ClusterIP: %v", err)
+		}
+		got, _ := io.ReadAll(c)
+		c.Close()
+		if string(got) != want {
+			t.Errorf("reached %q, want %q", got, want)
+		}
+	}
+	check("10.250.0.1:8080")
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{web: svcPorts("web", "10.96.0.10", nil, ep("10.250.0.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{web}}))
+	check("10.250.0.2:8080")
+	must(t, Cleanup(path))
+	if out, _ := netnamespace.Exec(name, "ip", "link", "show", Interface); strings.Contains(out, Interface) {
+		t.Errorf("Cleanup left %s", Interface)
+	}
+}

@@ -149,10 +149,16 @@ func serveEcho(t *testing.T, path, addr string, port int) {
 }
 
 // eachMode runs a test of behaviour every proxy mode must have once per
-// mode, as subtests named after the mode.
+// mode, as subtests named after the mode (ipvs only where the kernel has
+// IPVS).
 func eachMode(t *testing.T, f func(t *testing.T, mode string)) {
 	for _, mode := range proxy.Modes {
-		t.Run(mode, func(t *testing.T) { f(t, mode) })
+		t.Run(mode, func(t *testing.T) {
+			if mode == proxy.ModeIPVS {
+				clustertest.RequireIPVS(t)
+			}
+			f(t, mode)
+		})
 	}
 }
 

@@ -199,7 +199,12 @@ func (k *Kernel) Stats() nftables.Stats {
 func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if changes.Full || !k.synced || !slices.Equal(snap.ServiceCIDRs, k.serviceCIDRs) {
+	_, _, endpoints := snap.Counts()
+	large := endpoints > LargeClusterEndpoints
+	if changes.Full || !k.synced || !slices.Equal(snap.ServiceCIDRs, k.serviceCIDRs) || large != k.cfg.Options.LargeCluster {
+		// Crossing the large-cluster threshold changes every
+		// endpoint chain's rules.
+		k.cfg.Options.LargeCluster = large
 		err := k.fullSync(snap)
 		k.synced = err == nil
 		return err

@@ -179,3 +179,36 @@ func readBack(t *testing.T, k *Kernel, keys ...snapshot.ServiceKey) {
 		}
 	}
 }
+
+// TestLargeClusterReadsBack: above LargeClusterEndpoints endpoints the
+// endpoints' rules lose their comments (the ClusterIP's rule keeps its)
+// and, on each backend, read back from iptables-save as applied.
+func TestLargeClusterReadsBack(t *testing.T) {
+	sp := webPort(snapshot.ServiceKey{Namespace: "ns", Name: "big"}, v1.ProtocolTCP, 80)
+	for i := range LargeClusterEndpoints + 1 {
+		sp.Endpoints = append(sp.Endpoints, snapshot.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}), Port: 8080, Ready: true, Serving: true})
+	}
+	s := Translate([]*snapshot.ServicePort{sp}, true, Options{LargeCluster: true})
+	for _, c := range s.Chains {
+		for _, r := range c.Rules {
+			if strings.Contains(r, "--comment") && (strings.Contains(r, "DNAT") || strings.Contains(r, "--probability") || strings.Contains(r, "-j "+chainMarkMasq) && strings.HasPrefix(r, "-s 10.244.")) {
+				t.Fatalf("endpoint rule keeps its comment in a large cluster: %s", r)
+			}
+		}
+	}
+	if !strings.Contains(render(s)[0], "--comment") {
+		t.Errorf("the ClusterIP rule lost its comment: %s", render(s)[0])
+	}
+	clustertest.RequireRoot(t)
+	for _, variant := range variants(t) {
+		t.Run("variant="+variant, func(t *testing.T) {
+			_, path := clustertest.NetNS(t, "sbipl")
+			k, err := New(Config{NetNS: path, Variant: variant, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")}})
+			must(t, err)
+			defer k.Close()
+			key := sp.Key.ServiceKey
+			must(t, k.Sync(snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{key: {sp}}), snapshot.Changes{Full: true}))
+			readBack(t, k, key)
+		})
+	}
+}

@@ -28,6 +28,9 @@ type Runner interface {
 	Save(is4 bool, table string) ([]byte, error)
 	// Run runs "<family> -w args...".
 	Run(is4 bool, args ...string) error
+	// List returns "<family> -w -t table -S chain": the chain's rules,
+	// spelled as iptables-save spells them.
+	List(is4 bool, table, chain string) ([]byte, error)
 }
 
 // ExecRunner runs the iptables binaries in NetNS (a path like
@@ -98,6 +101,28 @@ func (r ExecRunner) Run(is4 bool, args ...string) error {
 	return nil
 }
 
+// List implements Runner.
+func (r ExecRunner) List(is4 bool, table, chain string) ([]byte, error) {
+	c := r.command(is4, "", "-w", "-t", table, "-S", chain)
+	var stdout, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := r.run(c); err != nil {
+		return nil, fmt.Errorf("%s: %v: %s", strings.Join(c.Args, " "), err, stderr.Bytes())
+	}
+	return stdout.Bytes(), nil
+}
+
+// listsChainsCheaply tells whether the tools r runs read one chain without
+// the whole table: the nf_tables backend does, legacy loads the table
+// for any read.
+func (r ExecRunner) listsChainsCheaply() bool {
+	if r.Variant != "" {
+		return r.Variant == "nft"
+	}
+	out, err := r.command(true, "", "-V").Output()
+	return err == nil && strings.Contains(string(out), "nf_tables")
+}
+
 // lines quotes the restore input around the line iptables-restore blamed
 // ("Error occurred at line: N"), so an error names the rule.
 func lines(data, out []byte) string {
@@ -145,6 +170,9 @@ type Kernel struct {
 	serviceCIDRs []netip.Prefix
 	rules        [2]int
 	last         nftables.Written
+	// listChains makes Inspect read only the chains it checks, not the
+	// whole tables (iptables-save of a large nat table takes seconds).
+	listChains bool
 }
 
 // New prepares a Kernel for cfg.NetNS; nothing is programmed before the
@@ -158,7 +186,8 @@ func New(cfg Config) (*Kernel, error) {
 	}
 	k := &Kernel{cfg: cfg, log: cfg.Logger, run: cfg.Runner, ct: cfg.Conntrack, applied: map[snapshot.ServiceKey][2]Service{}}
 	if k.run == nil {
-		k.run = ExecRunner{NetNS: cfg.NetNS, Variant: cfg.Variant}
+		r := ExecRunner{NetNS: cfg.NetNS, Variant: cfg.Variant}
+		k.run, k.listChains = r, r.listsChainsCheaply()
 	}
 	if k.ct == nil {
 		ns, err := netns.Get()
@@ -765,23 +794,48 @@ func (k *Kernel) clearConntrack(gone [2][]netip.Addr, active [2][]netip.AddrPort
 }
 
 // Inspect reports the rules the last syncs applied for each Service and
-// reads the tables back (one iptables-save per table and family) to find
-// applied rules the kernel no longer holds.
+// reads them back to find applied rules the kernel no longer holds: with
+// the nf_tables backend only the chains they are in (iptables -S), with
+// legacy the tables (one iptables-save per table and family).
 func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]nftables.ServiceState, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	out := make(map[snapshot.ServiceKey]nftables.ServiceState, len(keys))
 	for i, is4 := range []bool{true, false} {
 		held := map[string]bool{}
-		for _, table := range []string{TableFilter, TableNAT} {
-			save, err := k.run.Save(is4, table)
-			if err != nil {
-				return nil, err
-			}
-			for _, l := range strings.Split(string(save), "\n") {
+		keep := func(table string, text []byte) {
+			for _, l := range strings.Split(string(text), "\n") {
 				if strings.HasPrefix(l, "-A ") {
 					held[table+" "+l] = true
 				}
+			}
+		}
+		if k.listChains {
+			type tc struct{ table, chain string }
+			chains := map[tc]bool{}
+			for _, key := range keys {
+				s := k.applied[key][i]
+				for _, r := range s.Rules {
+					chains[tc{r.Table, r.Chain}] = true
+				}
+				for _, c := range s.Chains {
+					chains[tc{TableNAT, c.Name}] = true
+				}
+			}
+			for c := range chains {
+				// A chain that is gone holds none of its rules: they
+				// are reported missing.
+				if text, err := k.run.List(is4, c.table, c.chain); err == nil {
+					keep(c.table, text)
+				}
+			}
+		} else {
+			for _, table := range []string{TableFilter, TableNAT} {
+				save, err := k.run.Save(is4, table)
+				if err != nil {
+					return nil, err
+				}
+				keep(table, save)
 			}
 		}
 		for _, key := range keys {

@@ -3,6 +3,7 @@ package iptables
 import (
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -75,6 +76,16 @@ func TestKernelPartialSyncsCleanupAndReadBack(t *testing.T) {
 			}
 			if !strings.Contains(saved, "-A OTHER -j RETURN") || !strings.Contains(saved, "-A PREROUTING -j OTHER") {
 				t.Errorf("full sync touched a foreign chain:\n%s", saved)
+			}
+
+			// Rules flushed behind the proxy's back are reported missing
+			// (the next syncs of web rewrite the chain).
+			svcChain := portChain(web, "ns/web:tcp", "tcp", kindCluster)
+			must(t, run.Run(true, "-t", "nat", "-F", svcChain))
+			st, err := k.Inspect(web)
+			must(t, err)
+			if !slices.ContainsFunc(st[web].Missing, func(m string) bool { return strings.Contains(m, svcChain) }) {
+				t.Errorf("the flushed chain's rules are not reported missing: %q", st[web].Missing)
 			}
 
 			// Replace an endpoint (its chain goes), add a Service.

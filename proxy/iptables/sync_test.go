@@ -28,7 +28,8 @@ func (r *recorder) Restore(is4 bool, data []byte) error {
 func (r *recorder) Save(bool, string) ([]byte, error) {
 	return []byte("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"), nil
 }
-func (r *recorder) Run(bool, ...string) error { return nil }
+func (r *recorder) Run(bool, ...string) error                 { return nil }
+func (r *recorder) List(bool, string, string) ([]byte, error) { return nil, nil }
 
 // noConntrack counts deletions and deletes nothing.
 type noConntrack struct{ calls int }

@@ -324,7 +324,9 @@ func packetPath(node, mode string, ds *proxydebug.Service, who map[netip.Addr]st
 		// element, key : target; an iptables DNAT rule) when there is one,
 		// not one that only says the address is known.
 		example := ds.Kernel.Applied[0]
-		if i := slices.IndexFunc(ds.Kernel.Applied, func(e string) bool { return strings.Contains(e, " : ") || strings.Contains(e, " DNAT ") || strings.Contains(e, " -> ") }); i >= 0 {
+		if i := slices.IndexFunc(ds.Kernel.Applied, func(e string) bool {
+			return strings.Contains(e, " : ") || strings.Contains(e, " DNAT ") || strings.Contains(e, " -> ")
+		}); i >= 0 {
 			example = ds.Kernel.Applied[i]
 		}
 		f.Details = append(f.Details, fmt.Sprintf("as %d %s in the %s, e.g. %s", len(ds.Kernel.Applied), kernelUnit(mode), kernelStore(mode), example))

@@ -180,8 +180,10 @@ func newRivals(mode string) []*rival {
 func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *controlplane.ControlPlane, rivals []*rival, probeIPs []string, gen *int) {
 	var err error
 	// Namespaces and processes go away even when the run is interrupted.
+	// all keeps every rival; rivals drops those that never programmed.
+	all := rivals
 	cleanup := func() {
-		for _, r := range rivals {
+		for _, r := range all {
 			if r.cmd != nil && r.cmd.Process != nil {
 				r.cmd.Process.Kill()
 				r.cmd.Wait()
@@ -218,7 +220,6 @@ func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *c
 		}
 		log.Printf("%s: programmed %d Services %v after start (first sync %v)", r.name, *nServices, r.toProgrammed, r.firstSync)
 	}
-	all := rivals
 	rivals = slices.DeleteFunc(slices.Clone(rivals), func(r *rival) bool { return r.toProgrammed == 0 })
 	time.Sleep(3 * time.Second)
 	for i := range *nChanges {

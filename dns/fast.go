@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -60,10 +61,16 @@ type cachedReply struct {
 	// shuffles per query (see balance.go), in the order it draws them;
 	// only those of two records or more.
 	groups []rrGroup
+	// zones are the offsets in full of the cluster zone ending names the
+	// slow path respells as the client spelled the zone: SRV targets in
+	// the answer, additional records' owners.
+	zones []uint16
 	// ownersMove: a group whose records move whole holds an owner name
-	// rewritten in the client's case, so mixed-case queries go slow.
-	ownersMove bool
-	mu         sync.Mutex
+	// rewritten in the client's case, so mixed-case queries go slow;
+	// zonesMove: one holds a zone respelled, so queries spelling the zone
+	// in another case go slow.
+	ownersMove, zonesMove bool
+	mu                    sync.Mutex
 	// variants are the compressed forms for buffers full does not fit in.
 	variants atomic.Pointer[[]variant]
 }
@@ -213,12 +220,12 @@ func (q *fastQuery) label(i int) []byte {
 // answerFast appends the reply to a query parsed by parseFast to out and
 // returns it, with its rcode; ok is false when the slow path must answer.
 func (s *Server) answerFast(q *fastQuery, out []byte) (reply []byte, rcode int, ok bool) {
-	svc, ok := s.fastService(q)
+	svc, rcode, ok := s.fastService(q)
 	if !ok {
 		return nil, 0, false
 	}
 	if svc == nil {
-		return s.negativeFast(q, dns.RcodeNameError, out)
+		return s.negativeFast(q, rcode, out)
 	}
 	cr := svc.cache.lookup(q.lower, q.qtype)
 	if cr == nil {
@@ -234,7 +241,15 @@ func (s *Server) answerFast(q *fastQuery, out []byte) (reply []byte, rcode int, 
 	if q.opt {
 		optLen = 11
 	}
-	if q.upper && cr.ownersMove {
+	// The zone as the client spelled it, when not in lower case.
+	var zone []byte
+	if q.upper {
+		zone = q.pkt[12+len(q.lower)-len(s.zoneWire) : 12+len(q.lower)]
+		if bytes.Equal(zone, s.zoneWire) {
+			zone = nil
+		}
+	}
+	if (q.upper && cr.ownersMove) || (zone != nil && cr.zonesMove) {
 		return nil, 0, false
 	}
 	var v *variant
@@ -265,44 +280,73 @@ func (s *Server) answerFast(q *fastQuery, out []byte) (reply []byte, rcode int, 
 			copy(out[o:], name)
 		}
 	}
+	if zone != nil {
+		for _, o := range cr.zones {
+			copy(out[o:], zone)
+		}
+	}
 	return s.appendOPT(q, out), cr.rcode, true
 }
 
 // fastService finds the Service a name under svc.<zone> with at least a
-// Service and namespace label names, or nil if there is none. ok is false
-// for every other name.
-func (s *Server) fastService(q *fastQuery) (svc *service, ok bool) {
+// Service and namespace label names. For a name in the zone that has no
+// records of its own, it returns a nil Service and the rcode of the reply
+// without answer records: NXDOMAIN for a Service or namespace that does not
+// exist or a name neither under svc.<zone> nor pod.<zone> (how glibc's
+// search path asks for name.svc.<zone> and name.<zone> after
+// name.<namespace>.svc.<zone>), NODATA for svc.<zone> and an existing
+// namespace's name. ok is false for every other name.
+func (s *Server) fastService(q *fastQuery) (svc *service, rcode int, ok bool) {
 	if s.zoneWire == nil || !bytes.HasSuffix(q.lower, s.zoneWire) {
-		return nil, false
+		return nil, 0, false
 	}
 	// SOA and TXT are NODATA below the apex whether or not the name
-	// exists; a zone spelled with upper case shows in the SOA and SRV
-	// targets, not only in owner names equal to the question.
-	if q.qtype == dns.TypeSOA || q.qtype == dns.TypeTXT ||
-		(q.upper && !bytes.Equal(q.pkt[12+len(q.lower)-len(s.zoneWire):12+len(q.lower)], s.zoneWire)) {
-		return nil, false
+	// exists, but dns-version.<zone> has a TXT record.
+	if q.qtype == dns.TypeSOA || q.qtype == dns.TypeTXT {
+		return nil, 0, false
 	}
-	k := q.nlabels - s.zoneLabels - 1 // labels before "svc"
-	if k < 2 || int(q.labels[k+1]) != len(q.lower)-len(s.zoneWire) || string(q.label(k)) != "svc" {
-		return nil, false
+	k := q.nlabels - s.zoneLabels - 1 // labels before the one above the zone
+	if k < 0 || int(q.labels[k+1]) != len(q.lower)-len(s.zoneWire) {
+		return nil, 0, false // the apex, or a zone that is not whole labels
+	}
+	x := s.index
+	switch top := string(q.label(k)); {
+	case top == "pod":
+		return nil, 0, false
+	case top != "svc":
+		// lookup: neither svc nor pod, dns-version included.
+		return nil, dns.RcodeNameError, true
+	case k == 0:
+		return nil, dns.RcodeSuccess, true
+	case k == 1:
+		x.mu.RLock()
+		exists := x.namespaceExists(string(q.label(0)))
+		x.mu.RUnlock()
+		if exists {
+			return nil, dns.RcodeSuccess, true
+		}
+		return nil, dns.RcodeNameError, true
 	}
 	var key [128]byte
 	ns, name := q.label(k-1), q.label(k-2)
 	b := append(append(append(key[:0], ns...), '/'), name...)
-	x := s.index
 	x.mu.RLock()
 	svc = x.services[string(b)]
 	x.mu.RUnlock()
-	if svc != nil && svc.externalName != "" {
+	if svc == nil {
+		return nil, dns.RcodeNameError, true
+	}
+	if svc.externalName != "" {
 		// Its answers follow the CNAME into other Services' records or
 		// upstream, which this Service's cache could not keep current.
-		return nil, false
+		return nil, 0, false
 	}
-	return svc, true
+	return svc, 0, true
 }
 
 // negativeFast builds a reply with no answer records and the zone's SOA in
-// the authority section, as the slow path sends it uncompressed.
+// the authority section, as the slow path sends it uncompressed: the zone
+// in the SOA's names spelled as the client spelled it.
 func (s *Server) negativeFast(q *fastQuery, rcode int, out []byte) ([]byte, int, bool) {
 	optLen := 0
 	if q.opt {
@@ -319,6 +363,12 @@ func (s *Server) negativeFast(q *fastQuery, rcode int, out []byte) ([]byte, int,
 	n := len(out)
 	out = append(out, s.soaWire...)
 	binary.BigEndian.PutUint32(out[n+len(s.soaWire)-20:], s.index.Serial())
+	if q.upper {
+		zone := q.pkt[12+len(q.lower)-len(s.zoneWire) : 12+len(q.lower)]
+		for _, o := range s.soaZones {
+			copy(out[n+o:], zone)
+		}
+	}
 	return s.appendOPT(q, out), rcode, true
 }
 
@@ -413,16 +463,17 @@ func (s *Server) buildReply(q *fastQuery) *cachedReply {
 	}
 	cr.full = full
 	cr.owners = answerOwners(full, q.lower, secs[0])
+	cr.zones = s.respelledZones(full, secs)
 	if cr.groups, ok = shuffleGroups(full, secs); !ok {
 		return nil
 	}
 	for _, g := range cr.groups {
-		if g.uniform || g.sec != 0 {
+		if g.uniform {
 			continue
 		}
-		for _, o := range cr.owners {
-			cr.ownersMove = cr.ownersMove || (int(o) >= g.recs[0].start && int(o) < g.recs[len(g.recs)-1].end)
-		}
+		in := func(o uint16) bool { return int(o) >= g.recs[0].start && int(o) < g.recs[len(g.recs)-1].end }
+		cr.ownersMove = cr.ownersMove || slices.ContainsFunc(cr.owners, in)
+		cr.zonesMove = cr.zonesMove || slices.ContainsFunc(cr.zones, in)
 	}
 	return cr
 }
@@ -435,6 +486,33 @@ func answerOwners(msg, name []byte, answer []wireRR) []uint16 {
 		if bytes.HasPrefix(msg[rr.start:], name) {
 			out = append(out, uint16(rr.start))
 		}
+	}
+	return out
+}
+
+// respelledZones lists the offsets of the zone ending the names zoneReply
+// respells for a client that spelled the zone in another case, in an
+// uncompressed message: the answer's SRV targets, the additional records'
+// owner names.
+func (s *Server) respelledZones(msg []byte, secs [3][]wireRR) []uint16 {
+	var out []uint16
+	add := func(name int) {
+		// Walk the labels: the zone must be whole labels of the name.
+		for name < len(msg) && msg[name] != 0 {
+			if bytes.HasPrefix(msg[name:], s.zoneWire) {
+				out = append(out, uint16(name))
+				return
+			}
+			name += 1 + int(msg[name])
+		}
+	}
+	for _, rr := range secs[0] {
+		if rr.rrtype == dns.TypeSRV {
+			add(rr.rdata + 6) // priority, weight, port, then the target
+		}
+	}
+	for _, rr := range secs[2] {
+		add(rr.start)
 	}
 	return out
 }

@@ -99,9 +99,10 @@ func query(name string, qtype uint16, id uint16, rd, cd bool, edns int, do bool)
 }
 
 // TestFastMatchesSlow checks the fast path's replies are byte for byte the
-// slow path's, across names, types, case, IDs, flags, EDNS0 buffer sizes
-// and the DO bit, including truncated replies; and that it takes the
-// common queries rather than passing them on.
+// slow path's, across names, types, case (the zone's included, as DNS 0x20
+// sends it), IDs, flags, EDNS0 buffer sizes and the DO bit, including
+// truncated replies; and that it takes the common queries rather than
+// passing them on, glibc's search-path names and mixed case included.
 func TestFastMatchesSlow(t *testing.T) {
 	s := NewServer(Config{}, benchIndex(20, 5))
 	names := []string{
@@ -114,6 +115,16 @@ func TestFastMatchesSlow(t *testing.T) {
 		"ext.bench.svc.cluster.local.", "EXT.bench.svc.cluster.local.", "_http._tcp.ext.bench.svc.cluster.local.", "a.b.c.svc0001.bench.svc.cluster.local.",
 		"bench.svc.cluster.local.", "svc.cluster.local.", "cluster.local.", "dns-version.cluster.local.", "x.svc0001.bench.pod.cluster.local.",
 		"svc0001.bench.svc.example.org.", "svc0001.bench.svc.cluster.local.in-addr.arpa.",
+		// DNS 0x20 case, the zone's included.
+		"sVc0001.bEnch.sVc.ClUsTeR.LoCaL.", "HL002.bench.svc.Cluster.local.", "_HTTP._tcp.svc0003.bench.SVC.Cluster.Local.",
+		"_http._tcp.hl001.bench.svc.CLUSTER.local.", "HL000-0.hl000.bench.svc.Cluster.local.", "nosuch.bench.svc.CLUSTER.LOCAL.",
+		"BIG.bench.svc.cluster.LOCAL.", "Ext.bench.svc.Cluster.Local.", "dns-version.Cluster.Local.", "Cluster.Local.",
+		// glibc's search path from a pod in bench: name.bench.svc.<zone>,
+		// name.svc.<zone>, name.<zone>.
+		"svc0001.bench.bench.svc.cluster.local.", "svc0001.svc.cluster.local.", "svc0001.cluster.local.",
+		"api.github.com.bench.svc.cluster.local.", "api.github.com.svc.cluster.local.", "api.github.com.cluster.local.",
+		"example.com.svc.cluster.local.", "example.com.cluster.local.", "Api.GitHub.com.Cluster.Local.", "bench.svc.Cluster.Local.",
+		"nosuchns.svc.cluster.local.", "pod.cluster.local.", "x.pod.cluster.local.", "svc.CLUSTER.local.",
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	fast := 0
@@ -148,6 +159,16 @@ func TestFastMatchesSlow(t *testing.T) {
 		query("hl001.bench.svc.cluster.local.", dns.TypeA, 1, true, false, 1232, true),
 		query("_http._tcp.hl001.bench.svc.cluster.local.", dns.TypeSRV, 1, true, false, -1, false),
 		query("nosuch.bench.svc.cluster.local.", dns.TypeA, 1, true, false, -1, false),
+		query("sVc0001.bEnch.sVc.ClUsTeR.LoCaL.", dns.TypeA, 1, true, false, 4096, true),
+		query("My-Svc.Bench.svc.cluster.local.", dns.TypeA, 1, true, false, 1232, false),
+		query("NoSuch.Bench.Svc.Cluster.Local.", dns.TypeAAAA, 1, true, false, -1, false),
+		query("_http._tcp.svc0003.bench.svc.Cluster.Local.", dns.TypeSRV, 1, true, false, 1232, false),
+		query("hl001.bench.svc.CLUSTER.LOCAL.", dns.TypeA, 1, true, false, 1232, false),
+		query("svc0001.bench.bench.svc.cluster.local.", dns.TypeAAAA, 1, true, false, -1, false),
+		query("svc0001.svc.cluster.local.", dns.TypeA, 1, true, false, -1, false),
+		query("api.github.com.cluster.local.", dns.TypeAAAA, 1, true, false, -1, false),
+		query("bench.svc.cluster.local.", dns.TypeA, 1, true, false, -1, false),
+		query("svc.cluster.local.", dns.TypeA, 1, true, false, -1, false),
 	} {
 		if fastReply(s, pkt, 1) == nil {
 			r := new(dns.Msg)
@@ -302,28 +323,54 @@ func TestServePacket(t *testing.T) {
 }
 
 // BenchmarkAnswer compares answering the benchmark's query mix on the slow
-// path (parse, resolve, pack) and the fast path, without sockets.
+// path (parse, resolve, pack) and the fast path, without sockets; "mixed"
+// answers bench/dns's wider mix (DNS 0x20 and capitalized names, EDNS0
+// buffer sizes and the DO bit, glibc's search-path names) as ServePacket
+// does, fast where it can, and reports the share left to the slow path.
 func BenchmarkAnswer(b *testing.B) {
 	s := NewServer(Config{}, benchIndex(1000, 100))
 	rng := rand.New(rand.NewPCG(1, 2))
-	var pkts [][]byte
-	for range 1000 {
-		var name string
-		qtype := dns.TypeA
+	inZone := func() (string, uint16) {
 		switch x := rng.IntN(100); {
 		case x < 65:
-			name = fmt.Sprintf("svc%04d.bench.svc.cluster.local.", rng.IntN(1000))
+			return fmt.Sprintf("svc%04d.bench.svc.cluster.local.", rng.IntN(1000)), dns.TypeA
 		case x < 80:
-			name = fmt.Sprintf("hl%03d.bench.svc.cluster.local.", rng.IntN(100))
+			return fmt.Sprintf("hl%03d.bench.svc.cluster.local.", rng.IntN(100)), dns.TypeA
 		case x < 90:
-			name, qtype = fmt.Sprintf("_http._tcp.svc%04d.bench.svc.cluster.local.", rng.IntN(1000)), dns.TypeSRV
 			if rng.IntN(2) == 0 {
-				name = fmt.Sprintf("_http._tcp.hl%03d.bench.svc.cluster.local.", rng.IntN(100))
+				return fmt.Sprintf("_http._tcp.hl%03d.bench.svc.cluster.local.", rng.IntN(100)), dns.TypeSRV
 			}
+			return fmt.Sprintf("_http._tcp.svc%04d.bench.svc.cluster.local.", rng.IntN(1000)), dns.TypeSRV
 		default:
-			name = fmt.Sprintf("nosuch%05d.bench.svc.cluster.local.", rng.IntN(100000))
+			return fmt.Sprintf("nosuch%05d.bench.svc.cluster.local.", rng.IntN(100000)), dns.TypeA
 		}
+	}
+	var pkts, mixed [][]byte
+	for range 1000 {
+		name, qtype := inZone()
 		pkts = append(pkts, query(name, qtype, uint16(rng.Uint32()), true, false, -1, false))
+	}
+	for range 1000 {
+		name, qtype := inZone()
+		if rng.IntN(2) == 0 {
+			if rng.IntN(2) == 0 {
+				b := []byte(name)
+				for i, c := range b {
+					if c >= 'a' && c <= 'z' && rng.IntN(2) == 0 {
+						b[i] = c - 'a' + 'A'
+					}
+				}
+				name = string(b)
+			}
+			edns := []int{-1, -1, 1232, 4096}[rng.IntN(4)]
+			mixed = append(mixed, query(name, qtype, uint16(rng.Uint32()), true, false, edns, edns == 4096 && rng.IntN(2) == 0))
+			continue
+		}
+		typed := []string{fmt.Sprintf("svc%04d.bench", rng.IntN(1000)), "api.github.com", "example.com"}[rng.IntN(3)]
+		for _, suffix := range []string{".bench.svc.cluster.local.", ".svc.cluster.local.", ".cluster.local."} {
+			mixed = append(mixed, query(typed+suffix, dns.TypeA, uint16(rng.Uint32()), true, false, -1, false),
+				query(typed+suffix, dns.TypeAAAA, uint16(rng.Uint32()), true, false, -1, false))
+		}
 	}
 	b.Run("slow", func(b *testing.B) {
 		b.ReportAllocs()
@@ -346,5 +393,25 @@ func BenchmarkAnswer(b *testing.B) {
 			}
 			out = reply[:0]
 		}
+	})
+	b.Run("mixed", func(b *testing.B) {
+		b.ReportAllocs()
+		var q fastQuery
+		scratch := make([]byte, 0, 256)
+		out := make([]byte, 0, 4096)
+		slow, n := 0, 0
+		for i := 0; b.Loop(); i++ {
+			pkt := mixed[i%len(mixed)]
+			n++
+			if parseFast(pkt, &q, scratch) {
+				if reply, _, ok := s.answerFast(&q, out); ok {
+					out = reply[:0]
+					continue
+				}
+			}
+			slow++
+			slowReply(b, s, pkt, uint64(i))
+		}
+		b.ReportMetric(100*float64(slow)/float64(n), "slow-%")
 	})
 }

@@ -53,10 +53,12 @@ type Server struct {
 	ready   chan struct{}
 	// The fast path's view of the zone: its name in lower-case wire format
 	// (nil disables the fast path), its label count, and its SOA record
-	// packed uncompressed, serial last but four timers.
+	// packed uncompressed, serial last but four timers, with the offsets
+	// in it of the zone ending its three names.
 	zoneWire   []byte
 	zoneLabels int
 	soaWire    []byte
+	soaZones   [3]int
 }
 
 // NewServer returns a server answering from index.
@@ -99,6 +101,10 @@ func (s *Server) initFast() {
 		return
 	}
 	s.zoneWire, s.zoneLabels, s.soaWire = buf[:n], dns.CountLabel(s.zone), soa[:m]
+	// The owner, then after type, class, TTL and length "ns.dns." and
+	// "hostmaster." before the zone.
+	ns := n + 10 + len("\x02ns\x03dns")
+	s.soaZones = [3]int{0, ns, ns + n + len("\x0ahostmaster")}
 }
 
 // MarkReady makes /ready answer 200: call it once the index has synced.

@@ -2,14 +2,34 @@
 // plugin, in one run on one in-process control plane holding 1,000 ClusterIP
 // Services x 9 endpoints plus 100 headless Services x 10 endpoints (Services
 // and EndpointSlices as API objects). Each server runs as its own process on
-// loopback and is driven by dnsperf at saturation and at a fixed rate.
+// loopback with the same settings (CoreDNS with kubeadm's Corefile, with and
+// without its cache) and is driven by dnsperf at saturation and at a fixed
+// rate.
 //
 //	scripts/deps   # installs dnsperf
-//	go run ./bench/dns [-coredns /work/ref/coredns] [-duration 20s]
+//	../shared/reference/build.sh /tmp/ref   # CoreDNS v1.15.0 as kubeadm runs it
+//	go run ./bench/dns [-coredns /tmp/ref/coredns] [-duration 20s] [-baseline main=/tmp/sb-main,old=/tmp/sb-old]
 //	go run ./bench/dns -flood 60000 -flood-rate 3000 -services 10 -headless 0 [-baseline /tmp/sb-main]
 //
-// The query mix: 65% A of ClusterIP Services, 15% A of headless Services, 10%
-// SRV of named ports, 10% names inside the zone that do not exist (NXDOMAIN).
+// The query mix, 100,000 queries in dnsperf's binary format, the table's
+// heading printing each class's share. About half are queries as a stub or
+// caching resolver sends them: 65% A of ClusterIP Services, 15% A
+// of headless Services, 10% SRV of named ports, 10% names inside the zone
+// that do not exist (NXDOMAIN); each in lower case (60%), in random
+// DNS 0x20 case on every letter, zone included (20%), or with the Service
+// and namespace labels capitalized as in My-Svc.Default.svc.cluster.local
+// (20%); without EDNS0 (50%), or with an OPT record of buffer size 1232
+// (25%), 4096 (15%) or 4096 with the DO bit (10%). The other half are
+// getaddrinfo lookups as glibc sends them from a pod in namespace bench
+// (search bench.svc.cluster.local svc.cluster.local cluster.local,
+// ndots:5), A and AAAA for each search suffix in turn until one has the
+// name: a Service's short name (40% of lookups: found at the first
+// suffix, AAAA NODATA), a headless Service's (10%), "svc0042.bench" (20%:
+// svc0042.bench.bench.svc.cluster.local NXDOMAIN, then found), and an
+// external name such as api.github.com (30%: NXDOMAIN at all three
+// suffixes; the name as typed, which then goes upstream, is left out: what
+// forwarding costs is -flood's part).
+//
 // Saturation runs twice: without -v for QPS (dnsperf printing a line per
 // query takes CPU from the shared cores), and with -v for latency.
 // Latency percentiles come from dnsperf -v's per-query latencies; CPU per
@@ -21,9 +41,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"log"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -60,9 +82,9 @@ var (
 	duration    = flag.Duration("duration", 20*time.Second, "length of each dnsperf run")
 	satClients  = flag.String("saturate", "-c 10 -T 2", "dnsperf flags for the saturation run (a deeper -q drops queries in socket buffers)")
 	fixedQPS    = flag.Int("qps", 10000, "rate of the fixed-rate run")
-	corednsBin  = flag.String("coredns", "/work/ref/coredns", "CoreDNS binary (v1.15.0); skipped if missing")
+	corednsBin  = flag.String("coredns", "coredns", "CoreDNS binary (v1.15.0, from ../shared/reference/build.sh DIR), a path or a name looked up in $PATH; skipped if missing")
 	sbPrebuilt  = flag.String("binary", "", "switchboard binary to measure instead of building ./cmd/switchboard")
-	sbBaseline  = flag.String("baseline", "", "another switchboard binary (e.g. an earlier commit's) measured in the same run, as \"baseline\"")
+	sbBaseline  = flag.String("baseline", "", "other switchboard binaries (e.g. earlier commits') measured in the same run: comma-separated, each NAME=PATH or PATH (named \"baseline\")")
 )
 
 // run is one server under test.
@@ -119,31 +141,41 @@ func main() {
 	log.Printf("created %d ClusterIP Services x %d endpoints and %d headless x %d in %v",
 		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, time.Since(t0).Round(time.Millisecond))
 
-	queries := filepath.Join(dir, "queries.txt")
+	queries := filepath.Join(dir, "queries.bin")
+	var mix map[string]int
 	if *floodN == 0 {
-		must(writeQueries(queries, 100000))
+		mix, err = writeQueries(queries, 100000)
+		must(err)
 	}
 
 	kc := cp.KubeconfigPath
-	// The saturation runs never leave the zone; the flood sends everything
-	// to an upstream that never answers.
-	upstream, corednsUpstream := "127.0.0.1:1", "/etc/resolv.conf"
+	// The saturation runs never leave the zone (every server gets the same
+	// upstream all the same); the flood sends everything to an upstream
+	// that never answers.
+	upstream := "127.0.0.1:1"
 	if *floodN > 0 {
 		var stop func()
 		upstream, stop = blackhole()
-		corednsUpstream = upstream
 		defer stop()
 	}
 	var runs []run
-	for _, sb := range []struct{ name, bin string }{{"switchboard", sbBin}, {"baseline", *sbBaseline}} {
-		if sb.bin == "" {
+	sbs := []struct{ name, bin string }{{"switchboard", sbBin}}
+	for _, b := range strings.Split(*sbBaseline, ",") {
+		if b == "" {
 			continue
 		}
+		name, bin, ok := strings.Cut(b, "=")
+		if !ok {
+			name, bin = "baseline", b
+		}
+		sbs = append(sbs, struct{ name, bin string }{name, bin})
+	}
+	for _, sb := range sbs {
 		port := freePort()
 		runs = append(runs, run{name: sb.name, port: port, cmd: []string{sb.bin, "dns", "--kubeconfig", kc,
 			"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--upstream", upstream, "--health-listen", fmt.Sprintf("127.0.0.1:%d", freePort())}})
 	}
-	if _, err := os.Stat(*corednsBin); err == nil {
+	if coredns, err := exec.LookPath(*corednsBin); err == nil {
 		for _, cached := range []bool{true, false} {
 			name := "coredns kubeadm"
 			if !cached {
@@ -151,11 +183,11 @@ func main() {
 			}
 			port := freePort()
 			cf := filepath.Join(dir, fmt.Sprintf("Corefile-%d", port))
-			must(os.WriteFile(cf, []byte(corefile(port, kc, cached, corednsUpstream)), 0o644))
-			runs = append(runs, run{name: name, port: port, cmd: []string{*corednsBin, "-conf", cf}})
+			must(os.WriteFile(cf, []byte(corefile(port, kc, cached, upstream)), 0o644))
+			runs = append(runs, run{name: name, port: port, cmd: []string{coredns, "-conf", cf}})
 		}
 	} else {
-		log.Printf("CoreDNS %s not found, measuring switchboard only", *corednsBin)
+		log.Printf("CoreDNS %s not found (%v), measuring switchboard only", *corednsBin, err)
 	}
 
 	type row struct {
@@ -203,8 +235,12 @@ func main() {
 		printFlood(names, floods)
 		return
 	}
-	fmt.Printf("\n%d ClusterIP Services x %d endpoints + %d headless x %d; mix 65%% A, 15%% headless A, 10%% SRV, 10%% NXDOMAIN; %v per run\n",
+	fmt.Printf("\n%d ClusterIP Services x %d endpoints + %d headless x %d; %v per run; query mix:\n",
 		*nClusterIP, *nClusterEPs, *nHeadless, *nHeadlessEP, *duration)
+	classes := slices.Sorted(maps.Keys(mix))
+	for _, c := range classes {
+		fmt.Printf("  %5.1f%%  %s\n", 100*float64(mix[c])/float64(sumCounts(mix)), c)
+	}
 	line := measure.Table(36, rows, func(r row) string { return r.name })
 	sat := "sat (" + *satClients + ")"
 	fix := fmt.Sprintf("%dk QPS", *fixedQPS/1000)
@@ -324,29 +360,140 @@ func populate(ctx context.Context, client kubernetes.Interface) {
 	measure.Parallel(*nHeadless, 32, func(s int) { create(headlessName(s), true, *nHeadlessEP, base+s**nHeadlessEP) })
 }
 
-// writeQueries writes n dnsperf queries in the benchmark's mix, shuffled
-// with a fixed seed so every server sees the same sequence.
-func writeQueries(path string, n int) error {
+// writeQueries writes n dnsperf queries in the benchmark's mix (see the
+// package comment) in dnsperf's binary input format (-B: each query a
+// two-byte length and the message), since the text format cannot vary case
+// or EDNS0 per query; shuffled with a fixed seed so every server sees the
+// same sequence. It returns each class's share, for the table's heading.
+func writeQueries(path string, n int) (map[string]int, error) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	var b strings.Builder
-	for range n {
-		x := rng.IntN(100)
-		switch {
-		case x < 65:
-			fmt.Fprintf(&b, "%s.%s.svc.%s A\n", clusterName(rng.IntN(*nClusterIP)), ns, zone)
-		case x < 80:
-			fmt.Fprintf(&b, "%s.%s.svc.%s A\n", headlessName(rng.IntN(*nHeadless)), ns, zone)
-		case x < 90:
-			svc := clusterName(rng.IntN(*nClusterIP))
-			if rng.IntN(2) == 0 {
-				svc = headlessName(rng.IntN(*nHeadless))
+	var b []byte
+	count := map[string]int{}
+	add := func(class, name string, qtype uint16, edns int, do bool) {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		m.Id = uint16(rng.Uint32())
+		if edns > 0 {
+			m.SetEdns0(uint16(edns), do)
+		}
+		w, err := m.Pack()
+		must(err)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(w)))
+		b = append(b, w...)
+		count[class]++
+	}
+	for total := 0; total < n; total = sumCounts(count) {
+		// 78% of draws are direct queries, about half the queries since a
+		// lookup sends 3.6 on average.
+		if rng.IntN(100) < 78 {
+			// A query as a stub or caching resolver sends it: the
+			// in-zone mix, in some case, with or without EDNS0.
+			var name string
+			qtype := dns.TypeA
+			switch x := rng.IntN(100); {
+			case x < 65:
+				name = fmt.Sprintf("%s.%s.svc.%s.", clusterName(rng.IntN(*nClusterIP)), ns, zone)
+			case x < 80:
+				name = fmt.Sprintf("%s.%s.svc.%s.", headlessName(rng.IntN(*nHeadless)), ns, zone)
+			case x < 90:
+				svc := clusterName(rng.IntN(*nClusterIP))
+				if rng.IntN(2) == 0 {
+					svc = headlessName(rng.IntN(*nHeadless))
+				}
+				name, qtype = fmt.Sprintf("_http._tcp.%s.%s.svc.%s.", svc, ns, zone), dns.TypeSRV
+			default:
+				name = fmt.Sprintf("nosuch%05d.%s.svc.%s.", rng.IntN(100000), ns, zone)
 			}
-			fmt.Fprintf(&b, "_http._tcp.%s.%s.svc.%s SRV\n", svc, ns, zone)
+			class := "direct"
+			switch x := rng.IntN(100); {
+			case x < 20:
+				name, class = random0x20(rng, name), class+", 0x20 case"
+			case x < 40:
+				name, class = capitalized(name), class+", Capitalized"
+			default:
+				class += ", lower"
+			}
+			switch x := rng.IntN(100); {
+			case x < 25:
+				add(class+", EDNS0 1232", name, qtype, 1232, false)
+			case x < 40:
+				add(class+", EDNS0 4096", name, qtype, 4096, false)
+			case x < 50:
+				add(class+", EDNS0 4096 DO", name, qtype, 4096, true)
+			default:
+				add(class+", no EDNS0", name, qtype, 0, false)
+			}
+			continue
+		}
+		// A getaddrinfo lookup by glibc in a pod of namespace bench
+		// (search bench.svc.cluster.local svc.cluster.local
+		// cluster.local, ndots:5): A and AAAA per search suffix, the
+		// suffixes in order until one has the name.
+		search := []string{ns + ".svc." + zone, "svc." + zone, zone}
+		lookup := func(class, typed string, found int) {
+			for i, suffix := range search {
+				if found >= 0 && i > found {
+					return
+				}
+				for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
+					add(class, typed+"."+suffix+".", qtype, 0, false)
+				}
+			}
+		}
+		switch x := rng.IntN(100); {
+		case x < 40:
+			lookup("search: Service", clusterName(rng.IntN(*nClusterIP)), 0)
+		case x < 50:
+			lookup("search: headless Service", headlessName(rng.IntN(*nHeadless)), 0)
+		case x < 70:
+			lookup("search: Service.namespace", clusterName(rng.IntN(*nClusterIP))+"."+ns, 1)
 		default:
-			fmt.Fprintf(&b, "nosuch%05d.%s.svc.%s A\n", rng.IntN(100000), ns, zone)
+			// Then the name as typed goes upstream, which is not part of
+			// this benchmark (see -flood).
+			lookup("search: external name", externalNames[rng.IntN(len(externalNames))], -1)
 		}
 	}
-	return os.WriteFile(path, []byte(b.String()), 0o644)
+	return count, os.WriteFile(path, b, 0o644)
+}
+
+// externalNames are names outside the cluster a pod looks up.
+var externalNames = []string{"example.com", "www.example.com", "api.github.com", "registry-1.docker.io",
+	"storage.googleapis.com", "s3.amazonaws.com", "login.microsoftonline.com", "pypi.org"}
+
+func sumCounts(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+// random0x20 flips the case of each letter at random, as resolvers using
+// DNS 0x20 (draft-vixie-dnsext-dns0x20) do.
+func random0x20(rng *rand.Rand, name string) string {
+	b := []byte(name)
+	for i, c := range b {
+		if c >= 'a' && c <= 'z' && rng.IntN(2) == 0 {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
+}
+
+// capitalized upper-cases the first letter of every label before "svc",
+// as in My-Svc.Default.svc.cluster.local typed by hand:
+// "Svc0001.Bench.svc.cluster.local.", "_http._tcp.Svc0001.Bench.svc.cluster.local.".
+func capitalized(name string) string {
+	b := []byte(name)
+	for i, c := range b {
+		if strings.HasPrefix(string(b[i:]), "svc.") {
+			break
+		}
+		if (i == 0 || b[i-1] == '.') && c >= 'a' && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
 }
 
 // waitAnswer polls until the server answers a known Service's A record.
@@ -383,7 +530,7 @@ var (
 // are no percentiles.
 func drive(pid int, addr, queries string, verbose bool, extra []string) result {
 	host, port, _ := net.SplitHostPort(addr)
-	args := []string{"-s", host, "-p", port, "-d", queries, "-l", strconv.Itoa(int(duration.Seconds()))}
+	args := []string{"-s", host, "-p", port, "-B", "-d", queries, "-l", strconv.Itoa(int(duration.Seconds()))}
 	if verbose {
 		args = append(args, "-v")
 	}

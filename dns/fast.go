@@ -19,14 +19,18 @@ import (
 // slow path (miekg/dns parse, resolve, fit, pack) for the lower-case name, so
 // the fast path only copies bytes and patches what varies per query: the ID,
 // the RD and CD bits, the case of the question name and of the answer owner
-// names equal to it, the OPT record, and the order of the records the
-// loadbalance shuffle moves (the reply is cached partitioned, and a query's
-// permutation moves rdata, or whole records in the uncompressed form).
-// Anything else (other names, mixed-case queries whose reply needs
-// compression, EDNS0 options or versions, several questions or records, a
-// truncated reply whose kept records differ in more than rdata, TCP) falls
-// back to the slow path, and the tests check the two agree byte for byte for
-// the same shuffle seed.
+// names equal to it, the zone as the client spelled it (DNS 0x20) where the
+// slow path respells it (SOA names, SRV targets, additional owners), the OPT
+// record, and the order of the records the loadbalance shuffle moves (the
+// reply is cached partitioned, and a query's permutation moves rdata, or
+// whole records in the uncompressed form). Names in the zone with no records
+// of their own (a Service or namespace that does not exist, the names glibc's
+// search path tries before or after the right one) get the zone's negative
+// reply without a lookup beyond the index's maps. Anything else (pod names,
+// the apex, mixed-case queries whose reply needs compression, EDNS0 options
+// or versions, several questions or records, a truncated reply whose kept
+// records differ in more than rdata, TCP) falls back to the slow path, and
+// the tests check the two agree byte for byte for the same shuffle seed.
 
 // maxCachedReplies bounds the replies cached per Service: its own name and
 // ports, its endpoint names, in a few types. Clients asking for names that do

@@ -41,13 +41,21 @@ func startServer(t *testing.T, client kubernetes.Interface, upstreams []string) 
 		t.Fatal(err)
 	}
 	srv := NewServer(Config{Upstreams: upstreams, UpstreamTimeout: 300 * time.Millisecond}, idx)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
+	// The UDP port the kernel picks may be taken for TCP by another
+	// process (tests run in parallel on the machine): pick again.
+	var pc net.PacketConn
+	var l net.Listener
+	for try := 0; l == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if try == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	go srv.ServePacket(ctx, pc)
 	go srv.ServeListener(ctx, l)

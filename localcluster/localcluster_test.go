@@ -1127,6 +1127,10 @@ func TestImages(t *testing.T) {
 		Env: []corev1.EnvVar{{Name: "GREETING", Value: "from busybox"}}}))
 	createPod(t, c, ns, pod("unknown", corev1.Container{Image: "registry.example/shop/app:1.0", Command: []string{"/app", "--serve"}}))
 	createPod(t, c, ns, pod("nginx", corev1.Container{Image: "nginx", Ports: []corev1.ContainerPort{{ContainerPort: 80}}}))
+	// One container runs, one never can: the pod stays Pending.
+	mixed := pod("mixed", corev1.Container{Image: "registry.k8s.io/pause:3.10"})
+	mixed.Spec.Containers = append(mixed.Spec.Containers, corev1.Container{Name: "never", Image: "registry.example/shop/app:1.0", Command: []string{"/app"}})
+	createPod(t, c, ns, mixed)
 
 	for _, name := range []string{"netexec", "hostnames", "pause", "shell", "nginx"} {
 		waitPod(t, c, ns, name, "Ready", isReady)
@@ -1202,6 +1206,16 @@ func TestImages(t *testing.T) {
 	}
 	if up.Status.Phase != corev1.PodPending {
 		t.Errorf("pod with an unrunnable image is %s, want Pending", up.Status.Phase)
+	}
+
+	// The pod phase is the kubelet's: Pending while any container has
+	// not started yet, however many others run.
+	mp := waitPod(t, c, ns, "mixed", "one container running, one waiting", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 2 && p.Status.ContainerStatuses[0].State.Running != nil &&
+			p.Status.ContainerStatuses[1].State.Waiting != nil && p.Status.ContainerStatuses[1].State.Waiting.Reason == "ErrImagePull"
+	})
+	if mp.Status.Phase != corev1.PodPending {
+		t.Errorf("pod with one container running and one waiting is %s, want Pending", mp.Status.Phase)
 	}
 
 	// The other pods still serve.

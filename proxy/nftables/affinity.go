@@ -27,23 +27,42 @@ import (
 // mod k" over affsvc-k ("front . slot : goto aff-ep-ID"). The services
 // chain sends a front-end there when affchk-k-0 has it. Adding or
 // removing one endpoint writes its set, its two chains and its two
-// elements, nothing of the other endpoints.
+// elements, nothing of the other endpoints. NodePorts have the same, keyed
+// "protocol . port" like np-k: maps affnp-k and affnpchk-k-S and the chain
+// affinity-np-balance-k, reached from the nodeports chain, so a client of
+// a NodePort sticks to its endpoint too, as with kube-proxy.
 const (
 	setAffinityEndpointPrefix = "aff-"
 	affinityEndpointChain     = "aff-ep-"
 	affinityCheckChain        = "aff-chk-"
 	affinityBalanceChain      = "affinity-balance-"
+	// affinityNodePortBalanceChain is affinityBalanceChain's twin for
+	// NodePorts (maps affnp-k, affnpchk-k-S), reached from the nodeports
+	// chain.
+	affinityNodePortBalanceChain = "affinity-np-balance-"
 )
 
-// elemSet is the set an element is in: an affchk-k element with slot S
-// is in affchk-k-S, keyed by the front-end alone, so the rules need no
-// constant slot in their keys (nft 1.0.6 prints those as "[invalid
-// type]").
+// elemSet is the set an element is in: an affchk-k (affnpchk-k) element
+// with slot S is in affchk-k-S, keyed by the front-end alone, so the rules
+// need no constant slot in their keys (nft 1.0.6 prints those as
+// "[invalid type]").
 func elemSet(e Elem) string {
-	if strings.HasPrefix(e.Set, setAffinityCheckPrefix) {
+	if isAffinityCheck(e.Set) {
 		return e.Set + "-" + strconv.Itoa(e.Slot)
 	}
 	return e.Set
+}
+
+// isAffinityBalance reports whether set is an affsvc-k or affnp-k map,
+// whose elements go to an affinity endpoint's chain.
+func isAffinityBalance(set string) bool {
+	return strings.HasPrefix(set, setAffinityServicePrefix) || strings.HasPrefix(set, setAffinityNodePortPrefix)
+}
+
+// isAffinityCheck reports whether set is an affchk-k or affnpchk-k map
+// (or one of its per-slot sets).
+func isAffinityCheck(set string) bool {
+	return strings.HasPrefix(set, setAffinityCheckPrefix) || strings.HasPrefix(set, setAffinityNodePortCheckPrefix)
 }
 
 // legacyAffinitySet is the one dynamic affinity map of earlier versions,
@@ -79,14 +98,14 @@ func endpointID(e Elem) string {
 func affinityEndpointChanges(add, del []Elem) (born []Elem, gone []string) {
 	added := map[string]bool{}
 	for _, e := range add {
-		if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+		if isAffinityBalance(e.Set) {
 			id := endpointID(e)
 			added[id] = true
 			born = append(born, e)
 		}
 	}
 	for _, e := range del {
-		if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+		if isAffinityBalance(e.Set) {
 			if id := endpointID(e); !added[id] {
 				gone = append(gone, id)
 			}
@@ -148,13 +167,20 @@ func (k *Tables) deleteAffinityEndpoint(f *family, id string) {
 
 // ensureAffinityBucket creates, for front-ends with slots endpoints, the
 // maps affsvc-k and affchk-k, the chain affinity-balance-k and the
-// services rule that sends those front-ends there. Kept once made, as the
-// other buckets.
-func (k *Tables) ensureAffinityBucket(f *family, slots uint32) {
-	balance, check := bucket(setAffinityServicePrefix, int(slots)), bucket(setAffinityCheckPrefix, int(slots))
+// services rule that sends those front-ends there; with nodePort, the
+// same for NodePorts ("l4proto . th dport"): affnp-k, affnpchk-k,
+// affinity-np-balance-k and a rule of the nodeports chain. Kept once made,
+// as the other buckets.
+func (k *Tables) ensureAffinityBucket(f *family, slots uint32, nodePort bool) {
+	balancePrefix, checkPrefix, chainName, from := setAffinityServicePrefix, setAffinityCheckPrefix, affinityBalanceChain, "services"
+	if nodePort {
+		balancePrefix, checkPrefix, chainName, from = setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix, affinityNodePortBalanceChain, "nodeports"
+	}
+	withAddr := !nodePort
+	balance, check := bucket(balancePrefix, int(slots)), bucket(checkPrefix, int(slots))
 	bs := k.addSet(f, balance)
 	f.buckets[balance], f.buckets[check] = true, true
-	ch := k.conn.AddChain(&nftables.Chain{Name: affinityBalanceChain + strconv.Itoa(int(slots)), Table: f.table})
+	ch := k.conn.AddChain(&nftables.Chain{Name: chainName + strconv.Itoa(int(slots)), Table: f.table})
 	k.conn.FlushChain(ch)
 	f.chains[ch.Name] = ch
 	// "ip daddr . meta l4proto . th dport vmap @affchk-k-S" per slot: a
@@ -167,21 +193,21 @@ func (k *Tables) ensureAffinityBucket(f *family, slots uint32) {
 		if s == 0 {
 			first = cs
 		}
-		ex, _ := frontEnd(f.is4, true)
+		ex, _ := frontEnd(f.is4, withAddr)
 		ex = append(ex, &expr.Lookup{SourceRegister: reg0, DestRegister: 0, IsDestRegSet: true, SetName: cs.Name, SetID: cs.ID})
 		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
 	}
 	// "ip daddr . meta l4proto . th dport . numgen random mod k vmap
 	// @affsvc-k": a new client is balanced to an endpoint chain, which
 	// records it.
-	ex, r := frontEnd(f.is4, true)
+	ex, r := frontEnd(f.is4, withAddr)
 	ex = append(ex, &expr.Numgen{Register: r, Modulus: slots, Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: reg0, DestRegister: 0, IsDestRegSet: true, SetName: balance, SetID: bs.ID})
 	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
 	// "ip daddr . meta l4proto . th dport @affchk-k-0 goto
 	// affinity-balance-k".
-	ex, _ = frontEnd(f.is4, true)
+	ex, _ = frontEnd(f.is4, withAddr)
 	ex = append(ex, &expr.Lookup{SourceRegister: reg0, SetName: first.Name, SetID: first.ID},
 		&expr.Verdict{Kind: expr.VerdictGoto, Chain: ch.Name})
-	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["services"], Exprs: ex})
+	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains[from], Exprs: ex})
 }

@@ -87,6 +87,10 @@ func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat boo
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark), nftables.TypeVerdict, true
 	case strings.HasPrefix(name, setAffinityCheckPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeVerdict, true
+	case strings.HasPrefix(name, setAffinityNodePortPrefix):
+		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark), nftables.TypeVerdict, true
+	case strings.HasPrefix(name, setAffinityNodePortCheckPrefix):
+		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeVerdict, true
 	case strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setShortCircuitPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
@@ -137,7 +141,7 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 		key = append(key, pad4([]byte{protoNum(e.Proto)})...)
 		key = append(key, pad4(binary.BigEndian.AppendUint16(nil, e.Port))...)
 	}
-	if e.Slot >= 0 && !strings.HasPrefix(e.Set, setAffinityCheckPrefix) {
+	if e.Slot >= 0 && !isAffinityCheck(e.Set) {
 		// numgen writes its result in host byte order.
 		key = append(key, binaryutil.NativeEndian.PutUint32(uint32(e.Slot))...)
 	}
@@ -154,9 +158,9 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 	}
 	switch {
 	case !e.IsMap():
-	case strings.HasPrefix(e.Set, setAffinityServicePrefix):
+	case isAffinityBalance(e.Set):
 		se.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: affinityEndpointChain + endpointID(e)}
-	case strings.HasPrefix(e.Set, setAffinityCheckPrefix):
+	case isAffinityCheck(e.Set):
 		se.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: affinityCheckChain + endpointID(e)}
 	default:
 		se.Val = append(e.To.Addr().AsSlice(), pad4(binary.BigEndian.AppendUint16(nil, e.To.Port()))...)
@@ -178,9 +182,9 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // seconds) out of a bucket map's name.
 func bucketSlots(name string) (uint32, bool) {
 	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix,
-		setAffinityServicePrefix, setAffinityCheckPrefix} {
+		setAffinityServicePrefix, setAffinityCheckPrefix, setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix} {
 		if s, ok := strings.CutPrefix(name, p); ok {
-			if p == setAffinityCheckPrefix {
+			if p == setAffinityCheckPrefix || p == setAffinityNodePortCheckPrefix {
 				// affchk-k-slot, the set an affchk-k element is in.
 				s, _, _ = strings.Cut(s, "-")
 			}

@@ -386,7 +386,7 @@ func (k *Tables) fullSync(snap *snapshot.Snapshot) error {
 		// the skeleton emptied the maps that jumped to the others.
 		want := map[string]Elem{}
 		for _, e := range all[i] {
-			if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+			if isAffinityBalance(e.Set) {
 				want[endpointID(e)] = e
 			}
 		}

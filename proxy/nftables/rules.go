@@ -44,8 +44,8 @@ func (k *Tables) ensureBucket(f *family, name string) {
 	if !ok || f.buckets[name] {
 		return
 	}
-	if strings.HasPrefix(name, setAffinityServicePrefix) || strings.HasPrefix(name, setAffinityCheckPrefix) {
-		k.ensureAffinityBucket(f, slots)
+	if isAffinityBalance(name) || isAffinityCheck(name) {
+		k.ensureAffinityBucket(f, slots, strings.HasPrefix(name, setAffinityNodePortPrefix) || strings.HasPrefix(name, setAffinityNodePortCheckPrefix))
 		return
 	}
 	set := k.addSet(f, name)

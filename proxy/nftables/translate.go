@@ -71,6 +71,13 @@ const (
 	// that set back to the endpoint).
 	setAffinityServicePrefix = "affsvc-"
 	setAffinityCheckPrefix   = "affchk-"
+	// setAffinityNodePortPrefix and setAffinityNodePortCheckPrefix are
+	// the same for NodePorts, keyed "protocol . port" like np-k: affinity
+	// applies to a Service's NodePort as to its ClusterIP (kube-proxy
+	// sends both through the Service's chain, which checks and records
+	// the client).
+	setAffinityNodePortPrefix      = "affnp-"
+	setAffinityNodePortCheckPrefix = "affnpchk-"
 	// setLBRestricted holds load balancer front-ends with
 	// loadBalancerSourceRanges; setLBAllowed "front-end . source range"
 	// (an interval set). Restricted traffic from elsewhere is dropped.
@@ -263,8 +270,18 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 		if len(externalEPs) == 0 {
 			out = append(out, Elem{Set: noEndpointsNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
 		}
-		for i, e := range externalEPs {
-			out = append(out, Elem{Set: bucket(setNodePortPrefix, len(externalEPs)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+		if sp.AffinityTimeout > 0 {
+			secs := uint32(sp.AffinityTimeout.Seconds())
+			balance, check := bucket(setAffinityNodePortPrefix, len(externalEPs)), bucket(setAffinityNodePortCheckPrefix, len(externalEPs))
+			for i, e := range externalEPs {
+				out = append(out,
+					Elem{Set: balance, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs},
+					Elem{Set: check, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs})
+			}
+		} else {
+			for i, e := range externalEPs {
+				out = append(out, Elem{Set: bucket(setNodePortPrefix, len(externalEPs)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+			}
 		}
 		if !sp.ExternalLocal && len(externalEPs) > 0 {
 			out = append(out, Elem{Set: setMasqNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
@@ -295,7 +312,7 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 // bucketNames caches bucket map names: building them per element would
 // dominate a full sync.
 var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil, setShortCircuitPrefix: nil, setShortCircuitNodePortPrefix: nil,
-	setAffinityServicePrefix: nil, setAffinityCheckPrefix: nil}
+	setAffinityServicePrefix: nil, setAffinityCheckPrefix: nil, setAffinityNodePortPrefix: nil, setAffinityNodePortCheckPrefix: nil}
 
 func bucket(prefix string, n int) string {
 	if n < 64 {

@@ -217,6 +217,22 @@ func TestTranslate(t *testing.T) {
 			"masq-external 192.0.2.1 . tcp . 80",
 		},
 	}, {
+		name: "sessionAffinity ClientIP applies to the NodePort too, keyed protocol . port",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.AffinityTimeout = 10800 * time.Second
+			sp.NodePort = 30080
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80), ready("10.244.2.3", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"affinity-10800 10.96.0.10 . tcp . 80",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s", "affchk-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s", "affchk-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s",
+			"affnp-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s", "affnpchk-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s",
+			"affnp-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s", "affnpchk-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s",
+			"masq-nodeport tcp . 30080",
+		},
+	}, {
 		name: "loadBalancerSourceRanges restrict the LB ingress IP, not the ClusterIP",
 		sp: base(func(sp *snapshot.ServicePort) {
 			sp.LoadBalancerIPs = addrs("198.51.100.1")

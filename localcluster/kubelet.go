@@ -20,6 +20,7 @@ import (
 
 	"github.com/switchboard/switchboard/containerlog"
 	"github.com/switchboard/switchboard/kubeletapi"
+	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/terminal"
 )
@@ -110,6 +111,21 @@ func (k kubeletRuntime) Command(pod *corev1.Pod, container string, argv []string
 		// container's PID namespace, where the shell's job control can
 		// see its process group (nsenter forks into the namespace).
 		args = append(args, "setsid", "--ctty", "--wait")
+	}
+	// The container's image selects the program as for its own command:
+	// agnhost's /agnhost is the program linked into this executable,
+	// started through containerExecMarker; a shell image's programs are
+	// the host's. What no image here has is left to fail in the
+	// container, as a runtime's exec of a missing file does.
+	switch proc := image.Resolve(spec.Image, argv, nil, spec.WorkingDir, exec.LookPath); proc.Kind {
+	case image.Linked:
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("exec %s in container %q: %w", argv[0], container, err)
+		}
+		argv = append([]string{exe, containerExecMarker}, proc.Argv...)
+	case image.Host:
+		argv = proc.Argv
 	}
 	cmd := exec.Command("nsenter", append(args, argv...)...)
 	// The container's environment, as a runtime's exec inherits it: what

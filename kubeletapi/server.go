@@ -1,7 +1,7 @@
 // Package kubeletapi is the kubelet's HTTPS API for the local cluster's
 // nodes: what the API server calls for a pod's exec, attach, port-forward
 // and log subresources. It serves the kubelet's paths (/exec, /attach,
-// /portForward, /containerLogs, /run, /healthz, /logs/) with a certificate of the
+// /portForward, /containerLogs, /run, /pods, /healthz, /logs/) with a certificate of the
 // cluster CA and authorizes every request through the API server
 // (TokenReview for bearer tokens, client certificates of the cluster CA,
 // SubjectAccessReview on nodes/proxy, nodes/log, ...), as a kubelet with
@@ -13,6 +13,7 @@ package kubeletapi
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -41,6 +43,8 @@ type Runtime interface {
 	// Pod returns the pod of that namespace and name if it is bound to
 	// this node.
 	Pod(namespace, name string) (*corev1.Pod, bool)
+	// Pods returns every pod bound to this node.
+	Pods() []*corev1.Pod
 	// Command returns a command that, once started, runs argv inside the
 	// container: in its namespaces, with its environment. The caller sets
 	// the standard streams; with tty they are a terminal, which argv gets
@@ -143,10 +147,25 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /run/{namespace}/{pod}/{uid}/{container}", s.run)
 	s.mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.containerLogs)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+	s.mux.HandleFunc("GET /pods", s.pods)
 	// The node's own logs, as a kubelet with its debugging handlers (the
 	// default) serves them; nodes/log authorizes it.
 	s.mux.Handle("GET /logs/", http.StripPrefix("/logs/", http.FileServer(http.Dir("/var/log"))))
 	return s
+}
+
+// pods is the kubelet's /pods: the node's pods as a v1 PodList (what the
+// e2e framework's failure dump prints as "pods the kubelet thinks are on
+// node").
+func (s *Server) pods(w http.ResponseWriter, _ *http.Request) {
+	list := corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"}}
+	for _, p := range s.cfg.Runtime.Pods() {
+		list.Items = append(list.Items, *p)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(&list); err != nil {
+		s.cfg.Logger.Debug("kubelet API: write /pods", "node", s.cfg.NodeName, "err", err)
+	}
 }
 
 // Serve serves TLS on l until ctx ends. The listener decides where the

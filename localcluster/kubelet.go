@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
 	"github.com/switchboard/switchboard/containerlog"
@@ -70,6 +71,17 @@ func (k kubeletRuntime) Pod(namespace, name string) (*corev1.Pod, bool) {
 		return nil, false
 	}
 	return p, true
+}
+
+func (k kubeletRuntime) Pods() []*corev1.Pod {
+	all, _ := k.pods.List(labels.Everything())
+	var mine []*corev1.Pod
+	for _, p := range all {
+		if p.Spec.NodeName == k.rt.node.Name {
+			mine = append(mine, p)
+		}
+	}
+	return mine
 }
 
 func (k kubeletRuntime) worker(pod *corev1.Pod) (*podWorker, error) {

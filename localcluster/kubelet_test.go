@@ -293,6 +293,24 @@ func TestAPIServerProxy(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &echo); err != nil || echo.Pod != "web" || echo.Path != "/through-service" {
 		t.Fatalf("services/proxy: %q %v", out, err)
 	}
+
+	// nodes/proxy: the kubelet's /pods lists the node's pods (what the
+	// e2e framework dumps after a failure).
+	var list corev1.PodList
+	out = kubectlOut(t, "get", "--raw", "/api/v1/nodes/"+pod.Spec.NodeName+":10250/proxy/pods")
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("nodes/proxy/pods: %v: %.200s", err, out)
+	}
+	found := false
+	for _, p := range list.Items {
+		if p.Spec.NodeName != pod.Spec.NodeName {
+			t.Errorf("node %s's /pods lists %s/%s of node %s", pod.Spec.NodeName, p.Namespace, p.Name, p.Spec.NodeName)
+		}
+		found = found || p.UID == pod.UID
+	}
+	if !found {
+		t.Errorf("node %s's /pods does not list its pod %s/web", pod.Spec.NodeName, ns)
+	}
 }
 
 // TestPodReachesAPIServer: the kubernetes Service has the advertised

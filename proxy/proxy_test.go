@@ -644,7 +644,8 @@ func testSessionAffinitySticks(t *testing.T, mode string) {
 
 // TestSessionAffinityNodePort: ClientIP affinity holds for a Service's
 // NodePort as for its ClusterIP (kube-proxy applies it to external traffic
-// too), and follows the Service when affinity is switched off and on.
+// too), a client keeps its endpoint across the two, and affinity follows
+// the Service when switched off and on.
 func TestSessionAffinityNodePort(t *testing.T) { eachMode(t, testSessionAffinityNodePort) }
 
 func testSessionAffinityNodePort(t *testing.T, mode string) {
@@ -674,6 +675,16 @@ func testSessionAffinityNodePort(t *testing.T, mode string) {
 		})
 	}
 	sticks("the NodePort keeps its client on one backend")
+	// The client's endpoint is the Service port's, whichever front-end it
+	// uses (kube-proxy records clients per endpoint).
+	first, _, err := w.request(np)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	if got, err := w.seen(vip, 30); err != nil || !sameSet(got, want(first)) {
+		t.Errorf("through the ClusterIP the NodePort's client reached %v (err %v), want only %s", got, err, first)
+	}
 	setAffinity := func(a v1.ServiceAffinity) {
 		t.Helper()
 		s, err := client.CoreV1().Services(ns).Get(context.Background(), "sticky-np", metav1.GetOptions{})

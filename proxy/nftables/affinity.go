@@ -82,20 +82,27 @@ func (k *Tables) deleteLegacyAffinity(f *family) {
 	k.conn.DelSet(&nftables.Set{Name: legacyAffinitySet, Table: f.table})
 }
 
-// endpointID names an affinity endpoint's set and chains: its front-end,
-// endpoint and timeout (a new timeout makes new objects, as the set's
-// timeout is part of its definition).
+// endpointID names an affinity endpoint's set and chains: its Service
+// port's ClusterIP (e.Addr2, the owner), protocol, endpoint and timeout (a
+// new timeout makes new objects, as the set's timeout is part of its
+// definition). Every front-end of the port (ClusterIP, external and load
+// balancer IPs, NodePort) shares them, so a client sticks to its endpoint
+// whichever it uses, as with kube-proxy. (Two ports of one Service with the
+// same protocol and target share them too, where kube-proxy keeps one
+// list per port: the client reaches the same pod port either way.)
 func endpointID(e Elem) string {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s %s %d %s %d", e.Addr, e.Proto, e.Port, e.To, e.Timeout)
+	fmt.Fprintf(h, "%s %s %s %d", e.Addr2, e.Proto, e.To, e.Timeout)
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 
 // affinityEndpointChanges returns the affinity endpoints whose elements
-// are added and the IDs of those whose elements all go. An endpoint that
-// only changes slot (its front-end changed bucket) is in neither: its
-// clients stay.
-func affinityEndpointChanges(add, del []Elem) (born []Elem, gone []string) {
+// are added and the IDs of those whose elements all go: deleted, and
+// wanted by no element of now (the changed Services' elements, which hold
+// every front-end sharing the endpoint). An endpoint that only changes
+// slot (its front-end changed bucket), or keeps another front-end, is not
+// gone: its clients stay.
+func affinityEndpointChanges(add, del, now []Elem) (born []Elem, gone []string) {
 	added := map[string]bool{}
 	for _, e := range add {
 		if isAffinityBalance(e.Set) {
@@ -104,10 +111,17 @@ func affinityEndpointChanges(add, del []Elem) (born []Elem, gone []string) {
 			born = append(born, e)
 		}
 	}
+	wanted := map[string]bool{}
+	for _, e := range now {
+		if isAffinityBalance(e.Set) {
+			wanted[endpointID(e)] = true
+		}
+	}
 	for _, e := range del {
 		if isAffinityBalance(e.Set) {
-			if id := endpointID(e); !added[id] {
+			if id := endpointID(e); !added[id] && !wanted[id] {
 				gone = append(gone, id)
+				wanted[id] = true // once
 			}
 		}
 	}

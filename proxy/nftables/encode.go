@@ -145,7 +145,7 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 		// numgen writes its result in host byte order.
 		key = append(key, binaryutil.NativeEndian.PutUint32(uint32(e.Slot))...)
 	}
-	if e.Addr2.IsValid() {
+	if e.Addr2.IsValid() && !isAffinityBalance(e.Set) && !isAffinityCheck(e.Set) {
 		key = append(key, e.Addr2.AsSlice()...)
 	}
 	se := nftables.SetElement{Key: key}

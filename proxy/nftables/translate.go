@@ -109,8 +109,12 @@ type Elem struct {
 	Addr  netip.Addr // first address of the key, if the set has one
 	Proto v1.Protocol
 	Port  uint16
-	Slot  int        // numgen slot for bucket maps, else -1
-	Addr2 netip.Addr // second address of the key (hairpin)
+	Slot  int // numgen slot for bucket maps, else -1
+	// Addr2 is the second address of the key (hairpin). Affinity
+	// elements, whose keys have none, carry the Service port's ClusterIP
+	// of the family here instead: the owner of the endpoint's affinity
+	// objects, which all the port's front-ends share (endpointID).
+	Addr2 netip.Addr
 	// Range is the source prefix of lb-allowed elements.
 	Range netip.Prefix
 	To    netip.AddrPort
@@ -134,7 +138,8 @@ func (e Elem) String() string {
 	if e.Slot >= 0 {
 		parts = append(parts, fmt.Sprint(e.Slot))
 	}
-	if e.Addr2.IsValid() {
+	affinity := isAffinityBalance(e.Set) || isAffinityCheck(e.Set)
+	if e.Addr2.IsValid() && !affinity {
 		parts = append(parts, e.Addr2.String())
 	}
 	if e.Range.IsValid() {
@@ -146,6 +151,9 @@ func (e Elem) String() string {
 	}
 	if e.Timeout > 0 {
 		s += " timeout " + fmt.Sprint(e.Timeout) + "s"
+	}
+	if e.Addr2.IsValid() && affinity {
+		s += " of " + e.Addr2.String()
 	}
 	return s
 }
@@ -185,6 +193,17 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	if len(fam(sp.UsableEndpoints())) > 0 {
 		noEndpoints, noEndpointsNodePort = setNoLocalEndpoints, setNoLocalEndpointsNodePort
 	}
+	// The ClusterIP of this family owns the port's affinity endpoints:
+	// a client recorded through one front-end is sent to the same
+	// endpoint through the others, as kube-proxy's per-endpoint recent
+	// lists and sets do.
+	var owner netip.Addr
+	for _, cip := range sp.ClusterIPs {
+		if cip.Is4() == is4 {
+			owner = cip
+			break
+		}
+	}
 	front := func(addr netip.Addr, eps []snapshot.Endpoint) {
 		if len(eps) == 0 {
 			out = append(out, Elem{Set: noEndpoints, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
@@ -196,8 +215,8 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			balance, check := bucket(setAffinityServicePrefix, len(eps)), bucket(setAffinityCheckPrefix, len(eps))
 			for i, e := range eps {
 				out = append(out,
-					Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs},
-					Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs})
+					Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner},
+					Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner})
 			}
 			return
 		}
@@ -275,8 +294,8 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			balance, check := bucket(setAffinityNodePortPrefix, len(externalEPs)), bucket(setAffinityNodePortCheckPrefix, len(externalEPs))
 			for i, e := range externalEPs {
 				out = append(out,
-					Elem{Set: balance, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs},
-					Elem{Set: check, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs})
+					Elem{Set: balance, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner},
+					Elem{Set: check, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner})
 			}
 		} else {
 			for i, e := range externalEPs {

@@ -211,9 +211,9 @@ func TestTranslate(t *testing.T) {
 		is4: true,
 		want: []string{
 			"affinity-30 10.96.0.10 . tcp . 80",
-			"affsvc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s", "affchk-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s",
+			"affsvc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10", "affchk-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10",
 			"affinity-30 192.0.2.1 . tcp . 80",
-			"affsvc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s", "affchk-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s",
+			"affsvc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10", "affchk-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10",
 			"masq-external 192.0.2.1 . tcp . 80",
 		},
 	}, {
@@ -226,10 +226,10 @@ func TestTranslate(t *testing.T) {
 		is4: true,
 		want: []string{
 			"affinity-10800 10.96.0.10 . tcp . 80",
-			"affsvc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s", "affchk-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s",
-			"affsvc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s", "affchk-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s",
-			"affnp-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s", "affnpchk-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s",
-			"affnp-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s", "affnpchk-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10", "affchk-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10", "affchk-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10",
+			"affnp-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10", "affnpchk-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10",
+			"affnp-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10", "affnpchk-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10",
 			"masq-nodeport tcp . 30080",
 		},
 	}, {

@@ -711,6 +711,52 @@ func testSessionAffinityNodePort(t *testing.T, mode string) {
 	sticks("affinity switched back on holds again")
 }
 
+// TestSessionAffinityShortCircuit: under externalTrafficPolicy Local the
+// node's own traffic to a NodePort goes to every endpoint (kube-proxy's
+// short-circuit through the Service's chain), and ClientIP affinity holds
+// there too.
+func TestSessionAffinityShortCircuit(t *testing.T) { eachMode(t, testSessionAffinityShortCircuit) }
+
+func testSessionAffinityShortCircuit(t *testing.T, mode string) {
+	w := newWorld(t, 3)
+	w.mode = mode
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "sticky-local", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	})
+	b := w.backends
+	// Every endpoint on another node: only the short-circuit reaches them.
+	setSlice(t, client, ns, "sticky-local", []epSpec{ready(b[0], "node-b"), ready(b[1], "node-b"), ready(b[2], "node-b")})
+	np := net.JoinHostPort(nodeIP, fmt.Sprint(svc.Spec.Ports[0].NodePort))
+	fromNode := func() (string, error) {
+		c, err := dialFrom(w.nodePath, np, 3*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		be, _, err := ask(c)
+		return be, err
+	}
+	eventually(t, "the node's own connections to the NodePort stick to one endpoint", func() error {
+		got := map[string]bool{}
+		for range 30 {
+			be, err := fromNode()
+			if err != nil {
+				return err
+			}
+			got[be] = true
+		}
+		if len(got) != 1 {
+			return fmt.Errorf("reached %v, want one backend", got)
+		}
+		return nil
+	})
+}
+
 // httpGet fetches url from inside the namespace at path.
 func httpGet(path, url string) (*http.Response, string, error) {
 	resp, err := netnamespace.HTTPClient(path, 3*time.Second).Get(url)

@@ -27,24 +27,50 @@ import (
 // mod k" over affsvc-k ("front . slot : goto aff-ep-ID"). The services
 // chain sends a front-end there when affchk-k-0 has it. Adding or
 // removing one endpoint writes its set, its two chains and its two
-// elements, nothing of the other endpoints. NodePorts have the same, keyed
-// "protocol . port" like np-k: maps affnp-k and affnpchk-k-S and the chain
-// affinity-np-balance-k, reached from the nodeports chain, so a client of
-// a NodePort sticks to its endpoint too, as with kube-proxy.
+// elements, nothing of the other endpoints. NodePorts and the
+// short-circuit paths have the same (affinityKinds), so a client sticks
+// to its endpoint through every front-end, as with kube-proxy, whose
+// Service chain every path goes through.
 const (
 	setAffinityEndpointPrefix = "aff-"
 	affinityEndpointChain     = "aff-ep-"
 	affinityCheckChain        = "aff-chk-"
-	affinityBalanceChain      = "affinity-balance-"
-	// affinityNodePortBalanceChain is affinityBalanceChain's twin for
-	// NodePorts (maps affnp-k, affnpchk-k-S), reached from the nodeports
-	// chain.
-	affinityNodePortBalanceChain = "affinity-np-balance-"
 )
 
-// elemSet is the set an element is in: an affchk-k (affnpchk-k) element
-// with slot S is in affchk-k-S, keyed by the front-end alone, so the rules
-// need no constant slot in their keys (nft 1.0.6 prints those as
+// affinityKind is one path affinity front-ends are balanced on: the
+// prefixes of its maps (balance: "front . slot : goto aff-ep-ID"; check,
+// one per slot: "front : jump aff-chk-ID"), of its chain that balances
+// per bucket size, the chain that sends front-ends there, and whether a
+// front-end is "address . protocol . port" (else "protocol . port", a
+// NodePort).
+type affinityKind struct {
+	balance, check, chain, from string
+	withAddr                    bool
+}
+
+// affinityKinds are the paths as the plain buckets have them: svc-k from
+// services, np-k from nodeports, scx-k and scnp-k from the short-circuit
+// chains of externalTrafficPolicy Local.
+var affinityKinds = [...]affinityKind{
+	{setAffinityServicePrefix, setAffinityCheckPrefix, "affinity-balance-", "services", true},
+	{setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix, "affinity-np-balance-", "nodeports", false},
+	{setAffinityShortCircuitPrefix, setAffinityShortCircuitCheckPrefix, "affinity-scx-balance-", "short-circuit", true},
+	{setAffinityShortCircuitNodePortPrefix, setAffinityShortCircuitNodePortCheckPrefix, "affinity-scnp-balance-", "short-circuit-nodeport", false},
+}
+
+// affinityKindOf returns the kind whose balance or check map set is.
+func affinityKindOf(set string) (affinityKind, bool) {
+	for _, k := range affinityKinds {
+		if strings.HasPrefix(set, k.balance) || strings.HasPrefix(set, k.check) {
+			return k, true
+		}
+	}
+	return affinityKind{}, false
+}
+
+// elemSet is the set an element is in: an affchk-k (or other check map)
+// element with slot S is in affchk-k-S, keyed by the front-end alone, so
+// the rules need no constant slot in their keys (nft 1.0.6 prints those as
 // "[invalid type]").
 func elemSet(e Elem) string {
 	if isAffinityCheck(e.Set) {
@@ -53,16 +79,18 @@ func elemSet(e Elem) string {
 	return e.Set
 }
 
-// isAffinityBalance reports whether set is an affsvc-k or affnp-k map,
-// whose elements go to an affinity endpoint's chain.
+// isAffinityBalance reports whether set is a balance map (affsvc-k,
+// affnp-k, ...), whose elements go to an affinity endpoint's chain.
 func isAffinityBalance(set string) bool {
-	return strings.HasPrefix(set, setAffinityServicePrefix) || strings.HasPrefix(set, setAffinityNodePortPrefix)
+	k, ok := affinityKindOf(set)
+	return ok && strings.HasPrefix(set, k.balance)
 }
 
-// isAffinityCheck reports whether set is an affchk-k or affnpchk-k map
-// (or one of its per-slot sets).
+// isAffinityCheck reports whether set is a check map (affchk-k, ...) or
+// one of its per-slot sets.
 func isAffinityCheck(set string) bool {
-	return strings.HasPrefix(set, setAffinityCheckPrefix) || strings.HasPrefix(set, setAffinityNodePortCheckPrefix)
+	k, ok := affinityKindOf(set)
+	return ok && strings.HasPrefix(set, k.check)
 }
 
 // legacyAffinitySet is the one dynamic affinity map of earlier versions,
@@ -179,22 +207,17 @@ func (k *Tables) deleteAffinityEndpoint(f *family, id string) {
 	delete(f.endpoints, id)
 }
 
-// ensureAffinityBucket creates, for front-ends with slots endpoints, the
-// maps affsvc-k and affchk-k, the chain affinity-balance-k and the
-// services rule that sends those front-ends there; with nodePort, the
-// same for NodePorts ("l4proto . th dport"): affnp-k, affnpchk-k,
-// affinity-np-balance-k and a rule of the nodeports chain. Kept once made,
-// as the other buckets.
-func (k *Tables) ensureAffinityBucket(f *family, slots uint32, nodePort bool) {
-	balancePrefix, checkPrefix, chainName, from := setAffinityServicePrefix, setAffinityCheckPrefix, affinityBalanceChain, "services"
-	if nodePort {
-		balancePrefix, checkPrefix, chainName, from = setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix, affinityNodePortBalanceChain, "nodeports"
-	}
-	withAddr := !nodePort
-	balance, check := bucket(balancePrefix, int(slots)), bucket(checkPrefix, int(slots))
+// ensureAffinityBucket creates, for front-ends of kind with slots
+// endpoints, its balance map and check maps, its balance chain and the
+// rule of kind.from that sends those front-ends there (for the services
+// chain: affsvc-k, affchk-k-S, affinity-balance-k). Kept once made, as the
+// other buckets.
+func (k *Tables) ensureAffinityBucket(f *family, slots uint32, kind affinityKind) {
+	withAddr := kind.withAddr
+	balance, check := bucket(kind.balance, int(slots)), bucket(kind.check, int(slots))
 	bs := k.addSet(f, balance)
 	f.buckets[balance], f.buckets[check] = true, true
-	ch := k.conn.AddChain(&nftables.Chain{Name: chainName + strconv.Itoa(int(slots)), Table: f.table})
+	ch := k.conn.AddChain(&nftables.Chain{Name: kind.chain + strconv.Itoa(int(slots)), Table: f.table})
 	k.conn.FlushChain(ch)
 	f.chains[ch.Name] = ch
 	// "ip daddr . meta l4proto . th dport vmap @affchk-k-S" per slot: a
@@ -223,5 +246,5 @@ func (k *Tables) ensureAffinityBucket(f *family, slots uint32, nodePort bool) {
 	ex, _ = frontEnd(f.is4, withAddr)
 	ex = append(ex, &expr.Lookup{SourceRegister: reg0, SetName: first.Name, SetID: first.ID},
 		&expr.Verdict{Kind: expr.VerdictGoto, Chain: ch.Name})
-	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains[from], Exprs: ex})
+	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains[kind.from], Exprs: ex})
 }

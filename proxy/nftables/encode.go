@@ -82,15 +82,19 @@ func addrType(is4 bool) nftables.SetDatatype {
 
 func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat bool) {
 	a := addrType(is4)
+	if kind, ok := affinityKindOf(name); ok {
+		// "front . slot : verdict" and, per slot, "front : verdict".
+		var fields []nftables.SetDatatype
+		if kind.withAddr {
+			fields = append(fields, a)
+		}
+		fields = append(fields, nftables.TypeInetProto, nftables.TypeInetService)
+		if strings.HasPrefix(name, kind.balance) {
+			fields = append(fields, nftables.TypeMark)
+		}
+		return nftables.MustConcatSetType(fields...), nftables.TypeVerdict, true
+	}
 	switch {
-	case strings.HasPrefix(name, setAffinityServicePrefix):
-		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark), nftables.TypeVerdict, true
-	case strings.HasPrefix(name, setAffinityCheckPrefix):
-		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeVerdict, true
-	case strings.HasPrefix(name, setAffinityNodePortPrefix):
-		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark), nftables.TypeVerdict, true
-	case strings.HasPrefix(name, setAffinityNodePortCheckPrefix):
-		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeVerdict, true
 	case strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setShortCircuitPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
@@ -181,13 +185,17 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // bucketSlots parses the slot count (for affinity-T sets, the timeout in
 // seconds) out of a bucket map's name.
 func bucketSlots(name string) (uint32, bool) {
-	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix,
-		setAffinityServicePrefix, setAffinityCheckPrefix, setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix} {
+	if kind, ok := affinityKindOf(name); ok {
+		s, ok := strings.CutPrefix(name, kind.balance)
+		if !ok {
+			// affchk-k-slot, the set an affchk-k element is in.
+			s, _, _ = strings.Cut(strings.TrimPrefix(name, kind.check), "-")
+		}
+		n, err := strconv.ParseUint(s, 10, 32)
+		return uint32(n), err == nil && n > 0
+	}
+	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix} {
 		if s, ok := strings.CutPrefix(name, p); ok {
-			if p == setAffinityCheckPrefix || p == setAffinityNodePortCheckPrefix {
-				// affchk-k-slot, the set an affchk-k element is in.
-				s, _, _ = strings.Cut(s, "-")
-			}
 			n, err := strconv.ParseUint(s, 10, 32)
 			return uint32(n), err == nil && n > 0
 		}

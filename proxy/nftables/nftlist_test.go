@@ -110,7 +110,7 @@ func TestNftListsEveryFeature(t *testing.T) {
 	}
 	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
 	out := list("a full sync")
-	for _, want := range []string{"update @aff-", "vmap @affchk-", "numgen random mod 2 vmap @affsvc-2", "numgen random mod 2 vmap @affnp-2", "vmap @affnpchk-2-1", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
+	for _, want := range []string{"update @aff-", "vmap @affchk-", "numgen random mod 2 vmap @affsvc-2", "numgen random mod 2 vmap @affnp-2", "vmap @affnpchk-2-1", "vmap @affscx-1", "vmap @affscnpchk-1-0", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, out)
 		}

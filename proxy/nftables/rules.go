@@ -44,8 +44,8 @@ func (k *Tables) ensureBucket(f *family, name string) {
 	if !ok || f.buckets[name] {
 		return
 	}
-	if isAffinityBalance(name) || isAffinityCheck(name) {
-		k.ensureAffinityBucket(f, slots, strings.HasPrefix(name, setAffinityNodePortPrefix) || strings.HasPrefix(name, setAffinityNodePortCheckPrefix))
+	if kind, ok := affinityKindOf(name); ok {
+		k.ensureAffinityBucket(f, slots, kind)
 		return
 	}
 	set := k.addSet(f, name)

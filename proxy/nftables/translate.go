@@ -78,6 +78,13 @@ const (
 	// the client).
 	setAffinityNodePortPrefix      = "affnp-"
 	setAffinityNodePortCheckPrefix = "affnpchk-"
+	// The same for the short-circuit paths of externalTrafficPolicy
+	// Local (scx-k, scnp-k): kube-proxy short-circuits to the Service's
+	// chain, which keeps affinity.
+	setAffinityShortCircuitPrefix              = "affscx-"
+	setAffinityShortCircuitCheckPrefix         = "affscxchk-"
+	setAffinityShortCircuitNodePortPrefix      = "affscnp-"
+	setAffinityShortCircuitNodePortCheckPrefix = "affscnpchk-"
 	// setLBRestricted holds load balancer front-ends with
 	// loadBalancerSourceRanges; setLBAllowed "front-end . source range"
 	// (an interval set). Restricted traffic from elsewhere is dropped.
@@ -204,20 +211,25 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			break
 		}
 	}
+	secs := uint32(sp.AffinityTimeout.Seconds())
+	// affinity adds the balance and check elements of the front-end addr
+	// (none for a NodePort) . protocol . port over eps.
+	affinity := func(balancePrefix, checkPrefix string, addr netip.Addr, port int32, eps []snapshot.Endpoint) {
+		balance, check := bucket(balancePrefix, len(eps)), bucket(checkPrefix, len(eps))
+		for i, e := range eps {
+			out = append(out,
+				Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner},
+				Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner})
+		}
+	}
 	front := func(addr netip.Addr, eps []snapshot.Endpoint) {
 		if len(eps) == 0 {
 			out = append(out, Elem{Set: noEndpoints, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
 			return
 		}
 		if sp.AffinityTimeout > 0 {
-			secs := uint32(sp.AffinityTimeout.Seconds())
 			out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(secs)), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
-			balance, check := bucket(setAffinityServicePrefix, len(eps)), bucket(setAffinityCheckPrefix, len(eps))
-			for i, e := range eps {
-				out = append(out,
-					Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner},
-					Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner})
-			}
+			affinity(setAffinityServicePrefix, setAffinityCheckPrefix, addr, sp.Port, eps)
 			return
 		}
 		name := bucket(setServicePrefix, len(eps))
@@ -278,9 +290,13 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			}
 			if len(shortCircuit) > 0 {
 				out = append(out, Elem{Set: setShortCircuit, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
-				name := bucket(setShortCircuitPrefix, len(shortCircuit))
-				for i, e := range shortCircuit {
-					out = append(out, Elem{Set: name, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
+				if sp.AffinityTimeout > 0 {
+					affinity(setAffinityShortCircuitPrefix, setAffinityShortCircuitCheckPrefix, ip, sp.Port, shortCircuit)
+				} else {
+					name := bucket(setShortCircuitPrefix, len(shortCircuit))
+					for i, e := range shortCircuit {
+						out = append(out, Elem{Set: name, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
+					}
 				}
 			}
 		}
@@ -290,13 +306,7 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			out = append(out, Elem{Set: noEndpointsNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
 		}
 		if sp.AffinityTimeout > 0 {
-			secs := uint32(sp.AffinityTimeout.Seconds())
-			balance, check := bucket(setAffinityNodePortPrefix, len(externalEPs)), bucket(setAffinityNodePortCheckPrefix, len(externalEPs))
-			for i, e := range externalEPs {
-				out = append(out,
-					Elem{Set: balance, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner},
-					Elem{Set: check, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner})
-			}
+			affinity(setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix, netip.Addr{}, sp.NodePort, externalEPs)
 		} else {
 			for i, e := range externalEPs {
 				out = append(out, Elem{Set: bucket(setNodePortPrefix, len(externalEPs)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
@@ -307,8 +317,12 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 		}
 		if len(shortCircuit) > 0 {
 			out = append(out, Elem{Set: setShortCircuitNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
-			for i, e := range shortCircuit {
-				out = append(out, Elem{Set: bucket(setShortCircuitNodePortPrefix, len(shortCircuit)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+			if sp.AffinityTimeout > 0 {
+				affinity(setAffinityShortCircuitNodePortPrefix, setAffinityShortCircuitNodePortCheckPrefix, netip.Addr{}, sp.NodePort, shortCircuit)
+			} else {
+				for i, e := range shortCircuit {
+					out = append(out, Elem{Set: bucket(setShortCircuitNodePortPrefix, len(shortCircuit)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+				}
 			}
 		}
 	}
@@ -331,7 +345,9 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 // bucketNames caches bucket map names: building them per element would
 // dominate a full sync.
 var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil, setShortCircuitPrefix: nil, setShortCircuitNodePortPrefix: nil,
-	setAffinityServicePrefix: nil, setAffinityCheckPrefix: nil, setAffinityNodePortPrefix: nil, setAffinityNodePortCheckPrefix: nil}
+	setAffinityServicePrefix: nil, setAffinityCheckPrefix: nil, setAffinityNodePortPrefix: nil, setAffinityNodePortCheckPrefix: nil,
+	setAffinityShortCircuitPrefix: nil, setAffinityShortCircuitCheckPrefix: nil,
+	setAffinityShortCircuitNodePortPrefix: nil, setAffinityShortCircuitNodePortCheckPrefix: nil}
 
 func bucket(prefix string, n int) string {
 	if n < 64 {

@@ -60,6 +60,11 @@ var affinityKinds = [...]affinityKind{
 
 // affinityKindOf returns the kind whose balance or check map set is.
 func affinityKindOf(set string) (affinityKind, bool) {
+	// Every element is encoded through here: the other sets go by one
+	// comparison.
+	if !strings.HasPrefix(set, "aff") {
+		return affinityKind{}, false
+	}
 	for _, k := range affinityKinds {
 		if strings.HasPrefix(set, k.balance) || strings.HasPrefix(set, k.check) {
 			return k, true

@@ -154,6 +154,17 @@ func New(cfg Config) *Server {
 	return s
 }
 
+// writeError answers with code and msg as the kubelet (go-restful's
+// WriteError) does: the message alone, no trailing newline, which the API
+// server passes on as its Status message (a failed `kubectl logs` prints
+// it).
+func writeError(w http.ResponseWriter, msg string, code int) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	io.WriteString(w, msg)
+}
+
 // pods is the kubelet's /pods: the node's pods as a v1 PodList (what the
 // e2e framework's failure dump prints as "pods the kubelet thinks are on
 // node").
@@ -200,7 +211,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			s.cfg.Logger.Debug("kubelet API: authentication failed", "node", s.cfg.NodeName, "err", err)
 		}
-		http.Error(w, "Unauthorized", http.StatusUnauthorized)
+		writeError(w, "Unauthorized", http.StatusUnauthorized)
 		return
 	}
 	attrs := s.attributes(resp.User, r)
@@ -213,7 +224,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else if reason != "" {
 			msg += ": " + reason
 		}
-		http.Error(w, msg, http.StatusForbidden)
+		writeError(w, msg, http.StatusForbidden)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
@@ -236,7 +247,7 @@ func (s *Server) attributes(u user.Info, r *http.Request) authorizer.AttributesR
 func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (*corev1.Pod, bool) {
 	pod, ok := s.cfg.Runtime.Pod(r.PathValue("namespace"), r.PathValue("pod"))
 	if !ok || (r.PathValue("uid") != "" && string(pod.UID) != r.PathValue("uid")) {
-		http.Error(w, fmt.Sprintf("pod %s/%s does not exist on node %s", r.PathValue("namespace"), r.PathValue("pod"), s.cfg.NodeName), http.StatusNotFound)
+		writeError(w, fmt.Sprintf("pod %s/%s does not exist on node %s", r.PathValue("namespace"), r.PathValue("pod"), s.cfg.NodeName), http.StatusNotFound)
 		return nil, false
 	}
 	return pod, true
@@ -245,7 +256,7 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (*corev1.Pod, bo
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	opts, err := remotecommandserver.NewOptions(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	pod, ok := s.lookup(w, r)
@@ -254,7 +265,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	}
 	cmd := r.URL.Query()["command"]
 	if len(cmd) == 0 {
-		http.Error(w, "exec: no command", http.StatusBadRequest)
+		writeError(w, "exec: no command", http.StatusBadRequest)
 		return
 	}
 	remotecommandserver.ServeExec(w, r, executor{s: s, pod: pod}, pod.Name, string(pod.UID), r.PathValue("container"), cmd,
@@ -264,7 +275,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 func (s *Server) attach(w http.ResponseWriter, r *http.Request) {
 	opts, err := remotecommandserver.NewOptions(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	pod, ok := s.lookup(w, r)
@@ -278,7 +289,7 @@ func (s *Server) attach(w http.ResponseWriter, r *http.Request) {
 func (s *Server) portForward(w http.ResponseWriter, r *http.Request) {
 	opts, err := portforward.NewV4Options(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	pod, ok := s.lookup(w, r)
@@ -297,17 +308,17 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	}
 	argv := strings.Fields(r.URL.Query().Get("cmd"))
 	if len(argv) == 0 {
-		http.Error(w, "run: no cmd", http.StatusBadRequest)
+		writeError(w, "run: no cmd", http.StatusBadRequest)
 		return
 	}
 	cmd, err := s.cfg.Runtime.Command(pod, r.PathValue("container"), argv, false)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
+		writeError(w, err.Error(), http.StatusNotFound)
 		return
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil && len(out) == 0 {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		writeError(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Write(out)

@@ -182,7 +182,7 @@ func (k kubeletRuntime) ContainerLog(pod *corev1.Pod, container string, previous
 		}
 	}
 	if err != nil || len(instances) == 0 {
-		return "", nil, fmt.Errorf("container %q in pod %q is waiting to start: no log yet", container, pod.Name)
+		return "", nil, notStartedError(pod, container)
 	}
 	newest := instances[0]
 	for _, n := range instances {
@@ -210,6 +210,25 @@ func (k kubeletRuntime) ContainerLog(pod *corev1.Pod, container string, previous
 		return filepath.Join(dir, strconv.Itoa(prev)+".log"), func() bool { return false }, nil
 	}
 	return filepath.Join(dir, strconv.Itoa(newest)+".log"), running, nil
+}
+
+// notStartedError says why a container without a log has none, in the
+// kubelet's words (validateContainerLogStatus), from its status.
+func notStartedError(pod *corev1.Pod, container string) error {
+	for _, cs := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+		if cs.Name != container || cs.State.Waiting == nil {
+			continue
+		}
+		switch reason := cs.State.Waiting.Reason; reason {
+		case image.ReasonImagePull:
+			return fmt.Errorf("container %q in pod %q is waiting to start: image can't be pulled", container, pod.Name)
+		case "ImagePullBackOff":
+			return fmt.Errorf("container %q in pod %q is waiting to start: trying and failing to pull image", container, pod.Name)
+		default:
+			return fmt.Errorf("container %q in pod %q is waiting to start: %v", container, pod.Name, reason)
+		}
+	}
+	return fmt.Errorf("container %q in pod %q is waiting to start - no logs yet", container, pod.Name)
 }
 
 // startKubelet serves node's kubelet API on its address in its network

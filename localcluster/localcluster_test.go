@@ -1210,6 +1210,13 @@ func TestImages(t *testing.T) {
 	if up.Status.Phase != corev1.PodPending {
 		t.Errorf("pod with an unrunnable image is %s, want Pending", up.Status.Phase)
 	}
+	// Its log request fails as the kubelet's does.
+	body, err := c.CoreV1().Pods(ns).GetLogs("unknown", &corev1.PodLogOptions{}).DoRaw(context.Background())
+	var st metav1.Status
+	if json.Unmarshal(body, &st) != nil || st.Code != 400 ||
+		st.Message != `container "c" in pod "unknown" is waiting to start: image can't be pulled` {
+		t.Errorf("logs of a container that cannot start: %v %s, want the kubelet's BadRequest", err, body)
+	}
 
 	// The pod phase is the kubelet's: Pending while any container has
 	// not started yet, however many others run.

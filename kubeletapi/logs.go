@@ -31,7 +31,7 @@ func (s *Server) containerLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	opts := &corev1.PodLogOptions{}
 	if err := legacyscheme.ParameterCodec.DecodeParameters(query, corev1.SchemeGroupVersion, opts); err != nil {
-		http.Error(w, fmt.Sprintf("decode log options: %v", err), http.StatusBadRequest)
+		writeError(w, fmt.Sprintf("decode log options: %v", err), http.StatusBadRequest)
 		return
 	}
 	pod, ok := s.lookup(w, r)
@@ -40,7 +40,7 @@ func (s *Server) containerLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	container := r.PathValue("container")
 	if !containerSpec(pod, container) {
-		http.Error(w, fmt.Sprintf("container %q not found in pod %q", container, pod.Name), http.StatusNotFound)
+		writeError(w, fmt.Sprintf("container %q not found in pod %q", container, pod.Name), http.StatusNotFound)
 		return
 	}
 	var stdout, stderr io.Writer = flushwriter.Wrap(w), nil
@@ -53,7 +53,7 @@ func (s *Server) containerLogs(w http.ResponseWriter, r *http.Request) {
 			stdout = nil
 		case corev1.LogStreamAll:
 		default:
-			http.Error(w, fmt.Sprintf("invalid stream type %q", *opts.Stream), http.StatusBadRequest)
+			writeError(w, fmt.Sprintf("invalid stream type %q", *opts.Stream), http.StatusBadRequest)
 			return
 		}
 	}
@@ -67,7 +67,7 @@ func (s *Server) containerLogs(w http.ResponseWriter, r *http.Request) {
 		ro.Since = opts.SinceTime.Time
 	}
 	if err := s.streamLog(r.Context(), pod, container, opts.Previous, ro, stdout, stderr); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err.Error(), http.StatusBadRequest)
 	}
 }
 

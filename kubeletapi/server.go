@@ -1,7 +1,7 @@
 // Package kubeletapi is the kubelet's HTTPS API for the local cluster's
 // nodes: what the API server calls for a pod's exec, attach, port-forward
 // and log subresources. It serves the kubelet's paths (/exec, /attach,
-// /portForward, /containerLogs, /run, /healthz, /logs/) with a certificate of the
+// /portForward, /containerLogs, /run, /pods, /healthz, /logs/) with a certificate of the
 // cluster CA and authorizes every request through the API server
 // (TokenReview for bearer tokens, client certificates of the cluster CA,
 // SubjectAccessReview on nodes/proxy, nodes/log, ...), as a kubelet with
@@ -13,6 +13,7 @@ package kubeletapi
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -41,6 +43,8 @@ type Runtime interface {
 	// Pod returns the pod of that namespace and name if it is bound to
 	// this node.
 	Pod(namespace, name string) (*corev1.Pod, bool)
+	// Pods returns every pod bound to this node.
+	Pods() []*corev1.Pod
 	// Command returns a command that, once started, runs argv inside the
 	// container: in its namespaces, with its environment. The caller sets
 	// the standard streams; with tty they are a terminal, which argv gets
@@ -143,10 +147,36 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /run/{namespace}/{pod}/{uid}/{container}", s.run)
 	s.mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.containerLogs)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+	s.mux.HandleFunc("GET /pods", s.pods)
 	// The node's own logs, as a kubelet with its debugging handlers (the
 	// default) serves them; nodes/log authorizes it.
 	s.mux.Handle("GET /logs/", http.StripPrefix("/logs/", http.FileServer(http.Dir("/var/log"))))
 	return s
+}
+
+// writeError answers with code and msg as the kubelet (go-restful's
+// WriteError) does: the message alone, no trailing newline, which the API
+// server passes on as its Status message (a failed `kubectl logs` prints
+// it).
+func writeError(w http.ResponseWriter, msg string, code int) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	io.WriteString(w, msg)
+}
+
+// pods is the kubelet's /pods: the node's pods as a v1 PodList (what the
+// e2e framework's failure dump prints as "pods the kubelet thinks are on
+// node").
+func (s *Server) pods(w http.ResponseWriter, _ *http.Request) {
+	list := corev1.PodList{TypeMeta: metav1.TypeMeta{Kind: "PodList", APIVersion: "v1"}}
+	for _, p := range s.cfg.Runtime.Pods() {
+		list.Items = append(list.Items, *p)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(&list); err != nil {
+		s.cfg.Logger.Debug("kubelet API: write /pods", "node", s.cfg.NodeName, "err", err)
+	}
 }
 
 // Serve serves TLS on l until ctx ends. The listener decides where the
@@ -181,7 +211,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			s.cfg.Logger.Debug("kubelet API: authentication failed", "node", s.cfg.NodeName, "err", err)
 		}
-		http.Error(w, "Unauthorized", http.StatusUnauthorized)
+		writeError(w, "Unauthorized", http.StatusUnauthorized)
 		return
 	}
 	attrs := s.attributes(resp.User, r)
@@ -194,7 +224,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else if reason != "" {
 			msg += ": " + reason
 		}
-		http.Error(w, msg, http.StatusForbidden)
+		writeError(w, msg, http.StatusForbidden)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
@@ -217,7 +247,7 @@ func (s *Server) attributes(u user.Info, r *http.Request) authorizer.AttributesR
 func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (*corev1.Pod, bool) {
 	pod, ok := s.cfg.Runtime.Pod(r.PathValue("namespace"), r.PathValue("pod"))
 	if !ok || (r.PathValue("uid") != "" && string(pod.UID) != r.PathValue("uid")) {
-		http.Error(w, fmt.Sprintf("pod %s/%s does not exist on node %s", r.PathValue("namespace"), r.PathValue("pod"), s.cfg.NodeName), http.StatusNotFound)
+		writeError(w, fmt.Sprintf("pod %s/%s does not exist on node %s", r.PathValue("namespace"), r.PathValue("pod"), s.cfg.NodeName), http.StatusNotFound)
 		return nil, false
 	}
 	return pod, true
@@ -226,7 +256,7 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (*corev1.Pod, bo
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	opts, err := remotecommandserver.NewOptions(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	pod, ok := s.lookup(w, r)
@@ -235,7 +265,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	}
 	cmd := r.URL.Query()["command"]
 	if len(cmd) == 0 {
-		http.Error(w, "exec: no command", http.StatusBadRequest)
+		writeError(w, "exec: no command", http.StatusBadRequest)
 		return
 	}
 	remotecommandserver.ServeExec(w, r, executor{s: s, pod: pod}, pod.Name, string(pod.UID), r.PathValue("container"), cmd,
@@ -245,7 +275,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 func (s *Server) attach(w http.ResponseWriter, r *http.Request) {
 	opts, err := remotecommandserver.NewOptions(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	pod, ok := s.lookup(w, r)
@@ -259,7 +289,7 @@ func (s *Server) attach(w http.ResponseWriter, r *http.Request) {
 func (s *Server) portForward(w http.ResponseWriter, r *http.Request) {
 	opts, err := portforward.NewV4Options(r)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		writeError(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	pod, ok := s.lookup(w, r)
@@ -278,17 +308,17 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request) {
 	}
 	argv := strings.Fields(r.URL.Query().Get("cmd"))
 	if len(argv) == 0 {
-		http.Error(w, "run: no cmd", http.StatusBadRequest)
+		writeError(w, "run: no cmd", http.StatusBadRequest)
 		return
 	}
 	cmd, err := s.cfg.Runtime.Command(pod, r.PathValue("container"), argv, false)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
+		writeError(w, err.Error(), http.StatusNotFound)
 		return
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil && len(out) == 0 {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		writeError(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Write(out)

@@ -28,7 +28,20 @@ const containerInitName = "switchboard-container-init"
 // (a rebuilt binary) while `up` or the pods it started run.
 const selfExe = "/proc/self/exe"
 
+// containerExecMarker is argv[1] of this executable when nsenter starts
+// it inside a running container to exec a program linked into it (`kubectl
+// exec POD -- /agnhost dns-suffix`): it re-executes itself with the
+// arguments after the marker, so argv[0] is the program's path in its image,
+// which the program's package recognises (nsenter cannot set argv[0]).
+const containerExecMarker = "--switchboard-container-exec"
+
 func init() {
+	if len(os.Args) > 2 && os.Args[1] == containerExecMarker {
+		// /proc is the container's, and self is this process.
+		err := syscall.Exec("/proc/self/exe", os.Args[2:], os.Environ())
+		fmt.Fprintf(os.Stderr, "switchboard: exec %s in container: %v\n", os.Args[2], err)
+		os.Exit(127)
+	}
 	if filepath.Base(os.Args[0]) == containerInitName && len(os.Args) == 2 {
 		err := containerInit(os.Args[1])
 		// Only reached when the command could not be exec'd.

@@ -16,10 +16,12 @@ import (
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 
 	"github.com/switchboard/switchboard/containerlog"
 	"github.com/switchboard/switchboard/kubeletapi"
+	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
 	"github.com/switchboard/switchboard/terminal"
 )
@@ -71,6 +73,17 @@ func (k kubeletRuntime) Pod(namespace, name string) (*corev1.Pod, bool) {
 	return p, true
 }
 
+func (k kubeletRuntime) Pods() []*corev1.Pod {
+	all, _ := k.pods.List(labels.Everything())
+	var mine []*corev1.Pod
+	for _, p := range all {
+		if p.Spec.NodeName == k.rt.node.Name {
+			mine = append(mine, p)
+		}
+	}
+	return mine
+}
+
 func (k kubeletRuntime) worker(pod *corev1.Pod) (*podWorker, error) {
 	k.rt.mu.Lock()
 	w := k.rt.workers[pod.UID]
@@ -110,6 +123,21 @@ func (k kubeletRuntime) Command(pod *corev1.Pod, container string, argv []string
 		// container's PID namespace, where the shell's job control can
 		// see its process group (nsenter forks into the namespace).
 		args = append(args, "setsid", "--ctty", "--wait")
+	}
+	// The container's image selects the program as for its own command:
+	// agnhost's /agnhost is the program linked into this executable,
+	// started through containerExecMarker; a shell image's programs are
+	// the host's. What no image here has is left to fail in the
+	// container, as a runtime's exec of a missing file does.
+	switch proc := image.Resolve(spec.Image, argv, nil, spec.WorkingDir, exec.LookPath); proc.Kind {
+	case image.Linked:
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("exec %s in container %q: %w", argv[0], container, err)
+		}
+		argv = append([]string{exe, containerExecMarker}, proc.Argv...)
+	case image.Host:
+		argv = proc.Argv
 	}
 	cmd := exec.Command("nsenter", append(args, argv...)...)
 	// The container's environment, as a runtime's exec inherits it: what
@@ -154,7 +182,7 @@ func (k kubeletRuntime) ContainerLog(pod *corev1.Pod, container string, previous
 		}
 	}
 	if err != nil || len(instances) == 0 {
-		return "", nil, fmt.Errorf("container %q in pod %q is waiting to start: no log yet", container, pod.Name)
+		return "", nil, notStartedError(pod, container)
 	}
 	newest := instances[0]
 	for _, n := range instances {
@@ -182,6 +210,25 @@ func (k kubeletRuntime) ContainerLog(pod *corev1.Pod, container string, previous
 		return filepath.Join(dir, strconv.Itoa(prev)+".log"), func() bool { return false }, nil
 	}
 	return filepath.Join(dir, strconv.Itoa(newest)+".log"), running, nil
+}
+
+// notStartedError says why a container without a log has none, in the
+// kubelet's words (validateContainerLogStatus), from its status.
+func notStartedError(pod *corev1.Pod, container string) error {
+	for _, cs := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+		if cs.Name != container || cs.State.Waiting == nil {
+			continue
+		}
+		switch reason := cs.State.Waiting.Reason; reason {
+		case image.ReasonImagePull:
+			return fmt.Errorf("container %q in pod %q is waiting to start: image can't be pulled", container, pod.Name)
+		case "ImagePullBackOff":
+			return fmt.Errorf("container %q in pod %q is waiting to start: trying and failing to pull image", container, pod.Name)
+		default:
+			return fmt.Errorf("container %q in pod %q is waiting to start: %v", container, pod.Name, reason)
+		}
+	}
+	return fmt.Errorf("container %q in pod %q is waiting to start - no logs yet", container, pod.Name)
 }
 
 // startKubelet serves node's kubelet API on its address in its network

@@ -113,6 +113,30 @@ func TestKubectlExec(t *testing.T) {
 	}
 }
 
+// TestKubectlExecImageProgram: exec runs the program the container's image
+// has at that path, here agnhost's /agnhost (linked in), as the DNS
+// conformance test "configurable pod DNS nameservers" runs it.
+func TestKubectlExecImageProgram(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "agnhost"}, Spec: corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/e2e-test-images/agnhost:2.59"}},
+		DNSPolicy:  corev1.DNSNone,
+		DNSConfig:  &corev1.PodDNSConfig{Nameservers: []string{"192.0.2.53"}, Searches: []string{"resolv.conf.local"}},
+	}}
+	runningPod(t, c, ns, pod)
+	if out := kubectlOut(t, "-n", ns, "exec", "agnhost", "--", "/agnhost", "dns-suffix"); strings.TrimSpace(out) != "resolv.conf.local" {
+		t.Errorf("/agnhost dns-suffix printed %q, want the pod's search path resolv.conf.local", out)
+	}
+	if out := kubectlOut(t, "-n", ns, "exec", "agnhost", "--", "/agnhost", "dns-server-list"); strings.TrimSpace(out) != "192.0.2.53" {
+		t.Errorf("/agnhost dns-server-list printed %q, want the pod's nameserver 192.0.2.53", out)
+	}
+	// A shell command of the same image is the host's shell.
+	if out := kubectlOut(t, "-n", ns, "exec", "agnhost", "--", "sh", "-c", "echo $((6*7))"); out != "42\n" {
+		t.Errorf("sh -c in the agnhost container printed %q", out)
+	}
+}
+
 func TestKubectlLogs(t *testing.T) {
 	c := need(t)
 	ns := namespace(t, c)
@@ -268,6 +292,24 @@ func TestAPIServerProxy(t *testing.T) {
 	out = kubectlOut(t, "get", "--raw", "/api/v1/namespaces/"+ns+"/services/manual:http/proxy/through-service")
 	if err := json.Unmarshal([]byte(out), &echo); err != nil || echo.Pod != "web" || echo.Path != "/through-service" {
 		t.Fatalf("services/proxy: %q %v", out, err)
+	}
+
+	// nodes/proxy: the kubelet's /pods lists the node's pods (what the
+	// e2e framework dumps after a failure).
+	var list corev1.PodList
+	out = kubectlOut(t, "get", "--raw", "/api/v1/nodes/"+pod.Spec.NodeName+":10250/proxy/pods")
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("nodes/proxy/pods: %v: %.200s", err, out)
+	}
+	found := false
+	for _, p := range list.Items {
+		if p.Spec.NodeName != pod.Spec.NodeName {
+			t.Errorf("node %s's /pods lists %s/%s of node %s", pod.Spec.NodeName, p.Namespace, p.Name, p.Spec.NodeName)
+		}
+		found = found || p.UID == pod.UID
+	}
+	if !found {
+		t.Errorf("node %s's /pods does not list its pod %s/web", pod.Spec.NodeName, ns)
 	}
 }
 

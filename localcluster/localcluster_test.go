@@ -1127,6 +1127,13 @@ func TestImages(t *testing.T) {
 		Env: []corev1.EnvVar{{Name: "GREETING", Value: "from busybox"}}}))
 	createPod(t, c, ns, pod("unknown", corev1.Container{Image: "registry.example/shop/app:1.0", Command: []string{"/app", "--serve"}}))
 	createPod(t, c, ns, pod("nginx", corev1.Container{Image: "nginx", Ports: []corev1.ContainerPort{{ContainerPort: 80}}}))
+	// porter serves TLS with the certificate its image holds.
+	createPod(t, c, ns, pod("porter", corev1.Container{Image: agnhost, Command: []string{"/agnhost", "porter"},
+		Env: []corev1.EnvVar{{Name: "SERVE_PORT_80", Value: "plain"}, {Name: "SERVE_TLS_PORT_443", Value: "over tls"}}}))
+	// One container runs, one never can: the pod stays Pending.
+	mixed := pod("mixed", corev1.Container{Image: "registry.k8s.io/pause:3.10"})
+	mixed.Spec.Containers = append(mixed.Spec.Containers, corev1.Container{Name: "never", Image: "registry.example/shop/app:1.0", Command: []string{"/app"}})
+	createPod(t, c, ns, mixed)
 
 	for _, name := range []string{"netexec", "hostnames", "pause", "shell", "nginx"} {
 		waitPod(t, c, ns, name, "Ready", isReady)
@@ -1202,6 +1209,34 @@ func TestImages(t *testing.T) {
 	}
 	if up.Status.Phase != corev1.PodPending {
 		t.Errorf("pod with an unrunnable image is %s, want Pending", up.Status.Phase)
+	}
+	// Its log request fails as the kubelet's does.
+	body, err := c.CoreV1().Pods(ns).GetLogs("unknown", &corev1.PodLogOptions{}).DoRaw(context.Background())
+	var st metav1.Status
+	if json.Unmarshal(body, &st) != nil || st.Code != 400 ||
+		st.Message != `container "c" in pod "unknown" is waiting to start: image can't be pulled` {
+		t.Errorf("logs of a container that cannot start: %v %s, want the kubelet's BadRequest", err, body)
+	}
+
+	// The pod phase is the kubelet's: Pending while any container has
+	// not started yet, however many others run.
+	mp := waitPod(t, c, ns, "mixed", "one container running, one waiting", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 2 && p.Status.ContainerStatuses[0].State.Running != nil &&
+			p.Status.ContainerStatuses[1].State.Waiting != nil && p.Status.ContainerStatuses[1].State.Waiting.Reason == "ErrImagePull"
+	})
+	if mp.Status.Phase != corev1.PodPending {
+		t.Errorf("pod with one container running and one waiting is %s, want Pending", mp.Status.Phase)
+	}
+
+	// porter answers on its TLS port with the image's certificate.
+	porter := waitPod(t, c, ns, "porter", "Running", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	var tlsOut string
+	err = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		tlsOut, err = inPod(t, ns, "shell", "curl", "-sk", "--max-time", "2", "https://"+porter.Status.PodIP+":443/")
+		return err == nil, nil
+	})
+	if err != nil || tlsOut != "over tls" {
+		t.Errorf("porter's TLS port 443 answered %q (%v), want %q", tlsOut, err, "over tls")
 	}
 
 	// The other pods still serve.

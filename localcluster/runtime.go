@@ -982,7 +982,7 @@ func (w *podWorker) status(pod *corev1.Pod, inits, ctrs []*container, initialize
 		}
 		st.InitContainerStatuses = append(st.InitContainerStatuses, cs)
 	}
-	allReady, anyRunning, allStartedOnce, failed := true, false, true, false
+	allReady, allStartedOnce, failed := true, true, false
 	var notes []string
 	for _, c := range ctrs {
 		if c.echoNote != "" {
@@ -995,7 +995,6 @@ func (w *podWorker) status(pod *corev1.Pod, inits, ctrs []*container, initialize
 			cs.State.Running = &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(c.started)}
 			cs.ContainerID = fmt.Sprintf("switchboard://%d", c.proc.pid)
 			cs.Started = ptrBool(true)
-			anyRunning = true
 		case c.terminated != nil:
 			cs.State.Terminated = c.terminated
 			cs.Started = ptrBool(false)
@@ -1023,7 +1022,10 @@ func (w *podWorker) status(pod *corev1.Pod, inits, ctrs []*container, initialize
 		st.Phase = corev1.PodFailed
 	case allTerminated(ctrs, pod):
 		st.Phase = corev1.PodSucceeded
-	case anyRunning || allStartedOnce:
+	case allStartedOnce:
+		// Running only once every container has started (the kubelet's
+		// getPhase: one still waiting for its first start, say on an image
+		// it cannot run, keeps the pod Pending however many others run).
 		st.Phase = corev1.PodRunning
 	default:
 		st.Phase = corev1.PodPending

@@ -648,6 +648,121 @@ func testSessionAffinitySticks(t *testing.T, mode string) {
 	})
 }
 
+// TestSessionAffinityNodePort: ClientIP affinity holds for a Service's
+// NodePort as for its ClusterIP (kube-proxy applies it to external traffic
+// too), a client keeps its endpoint across the two, and affinity follows
+// the Service when switched off and on.
+func TestSessionAffinityNodePort(t *testing.T) { eachMode(t, testSessionAffinityNodePort) }
+
+func testSessionAffinityNodePort(t *testing.T, mode string) {
+	w := newWorld(t, 3)
+	w.mode = mode
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "sticky-np", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	})
+	b := w.backends
+	setSlice(t, client, ns, "sticky-np", []epSpec{ready(b[0], "node-a"), ready(b[1], "node-a"), ready(b[2], "node-a")})
+	np := net.JoinHostPort(nodeIP, fmt.Sprint(svc.Spec.Ports[0].NodePort))
+	sticks := func(what string) {
+		t.Helper()
+		eventually(t, what, func() error {
+			if _, _, err := w.request(np); err != nil {
+				return err
+			}
+			got, err := w.seen(np, 30)
+			if err != nil || len(got) != 1 {
+				return fmt.Errorf("with ClientIP affinity the NodePort reached %v (err %v), want one backend", got, err)
+			}
+			return nil
+		})
+	}
+	sticks("the NodePort keeps its client on one backend")
+	// The client's endpoint is the Service port's, whichever front-end it
+	// uses (kube-proxy records clients per endpoint).
+	first, _, err := w.request(np)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	if got, err := w.seen(vip, 30); err != nil || !sameSet(got, want(first)) {
+		t.Errorf("through the ClusterIP the NodePort's client reached %v (err %v), want only %s", got, err, first)
+	}
+	setAffinity := func(a v1.ServiceAffinity) {
+		t.Helper()
+		s, err := client.CoreV1().Services(ns).Get(context.Background(), "sticky-np", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Spec.SessionAffinity = a
+		if a == v1.ServiceAffinityNone {
+			s.Spec.SessionAffinityConfig = nil
+		}
+		if _, err := client.CoreV1().Services(ns).Update(context.Background(), s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setAffinity(v1.ServiceAffinityNone)
+	eventually(t, "without affinity the NodePort spreads again", func() error {
+		got, err := w.seen(np, 30)
+		if err != nil || len(got) < 2 {
+			return fmt.Errorf("without affinity the NodePort reached %v (err %v), want several backends", got, err)
+		}
+		return nil
+	})
+	setAffinity(v1.ServiceAffinityClientIP)
+	sticks("affinity switched back on holds again")
+}
+
+// TestSessionAffinityShortCircuit: under externalTrafficPolicy Local the
+// node's own traffic to a NodePort goes to every endpoint (kube-proxy's
+// short-circuit through the Service's chain), and ClientIP affinity holds
+// there too.
+func TestSessionAffinityShortCircuit(t *testing.T) { eachMode(t, testSessionAffinityShortCircuit) }
+
+func testSessionAffinityShortCircuit(t *testing.T, mode string) {
+	w := newWorld(t, 3)
+	w.mode = mode
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "sticky-local", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	})
+	b := w.backends
+	// Every endpoint on another node: only the short-circuit reaches them.
+	setSlice(t, client, ns, "sticky-local", []epSpec{ready(b[0], "node-b"), ready(b[1], "node-b"), ready(b[2], "node-b")})
+	np := net.JoinHostPort(nodeIP, fmt.Sprint(svc.Spec.Ports[0].NodePort))
+	fromNode := func() (string, error) {
+		c, err := dialFrom(w.nodePath, np, 3*time.Second)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		be, _, err := ask(c)
+		return be, err
+	}
+	eventually(t, "the node's own connections to the NodePort stick to one endpoint", func() error {
+		got := map[string]bool{}
+		for range 30 {
+			be, err := fromNode()
+			if err != nil {
+				return err
+			}
+			got[be] = true
+		}
+		if len(got) != 1 {
+			return fmt.Errorf("reached %v, want one backend", got)
+		}
+		return nil
+	})
+}
+
 // httpGet fetches url from inside the namespace at path.
 func httpGet(path, url string) (*http.Response, string, error) {
 	resp, err := netnamespace.HTTPClient(path, 3*time.Second).Get(url)

@@ -13,6 +13,7 @@
 package agnhost
 
 import (
+	_ "embed"
 	"fmt"
 	"os"
 	"os/signal"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"k8s.io/component-base/cli"
 	auditproxy "k8s.io/kubernetes/test/images/agnhost/audit-proxy"
@@ -89,9 +91,54 @@ func init() {
 		if _, err := os.Stat("/dev/termination-log"); err != nil && os.Getenv("TERMINATION_MESSAGE_PATH") == "" {
 			os.Setenv("TERMINATION_MESSAGE_PATH", os.DevNull)
 		}
+		if len(os.Args) > 1 && os.Args[1] == "porter" {
+			porterCertificate()
+		}
 		os.Exit(cli.Run(root()))
 	case PausePath:
 		os.Exit(runPause())
+	}
+}
+
+// The agnhost image's /localhost.crt and /localhost.key (copied from
+// test/images/agnhost/porter): porter serves its TLS ports with them,
+// found relative to the image's WORKDIR /.
+var (
+	//go:embed localhost.crt
+	imageCert []byte
+	//go:embed localhost.key
+	imageKey []byte
+)
+
+// porterCertificate gives porter the image's certificate and key when the
+// container's root, which is the host's, lacks them and the container
+// names none of its own (CERT_FILE, KEY_FILE): as in-memory files, so
+// nothing is written to the host. The variables are set in this process
+// only; the environment `kubectl exec` sees (the process's initial one)
+// stays the container's.
+func porterCertificate() {
+	for _, f := range []struct {
+		env, image string
+		data       []byte
+	}{{"CERT_FILE", "localhost.crt", imageCert}, {"KEY_FILE", "localhost.key", imageKey}} {
+		if os.Getenv(f.env) != "" {
+			continue
+		}
+		if _, err := os.Stat(f.image); err == nil {
+			continue
+		}
+		fd, err := unix.MemfdCreate(f.image, unix.MFD_CLOEXEC)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "agnhost: image file %s: %v\n", f.image, err)
+			continue
+		}
+		if _, err := unix.Write(fd, f.data); err != nil {
+			fmt.Fprintf(os.Stderr, "agnhost: image file %s: %v\n", f.image, err)
+			unix.Close(fd)
+			continue
+		}
+		// The descriptor stays open for the life of the process.
+		os.Setenv(f.env, fmt.Sprintf("/proc/self/fd/%d", fd))
 	}
 }
 

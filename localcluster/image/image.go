@@ -113,6 +113,10 @@ var known = map[string]config{
 	// test/images/jessie-dnsutils: debian:jessie plus dnsutils, no CMD of
 	// its own.
 	"jessie-dnsutils": {cmd: []string{"bash"}, shell: true},
+	// test/images/glibc-dns-testing, jessie-dnsutils' successor (the DNS
+	// conformance tests' glibc querier since v1.36): debian:bookworm-slim
+	// plus dnsutils, no CMD of its own.
+	"glibc-dns-testing": {cmd: []string{"bash"}, shell: true},
 	// Debian-based servers: their own program is the echo server's job,
 	// a command of theirs runs through the host's tools.
 	// Both EXPOSE 80 (nginx-slim, the StatefulSet tutorial's, too).

@@ -65,6 +65,11 @@ func TestResolve(t *testing.T) {
 			want: Process{Kind: Host, Argv: []string{"/usr/bin/sh"}, Dir: "/"}},
 		{name: "jessie-dnsutils dig", image: "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7", command: []string{"sh", "-c", "dig +short kubernetes.default"},
 			want: Process{Kind: Host, Argv: []string{"/usr/bin/sh", "-c", "dig +short kubernetes.default"}, Dir: "/"}},
+		// The DNS conformance tests' glibc querier (v1.36's jessie-dnsutils).
+		{name: "glibc-dns-testing dig", image: "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.0.0", command: []string{"sh", "-c", "dig +short kubernetes.default"},
+			want: Process{Kind: Host, Argv: []string{"/usr/bin/sh", "-c", "dig +short kubernetes.default"}, Dir: "/"}},
+		{name: "glibc-dns-testing defaults to bash", image: "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.0.0",
+			want: Process{Kind: Host, Argv: []string{"/usr/bin/bash"}, Dir: "/"}},
 		{name: "host lacks the program", image: "debian", command: []string{"iperf3"},
 			want: Process{Reason: ReasonCannotRun, Message: `image "debian" runs the host's tools: exec: "iperf3": executable file not found in $PATH`}},
 		// Echo server: servers' own programs, and unknown images without a command.

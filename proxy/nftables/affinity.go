@@ -27,23 +27,75 @@ import (
 // mod k" over affsvc-k ("front . slot : goto aff-ep-ID"). The services
 // chain sends a front-end there when affchk-k-0 has it. Adding or
 // removing one endpoint writes its set, its two chains and its two
-// elements, nothing of the other endpoints.
+// elements, nothing of the other endpoints. NodePorts and the
+// short-circuit paths have the same (affinityKinds), so a client sticks
+// to its endpoint through every front-end, as with kube-proxy, whose
+// Service chain every path goes through.
 const (
 	setAffinityEndpointPrefix = "aff-"
 	affinityEndpointChain     = "aff-ep-"
 	affinityCheckChain        = "aff-chk-"
-	affinityBalanceChain      = "affinity-balance-"
 )
 
-// elemSet is the set an element is in: an affchk-k element with slot S
-// is in affchk-k-S, keyed by the front-end alone, so the rules need no
-// constant slot in their keys (nft 1.0.6 prints those as "[invalid
-// type]").
+// affinityKind is one path affinity front-ends are balanced on: the
+// prefixes of its maps (balance: "front . slot : goto aff-ep-ID"; check,
+// one per slot: "front : jump aff-chk-ID"), of its chain that balances
+// per bucket size, the chain that sends front-ends there, and whether a
+// front-end is "address . protocol . port" (else "protocol . port", a
+// NodePort).
+type affinityKind struct {
+	balance, check, chain, from string
+	withAddr                    bool
+}
+
+// affinityKinds are the paths as the plain buckets have them: svc-k from
+// services, np-k from nodeports, scx-k and scnp-k from the short-circuit
+// chains of externalTrafficPolicy Local.
+var affinityKinds = [...]affinityKind{
+	{setAffinityServicePrefix, setAffinityCheckPrefix, "affinity-balance-", "services", true},
+	{setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix, "affinity-np-balance-", "nodeports", false},
+	{setAffinityShortCircuitPrefix, setAffinityShortCircuitCheckPrefix, "affinity-scx-balance-", "short-circuit", true},
+	{setAffinityShortCircuitNodePortPrefix, setAffinityShortCircuitNodePortCheckPrefix, "affinity-scnp-balance-", "short-circuit-nodeport", false},
+}
+
+// affinityKindOf returns the kind whose balance or check map set is.
+func affinityKindOf(set string) (affinityKind, bool) {
+	// Every element is encoded through here: the other sets go by one
+	// comparison.
+	if !strings.HasPrefix(set, "aff") {
+		return affinityKind{}, false
+	}
+	for _, k := range affinityKinds {
+		if strings.HasPrefix(set, k.balance) || strings.HasPrefix(set, k.check) {
+			return k, true
+		}
+	}
+	return affinityKind{}, false
+}
+
+// elemSet is the set an element is in: an affchk-k (or other check map)
+// element with slot S is in affchk-k-S, keyed by the front-end alone, so
+// the rules need no constant slot in their keys (nft 1.0.6 prints those as
+// "[invalid type]").
 func elemSet(e Elem) string {
-	if strings.HasPrefix(e.Set, setAffinityCheckPrefix) {
+	if isAffinityCheck(e.Set) {
 		return e.Set + "-" + strconv.Itoa(e.Slot)
 	}
 	return e.Set
+}
+
+// isAffinityBalance reports whether set is a balance map (affsvc-k,
+// affnp-k, ...), whose elements go to an affinity endpoint's chain.
+func isAffinityBalance(set string) bool {
+	k, ok := affinityKindOf(set)
+	return ok && strings.HasPrefix(set, k.balance)
+}
+
+// isAffinityCheck reports whether set is a check map (affchk-k, ...) or
+// one of its per-slot sets.
+func isAffinityCheck(set string) bool {
+	k, ok := affinityKindOf(set)
+	return ok && strings.HasPrefix(set, k.check)
 }
 
 // legacyAffinitySet is the one dynamic affinity map of earlier versions,
@@ -63,32 +115,46 @@ func (k *Tables) deleteLegacyAffinity(f *family) {
 	k.conn.DelSet(&nftables.Set{Name: legacyAffinitySet, Table: f.table})
 }
 
-// endpointID names an affinity endpoint's set and chains: its front-end,
-// endpoint and timeout (a new timeout makes new objects, as the set's
-// timeout is part of its definition).
+// endpointID names an affinity endpoint's set and chains: its Service
+// port's ClusterIP (e.Addr2, the owner), protocol, endpoint and timeout (a
+// new timeout makes new objects, as the set's timeout is part of its
+// definition). Every front-end of the port (ClusterIP, external and load
+// balancer IPs, NodePort) shares them, so a client sticks to its endpoint
+// whichever it uses, as with kube-proxy. (Two ports of one Service with the
+// same protocol and target share them too, where kube-proxy keeps one
+// list per port: the client reaches the same pod port either way.)
 func endpointID(e Elem) string {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s %s %d %s %d", e.Addr, e.Proto, e.Port, e.To, e.Timeout)
+	fmt.Fprintf(h, "%s %s %s %d", e.Addr2, e.Proto, e.To, e.Timeout)
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 
 // affinityEndpointChanges returns the affinity endpoints whose elements
-// are added and the IDs of those whose elements all go. An endpoint that
-// only changes slot (its front-end changed bucket) is in neither: its
-// clients stay.
-func affinityEndpointChanges(add, del []Elem) (born []Elem, gone []string) {
+// are added and the IDs of those whose elements all go: deleted, and
+// wanted by no element of now (the changed Services' elements, which hold
+// every front-end sharing the endpoint). An endpoint that only changes
+// slot (its front-end changed bucket), or keeps another front-end, is not
+// gone: its clients stay.
+func affinityEndpointChanges(add, del, now []Elem) (born []Elem, gone []string) {
 	added := map[string]bool{}
 	for _, e := range add {
-		if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+		if isAffinityBalance(e.Set) {
 			id := endpointID(e)
 			added[id] = true
 			born = append(born, e)
 		}
 	}
+	wanted := map[string]bool{}
+	for _, e := range now {
+		if isAffinityBalance(e.Set) {
+			wanted[endpointID(e)] = true
+		}
+	}
 	for _, e := range del {
-		if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
-			if id := endpointID(e); !added[id] {
+		if isAffinityBalance(e.Set) {
+			if id := endpointID(e); !added[id] && !wanted[id] {
 				gone = append(gone, id)
+				wanted[id] = true // once
 			}
 		}
 	}
@@ -146,15 +212,17 @@ func (k *Tables) deleteAffinityEndpoint(f *family, id string) {
 	delete(f.endpoints, id)
 }
 
-// ensureAffinityBucket creates, for front-ends with slots endpoints, the
-// maps affsvc-k and affchk-k, the chain affinity-balance-k and the
-// services rule that sends those front-ends there. Kept once made, as the
+// ensureAffinityBucket creates, for front-ends of kind with slots
+// endpoints, its balance map and check maps, its balance chain and the
+// rule of kind.from that sends those front-ends there (for the services
+// chain: affsvc-k, affchk-k-S, affinity-balance-k). Kept once made, as the
 // other buckets.
-func (k *Tables) ensureAffinityBucket(f *family, slots uint32) {
-	balance, check := bucket(setAffinityServicePrefix, int(slots)), bucket(setAffinityCheckPrefix, int(slots))
+func (k *Tables) ensureAffinityBucket(f *family, slots uint32, kind affinityKind) {
+	withAddr := kind.withAddr
+	balance, check := bucket(kind.balance, int(slots)), bucket(kind.check, int(slots))
 	bs := k.addSet(f, balance)
 	f.buckets[balance], f.buckets[check] = true, true
-	ch := k.conn.AddChain(&nftables.Chain{Name: affinityBalanceChain + strconv.Itoa(int(slots)), Table: f.table})
+	ch := k.conn.AddChain(&nftables.Chain{Name: kind.chain + strconv.Itoa(int(slots)), Table: f.table})
 	k.conn.FlushChain(ch)
 	f.chains[ch.Name] = ch
 	// "ip daddr . meta l4proto . th dport vmap @affchk-k-S" per slot: a
@@ -167,21 +235,21 @@ func (k *Tables) ensureAffinityBucket(f *family, slots uint32) {
 		if s == 0 {
 			first = cs
 		}
-		ex, _ := frontEnd(f.is4, true)
+		ex, _ := frontEnd(f.is4, withAddr)
 		ex = append(ex, &expr.Lookup{SourceRegister: reg0, DestRegister: 0, IsDestRegSet: true, SetName: cs.Name, SetID: cs.ID})
 		k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
 	}
 	// "ip daddr . meta l4proto . th dport . numgen random mod k vmap
 	// @affsvc-k": a new client is balanced to an endpoint chain, which
 	// records it.
-	ex, r := frontEnd(f.is4, true)
+	ex, r := frontEnd(f.is4, withAddr)
 	ex = append(ex, &expr.Numgen{Register: r, Modulus: slots, Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: reg0, DestRegister: 0, IsDestRegSet: true, SetName: balance, SetID: bs.ID})
 	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: ch, Exprs: ex})
 	// "ip daddr . meta l4proto . th dport @affchk-k-0 goto
 	// affinity-balance-k".
-	ex, _ = frontEnd(f.is4, true)
+	ex, _ = frontEnd(f.is4, withAddr)
 	ex = append(ex, &expr.Lookup{SourceRegister: reg0, SetName: first.Name, SetID: first.ID},
 		&expr.Verdict{Kind: expr.VerdictGoto, Chain: ch.Name})
-	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains["services"], Exprs: ex})
+	k.conn.AddRule(&nftables.Rule{Table: f.table, Chain: f.chains[kind.from], Exprs: ex})
 }

@@ -82,11 +82,19 @@ func addrType(is4 bool) nftables.SetDatatype {
 
 func setTypes(is4 bool, name string) (key, data nftables.SetDatatype, concat bool) {
 	a := addrType(is4)
+	if kind, ok := affinityKindOf(name); ok {
+		// "front . slot : verdict" and, per slot, "front : verdict".
+		var fields []nftables.SetDatatype
+		if kind.withAddr {
+			fields = append(fields, a)
+		}
+		fields = append(fields, nftables.TypeInetProto, nftables.TypeInetService)
+		if strings.HasPrefix(name, kind.balance) {
+			fields = append(fields, nftables.TypeMark)
+		}
+		return nftables.MustConcatSetType(fields...), nftables.TypeVerdict, true
+	}
 	switch {
-	case strings.HasPrefix(name, setAffinityServicePrefix):
-		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark), nftables.TypeVerdict, true
-	case strings.HasPrefix(name, setAffinityCheckPrefix):
-		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService), nftables.TypeVerdict, true
 	case strings.HasPrefix(name, setServicePrefix) || strings.HasPrefix(name, setShortCircuitPrefix):
 		return nftables.MustConcatSetType(a, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			nftables.MustConcatSetType(a, nftables.TypeInetService), true
@@ -137,11 +145,11 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 		key = append(key, pad4([]byte{protoNum(e.Proto)})...)
 		key = append(key, pad4(binary.BigEndian.AppendUint16(nil, e.Port))...)
 	}
-	if e.Slot >= 0 && !strings.HasPrefix(e.Set, setAffinityCheckPrefix) {
+	if e.Slot >= 0 && !isAffinityCheck(e.Set) {
 		// numgen writes its result in host byte order.
 		key = append(key, binaryutil.NativeEndian.PutUint32(uint32(e.Slot))...)
 	}
-	if e.Addr2.IsValid() {
+	if e.Addr2.IsValid() && !isAffinityBalance(e.Set) && !isAffinityCheck(e.Set) {
 		key = append(key, e.Addr2.AsSlice()...)
 	}
 	se := nftables.SetElement{Key: key}
@@ -154,9 +162,9 @@ func encode(is4 bool, e Elem) (nftables.SetElement, error) {
 	}
 	switch {
 	case !e.IsMap():
-	case strings.HasPrefix(e.Set, setAffinityServicePrefix):
+	case isAffinityBalance(e.Set):
 		se.VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: affinityEndpointChain + endpointID(e)}
-	case strings.HasPrefix(e.Set, setAffinityCheckPrefix):
+	case isAffinityCheck(e.Set):
 		se.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: affinityCheckChain + endpointID(e)}
 	default:
 		se.Val = append(e.To.Addr().AsSlice(), pad4(binary.BigEndian.AppendUint16(nil, e.To.Port()))...)
@@ -177,13 +185,17 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // bucketSlots parses the slot count (for affinity-T sets, the timeout in
 // seconds) out of a bucket map's name.
 func bucketSlots(name string) (uint32, bool) {
-	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix,
-		setAffinityServicePrefix, setAffinityCheckPrefix} {
+	if kind, ok := affinityKindOf(name); ok {
+		s, ok := strings.CutPrefix(name, kind.balance)
+		if !ok {
+			// affchk-k-slot, the set an affchk-k element is in.
+			s, _, _ = strings.Cut(strings.TrimPrefix(name, kind.check), "-")
+		}
+		n, err := strconv.ParseUint(s, 10, 32)
+		return uint32(n), err == nil && n > 0
+	}
+	for _, p := range []string{setServicePrefix, setNodePortPrefix, setAffinityPrefix, setShortCircuitPrefix, setShortCircuitNodePortPrefix} {
 		if s, ok := strings.CutPrefix(name, p); ok {
-			if p == setAffinityCheckPrefix {
-				// affchk-k-slot, the set an affchk-k element is in.
-				s, _, _ = strings.Cut(s, "-")
-			}
 			n, err := strconv.ParseUint(s, 10, 32)
 			return uint32(n), err == nil && n > 0
 		}

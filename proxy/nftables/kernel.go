@@ -219,7 +219,7 @@ func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		k.synced = err == nil
 		return err
 	}
-	type delta struct{ add, del []Elem }
+	type delta struct{ add, del, now []Elem }
 	var d [2]delta
 	var udpGone [2][]netip.Addr
 	var udpActive [2][]netip.AddrPort
@@ -231,6 +231,7 @@ func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 			add, del := k.diff(i, old[i], now[i])
 			d[i].add = append(d[i].add, add...)
 			d[i].del = append(d[i].del, del...)
+			d[i].now = append(d[i].now, now[i]...)
 			udpGone[i] = append(udpGone[i], goneUDPEndpoints(old[i], now[i])...)
 			udpActive[i] = append(udpActive[i], k.newlyActiveUDP(i == 0, old[i], now[i])...)
 		}
@@ -248,7 +249,7 @@ func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		// elements that jump to them, and go after them: a client's
 		// entries go with the endpoint's set, in the same transaction
 		// as the DNAT that wrote them.
-		born, gone := affinityEndpointChanges(d[i].add, d[i].del)
+		born, gone := affinityEndpointChanges(d[i].add, d[i].del, d[i].now)
 		for _, e := range born {
 			if f.endpoints[endpointID(e)] == nil {
 				k.addAffinityEndpoint(f, e)
@@ -386,7 +387,7 @@ func (k *Tables) fullSync(snap *snapshot.Snapshot) error {
 		// the skeleton emptied the maps that jumped to the others.
 		want := map[string]Elem{}
 		for _, e := range all[i] {
-			if strings.HasPrefix(e.Set, setAffinityServicePrefix) {
+			if isAffinityBalance(e.Set) {
 				want[endpointID(e)] = e
 			}
 		}

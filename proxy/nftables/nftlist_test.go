@@ -41,6 +41,7 @@ func TestNftListsEveryFeature(t *testing.T) {
 			sp.ClusterIPs = []netip.Addr{mustAddr("10.96.0.10"), mustAddr("fd00:96::10")}
 			sp.AffinityTimeout = 30 * time.Second
 			sp.ExternalIPs = []netip.Addr{mustAddr("192.0.2.1"), mustAddr("2001:db8::1")}
+			sp.NodePort = 30010
 			sp.Endpoints = eps
 		}),
 		port("lb-local", func(sp *snapshot.ServicePort) {
@@ -109,7 +110,7 @@ func TestNftListsEveryFeature(t *testing.T) {
 	}
 	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
 	out := list("a full sync")
-	for _, want := range []string{"update @aff-", "vmap @affchk-", "numgen random mod 2 vmap @affsvc-2", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
+	for _, want := range []string{"update @aff-", "vmap @affchk-", "numgen random mod 2 vmap @affsvc-2", "numgen random mod 2 vmap @affnp-2", "vmap @affnpchk-2-1", "vmap @affscx-1", "vmap @affscnpchk-1-0", "fib saddr type local", "cluster-ips-check", "filter-output-pre-dnat", "10.96.0.0/16"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, out)
 		}

@@ -44,8 +44,8 @@ func (k *Tables) ensureBucket(f *family, name string) {
 	if !ok || f.buckets[name] {
 		return
 	}
-	if strings.HasPrefix(name, setAffinityServicePrefix) || strings.HasPrefix(name, setAffinityCheckPrefix) {
-		k.ensureAffinityBucket(f, slots)
+	if kind, ok := affinityKindOf(name); ok {
+		k.ensureAffinityBucket(f, slots, kind)
 		return
 	}
 	set := k.addSet(f, name)

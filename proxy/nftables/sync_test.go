@@ -206,7 +206,7 @@ func TestAffinityEndpointsComeAndGoWithTheirObjects(t *testing.T) {
 	eps := tenAddrs()[:3]
 	w.set(webKey, svc, true, webSlice(eps...))
 	setOf := func(addr string) *nftables.Set {
-		id := endpointID(Elem{Addr: netip.MustParseAddr("10.96.0.10"), Proto: v1.ProtocolTCP, Port: 80,
+		id := endpointID(Elem{Addr2: netip.MustParseAddr("10.96.0.10"), Proto: v1.ProtocolTCP,
 			To: netip.AddrPortFrom(netip.MustParseAddr(addr), 8080), Timeout: 600})
 		return &nftables.Set{Table: w.k.fams[0].table, Name: setAffinityEndpointPrefix + id}
 	}
@@ -292,6 +292,60 @@ func TestAffinityEndpointsComeAndGoWithTheirObjects(t *testing.T) {
 	}
 	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, "svc-4")); n != 4 {
 		t.Errorf("without affinity svc-4 holds %d, want 4", n)
+	}
+}
+
+// TestAffinityEndpointsSharedByFrontEnds: the ClusterIP and the NodePort
+// of an affinity Service port share each endpoint's client set and chains
+// (a client recorded through one sticks through the other, as with
+// kube-proxy), and a front-end that goes leaves the others' clients.
+func TestAffinityEndpointsSharedByFrontEnds(t *testing.T) {
+	w := newFakeWorld(t)
+	svc := webService()
+	svc.Spec.Type = v1.ServiceTypeNodePort
+	svc.Spec.Ports[0].NodePort = 30080
+	svc.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	svc.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
+	eps := tenAddrs()[:3]
+	w.set(webKey, svc, true, webSlice(eps...))
+	endpointSets := func() []string {
+		var out []string
+		for _, n := range w.fake.SetNames(nftables.TableFamilyIPv4) {
+			if strings.HasPrefix(n, setAffinityEndpointPrefix) {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	if got := endpointSets(); len(got) != 3 {
+		t.Fatalf("3 endpoints behind a ClusterIP and a NodePort have client sets %v, want 3 (shared)", got)
+	}
+	for _, m := range []string{"affsvc-3", "affnp-3"} {
+		if n := len(w.fake.Elements(nftables.TableFamilyIPv4, m)); n != 3 {
+			t.Errorf("%s holds %d elements, want 3", m, n)
+		}
+	}
+	client := nftables.SetElement{Key: netip.MustParseAddr("10.0.0.7").AsSlice()}
+	for _, name := range endpointSets() {
+		must(t, w.fake.SetAddElements(&nftables.Set{Table: w.k.fams[0].table, Name: name}, []nftables.SetElement{client}))
+	}
+	must(t, w.fake.Flush())
+
+	// The NodePort goes (type ClusterIP): the ClusterIP keeps every
+	// endpoint's set and clients.
+	svc.Spec.Type, svc.Spec.Ports[0].NodePort = v1.ServiceTypeClusterIP, 0
+	w.set(webKey, svc, false, webSlice(eps...))
+	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, "affnp-3")); n != 0 {
+		t.Errorf("without the NodePort affnp-3 holds %d elements", n)
+	}
+	sets := endpointSets()
+	if len(sets) != 3 {
+		t.Fatalf("without the NodePort the endpoint sets are %v, want the 3 the ClusterIP still uses", sets)
+	}
+	for _, name := range sets {
+		if n := len(w.fake.Elements(nftables.TableFamilyIPv4, name)); n != 1 {
+			t.Errorf("endpoint set %s lost its client with the NodePort (%d elements)", name, n)
+		}
 	}
 }
 

@@ -71,6 +71,20 @@ const (
 	// that set back to the endpoint).
 	setAffinityServicePrefix = "affsvc-"
 	setAffinityCheckPrefix   = "affchk-"
+	// setAffinityNodePortPrefix and setAffinityNodePortCheckPrefix are
+	// the same for NodePorts, keyed "protocol . port" like np-k: affinity
+	// applies to a Service's NodePort as to its ClusterIP (kube-proxy
+	// sends both through the Service's chain, which checks and records
+	// the client).
+	setAffinityNodePortPrefix      = "affnp-"
+	setAffinityNodePortCheckPrefix = "affnpchk-"
+	// The same for the short-circuit paths of externalTrafficPolicy
+	// Local (scx-k, scnp-k): kube-proxy short-circuits to the Service's
+	// chain, which keeps affinity.
+	setAffinityShortCircuitPrefix              = "affscx-"
+	setAffinityShortCircuitCheckPrefix         = "affscxchk-"
+	setAffinityShortCircuitNodePortPrefix      = "affscnp-"
+	setAffinityShortCircuitNodePortCheckPrefix = "affscnpchk-"
 	// setLBRestricted holds load balancer front-ends with
 	// loadBalancerSourceRanges; setLBAllowed "front-end . source range"
 	// (an interval set). Restricted traffic from elsewhere is dropped.
@@ -102,8 +116,12 @@ type Elem struct {
 	Addr  netip.Addr // first address of the key, if the set has one
 	Proto v1.Protocol
 	Port  uint16
-	Slot  int        // numgen slot for bucket maps, else -1
-	Addr2 netip.Addr // second address of the key (hairpin)
+	Slot  int // numgen slot for bucket maps, else -1
+	// Addr2 is the second address of the key (hairpin). Affinity
+	// elements, whose keys have none, carry the Service port's ClusterIP
+	// of the family here instead: the owner of the endpoint's affinity
+	// objects, which all the port's front-ends share (endpointID).
+	Addr2 netip.Addr
 	// Range is the source prefix of lb-allowed elements.
 	Range netip.Prefix
 	To    netip.AddrPort
@@ -127,7 +145,8 @@ func (e Elem) String() string {
 	if e.Slot >= 0 {
 		parts = append(parts, fmt.Sprint(e.Slot))
 	}
-	if e.Addr2.IsValid() {
+	affinity := isAffinityBalance(e.Set) || isAffinityCheck(e.Set)
+	if e.Addr2.IsValid() && !affinity {
 		parts = append(parts, e.Addr2.String())
 	}
 	if e.Range.IsValid() {
@@ -139,6 +158,9 @@ func (e Elem) String() string {
 	}
 	if e.Timeout > 0 {
 		s += " timeout " + fmt.Sprint(e.Timeout) + "s"
+	}
+	if e.Addr2.IsValid() && affinity {
+		s += " of " + e.Addr2.String()
 	}
 	return s
 }
@@ -178,20 +200,36 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	if len(fam(sp.UsableEndpoints())) > 0 {
 		noEndpoints, noEndpointsNodePort = setNoLocalEndpoints, setNoLocalEndpointsNodePort
 	}
+	// The ClusterIP of this family owns the port's affinity endpoints:
+	// a client recorded through one front-end is sent to the same
+	// endpoint through the others, as kube-proxy's per-endpoint recent
+	// lists and sets do.
+	var owner netip.Addr
+	for _, cip := range sp.ClusterIPs {
+		if cip.Is4() == is4 {
+			owner = cip
+			break
+		}
+	}
+	secs := uint32(sp.AffinityTimeout.Seconds())
+	// affinity adds the balance and check elements of the front-end addr
+	// (none for a NodePort) . protocol . port over eps.
+	affinity := func(balancePrefix, checkPrefix string, addr netip.Addr, port int32, eps []snapshot.Endpoint) {
+		balance, check := bucket(balancePrefix, len(eps)), bucket(checkPrefix, len(eps))
+		for i, e := range eps {
+			out = append(out,
+				Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner},
+				Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner})
+		}
+	}
 	front := func(addr netip.Addr, eps []snapshot.Endpoint) {
 		if len(eps) == 0 {
 			out = append(out, Elem{Set: noEndpoints, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
 			return
 		}
 		if sp.AffinityTimeout > 0 {
-			secs := uint32(sp.AffinityTimeout.Seconds())
 			out = append(out, Elem{Set: setAffinityPrefix + strconv.Itoa(int(secs)), Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
-			balance, check := bucket(setAffinityServicePrefix, len(eps)), bucket(setAffinityCheckPrefix, len(eps))
-			for i, e := range eps {
-				out = append(out,
-					Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs},
-					Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort(), Timeout: secs})
-			}
+			affinity(setAffinityServicePrefix, setAffinityCheckPrefix, addr, sp.Port, eps)
 			return
 		}
 		name := bucket(setServicePrefix, len(eps))
@@ -252,9 +290,13 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			}
 			if len(shortCircuit) > 0 {
 				out = append(out, Elem{Set: setShortCircuit, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: -1})
-				name := bucket(setShortCircuitPrefix, len(shortCircuit))
-				for i, e := range shortCircuit {
-					out = append(out, Elem{Set: name, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
+				if sp.AffinityTimeout > 0 {
+					affinity(setAffinityShortCircuitPrefix, setAffinityShortCircuitCheckPrefix, ip, sp.Port, shortCircuit)
+				} else {
+					name := bucket(setShortCircuitPrefix, len(shortCircuit))
+					for i, e := range shortCircuit {
+						out = append(out, Elem{Set: name, Addr: ip, Proto: sp.Protocol, Port: uint16(sp.Port), Slot: i, To: e.AddrPort()})
+					}
 				}
 			}
 		}
@@ -263,16 +305,24 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 		if len(externalEPs) == 0 {
 			out = append(out, Elem{Set: noEndpointsNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
 		}
-		for i, e := range externalEPs {
-			out = append(out, Elem{Set: bucket(setNodePortPrefix, len(externalEPs)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+		if sp.AffinityTimeout > 0 {
+			affinity(setAffinityNodePortPrefix, setAffinityNodePortCheckPrefix, netip.Addr{}, sp.NodePort, externalEPs)
+		} else {
+			for i, e := range externalEPs {
+				out = append(out, Elem{Set: bucket(setNodePortPrefix, len(externalEPs)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+			}
 		}
 		if !sp.ExternalLocal && len(externalEPs) > 0 {
 			out = append(out, Elem{Set: setMasqNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
 		}
 		if len(shortCircuit) > 0 {
 			out = append(out, Elem{Set: setShortCircuitNodePort, Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: -1})
-			for i, e := range shortCircuit {
-				out = append(out, Elem{Set: bucket(setShortCircuitNodePortPrefix, len(shortCircuit)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+			if sp.AffinityTimeout > 0 {
+				affinity(setAffinityShortCircuitNodePortPrefix, setAffinityShortCircuitNodePortCheckPrefix, netip.Addr{}, sp.NodePort, shortCircuit)
+			} else {
+				for i, e := range shortCircuit {
+					out = append(out, Elem{Set: bucket(setShortCircuitNodePortPrefix, len(shortCircuit)), Proto: sp.Protocol, Port: uint16(sp.NodePort), Slot: i, To: e.AddrPort()})
+				}
 			}
 		}
 	}
@@ -295,7 +345,9 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 // bucketNames caches bucket map names: building them per element would
 // dominate a full sync.
 var bucketNames = map[string][]string{setServicePrefix: nil, setNodePortPrefix: nil, setShortCircuitPrefix: nil, setShortCircuitNodePortPrefix: nil,
-	setAffinityServicePrefix: nil, setAffinityCheckPrefix: nil}
+	setAffinityServicePrefix: nil, setAffinityCheckPrefix: nil, setAffinityNodePortPrefix: nil, setAffinityNodePortCheckPrefix: nil,
+	setAffinityShortCircuitPrefix: nil, setAffinityShortCircuitCheckPrefix: nil,
+	setAffinityShortCircuitNodePortPrefix: nil, setAffinityShortCircuitNodePortCheckPrefix: nil}
 
 func bucket(prefix string, n int) string {
 	if n < 64 {

@@ -211,10 +211,51 @@ func TestTranslate(t *testing.T) {
 		is4: true,
 		want: []string{
 			"affinity-30 10.96.0.10 . tcp . 80",
-			"affsvc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s", "affchk-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s",
+			"affsvc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10", "affchk-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10",
 			"affinity-30 192.0.2.1 . tcp . 80",
-			"affsvc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s", "affchk-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s",
+			"affsvc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10", "affchk-1 192.0.2.1 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 30s of 10.96.0.10",
 			"masq-external 192.0.2.1 . tcp . 80",
+		},
+	}, {
+		name: "sessionAffinity ClientIP applies to the NodePort too, keyed protocol . port",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.AffinityTimeout = 10800 * time.Second
+			sp.NodePort = 30080
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80), ready("10.244.2.3", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"affinity-10800 10.96.0.10 . tcp . 80",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10", "affchk-2 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10", "affchk-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10",
+			"affnp-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10", "affnpchk-2 tcp . 30080 . 0 : 10.244.2.2 . 80 timeout 10800s of 10.96.0.10",
+			"affnp-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10", "affnpchk-2 tcp . 30080 . 1 : 10.244.2.3 . 80 timeout 10800s of 10.96.0.10",
+			"masq-nodeport tcp . 30080",
+		},
+	}, {
+		name: "sessionAffinity with externalTrafficPolicy Local: the short-circuit paths keep affinity, on the same endpoint objects",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.AffinityTimeout = 60 * time.Second
+			sp.NodePort = 30080
+			sp.ExternalLocal = true
+			sp.ExternalIPs = addrs("192.0.2.1")
+			sp.Endpoints = []snapshot.Endpoint{ep("10.244.1.2", 80, true, true, false, true), ready("10.244.2.2", 80)}
+		}),
+		is4: true,
+		want: []string{
+			"affinity-60 10.96.0.10 . tcp . 80",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10", "affchk-2 10.96.0.10 . tcp . 80 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10",
+			"affsvc-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.2 . 80 timeout 60s of 10.96.0.10", "affchk-2 10.96.0.10 . tcp . 80 . 1 : 10.244.2.2 . 80 timeout 60s of 10.96.0.10",
+			"affinity-60 192.0.2.1 . tcp . 80",
+			"affsvc-1 192.0.2.1 . tcp . 80 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10", "affchk-1 192.0.2.1 . tcp . 80 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10",
+			"short-circuit 192.0.2.1 . tcp . 80",
+			"affscx-2 192.0.2.1 . tcp . 80 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10", "affscxchk-2 192.0.2.1 . tcp . 80 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10",
+			"affscx-2 192.0.2.1 . tcp . 80 . 1 : 10.244.2.2 . 80 timeout 60s of 10.96.0.10", "affscxchk-2 192.0.2.1 . tcp . 80 . 1 : 10.244.2.2 . 80 timeout 60s of 10.96.0.10",
+			"affnp-1 tcp . 30080 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10", "affnpchk-1 tcp . 30080 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10",
+			"short-circuit-nodeport tcp . 30080",
+			"affscnp-2 tcp . 30080 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10", "affscnpchk-2 tcp . 30080 . 0 : 10.244.1.2 . 80 timeout 60s of 10.96.0.10",
+			"affscnp-2 tcp . 30080 . 1 : 10.244.2.2 . 80 timeout 60s of 10.96.0.10", "affscnpchk-2 tcp . 30080 . 1 : 10.244.2.2 . 80 timeout 60s of 10.96.0.10",
+			"hairpin 10.244.1.2 . 10.244.1.2",
 		},
 	}, {
 		name: "loadBalancerSourceRanges restrict the LB ingress IP, not the ClusterIP",

@@ -64,7 +64,31 @@ type Config struct {
 	// Profiling serves the process's /debug/pprof/ on the API server
 	// (controlplane.Config.Profiling).
 	Profiling bool
+	// Disable lists the Service networking components `up` does not run
+	// itself (ComponentController, ComponentProxy, ComponentDNS), so that
+	// the ones deploy/ installs as pods take their place. The control
+	// plane, upstream's controllers and the data plane (bridge, nodes,
+	// pods and their runtimes) run regardless.
+	Disable []string
 }
+
+// The components of `up` that Config.Disable names, by the subcommand that
+// runs each on a real cluster (and its app.kubernetes.io/component label in
+// deploy/).
+const (
+	// ComponentController is the EndpointSlice controller.
+	ComponentController = "controller"
+	// ComponentProxy is the node proxies: each node's Service rules.
+	ComponentProxy = "proxy"
+	// ComponentDNS is cluster DNS: its process and the kube-dns Service.
+	ComponentDNS = "dns"
+)
+
+// Components are the names Config.Disable takes.
+var Components = []string{ComponentController, ComponentProxy, ComponentDNS}
+
+// runs reports whether `up` runs component itself.
+func (c *Config) runs(component string) bool { return !slices.Contains(c.Disable, component) }
 
 func (c *Config) defaults() {
 	if c.ServiceCIDR == "" {
@@ -148,6 +172,11 @@ func (c Config) parse() (parsed, error) {
 	}
 	if c.ProxyMode != "" && !slices.Contains(proxy.Modes, c.ProxyMode) {
 		return parsed{}, fmt.Errorf("--proxy-mode %q: want one of %v", c.ProxyMode, proxy.Modes)
+	}
+	for _, d := range c.Disable {
+		if !slices.Contains(Components, d) {
+			return parsed{}, fmt.Errorf("--disable %q: want a list of %s", d, strings.Join(Components, ", "))
+		}
 	}
 	if c.APIServerPort < 0 || c.APIServerPort > 65535 {
 		return parsed{}, fmt.Errorf("--apiserver-port %d: want 0 (any free port) to 65535", c.APIServerPort)
@@ -295,14 +324,18 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := controlplane.StartControllerManager(runCtx, c.ControlPlane, controlplane.KubeControllers); err != nil {
 		return fail(err)
 	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		if err := endpointslice.Run(runCtx, restCfg, endpointslice.Options{Logger: cfg.Logger}, 4); err != nil && runCtx.Err() == nil {
-			cfg.Logger.Error("endpointslice controller stopped", "err", err)
-		}
-	}()
-	progress("control plane ready: etcd, kube-apiserver, controllers")
+	if cfg.runs(ComponentController) {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := endpointslice.Run(runCtx, restCfg, endpointslice.Options{Logger: cfg.Logger}, 4); err != nil && runCtx.Err() == nil {
+				cfg.Logger.Error("endpointslice controller stopped", "err", err)
+			}
+		}()
+		progress("control plane ready: etcd, kube-apiserver, controllers")
+	} else {
+		progress("control plane ready: etcd, kube-apiserver, controllers (no EndpointSlice controller: --disable %s)", ComponentController)
+	}
 	if err := c.startNodes(runCtx, restCfg, svcCIDR, progress); err != nil {
 		return fail(err)
 	}
@@ -410,10 +443,17 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 			close(c.podsSynced)
 		}
 	}()
-	if err := c.startClusterDNS(ctx, client); err != nil {
-		return err
+	if cfg.runs(ComponentDNS) {
+		if err := c.startClusterDNS(ctx, client); err != nil {
+			return err
+		}
+		progress("cluster DNS serving at %s on %s", cfg.DNSIP, plural(len(c.nodes), "node"))
+	} else {
+		if err := c.stopClusterDNS(ctx, client); err != nil {
+			return err
+		}
+		progress("no cluster DNS (--disable %s): pods' resolv.conf names %s", ComponentDNS, cfg.DNSIP)
 	}
-	progress("cluster DNS serving at %s on %s", cfg.DNSIP, plural(len(c.nodes), "node"))
 	// The proxies get a client of their own: N of them list and watch at
 	// once, and the shared client's rate limit would queue them.
 	proxyCfg := rest.CopyConfig(restCfg)
@@ -425,6 +465,11 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	c.runCtx, c.client = ctx, proxyClient
 	c.proxyMu.Lock()
 	c.proxies = map[string]*nodeProxy{}
+	if !cfg.runs(ComponentProxy) {
+		c.proxyMu.Unlock()
+		progress("no node proxies (--disable %s)", ComponentProxy)
+		return nil
+	}
 	var started []*nodeProxy
 	for _, info := range c.nodes {
 		started = append(started, c.startProxy(info))
@@ -515,6 +560,9 @@ func (c *Cluster) startProxy(info NodeInfo) *nodeProxy {
 func (c *Cluster) RestartProxy(ctx context.Context, node string) error {
 	c.proxyMu.Lock()
 	defer c.proxyMu.Unlock()
+	if !c.Config.runs(ComponentProxy) {
+		return fmt.Errorf("restart proxy of node %s: this cluster runs no node proxies (--disable %s)", node, ComponentProxy)
+	}
 	p := c.proxies[node]
 	if p == nil {
 		return fmt.Errorf("restart proxy: no node %q in this cluster", node)

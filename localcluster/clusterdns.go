@@ -31,6 +31,10 @@ import (
 	"github.com/switchboard/switchboard/netnamespace"
 )
 
+// kubeDNSSlice is the kube-dns Service's EndpointSlice that lists the
+// nodes' DNS sockets.
+const kubeDNSSlice = "kube-dns-nodes"
+
 // dnsManagedBy marks the kube-dns EndpointSlice as the local cluster's own.
 const dnsManagedBy = "localcluster.switchboard.dev"
 
@@ -199,6 +203,25 @@ func (c *Cluster) startClusterDNS(ctx context.Context, client kubernetes.Interfa
 	return c.ensureKubeDNSService(ctx, client)
 }
 
+// stopClusterDNS is startClusterDNS's opposite, for a cluster whose DNS
+// is deployed as pods: it ends the DNS process an earlier run left and
+// deletes the kube-dns EndpointSlice that pointed at it, so the deployed
+// kube-dns Service's endpoints are its pods alone. The Service stays:
+// kubectl apply adopts it.
+func (c *Cluster) stopClusterDNS(ctx context.Context, client kubernetes.Interface) error {
+	if err := c.cg.kill("dns"); err != nil {
+		return fmt.Errorf("end the previous cluster DNS: %w", err)
+	}
+	if err := os.Remove(filepath.Join(c.Config.StateDir, "run", "dns.json")); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	err := client.DiscoveryV1().EndpointSlices(metav1.NamespaceSystem).Delete(ctx, kubeDNSSlice, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("endpointslice kube-system/%s: %w", kubeDNSSlice, err)
+	}
+	return nil
+}
+
 // waitClusterDNS waits until every node's DNS address answers a name the
 // cluster always has.
 func (c *Cluster) waitClusterDNS(ctx context.Context) error {
@@ -261,7 +284,7 @@ func (c *Cluster) ensureKubeDNSService(ctx context.Context, client kubernetes.In
 		return fmt.Errorf("service kube-system/kube-dns at %s: %w", c.Config.DNSIP, err)
 	}
 	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns-nodes", Namespace: metav1.NamespaceSystem, Labels: map[string]string{
+		ObjectMeta: metav1.ObjectMeta{Name: kubeDNSSlice, Namespace: metav1.NamespaceSystem, Labels: map[string]string{
 			discoveryv1.LabelServiceName: "kube-dns", discoveryv1.LabelManagedBy: dnsManagedBy}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 	}
@@ -283,7 +306,7 @@ func (c *Cluster) ensureKubeDNSService(ctx context.Context, client kubernetes.In
 		_, err = slices.Update(ctx, slice, metav1.UpdateOptions{})
 	}
 	if err != nil {
-		return fmt.Errorf("endpointslice kube-system/kube-dns-nodes: %w", err)
+		return fmt.Errorf("endpointslice kube-system/%s: %w", kubeDNSSlice, err)
 	}
 	return nil
 }

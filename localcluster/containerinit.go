@@ -1,7 +1,9 @@
 package localcluster
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +13,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+	utilsysctl "k8s.io/component-helpers/node/util/sysctl"
+	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
+	"k8s.io/kubernetes/pkg/kubelet/sysctl"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,7 +70,11 @@ type initSpec struct {
 	UID    *int64      `json:"uid,omitempty"`
 	GID    *int64      `json:"gid,omitempty"`
 	Groups []int       `json:"groups,omitempty"`
-	Dir    string      `json:"dir,omitempty"`
+	// Sysctls are the pod's securityContext.sysctls, written in the
+	// container's namespaces (the pod's network namespace for net.*)
+	// before it drops to its user.
+	Sysctls []sysctlSetting `json:"sysctls,omitempty"`
+	Dir     string          `json:"dir,omitempty"`
 	// Path is the program to exec when it is not Argv[0] looked up on
 	// PATH: this executable, for a program linked into it that it
 	// recognises by argv[0] (package agnhost).
@@ -113,6 +122,12 @@ func containerInit(arg string) error {
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
+	}
+	for _, sc := range s.Sysctls {
+		// /proc/sys/net is the writing thread's network namespace: the pod's.
+		if err := os.WriteFile(sc.Path, []byte(sc.Value), 0); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", sc.Name, sc.Value, err)
+		}
 	}
 	if s.EtcDir != "" {
 		entries, _ := os.ReadDir(s.EtcDir)
@@ -163,6 +178,38 @@ func containerInit(arg string) error {
 		path = p
 	}
 	return syscall.Exec(path, s.Argv, os.Environ())
+}
+
+// sysctlSetting is one of the pod's sysctls: Name as the pod spec gives it
+// (dot-separated), Path its file under /proc/sys.
+type sysctlSetting struct {
+	Name  string `json:"name"`
+	Path  string `json:"path"`
+	Value string `json:"value"`
+}
+
+// podSysctls admits the pod's sysctls with the kubelet's own check (its
+// default allowlist: the safe, namespaced sysctls for this kernel; none of
+// the network namespace's for a hostNetwork pod) and says where each is
+// written. A refused one is the kubelet's SysctlForbidden reason and
+// message.
+func podSysctls(pod *corev1.Pod) ([]sysctlSetting, error) {
+	if pod.Spec.SecurityContext == nil || len(pod.Spec.SecurityContext.Sysctls) == 0 {
+		return nil, nil
+	}
+	allow, err := sysctl.NewAllowlist(sysctl.SafeSysctlAllowlist(context.Background()))
+	if err != nil {
+		return nil, err
+	}
+	if res := allow.Admit(&lifecycle.PodAdmitAttributes{Pod: pod}); !res.Admit {
+		return nil, errors.New(res.Message)
+	}
+	var out []sysctlSetting
+	for _, sc := range pod.Spec.SecurityContext.Sysctls {
+		name := utilsysctl.NormalizeName(sc.Name)
+		out = append(out, sysctlSetting{Name: name, Path: "/proc/sys/" + strings.ReplaceAll(name, ".", "/"), Value: sc.Value})
+	}
+	return out, nil
 }
 
 // bindMount is one volume (or file) bound into the container.

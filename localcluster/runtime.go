@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/kubernetes/pkg/apis/core/v1/helper/qos"
+	"k8s.io/kubernetes/pkg/kubelet/sysctl"
 
 	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
@@ -575,6 +576,12 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		c.nextStart = time.Now().Add(time.Second)
 		return false
 	}
+	sysctls, err := podSysctls(pod)
+	if err != nil {
+		c.waitReason, c.waitMessage = sysctl.ForbiddenReason, err.Error()
+		c.nextStart = time.Now().Add(time.Second)
+		return false
+	}
 	_, _, kernelHostname, err := podHostname(pod, r.zone)
 	if err != nil {
 		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
@@ -634,7 +641,7 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	}
 	defer startedR.Close()
 	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: r.etcDir(pod.UID, pn),
-		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Dir: proc.Dir, Path: path, Argv: argv,
+		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Sysctls: sysctls, Dir: proc.Dir, Path: path, Argv: argv,
 		StartedFD: 3}) // cmd.ExtraFiles[0]
 	// The container init (this executable under containerInitName) starts
 	// in new PID, mount, UTS and IPC namespaces and, started from a thread

@@ -142,6 +142,8 @@ func upCmd() *cobra.Command {
 	f.StringVar(&cfg.PodCIDR, "pod-cidr", "10.244.0.0/16", "pod addresses, one /24 per node")
 	f.StringVar(&cfg.DNSIP, "cluster-dns", "10.96.0.10", "cluster DNS address written into pods' resolv.conf")
 	f.BoolVar(&cfg.Profiling, "profiling", false, "serve the process's /debug/pprof/ on the API server (kubectl get --raw /debug/pprof/heap), as kube-apiserver's --profiling")
+	f.StringSliceVar(&cfg.Disable, "disable", nil, "Service networking components up does not run, comma-separated: "+
+		strings.Join(localcluster.Components, ", ")+" (to run them as pods instead, e.g. kubectl apply -k deploy/; nodes, pods and the control plane still run)")
 	f.StringVar(&cfg.ProxyMode, "proxy-mode", proxy.ModeNFTables, "the node proxies' mode, as kube-proxy's --proxy-mode: "+strings.Join(proxy.Modes, " or "))
 	return cmd
 }

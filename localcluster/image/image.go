@@ -1,8 +1,8 @@
 // Package image decides what process runs a container of the local
 // cluster, which has no registry and no container runtime: the container's
 // image reference selects a program linked into switchboard (agnhost,
-// pause), the host's own tools (busybox-, alpine- and debian-like images),
-// the built-in echo server (any other image without a command), or nothing,
+// pause, and switchboard itself, the image deploy/ runs), the host's own
+// tools (busybox-, alpine- and debian-like images), the built-in echo server (any other image without a command), or nothing,
 // with the reason. The command line follows Docker's and Kubernetes' rules
 // exactly: a container's command replaces the image's ENTRYPOINT and drops
 // its CMD, its args replace the CMD.
@@ -71,6 +71,11 @@ type Process struct {
 	Exposed []string
 }
 
+// SwitchboardPath is the switchboard image's one file and ENTRYPOINT (as
+// deploy/image builds it). Started under this argv[0], the binary is the
+// plain switchboard command line.
+const SwitchboardPath = "/switchboard"
+
 // ReasonImagePull is the waiting reason of a container whose image nothing
 // here can run: the kubelet's reason for an image it could not obtain.
 const ReasonImagePull = "ErrImagePull"
@@ -123,6 +128,10 @@ var known = map[string]config{
 	"nginx":      {entrypoint: []string{"/docker-entrypoint.sh"}, cmd: []string{"nginx", "-g", "daemon off;"}, shell: true, echoWithoutCommand: true, expose: []string{"80/TCP"}},
 	"nginx-slim": {cmd: []string{"nginx", "-g", "daemon off;"}, shell: true, echoWithoutCommand: true, expose: []string{"80/TCP"}},
 	"httpd":      {cmd: []string{"httpd-foreground"}, shell: true, echoWithoutCommand: true, expose: []string{"80/TCP"}},
+	// deploy/image: the image holds only the static binary, its
+	// ENTRYPOINT, so the manifests of deploy/ run their subcommand (args:
+	// [proxy, ...]) as this very binary.
+	"switchboard": {entrypoint: []string{SwitchboardPath}, linked: map[string]string{SwitchboardPath: SwitchboardPath}},
 }
 
 // Resolve decides what runs a container with image ref, command, args and
@@ -145,7 +154,7 @@ func Resolve(ref string, command, args []string, workingDir string, lookPath fun
 			return Process{Kind: Echo, Dir: dir, Note: echoNote(ref, args, nil)}
 		}
 		return Process{Reason: ReasonImagePull, Message: fmt.Sprintf(
-			"Failed to pull image %q: switchboard up runs no registry images; it runs agnhost, pause, busybox-, alpine- and debian-like images (through the host's tools), and the built-in echo server for an image without a command", ref)}
+			"Failed to pull image %q: switchboard up runs no registry images; it runs agnhost, pause, switchboard, busybox-, alpine- and debian-like images (through the host's tools), and the built-in echo server for an image without a command", ref)}
 	}
 	if len(command) == 0 && cfg.echoWithoutCommand {
 		return Process{Kind: Echo, Dir: dir, Note: echoNote(ref, args, cfg.expose), Exposed: cfg.expose}

@@ -52,6 +52,15 @@ func TestResolve(t *testing.T) {
 			want: Process{Kind: Linked, Argv: []string{"/pause"}, Dir: "/"}},
 		{name: "pause has no shell", image: "registry.k8s.io/pause:3.10", command: []string{"sh"},
 			want: Process{Reason: ReasonCannotRun, Message: `exec: "sh": executable file not found in image "registry.k8s.io/pause:3.10"`}},
+		// switchboard (deploy/image): ENTRYPOINT ["/switchboard"], no CMD.
+		{name: "switchboard args are its subcommand", image: "switchboard:latest", args: []string{"proxy", "--config=/etc/proxy.conf"},
+			want: Process{Kind: Linked, Argv: []string{"/switchboard", "proxy", "--config=/etc/proxy.conf"}, Dir: "/"}},
+		{name: "switchboard from a registry", image: "registry.example.com/team/switchboard:v1", command: []string{"/switchboard", "dns"},
+			want: Process{Kind: Linked, Argv: []string{"/switchboard", "dns"}, Dir: "/"}},
+		{name: "switchboard has no shell", image: "switchboard", command: []string{"sh"},
+			want: Process{Reason: ReasonCannotRun, Message: `exec: "sh": executable file not found in image "switchboard"`}},
+		{name: "switchboard without args", image: "switchboard",
+			want: Process{Kind: Linked, Argv: []string{"/switchboard"}, Dir: "/"}},
 		// busybox: CMD ["sh"], no ENTRYPOINT.
 		{name: "busybox command", image: "busybox", command: []string{"sh", "-c", "echo hi; sleep 3600"},
 			want: Process{Kind: Host, Argv: []string{"/usr/bin/sh", "-c", "echo hi; sleep 3600"}, Dir: "/"}},
@@ -83,7 +92,7 @@ func TestResolve(t *testing.T) {
 			want: Process{Kind: Echo, Dir: "/", Note: `image "example.com/shop/web:v2" runs switchboard's built-in echo server on the container's ports; its args are not used`}},
 		// Nothing can run these.
 		{name: "unknown with command", image: "example.com/shop/web:v2", command: []string{"/app/web"},
-			want: Process{Reason: ReasonImagePull, Message: `Failed to pull image "example.com/shop/web:v2": switchboard up runs no registry images; it runs agnhost, pause, busybox-, alpine- and debian-like images (through the host's tools), and the built-in echo server for an image without a command`}},
+			want: Process{Reason: ReasonImagePull, Message: `Failed to pull image "example.com/shop/web:v2": switchboard up runs no registry images; it runs agnhost, pause, switchboard, busybox-, alpine- and debian-like images (through the host's tools), and the built-in echo server for an image without a command`}},
 		{name: "invalid reference", image: "Bad Image",
 			want: Process{Reason: "InvalidImageName", Message: `Failed to apply default image tag "Bad Image": couldn't parse image name "Bad Image": invalid reference format: repository name (library/Bad Image) must be lowercase`}},
 	} {

@@ -78,6 +78,16 @@ func commands(t *testing.T, readme string) []string {
 }
 
 func TestTutorial(t *testing.T) {
+	ws, cmds := workspace(t)
+	startUp(t, ws)
+	replay(t, ws, cmds)
+}
+
+// workspace lays out a directory like the repository after `scripts/up`:
+// the examples, bin/switchboard, and .switchboard as the state directory.
+// It returns it with the README tutorial's commands.
+func workspace(t *testing.T) (ws string, cmds []string) {
+	t.Helper()
 	clustertest.RequireRoot(t)
 	if _, err := exec.LookPath("kubectl"); err != nil {
 		clustertest.Skip(t, "kubectl not installed")
@@ -86,20 +96,27 @@ func TestTutorial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmds := commands(t, filepath.Join(repo, "README.md"))
-
-	// A workspace laid out like the repository after `scripts/up`: the
-	// examples, bin/switchboard, and .switchboard as the state directory.
-	ws := t.TempDir()
-	if err := os.Symlink(filepath.Join(repo, "examples"), filepath.Join(ws, "examples")); err != nil {
-		t.Fatal(err)
+	cmds = commands(t, filepath.Join(repo, "README.md"))
+	ws = t.TempDir()
+	for _, dir := range []string{"examples", "deploy"} {
+		if err := os.Symlink(filepath.Join(repo, dir), filepath.Join(ws, dir)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	build := exec.Command("go", "build", "-o", filepath.Join(ws, "bin", "switchboard"), "./cmd/switchboard")
 	build.Dir = repo
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build switchboard: %v\n%s", err, out)
 	}
-	up := exec.Command(filepath.Join(ws, "bin", "switchboard"), "up", "--nodes", "2", "--apiserver-port", "0")
+	return ws, cmds
+}
+
+// startUp runs `switchboard up --nodes 2` (and flags) in ws until the test
+// ends, then stops it and removes its data plane with `switchboard down`.
+// It returns once up printed its ready line.
+func startUp(t *testing.T, ws string, flags ...string) {
+	t.Helper()
+	up := exec.Command(filepath.Join(ws, "bin", "switchboard"), append([]string{"up", "--nodes", "2", "--apiserver-port", "0"}, flags...)...)
 	up.Dir = ws
 	stdout, _ := up.StdoutPipe()
 	up.Stderr = io.Discard
@@ -137,7 +154,12 @@ func TestTutorial(t *testing.T) {
 	case <-time.After(3 * time.Minute):
 		t.Fatal("switchboard up did not become ready within 3 minutes")
 	}
+}
 
+// replay runs the tutorial's commands in ws as a reader would, each until
+// its output shows what expectations says (a minute at most).
+func replay(t *testing.T, ws string, cmds []string) {
+	t.Helper()
 	var env []string // `export` lines, applied to every later command
 	for _, cmd := range cmds {
 		if strings.HasPrefix(cmd, "export ") {
@@ -148,41 +170,57 @@ func TestTutorial(t *testing.T) {
 		if !ok {
 			t.Fatalf("README tutorial command %q has no expectation in this test: add one", cmd)
 		}
-		script := strings.Join(append(append([]string{"set -o pipefail"}, env...), cmd), "\n")
-		run := func() (string, error) {
-			c := exec.Command("bash", "-c", script)
-			c.Dir = ws
-			out, err := c.CombinedOutput()
-			if ee, ok := err.(*exec.ExitError); ok && allowedExit[cmd] == ee.ExitCode() {
-				err = nil
-			}
-			return string(out), err
-		}
-		// A reader who runs a command a moment too early runs it again;
-		// so does the test, for a while, before calling it broken.
-		var out string
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			out, err = run()
-			if err == nil && want.MatchString(out) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("$ %s\n%s\nerr=%v; want output matching %s", cmd, out, err, want)
-			}
-			time.Sleep(time.Second)
-		}
+		out := run(t, ws, env, cmd, want)
 		t.Logf("$ %s\n%s", cmd, strings.TrimRight(out, "\n"))
 		if pods := spread[cmd]; pods != nil {
-			seen := out
-			for i := 0; i < 60 && !containsAll(seen, pods); i++ {
-				more, _ := run()
-				seen += more
-			}
-			if !containsAll(seen, pods) {
-				t.Errorf("$ %s: 60 requests never reached all of %v", cmd, pods)
-			}
+			reachesAll(t, ws, env, cmd, pods)
 		}
+	}
+}
+
+// run runs cmd (a shell command line, after the export lines env) in ws
+// until its output matches want; a reader who runs a command a moment too
+// early runs it again, and so does the test, for a minute, before calling
+// it broken.
+func run(t *testing.T, ws string, env []string, cmd string, want *regexp.Regexp) string {
+	t.Helper()
+	var out string
+	var err error
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err = shell(ws, env, cmd)
+		if err == nil && want.MatchString(out) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("$ %s\n%s\nerr=%v; want output matching %s", cmd, out, err, want)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func shell(ws string, env []string, cmd string) (string, error) {
+	script := strings.Join(append(append([]string{"set -o pipefail"}, env...), cmd), "\n")
+	c := exec.Command("bash", "-c", script)
+	c.Dir = ws
+	out, err := c.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok && allowedExit[cmd] == ee.ExitCode() {
+		err = nil
+	}
+	return string(out), err
+}
+
+// reachesAll repeats cmd until every one of pods has answered (60 times at
+// most): the tutorial promises load balancing over all of them.
+func reachesAll(t *testing.T, ws string, env []string, cmd string, pods []string) {
+	t.Helper()
+	var seen string
+	for i := 0; i < 60 && !containsAll(seen, pods); i++ {
+		more, _ := shell(ws, env, cmd)
+		seen += more
+	}
+	if !containsAll(seen, pods) {
+		t.Errorf("$ %s: 60 requests never reached all of %v", cmd, pods)
 	}
 }
 

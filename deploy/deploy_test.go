@@ -25,6 +25,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -57,8 +58,8 @@ func TestKustomizationDryRunServer(t *testing.T) {
 // switchboard-controller ServiceAccount: one leads and writes slices; killed
 // (its Lease not released), the other takes over once the lease expires and
 // serves a Service created meanwhile; stopped with SIGTERM, it releases the
-// Lease. Then, without "create" on endpointslices, the controller logs the
-// API server's refusal.
+// Lease. Then, without "create" on endpointslices, and without "update" on
+// its Lease, the controller logs the API server's refusal.
 func TestControllerWithItsServiceAccount(t *testing.T) {
 	admin := applyDeploy(t)
 	ns := clustertest.Namespace(t, admin)
@@ -89,6 +90,15 @@ func TestControllerWithItsServiceAccount(t *testing.T) {
 	c := start(t, args...)
 	createService(t, admin, ns, "forbidden")
 	waitLog(t, c, "is forbidden", "system:serviceaccount:kube-system:switchboard-controller", "cannot create resource", "endpointslices")
+	c.kill()
+
+	// Leader election's Role: without "update" on its Lease (released
+	// above, so taking it is an update) no replica can lead, and the log
+	// says why.
+	kubectl(t, "apply", "-k", ".")
+	withoutNamespacedVerb(t, admin, "switchboard-controller-leader-election", "leases", "update")
+	d := start(t, args...)
+	waitLog(t, d, "is forbidden", "system:serviceaccount:kube-system:switchboard-controller", "cannot update resource", "leases")
 }
 
 // TestDNSWithItsServiceAccount serves a Service's name as the
@@ -215,20 +225,43 @@ func withoutVerb(t *testing.T, admin kubernetes.Interface, role, resource, verb 
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := false
-	for i, r := range cr.Rules {
-		if slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb) {
-			cr.Rules[i].Verbs = slices.DeleteFunc(slices.Clone(r.Verbs), func(v string) bool { return v == verb })
-			found = true
-		}
-	}
-	if !found {
-		t.Fatalf("ClusterRole %s grants no %s on %s", role, verb, resource)
-	}
+	cr.Rules = dropVerb(t, "ClusterRole "+role, cr.Rules, resource, verb)
 	if _, err := admin.RbacV1().ClusterRoles().Update(ctx, cr, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { kubectl(t, "apply", "-k", ".") })
+}
+
+// withoutNamespacedVerb is withoutVerb for Role kube-system/role.
+func withoutNamespacedVerb(t *testing.T, admin kubernetes.Interface, role, resource, verb string) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := admin.RbacV1().Roles("kube-system").Get(ctx, role, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Rules = dropVerb(t, "Role kube-system/"+role, r.Rules, resource, verb)
+	if _, err := admin.RbacV1().Roles("kube-system").Update(ctx, r, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kubectl(t, "apply", "-k", ".") })
+}
+
+// dropVerb is rules without verb on resource; it fails the test when no
+// rule granted it (the test would prove nothing).
+func dropVerb(t *testing.T, role string, rules []rbacv1.PolicyRule, resource, verb string) []rbacv1.PolicyRule {
+	t.Helper()
+	found := false
+	for i, r := range rules {
+		if slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb) {
+			rules[i].Verbs = slices.DeleteFunc(slices.Clone(r.Verbs), func(v string) bool { return v == verb })
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("%s grants no %s on %s", role, verb, resource)
+	}
+	return rules
 }
 
 // serviceAccountKubeconfig writes a kubeconfig that authenticates as

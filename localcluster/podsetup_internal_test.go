@@ -82,3 +82,35 @@ func TestHostPorts(t *testing.T) {
 		t.Errorf("table name %q", n)
 	}
 }
+
+// TestPodSysctls: the kubelet's allowlist decides, and each admitted sysctl
+// is written under /proc/sys by its dotted name (a slash-separated name is
+// normalised first, as the kubelet does).
+func TestPodSysctls(t *testing.T) {
+	pod := func(hostNetwork bool, sysctls ...corev1.Sysctl) *corev1.Pod {
+		return &corev1.Pod{Spec: corev1.PodSpec{HostNetwork: hostNetwork, SecurityContext: &corev1.PodSecurityContext{Sysctls: sysctls}}}
+	}
+	got, err := podSysctls(pod(false, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"},
+		corev1.Sysctl{Name: "net/ipv4/ping_group_range", Value: "0 2147483647"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []sysctlSetting{
+		{Name: "net.ipv4.ip_unprivileged_port_start", Path: "/proc/sys/net/ipv4/ip_unprivileged_port_start", Value: "0"},
+		{Name: "net.ipv4.ping_group_range", Path: "/proc/sys/net/ipv4/ping_group_range", Value: "0 2147483647"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got, err := podSysctls(&corev1.Pod{}); err != nil || got != nil {
+		t.Errorf("no sysctls: %v, %v", got, err)
+	}
+	for name, p := range map[string]*corev1.Pod{
+		"unsafe":      pod(false, corev1.Sysctl{Name: "kernel.msgmax", Value: "65536"}),
+		"hostNetwork": pod(true, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}),
+	} {
+		if _, err := podSysctls(p); err == nil || !strings.HasPrefix(err.Error(), "forbidden sysctl: ") {
+			t.Errorf("%s: %v, want the kubelet's forbidden sysctl", name, err)
+		}
+	}
+}

@@ -36,7 +36,17 @@ func TestTutorialThroughDeploy(t *testing.T) {
 	ws, cmds := workspace(t)
 	startUp(t, ws, "--disable", "controller,proxy,dns")
 
-	// CI's check that the manifests, as shipped, are valid for a cluster.
+	if !t.Run("DryRunServer", func(t *testing.T) { dryRunServer(t, ws) }) ||
+		!t.Run("Apply", func(t *testing.T) { applyDeploy(t, ws) }) ||
+		!t.Run("Tutorial", func(t *testing.T) { replay(t, ws, cmds) }) {
+		t.FailNow()
+	}
+	t.Run("ControllerFailover", func(t *testing.T) { controllerFailover(t, ws, adminClient(t, ws)) })
+}
+
+// dryRunServer is CI's check that deploy/, as shipped, is valid for a
+// cluster: kubectl apply --dry-run=server -k deploy/.
+func dryRunServer(t *testing.T, ws string) {
 	out := kubectl(t, ws, "apply", "--dry-run=server", "-k", "deploy/")
 	for _, want := range []string{"daemonset.apps/switchboard-proxy created (server dry run)",
 		"deployment.apps/switchboard-dns created (server dry run)", "deployment.apps/switchboard-controller created (server dry run)",
@@ -45,7 +55,11 @@ func TestTutorialThroughDeploy(t *testing.T) {
 			t.Errorf("kubectl apply --dry-run=server -k deploy/: no %q in:\n%s", want, out)
 		}
 	}
+}
 
+// applyDeploy applies deploy/ through an overlay, as an operator does, and
+// waits for the DaemonSet and the Deployments to be rolled out.
+func applyDeploy(t *testing.T, ws string) {
 	// The proxy reaches the API server at its own address (kubeadm: the
 	// control plane endpoint), which is the kubernetes Service's endpoint.
 	hostPort := kubectl(t, ws, "get", "endpointslices", "-l", discoveryv1.LabelServiceName+"=kubernetes",
@@ -76,23 +90,31 @@ configMapGenerator:
 	for _, w := range []string{"daemonset/switchboard-proxy", "deployment/switchboard-dns", "deployment/switchboard-controller"} {
 		kubectl(t, ws, "-n", "kube-system", "rollout", "status", w, "--timeout=3m")
 	}
+	// Each pod runs the image's binary as its component, not a stand-in
+	// (the echo server would answer the probes too): its log says so.
 	client := adminClient(t, ws)
-	// They run the image's binary, not a stand-in.
-	pods, err := client.CoreV1().Pods("kube-system").List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=switchboard"})
+	ctx := context.Background()
+	pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=switchboard"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(pods.Items) != 6 {
 		t.Fatalf("%d switchboard pods, want 2 proxies, 2 dns, 2 controllers", len(pods.Items))
 	}
+	started := map[string]string{"proxy": "proxy started", "dns": "serving cluster DNS", "controller": "leader election: waiting for the lease"}
 	for _, p := range pods.Items {
-		if p.Status.Message != "" {
-			t.Errorf("pod %s: %s", p.Name, p.Status.Message)
-		}
+		want := started[p.Labels["app.kubernetes.io/component"]]
+		clustertest.Eventually(t, "pod "+p.Name+" logs "+want, time.Minute, func() error {
+			b, err := client.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+			if err != nil {
+				return err
+			}
+			if want == "" || !strings.Contains(string(b), want) {
+				return fmt.Errorf("no %q in:\n%s", want, b)
+			}
+			return nil
+		})
 	}
-
-	replay(t, ws, cmds)
-	t.Run("ControllerFailover", func(t *testing.T) { controllerFailover(t, ws, client) })
 }
 
 // controllerFailover deletes the controller's leader pod and, at once,

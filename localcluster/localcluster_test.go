@@ -912,6 +912,7 @@ func TestBadInput(t *testing.T) {
 		{"node port range beyond 65535", localcluster.Config{Nodes: 1, NodePortRange: "65000-66000"}, "--service-node-port-range"},
 		{"cluster DNS outside the service CIDR", localcluster.Config{Nodes: 1, DNSIP: "10.0.0.10"}, "--cluster-dns 10.0.0.10"},
 		{"too many nodes", localcluster.Config{Nodes: 201}, "--nodes 201"},
+		{"unknown component to disable", localcluster.Config{Nodes: 1, Disable: []string{"kube-proxy"}}, `--disable "kube-proxy"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fresh := tc.cfg.StateDir == ""

@@ -83,10 +83,10 @@ func TestHostPorts(t *testing.T) {
 	}
 }
 
-// TestPodSysctls: the kubelet's allowlist decides, and each admitted sysctl
+// TestPodSysctlsAdmission: the kubelet's allowlist decides, and each admitted sysctl
 // is written under /proc/sys by its dotted name (a slash-separated name is
 // normalised first, as the kubelet does).
-func TestPodSysctls(t *testing.T) {
+func TestPodSysctlsAdmission(t *testing.T) {
 	pod := func(hostNetwork bool, sysctls ...corev1.Sysctl) *corev1.Pod {
 		return &corev1.Pod{Spec: corev1.PodSpec{HostNetwork: hostNetwork, SecurityContext: &corev1.PodSecurityContext{Sysctls: sysctls}}}
 	}

@@ -493,3 +493,35 @@ func TestExecSeesContainer(t *testing.T) {
 		t.Errorf("exec output %q, want the Service variables and the ConfigMap volume", out)
 	}
 }
+
+// TestPodSysctls: a safe sysctl of the pod is set in its network namespace
+// before the container drops to its user (uid 65532 then listens on port
+// 53, as deploy/'s dns does), and nowhere else; an unsafe one keeps the
+// container waiting with the kubelet's reason.
+func TestPodSysctls(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	const file = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+	pod := commandPod("sysctl", "sh", "-c", "cat "+file+"; id -u")
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](65532),
+		Sysctls: []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}}}
+	p, out := runToEnd(t, c, ns, pod, corev1.PodSucceeded)
+	if out["c"] != "0\n65532\n" {
+		t.Errorf("container printed %q, want the pod's sysctl (0) and its user (65532)", out["c"])
+	}
+	node, err := exec.Command("ip", "netns", "exec", cluster.Network.NodeNS(p.Spec.NodeName), "cat", file).CombinedOutput()
+	if err != nil || string(node) == "0\n" {
+		t.Errorf("node %s's %s: %q (%v): the pod's sysctl leaked to its node", p.Spec.NodeName, file, node, err)
+	}
+
+	unsafe := commandPod("unsafe", "sleep", "3600")
+	unsafe.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "kernel.msgmax", Value: "65536"}}}
+	createPod(t, c, ns, unsafe)
+	w := waitPod(t, c, ns, "unsafe", "waiting with SysctlForbidden", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].State.Waiting != nil &&
+			p.Status.ContainerStatuses[0].State.Waiting.Reason == "SysctlForbidden"
+	})
+	if msg := w.Status.ContainerStatuses[0].State.Waiting.Message; !strings.Contains(msg, "kernel.msgmax") {
+		t.Errorf("waiting message %q does not name the sysctl", msg)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"syscall"
 
@@ -74,7 +75,11 @@ type initSpec struct {
 	// container's namespaces (the pod's network namespace for net.*)
 	// before it drops to its user.
 	Sysctls []sysctlSetting `json:"sysctls,omitempty"`
-	Dir     string          `json:"dir,omitempty"`
+	// Caps, when set, are the container's only capabilities (see
+	// containerCaps); NoNewPrivs is allowPrivilegeEscalation: false.
+	Caps       *[]int `json:"caps,omitempty"`
+	NoNewPrivs bool   `json:"noNewPrivs,omitempty"`
+	Dir        string `json:"dir,omitempty"`
 	// Path is the program to exec when it is not Argv[0] looked up on
 	// PATH: this executable, for a program linked into it that it
 	// recognises by argv[0] (package agnhost).
@@ -105,6 +110,8 @@ func containerInit(arg string) error {
 	if len(s.Argv) == 0 {
 		return fmt.Errorf("container spec: no command")
 	}
+	// Capabilities are per thread: the one that sets them execs.
+	goruntime.LockOSThread()
 	if s.Cgroup != "" {
 		// "0" is the writing process, whatever its PID is in this namespace.
 		if err := os.WriteFile(filepath.Join(s.Cgroup, "cgroup.procs"), []byte("0"), 0); err != nil {
@@ -151,6 +158,11 @@ func containerInit(arg string) error {
 			return fmt.Errorf("set hostname %q: %w", s.Hostname, err)
 		}
 	}
+	if s.Caps != nil {
+		if err := dropBoundingCaps(*s.Caps); err != nil {
+			return err
+		}
+	}
 	if s.GID != nil {
 		if err := syscall.Setgroups(s.Groups); err != nil {
 			return fmt.Errorf("set supplementary groups %v: %w", s.Groups, err)
@@ -162,6 +174,17 @@ func containerInit(arg string) error {
 	if s.UID != nil {
 		if err := syscall.Setuid(int(*s.UID)); err != nil {
 			return fmt.Errorf("set uid %d: %w", *s.UID, err)
+		}
+	}
+	if s.Caps != nil && (s.UID == nil || *s.UID == 0) {
+		// A non-root user lost them all at Setuid.
+		if err := setCaps(*s.Caps); err != nil {
+			return err
+		}
+	}
+	if s.NoNewPrivs {
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("no_new_privs: %w", err)
 		}
 	}
 	if s.Dir != "" {

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -112,5 +114,45 @@ func TestPodSysctlsAdmission(t *testing.T) {
 		if _, err := podSysctls(p); err == nil || !strings.HasPrefix(err.Error(), "forbidden sysctl: ") {
 			t.Errorf("%s: %v, want the kubelet's forbidden sysctl", name, err)
 		}
+	}
+}
+
+// TestContainerCaps: containerd's order (add ALL, drop ALL, then each add,
+// then each drop), and nil (every capability of up) for a privileged
+// container or one that names none.
+func TestContainerCaps(t *testing.T) {
+	ctr := func(privileged bool, add, drop []corev1.Capability) corev1.Container {
+		return corev1.Container{Name: "c", SecurityContext: &corev1.SecurityContext{Privileged: &privileged,
+			Capabilities: &corev1.Capabilities{Add: add, Drop: drop}}}
+	}
+	all := len(capNames)
+	for _, tc := range []struct {
+		name string
+		c    corev1.Container
+		want int // how many capabilities; -1: nil
+		has  []int
+	}{
+		{"none named", corev1.Container{}, -1, nil},
+		{"privileged", ctr(true, nil, []corev1.Capability{"ALL"}), -1, nil},
+		{"defaults", ctr(false, nil, nil), len(runtimeDefaultCaps), []int{unix.CAP_NET_RAW, unix.CAP_CHOWN}},
+		{"drop ALL add one", ctr(false, []corev1.Capability{"NET_ADMIN"}, []corev1.Capability{"ALL"}), 1, []int{unix.CAP_NET_ADMIN}},
+		{"add ALL drop one", ctr(false, []corev1.Capability{"ALL"}, []corev1.Capability{"CAP_CHOWN"}), all - 1, []int{unix.CAP_SYS_ADMIN}},
+		{"drop wins over add", ctr(false, []corev1.Capability{"SYS_TIME"}, []corev1.Capability{"sys_time"}), len(runtimeDefaultCaps), nil},
+	} {
+		got, err := containerCaps(tc.c)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if (tc.want == -1) != (got == nil) || (got != nil && len(got) != tc.want) {
+			t.Errorf("%s: %v (%d), want %d", tc.name, got, len(got), tc.want)
+		}
+		for _, h := range tc.has {
+			if !slices.Contains(got, h) {
+				t.Errorf("%s: %v lacks %d", tc.name, got, h)
+			}
+		}
+	}
+	if _, err := containerCaps(ctr(false, []corev1.Capability{"NET_WIZARD"}, nil)); err == nil || !strings.Contains(err.Error(), `"NET_WIZARD"`) {
+		t.Errorf("unknown capability: %v", err)
 	}
 }

@@ -525,3 +525,37 @@ func TestPodSysctls(t *testing.T) {
 		t.Errorf("waiting message %q does not name the sysctl", msg)
 	}
 }
+
+// TestPodCapabilities: a container's securityContext.capabilities are the
+// runtime's default set with its adds and drops, in its effective,
+// permitted and bounding sets, and allowPrivilegeEscalation: false sets
+// no_new_privs, as containerd and runc apply them (deploy/'s proxy runs as
+// root with NET_ADMIN alone).
+func TestPodCapabilities(t *testing.T) {
+	c := need(t)
+	ns := namespace(t, c)
+	pod := commandPod("caps", "grep", "-E", "^(CapEff|CapPrm|CapBnd|NoNewPrivs):", "/proc/self/status")
+	pod.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN"}}}
+	_, out := runToEnd(t, c, ns, pod, corev1.PodSucceeded)
+	// CAP_NET_ADMIN is bit 12.
+	wantLines(t, "drop ALL, add NET_ADMIN", strings.ReplaceAll(out["c"], "\t", " "),
+		"CapPrm: 0000000000001000", "CapEff: 0000000000001000", "CapBnd: 0000000000001000", "NoNewPrivs: 1")
+
+	pod = commandPod("defaults", "grep", "-E", "^CapEff:", "/proc/self/status")
+	pod.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"NET_RAW"}}}
+	_, out = runToEnd(t, c, ns, pod, corev1.PodSucceeded)
+	// The runtime's 14 default capabilities without NET_RAW (bit 13).
+	wantLines(t, "the default set without NET_RAW", strings.ReplaceAll(out["c"], "\t", " "), "CapEff: 00000000a80405fb")
+
+	bad := commandPod("bad", "sleep", "3600")
+	bad.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_WIZARD"}}}
+	createPod(t, c, ns, bad)
+	w := waitPod(t, c, ns, "bad", "waiting with CreateContainerError", func(p *corev1.Pod) bool {
+		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].State.Waiting != nil &&
+			p.Status.ContainerStatuses[0].State.Waiting.Reason == "CreateContainerError"
+	})
+	if msg := w.Status.ContainerStatuses[0].State.Waiting.Message; !strings.Contains(msg, "NET_WIZARD") {
+		t.Errorf("waiting message %q does not name the capability", msg)
+	}
+}

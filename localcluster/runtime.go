@@ -582,6 +582,15 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		c.nextStart = time.Now().Add(time.Second)
 		return false
 	}
+	var caps *[]int
+	if set, err := containerCaps(c.spec); err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()
+		c.backoffStep()
+		return false
+	} else if set != nil {
+		caps = &set
+	}
+	noNewPrivs := c.spec.SecurityContext != nil && c.spec.SecurityContext.AllowPrivilegeEscalation != nil && !*c.spec.SecurityContext.AllowPrivilegeEscalation
 	_, _, kernelHostname, err := podHostname(pod, r.zone)
 	if err != nil {
 		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
@@ -641,7 +650,7 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 	}
 	defer startedR.Close()
 	spec, _ := json.Marshal(initSpec{Cgroup: join, EtcDir: r.etcDir(pod.UID, pn),
-		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Sysctls: sysctls, Dir: proc.Dir, Path: path, Argv: argv,
+		Hostname: kernelHostname, Mounts: prep.mounts, UID: uid, GID: gid, Groups: groups, Sysctls: sysctls, Caps: caps, NoNewPrivs: noNewPrivs, Dir: proc.Dir, Path: path, Argv: argv,
 		StartedFD: 3}) // cmd.ExtraFiles[0]
 	// The container init (this executable under containerInitName) starts
 	// in new PID, mount, UTS and IPC namespaces and, started from a thread

@@ -61,8 +61,14 @@ func Exec(ns string, args ...string) (string, error) {
 
 // Do runs fn with the calling OS thread inside the namespace at path, then
 // returns the thread to where it was. Sockets fn opens stay in that
-// namespace after Do returns.
+// namespace after Do returns. An empty path is the process's own namespace:
+// fn runs as it is, since entering a namespace (setns) needs CAP_SYS_ADMIN,
+// which a process that stays in its own (a hostNetwork pod with
+// CAP_NET_ADMIN alone) does not have.
 func Do(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()

@@ -17,14 +17,13 @@ import (
 func nodePortIPs(path string, cidrs []netip.Prefix) ([]netip.Addr, error) {
 	ns := netns.None()
 	var err error
+	// Without a path, where the process is: no setns (CAP_SYS_ADMIN).
 	if path != "" {
 		if ns, err = netns.GetFromPath(path); err != nil {
 			return nil, fmt.Errorf("open network namespace %s: %w", path, err)
 		}
-	} else if ns, err = netns.Get(); err != nil {
-		return nil, fmt.Errorf("open current network namespace: %w", err)
+		defer ns.Close()
 	}
-	defer ns.Close()
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in %q: %w", path, err)

@@ -154,8 +154,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	factory.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
-	defer factory.Shutdown()
-	defer nodeFactory.Shutdown()
+	// Shutdown waits for the informers, which stop with ctx: cancel it
+	// first, also when Run returns an error (the deferred cancel above
+	// would run only after these, and Run would hang instead of failing).
+	defer func() {
+		cancel()
+		nodeFactory.Shutdown()
+		factory.Shutdown()
+	}()
 
 	nodeIPs := cfg.NodeIPs
 	if len(nodeIPs) == 0 {

@@ -955,3 +955,23 @@ func TestSwitchingModesRemovesThePreviousModesRules(t *testing.T) {
 		stop()
 	}
 }
+
+// TestRunReturnsItsError: an error after the informers started (here, a
+// network namespace that does not exist) is returned, not swallowed by a
+// wait for informers that stop only with the caller's context.
+func TestRunReturnsItsError(t *testing.T) {
+	c, _ := clustertest.Client(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- proxy.Run(context.Background(), proxy.Config{Client: c, NodeName: "node-missing-netns",
+			NodeIPs: []netip.Addr{netip.MustParseAddr(nodeIP)}, NetNS: "/run/netns/switchboard-test-no-such-namespace"})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "switchboard-test-no-such-namespace") {
+			t.Errorf("proxy.Run: %v, want an error naming the namespace", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("proxy.Run did not return its error (it waits for informers that stop only with ctx)")
+	}
+}

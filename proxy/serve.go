@@ -16,14 +16,11 @@ import (
 )
 
 // listenIn opens a TCP listener inside the network namespace at netns
-// ("" is the current one).
+// ("" is the current one, entered by no setns: a hostNetwork proxy has
+// CAP_NET_ADMIN alone, and setns needs CAP_SYS_ADMIN).
 func listenIn(netns, network, addr string) (net.Listener, error) {
-	path := netns
-	if path == "" {
-		path = "/proc/thread-self/ns/net"
-	}
 	var l net.Listener
-	err := netnamespace.Do(path, func() error {
+	err := netnamespace.Do(netns, func() error {
 		var err error
 		l, err = net.Listen(network, addr)
 		return err

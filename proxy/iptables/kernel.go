@@ -190,14 +190,17 @@ func New(cfg Config) (*Kernel, error) {
 		k.run, k.listChains = r, r.listsChainsCheaply()
 	}
 	if k.ct == nil {
-		ns, err := netns.Get()
+		// Without a namespace path, where the process is: no setns,
+		// which would need CAP_SYS_ADMIN.
+		ns := netns.None()
 		if cfg.NetNS != "" {
-			ns, err = netns.GetFromPath(cfg.NetNS)
+			var err error
+			if ns, err = netns.GetFromPath(cfg.NetNS); err != nil {
+				return nil, fmt.Errorf("open network namespace %q: %w", cfg.NetNS, err)
+			}
+			defer ns.Close()
 		}
-		if err != nil {
-			return nil, fmt.Errorf("open network namespace %q: %w", cfg.NetNS, err)
-		}
-		defer ns.Close()
+		var err error
 		if k.nl, err = netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER); err != nil {
 			return nil, fmt.Errorf("open conntrack netlink socket in %q: %w", cfg.NetNS, err)
 		}

@@ -103,7 +103,10 @@ func New(cfg Config) (*Tables, error) {
 		return k, nil
 	}
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
-	var ns netns.NsHandle
+	// Without a namespace path the sockets are opened where the process
+	// is, without setns, which would need CAP_SYS_ADMIN: a hostNetwork
+	// proxy has CAP_NET_ADMIN alone.
+	ns := netns.None()
 	if cfg.NetNS != "" {
 		var err error
 		ns, err = netns.GetFromPath(cfg.NetNS)
@@ -112,13 +115,6 @@ func New(cfg Config) (*Tables, error) {
 		}
 		k.nsFd = int(ns)
 		opts = append(opts, nftables.WithNetNSFd(int(ns)))
-	} else {
-		var err error
-		ns, err = netns.Get()
-		if err != nil {
-			return nil, fmt.Errorf("open current network namespace: %w", err)
-		}
-		k.nsFd = int(ns)
 	}
 	conn, err := nftables.New(opts...)
 	if err != nil {

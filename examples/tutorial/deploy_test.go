@@ -27,7 +27,8 @@ import (
 // (the API server's address set in an overlay, as an operator sets it)
 // starts the proxy DaemonSet and the dns and controller Deployments as pods
 // running the image's binary, as their ServiceAccounts, through in-cluster
-// config; then the README tutorial is replayed through them. Last, the
+// config, with the manifests' securityContexts (the proxy as root with
+// CAP_NET_ADMIN alone, the others as uid 65532 with none); then the README tutorial is replayed through them. Last, the
 // controller's leader pod is deleted while a pod joins a Service: the other
 // replica (the standby) takes the Lease before the deleted one's would have
 // expired, and the new pod is in the Service's EndpointSlice and answers
@@ -88,7 +89,11 @@ configMapGenerator:
 	}
 	kubectl(t, ws, "apply", "-k", "overlay")
 	for _, w := range []string{"daemonset/switchboard-proxy", "deployment/switchboard-dns", "deployment/switchboard-controller"} {
-		kubectl(t, ws, "-n", "kube-system", "rollout", "status", w, "--timeout=3m")
+		if out, err := kubectlErr(ws, "-n", "kube-system", "rollout", "status", w, "--timeout=3m"); err != nil {
+			pods, _ := kubectlErr(ws, "-n", "kube-system", "get", "pods", "-o", "wide")
+			logs, _ := kubectlErr(ws, "-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=switchboard", "--prefix", "--tail=20")
+			t.Fatalf("rollout status %s: %v\n%s\n%s\n%s", w, err, out, pods, logs)
+		}
 	}
 	// Each pod runs the image's binary as its component, not a stand-in
 	// (the echo server would answer the probes too): its log says so.
@@ -235,11 +240,16 @@ func adminClient(t *testing.T, ws string) kubernetes.Interface {
 // kubectl runs kubectl in ws as the cluster's admin.
 func kubectl(t *testing.T, ws string, args ...string) string {
 	t.Helper()
-	c := exec.Command("kubectl", append([]string{"--kubeconfig", filepath.Join(ws, ".switchboard", "kubeconfig")}, args...)...)
-	c.Dir = ws
-	out, err := c.CombinedOutput()
+	out, err := kubectlErr(ws, args...)
 	if err != nil {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return out
+}
+
+func kubectlErr(ws string, args ...string) (string, error) {
+	c := exec.Command("kubectl", append([]string{"--kubeconfig", filepath.Join(ws, ".switchboard", "kubeconfig")}, args...)...)
+	c.Dir = ws
+	out, err := c.CombinedOutput()
+	return string(out), err
 }

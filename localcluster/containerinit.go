@@ -8,7 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	goruntime "runtime"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -111,7 +111,7 @@ func containerInit(arg string) error {
 		return fmt.Errorf("container spec: no command")
 	}
 	// Capabilities are per thread: the one that sets them execs.
-	goruntime.LockOSThread()
+	runtime.LockOSThread()
 	if s.Cgroup != "" {
 		// "0" is the writing process, whatever its PID is in this namespace.
 		if err := os.WriteFile(filepath.Join(s.Cgroup, "cgroup.procs"), []byte("0"), 0); err != nil {

@@ -54,15 +54,16 @@ func openLive(path string) (*live, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open IPVS in %q: %w", path, err)
 	}
-	ns, err := netns.Get()
+	// Without a path, where the process is: no setns, which needs
+	// CAP_SYS_ADMIN (a hostNetwork proxy has CAP_NET_ADMIN alone).
+	ns := netns.None()
 	if path != "" {
-		ns, err = netns.GetFromPath(path)
+		if ns, err = netns.GetFromPath(path); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("open network namespace %q: %w", path, err)
+		}
+		defer ns.Close()
 	}
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("open network namespace %q: %w", path, err)
-	}
-	defer ns.Close()
 	nl, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		h.Close()
@@ -201,14 +202,15 @@ func Cleanup(path string) error {
 			}
 		}
 	}
-	ns, err := netns.Get()
+	// Without a path, where the process is: no setns (CAP_SYS_ADMIN).
+	ns := netns.None()
 	if path != "" {
-		ns, err = netns.GetFromPath(path)
+		var err error
+		if ns, err = netns.GetFromPath(path); err != nil {
+			return fmt.Errorf("open network namespace %q: %w", path, err)
+		}
+		defer ns.Close()
 	}
-	if err != nil {
-		return fmt.Errorf("open network namespace %q: %w", path, err)
-	}
-	defer ns.Close()
 	nl, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("open netlink in %q: %w", path, err)

@@ -14,6 +14,11 @@
 //
 //	go build -o /tmp/sb ./cmd/switchboard
 //	go run ./bench/proxycluster [-modes nftables,iptables] [-switchboard /tmp/sb] [-kube-proxy /tmp/ref/kube-proxy]
+//
+// -iptables-backend legacy (or nft) runs both proxies' iptables mode on
+// that backend of the iptables binaries: the PATH they get starts with
+// links named iptables, iptables-save, iptables-restore (and ip6tables-*)
+// to the backend's tools, since kube-proxy runs whatever PATH names so.
 package main
 
 import (
@@ -62,6 +67,7 @@ var (
 	modes        = flag.String("modes", "nftables,iptables", "proxy modes to compare, in order")
 	nProbes      = flag.Int("probes", 20, "Services with a local endpoint the connection latency is measured through")
 	nConns       = flag.Int("connections", 400, "new connections measured per proxy")
+	backend      = flag.String("iptables-backend", "", "iptables backend both proxies run, legacy or nft: their PATH starts with iptables* links to <tool>-<backend>; empty keeps the PATH's own")
 )
 
 // probeAddr is the one endpoint of the probe Services: an address on the
@@ -116,6 +122,7 @@ func main() {
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	client := kubernetes.NewForConfigOrDie(cfg)
 
+	must(backendPath(dir))
 	_, err = client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 	must(err)
 	for _, node := range []string{"sb-node", "kp-node"} {
@@ -205,6 +212,7 @@ func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *c
 		must(err)
 		argv := r.argv(kc)
 		r.cmd = exec.Command("ip", append([]string{"netns", "exec", r.netnsName}, argv...)...)
+		r.cmd.Env = toolEnv()
 		logf, err := os.Create(filepath.Join(dir, r.name+".log"))
 		must(err)
 		r.cmd.Stdout, r.cmd.Stderr = logf, logf
@@ -294,8 +302,12 @@ func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *c
 		r.lines = rulesetLines(r)
 		r.connect, r.direct = connectLatency(r, probeIPs)
 	}
-	fmt.Printf("\n--proxy-mode %s: %d ClusterIP Services x %d endpoints, one kube-apiserver, each proxy in its own netns (%d changes, %d new connections)\n",
-		rivals[0].mode, *nServices, *nEps, *nChanges, *nConns)
+	backendNote := ""
+	if rivals[0].mode == "iptables" && *backend != "" {
+		backendNote = ", iptables backend " + *backend
+	}
+	fmt.Printf("\n--proxy-mode %s%s: %d ClusterIP Services x %d endpoints, one kube-apiserver, each proxy in its own netns (%d changes, %d new connections)\n",
+		rivals[0].mode, backendNote, *nServices, *nEps, *nChanges, *nConns)
 	row := measure.Table(40, all, func(r *rival) string { return r.name })
 	row("start -> all Services programmed", func(r *rival) string {
 		if r.toProgrammed == 0 {
@@ -334,6 +346,48 @@ func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *c
 	row("  of which file-backed", func(r *rival) string { return r.rssFile })
 }
 
+// toolPATH is the PATH the proxies (and the benchmark's iptables-save) run
+// with: -iptables-backend's directory of links first.
+var toolPATH = os.Getenv("PATH")
+
+// backendPath makes, under dir, the directory of iptables, ip6tables and
+// their -save and -restore named as every proxy calls them, linked to the
+// -iptables-backend variant of each, and puts it first on toolPATH. Both
+// proxies then run the same backend whatever the distribution's
+// alternatives chose (kube-proxy has no flag for it).
+func backendPath(dir string) error {
+	switch *backend {
+	case "":
+		return nil
+	case "legacy", "nft":
+	default:
+		return fmt.Errorf("-iptables-backend %q: want legacy or nft", *backend)
+	}
+	bin := filepath.Join(dir, "iptables-"+*backend)
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		return err
+	}
+	for _, family := range []string{"iptables", "ip6tables"} {
+		for _, suffix := range []string{"", "-save", "-restore"} {
+			target, err := exec.LookPath(family + "-" + *backend + suffix)
+			if err != nil {
+				return fmt.Errorf("-iptables-backend %s: %w", *backend, err)
+			}
+			if err := os.Symlink(target, filepath.Join(bin, family+suffix)); err != nil {
+				return err
+			}
+		}
+	}
+	toolPATH = bin + string(os.PathListSeparator) + toolPATH
+	log.Printf("iptables backend %s: proxies run with PATH=%s", *backend, toolPATH)
+	return nil
+}
+
+// toolEnv is the benchmark's environment with PATH set to toolPATH.
+func toolEnv() []string {
+	return append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }), "PATH="+toolPATH)
+}
+
 // rulesetName says what rulesetLines counts in mode.
 func rulesetName(mode string) string {
 	if mode == "iptables" {
@@ -348,7 +402,9 @@ func rulesetLines(r *rival) int {
 	var out []byte
 	var err error
 	if r.mode == "iptables" {
-		out, err = exec.Command("ip", "netns", "exec", r.netnsName, "iptables-save").Output()
+		c := exec.Command("ip", "netns", "exec", r.netnsName, "iptables-save")
+		c.Env = toolEnv()
+		out, err = c.Output()
 	} else {
 		out, err = exec.Command("ip", "netns", "exec", r.netnsName, "nft", "list", "ruleset").Output()
 	}

@@ -416,12 +416,28 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		for _, s := range applied {
 			services = append(services, s[i])
 		}
+		// On a node without our chains the jumps go in first, while the
+		// tables are small, as kube-proxy creates its chains and jumps
+		// before its restore: the legacy tools read and write a whole
+		// table per call, so a -C and an -I after a 200k-rule restore
+		// cost about a second each.
+		fresh := !k.synced && !slices.Contains(existing, chainServices)
+		if fresh {
+			if err := k.run.Restore(is4, jumpTargets()); err != nil {
+				return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
+			}
+			if err := ensureJumps(k.run, is4); err != nil {
+				return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
+			}
+		}
 		data, rules := FullText(is4, k.cfg.NodeIPs, snap.ServiceCIDRs, services, existing)
 		if err := k.run.Restore(is4, data); err != nil {
 			return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
 		}
-		if err := ensureJumps(k.run, is4); err != nil {
-			return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
+		if !fresh {
+			if err := ensureJumps(k.run, is4); err != nil {
+				return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
+			}
 		}
 		k.rules[i] = rules
 		written.Added += rules
@@ -682,6 +698,28 @@ var jumps = []jump{
 	{TableNAT, "PREROUTING", []string{"-m", "comment", "--comment", "switchboard service portals", "-j", chainServices}},
 	{TableNAT, "OUTPUT", []string{"-m", "comment", "--comment", "switchboard service portals", "-j", chainServices}},
 	{TableNAT, "POSTROUTING", []string{"-m", "comment", "--comment", "switchboard postrouting rules", "-j", chainPostrouting}},
+}
+
+// jumpTargets is restore input declaring, empty, the chains the jumps
+// lead to, so the jumps can be inserted before the full sync fills them.
+// It is only used where those chains do not exist yet: declaring a chain
+// in a restore flushes it.
+func jumpTargets() []byte {
+	var b bytes.Buffer
+	for _, table := range []string{TableFilter, TableNAT} {
+		b.WriteString("*" + table + "\n")
+		var seen []string
+		for _, j := range jumps {
+			target := j.args[len(j.args)-1]
+			if j.table != table || slices.Contains(seen, target) {
+				continue
+			}
+			seen = append(seen, target)
+			b.WriteString(":" + target + " - [0:0]\n")
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.Bytes()
 }
 
 // ensureJumps inserts the jumps that are missing, at the top of their

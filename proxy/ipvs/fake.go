@@ -17,9 +17,10 @@ type Fake struct {
 	mu      sync.Mutex
 	servers map[ServerKey]*fakeServer
 	addrs   []netip.Addr
-	// Script is the last filter script applied.
-	Script []byte
-	Calls  int
+	// Script is the last filter script applied, Scripts how many were.
+	Script  []byte
+	Scripts int
+	Calls   int
 }
 
 type fakeServer struct {
@@ -202,6 +203,7 @@ func (f *Fake) Apply(script []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Script = slices.Clone(script)
+	f.Scripts++
 	return nil
 }
 

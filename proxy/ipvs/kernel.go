@@ -69,10 +69,14 @@ type Kernel struct {
 	// the Services holding each dummy address (externalIPs may be shared).
 	applied  map[snapshot.ServiceKey]Service
 	vipUsers map[netip.Addr]int
-	synced   bool
-	servers  int
-	reals    int
-	last     nftables.Written
+	// filterUsers counts the Services holding each element of the filter
+	// table, so a partial sync adds an element with its first user and
+	// deletes it with its last.
+	filterUsers map[filterElem]int
+	synced      bool
+	servers     int
+	reals       int
+	last        nftables.Written
 }
 
 // New prepares a Kernel; nothing is programmed before the first Sync.
@@ -81,7 +85,8 @@ func New(cfg Config) (*Kernel, error) {
 		cfg.Logger = slog.Default()
 	}
 	k := &Kernel{cfg: cfg, log: cfg.Logger, ipvs: cfg.IPVS, addrs: cfg.Addresses, nft: cfg.Filter,
-		applied: map[snapshot.ServiceKey]Service{}, vipUsers: map[netip.Addr]int{}, close: func() {}}
+		applied: map[snapshot.ServiceKey]Service{}, vipUsers: map[netip.Addr]int{},
+		filterUsers: map[filterElem]int{}, close: func() {}}
 	if k.ipvs == nil || k.addrs == nil || k.nft == nil {
 		live, err := openLive(cfg.NetNS)
 		if err != nil {
@@ -118,7 +123,10 @@ func (k *Kernel) Stats() nftables.Stats {
 // Sync programs snap: on changes.Full (or after a failure) every Service,
 // removing the virtual servers on our addresses nothing wants; else only
 // the Services in changes.Keys, diffed against what was applied. The
-// filter table is rewritten whole in one transaction.
+// filter table is rewritten whole in one transaction on a full sync; a
+// partial sync writes, in one transaction, only the set elements the
+// changed Services added or dropped (as the nftables mode diffs desired
+// against applied elements).
 func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -126,17 +134,36 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	var err error
 	if changes.Full || !k.synced {
 		err = k.fullSync(snap, &w)
+		if err == nil {
+			err = k.nft.Apply(FilterText(k.all(), k.cfg.Options.ClusterCIDRs))
+		}
 	} else {
+		// before holds the user count, ahead of this sync, of every
+		// filter element a changed Service held or now holds.
+		before := map[filterElem]int{}
 		for _, key := range changes.Keys {
+			old := k.applied[key]
 			now := Translate(snap.Get(key), k.cfg.Options)
-			if err = k.apply(k.applied[key], now, &w); err != nil {
+			if err = k.apply(old, now, &w); err != nil {
 				break
 			}
 			k.remember(key, now)
+			k.useFilter(old, now, before)
 		}
-	}
-	if err == nil {
-		err = k.nft.Apply(FilterText(k.all(), k.cfg.Options.ClusterCIDRs))
+		if err == nil {
+			var add, del []filterElem
+			for e, n := range before {
+				switch after := k.filterUsers[e]; {
+				case n == 0 && after > 0:
+					add = append(add, e)
+				case n > 0 && after == 0:
+					del = append(del, e)
+				}
+			}
+			if script := FilterDelta(add, del); script != nil {
+				err = k.nft.Apply(script)
+			}
+		}
 	}
 	k.synced = err == nil
 	if err != nil {
@@ -144,6 +171,25 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	}
 	k.last = w
 	return nil
+}
+
+// useFilter moves the filter element counts from old's elements to
+// now's, noting in before each touched element's count ahead of the sync.
+func (k *Kernel) useFilter(old, now Service, before map[filterElem]int) {
+	for _, e := range filterElems(old) {
+		if _, ok := before[e]; !ok {
+			before[e] = k.filterUsers[e]
+		}
+		if k.filterUsers[e]--; k.filterUsers[e] <= 0 {
+			delete(k.filterUsers, e)
+		}
+	}
+	for _, e := range filterElems(now) {
+		if _, ok := before[e]; !ok {
+			before[e] = k.filterUsers[e]
+		}
+		k.filterUsers[e]++
+	}
 }
 
 func (k *Kernel) all() []Service {
@@ -226,11 +272,14 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot, w *nftables.Written) error {
 			}
 		}
 	}
-	k.applied, k.vipUsers = map[snapshot.ServiceKey]Service{}, wantVIPs
+	k.applied, k.vipUsers, k.filterUsers = map[snapshot.ServiceKey]Service{}, wantVIPs, map[filterElem]int{}
 	k.servers, k.reals = 0, 0
 	for key, s := range want {
 		k.remember(key, s)
 		k.count(s, 1)
+		for _, e := range filterElems(s) {
+			k.filterUsers[e]++
+		}
 	}
 	return nil
 }

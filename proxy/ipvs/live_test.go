@@ -17,7 +17,9 @@ import (
 // fresh namespace (this needs nftables, not IPVS): the script is accepted,
 // applying it again replaces it, and with real packets a port of a
 // Service address that no virtual server serves is rejected while a
-// served one is not (listeners on both, the address on loopback).
+// served one is not (listeners on both, the address on loopback); a
+// partial sync's element delta serving that port lets it through, and
+// its reverse rejects it again.
 func TestFilterTableInKernel(t *testing.T) {
 	clustertest.RequireRoot(t)
 	if _, err := exec.LookPath("nft"); err != nil {
@@ -60,6 +62,20 @@ func TestFilterTableInKernel(t *testing.T) {
 	if c, err := netnamespace.Dial(context.Background(), path, "tcp", "10.96.0.10:81"); err == nil {
 		c.Close()
 		t.Errorf("a port no virtual server serves was not rejected")
+	}
+	// A partial sync's transaction (FilterDelta) serving port 81: the
+	// port is reached; taking it back rejects it again.
+	served81 := []filterElem{{"served4", "10.96.0.10 . tcp . 81"}}
+	must(t, f.Apply(FilterDelta(served81, nil)))
+	if c, err := netnamespace.Dial(context.Background(), path, "tcp", "10.96.0.10:81"); err != nil {
+		t.Errorf("port 81 after the delta added it: %v", err)
+	} else {
+		c.Close()
+	}
+	must(t, f.Apply(FilterDelta(nil, served81)))
+	if c, err := netnamespace.Dial(context.Background(), path, "tcp", "10.96.0.10:81"); err == nil {
+		c.Close()
+		t.Errorf("port 81 not rejected after the delta deleted it")
 	}
 	must(t, Cleanup(path))
 	if out, err := netnamespace.Exec(name, "nft", "list", "tables"); err != nil || strings.Contains(out, Table) {

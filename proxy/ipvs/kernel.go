@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	libipvs "github.com/moby/ipvs"
 	"golang.org/x/sys/unix"
@@ -26,6 +27,7 @@ type API interface {
 	DelService(*libipvs.Service) error
 	GetDestinations(*libipvs.Service) ([]*libipvs.Destination, error)
 	NewDestination(*libipvs.Service, *libipvs.Destination) error
+	UpdateDestination(*libipvs.Service, *libipvs.Destination) error
 	DelDestination(*libipvs.Service, *libipvs.Destination) error
 }
 
@@ -52,6 +54,9 @@ type Config struct {
 	IPVS      API
 	Addresses Addresses
 	Filter    Filter
+	// DrainCheck is how often removed real servers still holding
+	// connections are looked at (0: DrainCheckInterval).
+	DrainCheck time.Duration
 }
 
 // Kernel programs snapshots into IPVS, the dummy interface and the filter
@@ -73,10 +78,13 @@ type Kernel struct {
 	// table, so a partial sync adds an element with its first user and
 	// deletes it with its last.
 	filterUsers map[filterElem]int
-	synced      bool
-	servers     int
-	reals       int
-	last        nftables.Written
+	// draining are the real servers removed while they held connections:
+	// at weight 0 until DrainTerminated deletes them.
+	draining map[realKey]struct{}
+	synced   bool
+	servers  int
+	reals    int
+	last     nftables.Written
 }
 
 // New prepares a Kernel; nothing is programmed before the first Sync.
@@ -86,7 +94,7 @@ func New(cfg Config) (*Kernel, error) {
 	}
 	k := &Kernel{cfg: cfg, log: cfg.Logger, ipvs: cfg.IPVS, addrs: cfg.Addresses, nft: cfg.Filter,
 		applied: map[snapshot.ServiceKey]Service{}, vipUsers: map[netip.Addr]int{},
-		filterUsers: map[filterElem]int{}, close: func() {}}
+		filterUsers: map[filterElem]int{}, draining: map[realKey]struct{}{}, close: func() {}}
 	if k.ipvs == nil || k.addrs == nil || k.nft == nil {
 		live, err := openLive(cfg.NetNS)
 		if err != nil {
@@ -103,6 +111,14 @@ func New(cfg Config) (*Kernel, error) {
 			k.nft = live.nft
 		}
 	}
+	interval := cfg.DrainCheck
+	if interval <= 0 {
+		interval = DrainCheckInterval
+	}
+	stop := make(chan struct{})
+	go k.drainLoop(interval, stop)
+	closeLive := k.close
+	k.close = func() { close(stop); closeLive() }
 	return k, nil
 }
 
@@ -245,6 +261,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot, w *nftables.Written) error {
 			if err := k.ipvs.DelService(h); err != nil {
 				return fmt.Errorf("delete virtual server %s: %w", key, err)
 			}
+			k.forgetDrains(key)
 			w.Deleted++
 			continue
 		}
@@ -306,22 +323,44 @@ func (k *Kernel) syncServer(h *libipvs.Service, vs VirtualServer, w *nftables.Wr
 	return k.syncReals(want, vs.ServerKey, have, vs.Reals, w)
 }
 
+// syncReals moves virtual server key's real servers from have to want:
+// one no longer wanted is removed gracefully (removeReal), one wanted
+// again while draining is replaced, a weight that differs is updated.
 func (k *Kernel) syncReals(svc *libipvs.Service, key ServerKey, have, want []RealServer, w *nftables.Written) error {
-	for _, r := range have {
-		if !slices.Contains(want, r) {
-			if err := k.ipvs.DelDestination(svc, toDestination(r)); err != nil {
-				return fmt.Errorf("remove real server %s of %s: %w", r.Addr, key, err)
-			}
-			w.Deleted++
-		}
-	}
+	wantW := make(map[netip.AddrPort]int, len(want))
 	for _, r := range want {
-		if !slices.Contains(have, r) {
-			if err := k.ipvs.NewDestination(svc, toDestination(r)); err != nil {
-				return fmt.Errorf("add real server %s to %s: %w", r.Addr, key, err)
+		wantW[r.Addr] = r.Weight
+	}
+	held := make(map[netip.AddrPort]bool, len(have))
+	for _, r := range have {
+		held[r.Addr] = true
+		weight, wanted := wantW[r.Addr]
+		_, draining := k.draining[realKey{key, r.Addr}]
+		switch {
+		case !wanted:
+			if err := k.removeReal(svc, key, r, w); err != nil {
+				return err
+			}
+		case draining:
+			held[r.Addr] = false
+		case r.Weight != weight:
+			if err := k.ipvs.UpdateDestination(svc, toDestination(RealServer{Addr: r.Addr, Weight: weight})); err != nil {
+				return fmt.Errorf("update real server %s of %s: %w", r.Addr, key, err)
 			}
 			w.Added++
 		}
+	}
+	for _, r := range want {
+		if held[r.Addr] {
+			continue
+		}
+		if err := k.undrain(svc, key, r); err != nil {
+			return err
+		}
+		if err := k.ipvs.NewDestination(svc, toDestination(r)); err != nil {
+			return fmt.Errorf("add real server %s to %s: %w", r.Addr, key, err)
+		}
+		w.Added++
 	}
 	return nil
 }
@@ -368,6 +407,7 @@ func (k *Kernel) apply(old, now Service, w *nftables.Written) error {
 		if err := k.ipvs.DelService(toService(vs)); err != nil {
 			return fmt.Errorf("delete virtual server %s: %w", vs.ServerKey, err)
 		}
+		k.forgetDrains(vs.ServerKey)
 		w.Deleted++
 	}
 	for _, a := range now.VIPs {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	libipvs "github.com/moby/ipvs"
+	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
@@ -221,5 +222,97 @@ func TestFilterPartialSync(t *testing.T) {
 	got = string(f.Script)
 	if !strings.Contains(got, "delete element inet "+Table+" vips4 { 10.96.0.1 }") || strings.Contains(got, "192.0.2.1 }") {
 		t.Errorf("removing a wrote:\n%s", got)
+	}
+}
+
+// TestGracefulTermination: as kube-proxy's ipvs mode, a TCP real server
+// removed while it holds connections (active or inactive) goes to weight 0
+// and stays, through partial and full syncs, until DrainTerminated finds
+// it without connections; one without connections, and any UDP one, is
+// deleted at once; an endpoint that comes back while draining is
+// replaced with its weight; deleting the Service deletes its draining
+// real servers with it.
+func TestGracefulTermination(t *testing.T) {
+	f := NewFake()
+	k := fakeKernel(t, f, Options{})
+	defer k.Close()
+	a := snapshot.ServiceKey{Namespace: "ns", Name: "a"}
+	u := snapshot.ServiceKey{Namespace: "ns", Name: "u"}
+	udp := func(sp *snapshot.ServicePort) {
+		sp.Protocol, sp.Key.Protocol, sp.Port = v1.ProtocolUDP, v1.ProtocolUDP, 53
+	}
+	tcpVS := ServerKey{netip.MustParseAddr("10.96.0.1"), "TCP", 80}
+	udpVS := ServerKey{netip.MustParseAddr("10.96.0.2"), "UDP", 53}
+	real := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	snap := snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{
+		a: svcPorts("a", "10.96.0.1", nil, ep("10.244.1.2"), ep("10.244.2.2"), ep("10.244.3.2")),
+		u: svcPorts("u", "10.96.0.2", udp, ep("10.244.1.2"), ep("10.244.2.2")),
+	})
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+	must(t, f.SetConnections(tcpVS, real("10.244.1.2:8080"), 1, 0))
+	must(t, f.SetConnections(tcpVS, real("10.244.2.2:8080"), 0, 2))
+	must(t, f.SetConnections(udpVS, real("10.244.1.2:8080"), 3, 0))
+
+	// Only 10.244.3.2 remains in a, only 10.244.2.2 in u.
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{
+		a: svcPorts("a", "10.96.0.1", nil, ep("10.244.3.2")),
+		u: svcPorts("u", "10.96.0.2", udp, ep("10.244.2.2")),
+	})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{a, u}}))
+	want := []string{
+		"tcp 10.96.0.1:80 rr", "tcp 10.96.0.1:80 rr -> 10.244.1.2:8080 w0", "tcp 10.96.0.1:80 rr -> 10.244.2.2:8080 w0",
+		"tcp 10.96.0.1:80 rr -> 10.244.3.2:8080 w1",
+		"udp 10.96.0.2:53 rr", "udp 10.96.0.2:53 rr -> 10.244.2.2:8080 w1",
+	}
+	if got := f.Dump(); !slices.Equal(got, want) {
+		t.Fatalf("after removing endpoints:\n got %q\nwant %q", got, want)
+	}
+	// A full sync leaves the draining ones as they are.
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+	if got := f.Dump(); !slices.Equal(got, want) {
+		t.Fatalf("a full sync touched the draining real servers:\n got %q\nwant %q", got, want)
+	}
+	if n, err := k.DrainTerminated(); err != nil || n != 2 {
+		t.Fatalf("DrainTerminated with connections left: %d draining (%v), want 2", n, err)
+	}
+
+	// 10.244.2.2's connections end: the next check deletes it.
+	must(t, f.SetConnections(tcpVS, real("10.244.2.2:8080"), 0, 0))
+	if n, err := k.DrainTerminated(); err != nil || n != 1 {
+		t.Fatalf("DrainTerminated: %d draining (%v), want 1", n, err)
+	}
+	if got := f.Dump(); slices.Contains(got, "tcp 10.96.0.1:80 rr -> 10.244.2.2:8080 w0") {
+		t.Errorf("a drained real server stayed: %q", got)
+	}
+
+	// 10.244.1.2 comes back while draining: weight 1 again, not draining.
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{a: svcPorts("a", "10.96.0.1", nil, ep("10.244.1.2"), ep("10.244.3.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{a}}))
+	want = []string{
+		"tcp 10.96.0.1:80 rr", "tcp 10.96.0.1:80 rr -> 10.244.1.2:8080 w1", "tcp 10.96.0.1:80 rr -> 10.244.3.2:8080 w1",
+		"udp 10.96.0.2:53 rr", "udp 10.96.0.2:53 rr -> 10.244.2.2:8080 w1",
+	}
+	if got := f.Dump(); !slices.Equal(got, want) {
+		t.Fatalf("after the endpoint came back:\n got %q\nwant %q", got, want)
+	}
+	if n, _ := k.DrainTerminated(); n != 0 {
+		t.Errorf("%d still draining, want none", n)
+	}
+
+	// Draining again, then the Service goes: its virtual server and the
+	// draining real server with it.
+	must(t, f.SetConnections(tcpVS, real("10.244.3.2:8080"), 1, 0))
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{a: svcPorts("a", "10.96.0.1", nil, ep("10.244.1.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{a}}))
+	if got := f.Dump(); !slices.Contains(got, "tcp 10.96.0.1:80 rr -> 10.244.3.2:8080 w0") {
+		t.Fatalf("not draining: %q", got)
+	}
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{a: nil})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{a}}))
+	if n, err := k.DrainTerminated(); err != nil || n != 0 {
+		t.Errorf("after deleting the Service: %d draining (%v)", n, err)
+	}
+	if got := f.Dump(); !slices.Equal(got, want[3:]) {
+		t.Errorf("after deleting the Service:\n got %q\nwant %q", got, want[3:])
 	}
 }

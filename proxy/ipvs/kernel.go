@@ -44,6 +44,12 @@ type Filter interface {
 	Apply(script []byte) error
 }
 
+// nodePortRecord is what a Filter that can read the table back offers:
+// the NodePort virtual servers it records (sets nodeports4/6).
+type nodePortRecord interface {
+	NodePorts() ([]ServerKey, error)
+}
+
 // Config configures a Kernel.
 type Config struct {
 	NetNS   string
@@ -248,12 +254,34 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot, w *nftables.Written) error {
 	if err != nil {
 		return fmt.Errorf("list Service addresses: %w", err)
 	}
-	ours := func(a netip.Addr) bool {
-		return slices.Contains(addrs, a) || slices.Contains(k.cfg.Options.NodeIPs, a) || wantVIPs[a] > 0
+	// Ours are the virtual servers on the dummy interface's addresses
+	// and the NodePort ones switchboard created: those applied before and
+	// those the filter table records (a previous run's); other users'
+	// virtual servers on node addresses are left alone.
+	nodePorts := map[ServerKey]bool{}
+	for _, s := range k.applied {
+		for _, vs := range s.Servers {
+			if !slices.Contains(s.VIPs, vs.Addr) {
+				nodePorts[vs.ServerKey] = true
+			}
+		}
+	}
+	if r, ok := k.nft.(nodePortRecord); ok {
+		recorded, err := r.NodePorts()
+		if err != nil {
+			return err
+		}
+		for _, key := range recorded {
+			nodePorts[key] = true
+		}
+	}
+	ours := func(key ServerKey) bool {
+		_, wanted := wantServers[key]
+		return slices.Contains(addrs, key.Addr) || wantVIPs[key.Addr] > 0 || nodePorts[key] || wanted
 	}
 	for _, h := range have {
 		key, ok := serverKey(h)
-		if !ok || !ours(key.Addr) {
+		if !ok || !ours(key) {
 			continue
 		}
 		vs, wanted := wantServers[key]

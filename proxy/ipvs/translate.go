@@ -18,7 +18,10 @@
 //     (an endpoint reaching itself through its Service); a drop for load
 //     balancer traffic the source ranges do not admit; a reject for a
 //     Service address's ports no virtual server serves (kube-proxy's
-//     KUBE-IPVS-FILTER).
+//     KUBE-IPVS-FILTER); and a record of the NodePort virtual servers
+//     created on node addresses, so cleanup removes only those;
+//   - a removed real server holding connections drains at weight 0 first
+//     (kube-proxy's graceful termination, graceful.go).
 //
 // This file is the pure half: Service ports in, virtual servers, addresses
 // and filter set elements out.
@@ -205,7 +208,8 @@ var filterSets = func() []filterSet {
 			filterSet{"masq-external" + f.suffix, f.addr + " . inet_proto . inet_service", ""},
 			filterSet{"hairpin" + f.suffix, f.addr + " . inet_proto . inet_service . " + f.addr, ""},
 			filterSet{"firewall" + f.suffix, f.addr + " . inet_proto . inet_service", ""},
-			filterSet{"allow" + f.suffix, f.addr + " . inet_proto . inet_service . " + f.addr, "interval"})
+			filterSet{"allow" + f.suffix, f.addr + " . inet_proto . inet_service . " + f.addr, "interval"},
+			filterSet{"nodeports" + f.suffix, f.addr + " . inet_proto . inet_service", ""})
 	}
 	return append(out, filterSet{"masq-nodeports", "inet_proto . inet_service", ""})
 }()
@@ -233,6 +237,12 @@ func filterElems(svc Service) []filterElem {
 	for _, vs := range svc.Servers {
 		if slices.Contains(svc.VIPs, vs.Addr) {
 			add("served", vs.Addr, key(vs.ServerKey))
+		} else {
+			// A NodePort's virtual server, on a node address: no rule
+			// looks at this set; it records which virtual servers on
+			// addresses not ours are, so Cleanup removes them (and only
+			// them).
+			add("nodeports", vs.Addr, key(vs.ServerKey))
 		}
 	}
 	for _, k := range svc.MasqCluster {

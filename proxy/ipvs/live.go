@@ -179,61 +179,92 @@ func cleanupServers(api API, ours []netip.Addr, nodePorts []ServerKey) error {
 	return errors.Join(errs...)
 }
 
-// readNodePorts reads the NodePort virtual servers the filter table
-// records (sets nodeports4 and nodeports6) in the namespace at path, and
-// whether the table exists.
-func readNodePorts(path string) ([]ServerKey, bool, error) {
-	list := exec.Command("nft", "-j", "list", "table", "inet", Table)
-	var out bytes.Buffer
-	list.Stdout = &out
-	start := list.Start
+// nftOutput runs nft with args in the namespace at path and returns what
+// it printed.
+func nftOutput(path string, args ...string) ([]byte, error) {
+	c := exec.Command("nft", args...)
+	var out, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &out, &stderr
+	start := c.Start
 	if path != "" {
-		start = func() error { return netnamespace.Do(path, list.Start) }
+		start = func() error { return netnamespace.Do(path, c.Start) }
 	}
-	if start() != nil || list.Wait() != nil {
-		return nil, false, nil
+	if err := start(); err != nil {
+		return nil, fmt.Errorf("nft %s: %w", strings.Join(args, " "), err)
 	}
-	var doc struct {
-		Nftables []struct {
-			Set *struct {
-				Name string            `json:"name"`
-				Elem []json.RawMessage `json:"elem"`
-			} `json:"set"`
-		} `json:"nftables"`
+	if err := c.Wait(); err != nil {
+		return nil, fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, stderr.Bytes())
 	}
-	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {
-		return nil, true, fmt.Errorf("read table inet %s: %w", Table, err)
-	}
+	return out.Bytes(), nil
+}
+
+// hasTable tells whether the namespace at path holds the filter table.
+func hasTable(path string) bool {
+	out, err := nftOutput(path, "list", "tables", "inet")
+	return err == nil && slices.Contains(strings.Split(string(out), "\n"), "table inet "+Table)
+}
+
+// readNodePorts reads the NodePort virtual servers the filter table
+// records (sets nodeports4 and nodeports6) in the namespace at path: only
+// those two sets are listed, not the table, which a full sync reads
+// before it writes. A missing table or set records none.
+func readNodePorts(path string) ([]ServerKey, error) {
 	var keys []ServerKey
-	for _, o := range doc.Nftables {
-		if o.Set == nil || (o.Set.Name != "nodeports4" && o.Set.Name != "nodeports6") {
+	for _, name := range []string{"nodeports4", "nodeports6"} {
+		out, err := nftOutput(path, "-j", "list", "set", "inet", Table, name)
+		if err != nil {
 			continue
 		}
-		for _, raw := range o.Set.Elem {
-			var e struct {
-				Concat []any `json:"concat"`
+		var doc struct {
+			Nftables []struct {
+				Set *struct {
+					Elem []json.RawMessage `json:"elem"`
+				} `json:"set"`
+			} `json:"nftables"`
+		}
+		if err := json.Unmarshal(out, &doc); err != nil {
+			return nil, fmt.Errorf("read set %s of table inet %s: %w", name, Table, err)
+		}
+		for _, o := range doc.Nftables {
+			if o.Set == nil {
+				continue
 			}
-			if err := json.Unmarshal(raw, &e); err != nil || len(e.Concat) != 3 {
-				return nil, true, fmt.Errorf("set %s: element %s is not address . protocol . port", o.Set.Name, raw)
+			for _, raw := range o.Set.Elem {
+				k, err := nodePortElem(raw)
+				if err != nil {
+					return nil, fmt.Errorf("set %s of table inet %s: %w", name, Table, err)
+				}
+				keys = append(keys, k)
 			}
-			a, aok := e.Concat[0].(string)
-			proto, pok := e.Concat[1].(string)
-			port, nok := e.Concat[2].(float64)
-			addr, err := netip.ParseAddr(a)
-			if !aok || !pok || !nok || err != nil {
-				return nil, true, fmt.Errorf("set %s: element %s is not address . protocol . port", o.Set.Name, raw)
-			}
-			keys = append(keys, ServerKey{Addr: addr, Protocol: strings.ToUpper(proto), Port: uint16(port)})
 		}
 	}
-	return keys, true, nil
+	return keys, nil
+}
+
+// nodePortElem parses one element of a nodeports set as nft -j prints it:
+// {"concat": [address, protocol, port]}.
+func nodePortElem(raw json.RawMessage) (ServerKey, error) {
+	var e struct {
+		Concat []any `json:"concat"`
+	}
+	bad := fmt.Errorf("element %s is not address . protocol . port", raw)
+	if err := json.Unmarshal(raw, &e); err != nil || len(e.Concat) != 3 {
+		return ServerKey{}, bad
+	}
+	a, aok := e.Concat[0].(string)
+	proto, pok := e.Concat[1].(string)
+	port, nok := e.Concat[2].(float64)
+	addr, err := netip.ParseAddr(a)
+	if !aok || !pok || !nok || err != nil {
+		return ServerKey{}, bad
+	}
+	return ServerKey{Addr: addr, Protocol: strings.ToUpper(proto), Port: uint16(port)}, nil
 }
 
 // NodePorts implements nodePortRecord: the NodePort virtual servers the
 // table in the namespace records (none without a table).
 func (n nftExec) NodePorts() ([]ServerKey, error) {
-	keys, _, err := readNodePorts(n.netns)
-	return keys, err
+	return readNodePorts(n.netns)
 }
 
 // nftExec applies scripts with nft -f in a namespace.
@@ -269,10 +300,11 @@ func Cleanup(path string) error {
 	var nodePorts []ServerKey
 	hadTable := false
 	if _, err := exec.LookPath("nft"); err == nil {
-		var err error
-		nodePorts, hadTable, err = readNodePorts(path)
-		if err != nil {
-			errs = append(errs, err)
+		if hadTable = hasTable(path); hadTable {
+			var err error
+			if nodePorts, err = readNodePorts(path); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	// Without a path, where the process is: no setns (CAP_SYS_ADMIN).

@@ -31,18 +31,22 @@ func needsDrain(proto string) bool { return proto != "UDP" && proto != "SCTP" }
 // GracefulDeleteRS: deleted at once when it has no active or inactive
 // connections (or is UDP or SCTP), else set to weight 0, so no new
 // connection picks it, and left for DrainTerminated to delete once its
-// connections are gone.
-func (k *Kernel) removeReal(svc *libipvs.Service, key ServerKey, r RealServer, w *nftables.Written) error {
+// connections are gone. *dests caches the kernel's real servers of key
+// (read here when nil) for the other removals of the same sync.
+func (k *Kernel) removeReal(svc *libipvs.Service, key ServerKey, r RealServer, dests *[]*libipvs.Destination, w *nftables.Written) error {
 	rk := realKey{key, r.Addr}
 	if _, draining := k.draining[rk]; draining {
 		return nil
 	}
 	if needsDrain(key.Protocol) {
-		dests, err := k.ipvs.GetDestinations(svc)
-		if err != nil {
-			return fmt.Errorf("list real servers of %s: %w", key, err)
+		if *dests == nil {
+			got, err := k.ipvs.GetDestinations(svc)
+			if err != nil {
+				return fmt.Errorf("list real servers of %s: %w", key, err)
+			}
+			*dests = got
 		}
-		for _, d := range dests {
+		for _, d := range *dests {
 			if destKey(d) == r.Addr && d.ActiveConnections+d.InactiveConnections > 0 {
 				zero := toDestination(r)
 				zero.Weight = 0

@@ -348,13 +348,15 @@ func (k *Kernel) syncServer(h *libipvs.Service, vs VirtualServer, w *nftables.Wr
 		a, _ := netip.AddrFromSlice(d.Address)
 		have = append(have, RealServer{Addr: netip.AddrPortFrom(a.Unmap(), d.Port), Weight: d.Weight})
 	}
-	return k.syncReals(want, vs.ServerKey, have, vs.Reals, w)
+	return k.syncReals(want, vs.ServerKey, have, vs.Reals, dests, w)
 }
 
 // syncReals moves virtual server key's real servers from have to want:
 // one no longer wanted is removed gracefully (removeReal), one wanted
 // again while draining is replaced, a weight that differs is updated.
-func (k *Kernel) syncReals(svc *libipvs.Service, key ServerKey, have, want []RealServer, w *nftables.Written) error {
+// dests are the kernel's real servers with their connection counts when
+// the caller read them (nil: read once, if a removal needs them).
+func (k *Kernel) syncReals(svc *libipvs.Service, key ServerKey, have, want []RealServer, dests []*libipvs.Destination, w *nftables.Written) error {
 	wantW := make(map[netip.AddrPort]int, len(want))
 	for _, r := range want {
 		wantW[r.Addr] = r.Weight
@@ -366,7 +368,7 @@ func (k *Kernel) syncReals(svc *libipvs.Service, key ServerKey, have, want []Rea
 		_, draining := k.draining[realKey{key, r.Addr}]
 		switch {
 		case !wanted:
-			if err := k.removeReal(svc, key, r, w); err != nil {
+			if err := k.removeReal(svc, key, r, &dests, w); err != nil {
 				return err
 			}
 		case draining:
@@ -399,7 +401,7 @@ func (k *Kernel) newServer(vs VirtualServer, w *nftables.Written) error {
 		return fmt.Errorf("add virtual server %s: %w", vs.ServerKey, err)
 	}
 	w.Added++
-	return k.syncReals(svc, vs.ServerKey, nil, vs.Reals, w)
+	return k.syncReals(svc, vs.ServerKey, nil, vs.Reals, nil, w)
 }
 
 // apply moves one Service from old to now: virtual servers and real
@@ -426,7 +428,7 @@ func (k *Kernel) apply(old, now Service, w *nftables.Written) error {
 				}
 				w.Added++
 			}
-			if err := k.syncReals(svc, vs.ServerKey, prev.Reals, vs.Reals, w); err != nil {
+			if err := k.syncReals(svc, vs.ServerKey, prev.Reals, vs.Reals, nil, w); err != nil {
 				return err
 			}
 		}

@@ -17,9 +17,10 @@ type Fake struct {
 	mu      sync.Mutex
 	servers map[ServerKey]*fakeServer
 	addrs   []netip.Addr
-	// Script is the last filter script applied.
-	Script []byte
-	Calls  int
+	// Script is the last filter script applied, Scripts how many were.
+	Script  []byte
+	Scripts int
+	Calls   int
 }
 
 type fakeServer struct {
@@ -147,6 +148,47 @@ func (f *Fake) NewDestination(s *libipvs.Service, d *libipvs.Destination) error 
 	return nil
 }
 
+// UpdateDestination implements API (the weight; the kernel keeps the
+// connection counters).
+func (f *Fake) UpdateDestination(s *libipvs.Service, d *libipvs.Destination) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k, err := f.key(s)
+	if err != nil {
+		return err
+	}
+	cur := f.servers[k]
+	if cur == nil {
+		return fmt.Errorf("no such process: virtual server %s", k)
+	}
+	old, ok := cur.dests[destKey(d)]
+	if !ok {
+		return fmt.Errorf("no such process: real server %s of %s", destKey(d), k)
+	}
+	f.Calls++
+	old.Weight = d.Weight
+	cur.dests[destKey(d)] = old
+	return nil
+}
+
+// SetConnections sets the active and inactive connection counts the
+// kernel reports for real server dest of virtual server vs.
+func (f *Fake) SetConnections(vs ServerKey, dest netip.AddrPort, active, inactive int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cur := f.servers[vs]
+	if cur == nil {
+		return fmt.Errorf("no such process: virtual server %s", vs)
+	}
+	d, ok := cur.dests[dest]
+	if !ok {
+		return fmt.Errorf("no such process: real server %s of %s", dest, vs)
+	}
+	d.ActiveConnections, d.InactiveConnections = active, inactive
+	cur.dests[dest] = d
+	return nil
+}
+
 // DelDestination implements API.
 func (f *Fake) DelDestination(s *libipvs.Service, d *libipvs.Destination) error {
 	f.mu.Lock()
@@ -202,6 +244,7 @@ func (f *Fake) Apply(script []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Script = slices.Clone(script)
+	f.Scripts++
 	return nil
 }
 

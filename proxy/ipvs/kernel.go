@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	libipvs "github.com/moby/ipvs"
 	"golang.org/x/sys/unix"
@@ -26,6 +27,7 @@ type API interface {
 	DelService(*libipvs.Service) error
 	GetDestinations(*libipvs.Service) ([]*libipvs.Destination, error)
 	NewDestination(*libipvs.Service, *libipvs.Destination) error
+	UpdateDestination(*libipvs.Service, *libipvs.Destination) error
 	DelDestination(*libipvs.Service, *libipvs.Destination) error
 }
 
@@ -42,6 +44,12 @@ type Filter interface {
 	Apply(script []byte) error
 }
 
+// nodePortRecord is what a Filter that can read the table back offers:
+// the NodePort virtual servers it records (sets nodeports4/6).
+type nodePortRecord interface {
+	NodePorts() ([]ServerKey, error)
+}
+
 // Config configures a Kernel.
 type Config struct {
 	NetNS   string
@@ -52,6 +60,9 @@ type Config struct {
 	IPVS      API
 	Addresses Addresses
 	Filter    Filter
+	// DrainCheck is how often removed real servers still holding
+	// connections are looked at (0: DrainCheckInterval).
+	DrainCheck time.Duration
 }
 
 // Kernel programs snapshots into IPVS, the dummy interface and the filter
@@ -69,6 +80,13 @@ type Kernel struct {
 	// the Services holding each dummy address (externalIPs may be shared).
 	applied  map[snapshot.ServiceKey]Service
 	vipUsers map[netip.Addr]int
+	// filterUsers counts the Services holding each element of the filter
+	// table, so a partial sync adds an element with its first user and
+	// deletes it with its last.
+	filterUsers map[filterElem]int
+	// draining are the real servers removed while they held connections:
+	// at weight 0 until DrainTerminated deletes them.
+	draining map[realKey]struct{}
 	synced   bool
 	servers  int
 	reals    int
@@ -81,7 +99,8 @@ func New(cfg Config) (*Kernel, error) {
 		cfg.Logger = slog.Default()
 	}
 	k := &Kernel{cfg: cfg, log: cfg.Logger, ipvs: cfg.IPVS, addrs: cfg.Addresses, nft: cfg.Filter,
-		applied: map[snapshot.ServiceKey]Service{}, vipUsers: map[netip.Addr]int{}, close: func() {}}
+		applied: map[snapshot.ServiceKey]Service{}, vipUsers: map[netip.Addr]int{},
+		filterUsers: map[filterElem]int{}, draining: map[realKey]struct{}{}, close: func() {}}
 	if k.ipvs == nil || k.addrs == nil || k.nft == nil {
 		live, err := openLive(cfg.NetNS)
 		if err != nil {
@@ -98,6 +117,14 @@ func New(cfg Config) (*Kernel, error) {
 			k.nft = live.nft
 		}
 	}
+	interval := cfg.DrainCheck
+	if interval <= 0 {
+		interval = DrainCheckInterval
+	}
+	stop := make(chan struct{})
+	go k.drainLoop(interval, stop)
+	closeLive := k.close
+	k.close = func() { close(stop); closeLive() }
 	return k, nil
 }
 
@@ -118,7 +145,10 @@ func (k *Kernel) Stats() nftables.Stats {
 // Sync programs snap: on changes.Full (or after a failure) every Service,
 // removing the virtual servers on our addresses nothing wants; else only
 // the Services in changes.Keys, diffed against what was applied. The
-// filter table is rewritten whole in one transaction.
+// filter table is rewritten whole in one transaction on a full sync; a
+// partial sync writes, in one transaction, only the set elements the
+// changed Services added or dropped (as the nftables mode diffs desired
+// against applied elements).
 func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -126,17 +156,36 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	var err error
 	if changes.Full || !k.synced {
 		err = k.fullSync(snap, &w)
+		if err == nil {
+			err = k.nft.Apply(FilterText(k.all(), k.cfg.Options.ClusterCIDRs))
+		}
 	} else {
+		// before holds the user count, ahead of this sync, of every
+		// filter element a changed Service held or now holds.
+		before := map[filterElem]int{}
 		for _, key := range changes.Keys {
+			old := k.applied[key]
 			now := Translate(snap.Get(key), k.cfg.Options)
-			if err = k.apply(k.applied[key], now, &w); err != nil {
+			if err = k.apply(old, now, &w); err != nil {
 				break
 			}
 			k.remember(key, now)
+			k.useFilter(old, now, before)
 		}
-	}
-	if err == nil {
-		err = k.nft.Apply(FilterText(k.all(), k.cfg.Options.ClusterCIDRs))
+		if err == nil {
+			var add, del []filterElem
+			for e, n := range before {
+				switch after := k.filterUsers[e]; {
+				case n == 0 && after > 0:
+					add = append(add, e)
+				case n > 0 && after == 0:
+					del = append(del, e)
+				}
+			}
+			if script := FilterDelta(add, del); script != nil {
+				err = k.nft.Apply(script)
+			}
+		}
 	}
 	k.synced = err == nil
 	if err != nil {
@@ -144,6 +193,25 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	}
 	k.last = w
 	return nil
+}
+
+// useFilter moves the filter element counts from old's elements to
+// now's, noting in before each touched element's count ahead of the sync.
+func (k *Kernel) useFilter(old, now Service, before map[filterElem]int) {
+	for _, e := range filterElems(old) {
+		if _, ok := before[e]; !ok {
+			before[e] = k.filterUsers[e]
+		}
+		if k.filterUsers[e]--; k.filterUsers[e] <= 0 {
+			delete(k.filterUsers, e)
+		}
+	}
+	for _, e := range filterElems(now) {
+		if _, ok := before[e]; !ok {
+			before[e] = k.filterUsers[e]
+		}
+		k.filterUsers[e]++
+	}
 }
 
 func (k *Kernel) all() []Service {
@@ -186,12 +254,34 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot, w *nftables.Written) error {
 	if err != nil {
 		return fmt.Errorf("list Service addresses: %w", err)
 	}
-	ours := func(a netip.Addr) bool {
-		return slices.Contains(addrs, a) || slices.Contains(k.cfg.Options.NodeIPs, a) || wantVIPs[a] > 0
+	// Ours are the virtual servers on the dummy interface's addresses
+	// and the NodePort ones switchboard created: those applied before and
+	// those the filter table records (a previous run's); other users'
+	// virtual servers on node addresses are left alone.
+	nodePorts := map[ServerKey]bool{}
+	for _, s := range k.applied {
+		for _, vs := range s.Servers {
+			if !slices.Contains(s.VIPs, vs.Addr) {
+				nodePorts[vs.ServerKey] = true
+			}
+		}
+	}
+	if r, ok := k.nft.(nodePortRecord); ok {
+		recorded, err := r.NodePorts()
+		if err != nil {
+			return err
+		}
+		for _, key := range recorded {
+			nodePorts[key] = true
+		}
+	}
+	ours := func(key ServerKey) bool {
+		_, wanted := wantServers[key]
+		return slices.Contains(addrs, key.Addr) || wantVIPs[key.Addr] > 0 || nodePorts[key] || wanted
 	}
 	for _, h := range have {
 		key, ok := serverKey(h)
-		if !ok || !ours(key.Addr) {
+		if !ok || !ours(key) {
 			continue
 		}
 		vs, wanted := wantServers[key]
@@ -199,6 +289,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot, w *nftables.Written) error {
 			if err := k.ipvs.DelService(h); err != nil {
 				return fmt.Errorf("delete virtual server %s: %w", key, err)
 			}
+			k.forgetDrains(key)
 			w.Deleted++
 			continue
 		}
@@ -226,11 +317,14 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot, w *nftables.Written) error {
 			}
 		}
 	}
-	k.applied, k.vipUsers = map[snapshot.ServiceKey]Service{}, wantVIPs
+	k.applied, k.vipUsers, k.filterUsers = map[snapshot.ServiceKey]Service{}, wantVIPs, map[filterElem]int{}
 	k.servers, k.reals = 0, 0
 	for key, s := range want {
 		k.remember(key, s)
 		k.count(s, 1)
+		for _, e := range filterElems(s) {
+			k.filterUsers[e]++
+		}
 	}
 	return nil
 }
@@ -254,25 +348,49 @@ func (k *Kernel) syncServer(h *libipvs.Service, vs VirtualServer, w *nftables.Wr
 		a, _ := netip.AddrFromSlice(d.Address)
 		have = append(have, RealServer{Addr: netip.AddrPortFrom(a.Unmap(), d.Port), Weight: d.Weight})
 	}
-	return k.syncReals(want, vs.ServerKey, have, vs.Reals, w)
+	return k.syncReals(want, vs.ServerKey, have, vs.Reals, dests, w)
 }
 
-func (k *Kernel) syncReals(svc *libipvs.Service, key ServerKey, have, want []RealServer, w *nftables.Written) error {
-	for _, r := range have {
-		if !slices.Contains(want, r) {
-			if err := k.ipvs.DelDestination(svc, toDestination(r)); err != nil {
-				return fmt.Errorf("remove real server %s of %s: %w", r.Addr, key, err)
-			}
-			w.Deleted++
-		}
-	}
+// syncReals moves virtual server key's real servers from have to want:
+// one no longer wanted is removed gracefully (removeReal), one wanted
+// again while draining is replaced, a weight that differs is updated.
+// dests are the kernel's real servers with their connection counts when
+// the caller read them (nil: read once, if a removal needs them).
+func (k *Kernel) syncReals(svc *libipvs.Service, key ServerKey, have, want []RealServer, dests []*libipvs.Destination, w *nftables.Written) error {
+	wantW := make(map[netip.AddrPort]int, len(want))
 	for _, r := range want {
-		if !slices.Contains(have, r) {
-			if err := k.ipvs.NewDestination(svc, toDestination(r)); err != nil {
-				return fmt.Errorf("add real server %s to %s: %w", r.Addr, key, err)
+		wantW[r.Addr] = r.Weight
+	}
+	held := make(map[netip.AddrPort]bool, len(have))
+	for _, r := range have {
+		held[r.Addr] = true
+		weight, wanted := wantW[r.Addr]
+		_, draining := k.draining[realKey{key, r.Addr}]
+		switch {
+		case !wanted:
+			if err := k.removeReal(svc, key, r, &dests, w); err != nil {
+				return err
+			}
+		case draining:
+			held[r.Addr] = false
+		case r.Weight != weight:
+			if err := k.ipvs.UpdateDestination(svc, toDestination(RealServer{Addr: r.Addr, Weight: weight})); err != nil {
+				return fmt.Errorf("update real server %s of %s: %w", r.Addr, key, err)
 			}
 			w.Added++
 		}
+	}
+	for _, r := range want {
+		if held[r.Addr] {
+			continue
+		}
+		if err := k.undrain(svc, key, r); err != nil {
+			return err
+		}
+		if err := k.ipvs.NewDestination(svc, toDestination(r)); err != nil {
+			return fmt.Errorf("add real server %s to %s: %w", r.Addr, key, err)
+		}
+		w.Added++
 	}
 	return nil
 }
@@ -283,7 +401,7 @@ func (k *Kernel) newServer(vs VirtualServer, w *nftables.Written) error {
 		return fmt.Errorf("add virtual server %s: %w", vs.ServerKey, err)
 	}
 	w.Added++
-	return k.syncReals(svc, vs.ServerKey, nil, vs.Reals, w)
+	return k.syncReals(svc, vs.ServerKey, nil, vs.Reals, nil, w)
 }
 
 // apply moves one Service from old to now: virtual servers and real
@@ -310,7 +428,7 @@ func (k *Kernel) apply(old, now Service, w *nftables.Written) error {
 				}
 				w.Added++
 			}
-			if err := k.syncReals(svc, vs.ServerKey, prev.Reals, vs.Reals, w); err != nil {
+			if err := k.syncReals(svc, vs.ServerKey, prev.Reals, vs.Reals, nil, w); err != nil {
 				return err
 			}
 		}
@@ -319,6 +437,7 @@ func (k *Kernel) apply(old, now Service, w *nftables.Written) error {
 		if err := k.ipvs.DelService(toService(vs)); err != nil {
 			return fmt.Errorf("delete virtual server %s: %w", vs.ServerKey, err)
 		}
+		k.forgetDrains(vs.ServerKey)
 		w.Deleted++
 	}
 	for _, a := range now.VIPs {

@@ -2,12 +2,14 @@ package ipvs
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 
 	libipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
@@ -157,6 +159,114 @@ func (l *linkAddrs) Del(a netip.Addr) error {
 	return l.nl.AddrDel(link, l.addr(a))
 }
 
+// cleanupServers deletes the virtual servers on addresses ours and those
+// nodePorts names, and no other.
+func cleanupServers(api API, ours []netip.Addr, nodePorts []ServerKey) error {
+	svcs, err := api.GetServices()
+	if err != nil {
+		return fmt.Errorf("list virtual servers: %w", err)
+	}
+	var errs []error
+	for _, s := range svcs {
+		k, ok := serverKey(s)
+		if !ok || !slices.Contains(ours, k.Addr) && !slices.Contains(nodePorts, k) {
+			continue
+		}
+		if err := api.DelService(s); err != nil {
+			errs = append(errs, fmt.Errorf("delete virtual server %s: %w", k, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nftOutput runs nft with args in the namespace at path and returns what
+// it printed.
+func nftOutput(path string, args ...string) ([]byte, error) {
+	c := exec.Command("nft", args...)
+	var out, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &out, &stderr
+	start := c.Start
+	if path != "" {
+		start = func() error { return netnamespace.Do(path, c.Start) }
+	}
+	if err := start(); err != nil {
+		return nil, fmt.Errorf("nft %s: %w", strings.Join(args, " "), err)
+	}
+	if err := c.Wait(); err != nil {
+		return nil, fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, stderr.Bytes())
+	}
+	return out.Bytes(), nil
+}
+
+// hasTable tells whether the namespace at path holds the filter table.
+func hasTable(path string) bool {
+	out, err := nftOutput(path, "list", "tables", "inet")
+	return err == nil && slices.Contains(strings.Split(string(out), "\n"), "table inet "+Table)
+}
+
+// readNodePorts reads the NodePort virtual servers the filter table
+// records (sets nodeports4 and nodeports6) in the namespace at path: only
+// those two sets are listed, not the table, which a full sync reads
+// before it writes. A missing table or set records none.
+func readNodePorts(path string) ([]ServerKey, error) {
+	var keys []ServerKey
+	for _, name := range []string{"nodeports4", "nodeports6"} {
+		out, err := nftOutput(path, "-j", "list", "set", "inet", Table, name)
+		if err != nil {
+			continue
+		}
+		var doc struct {
+			Nftables []struct {
+				Set *struct {
+					Elem []json.RawMessage `json:"elem"`
+				} `json:"set"`
+			} `json:"nftables"`
+		}
+		if err := json.Unmarshal(out, &doc); err != nil {
+			return nil, fmt.Errorf("read set %s of table inet %s: %w", name, Table, err)
+		}
+		for _, o := range doc.Nftables {
+			if o.Set == nil {
+				continue
+			}
+			for _, raw := range o.Set.Elem {
+				k, err := nodePortElem(raw)
+				if err != nil {
+					return nil, fmt.Errorf("set %s of table inet %s: %w", name, Table, err)
+				}
+				keys = append(keys, k)
+			}
+		}
+	}
+	return keys, nil
+}
+
+// nodePortElem parses one element of a nodeports set as nft -j prints it:
+// {"concat": [address, protocol, port]}.
+func nodePortElem(raw json.RawMessage) (ServerKey, error) {
+	var e struct {
+		Concat []any `json:"concat"`
+	}
+	bad := fmt.Errorf("element %s is not address . protocol . port", raw)
+	if err := json.Unmarshal(raw, &e); err != nil || len(e.Concat) != 3 {
+		return ServerKey{}, bad
+	}
+	a, aok := e.Concat[0].(string)
+	proto, pok := e.Concat[1].(string)
+	port, nok := e.Concat[2].(float64)
+	addr, err := netip.ParseAddr(a)
+	if !aok || !pok || !nok || err != nil {
+		return ServerKey{}, bad
+	}
+	return ServerKey{Addr: addr, Protocol: strings.ToUpper(proto), Port: uint16(port)}, nil
+}
+
+// NodePorts implements nodePortRecord: the NodePort virtual servers the
+// table in the namespace records (none without a table).
+func (n nftExec) NodePorts() ([]ServerKey, error) {
+	return readNodePorts(n.netns)
+}
+
 // nftExec applies scripts with nft -f in a namespace.
 type nftExec struct{ netns string }
 
@@ -180,24 +290,19 @@ func (n nftExec) Apply(script []byte) error {
 }
 
 // Cleanup removes what this mode programs in the namespace at path ("" is
-// the current one): the filter table, the virtual servers on the dummy
-// interface's addresses, the interface. NodePort virtual servers, on the
-// node's own addresses, are not told apart from others' and stay (another
-// mode's DNAT in prerouting comes before IPVS sees the traffic). A
-// namespace without them is left untouched.
+// the current one): the virtual servers on the dummy interface's
+// addresses and the NodePort virtual servers the filter table records
+// (set nodeports4/6: on node addresses, which other IPVS users share, so
+// only the address:port pairs switchboard created go), the filter table,
+// the interface. A namespace without them is left untouched.
 func Cleanup(path string) error {
 	var errs []error
+	var nodePorts []ServerKey
+	hadTable := false
 	if _, err := exec.LookPath("nft"); err == nil {
-		// Only when the table is there: creating it to delete it would
-		// still be a write.
-		list := exec.Command("nft", "list", "table", "inet", Table)
-		start := list.Start
-		if path != "" {
-			start = func() error { return netnamespace.Do(path, list.Start) }
-		}
-		if start() == nil && list.Wait() == nil {
-			script := []byte("delete table inet " + Table + "\n")
-			if err := (nftExec{netns: path}).Apply(script); err != nil {
+		if hadTable = hasTable(path); hadTable {
+			var err error
+			if nodePorts, err = readNodePorts(path); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -217,22 +322,26 @@ func Cleanup(path string) error {
 	}
 	defer nl.Close()
 	l := &linkAddrs{nl: nl}
-	if _, err := nl.LinkByName(Interface); err != nil {
-		return errors.Join(errs...)
-	}
-	if Available() == nil {
-		ours, _ := l.List()
+	_, linkErr := nl.LinkByName(Interface)
+	if (linkErr == nil || len(nodePorts) > 0) && Available() == nil {
+		var ours []netip.Addr
+		if linkErr == nil {
+			ours, _ = l.List()
+		}
 		if h, err := libipvs.New(path); err == nil {
-			svcs, _ := h.GetServices()
-			for _, s := range svcs {
-				if k, ok := serverKey(s); ok && slices.Contains(ours, k.Addr) {
-					if err := h.DelService(s); err != nil {
-						errs = append(errs, fmt.Errorf("delete virtual server %s: %w", k, err))
-					}
-				}
-			}
+			errs = append(errs, cleanupServers(h, ours, nodePorts))
 			h.Close()
 		}
+	}
+	if hadTable {
+		// Only when the table is there: creating it to delete it would
+		// still be a write.
+		if err := (nftExec{netns: path}).Apply([]byte("delete table inet " + Table + "\n")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if linkErr != nil {
+		return errors.Join(errs...)
 	}
 	if link, err := nl.LinkByName(Interface); err == nil {
 		if err := nl.LinkDel(link); err != nil {

@@ -18,7 +18,10 @@
 //     (an endpoint reaching itself through its Service); a drop for load
 //     balancer traffic the source ranges do not admit; a reject for a
 //     Service address's ports no virtual server serves (kube-proxy's
-//     KUBE-IPVS-FILTER).
+//     KUBE-IPVS-FILTER); and a record of the NodePort virtual servers
+//     created on node addresses, so cleanup removes only those;
+//   - a removed real server holding connections drains at weight 0 first
+//     (kube-proxy's graceful termination, graceful.go).
 //
 // This file is the pure half: Service ports in, virtual servers, addresses
 // and filter set elements out.
@@ -188,93 +191,138 @@ func Translate(ports []*snapshot.ServicePort, opts Options) Service {
 	return s
 }
 
+// filterElem is one element of one set of the filter table.
+type filterElem struct{ set, elem string }
+
+// filterSet is one set of the filter table: its name, nft type and flags.
+type filterSet struct{ name, typ, flags string }
+
+// filterSets are the filter table's sets, in the order they are declared.
+var filterSets = func() []filterSet {
+	var out []filterSet
+	for _, f := range []struct{ suffix, addr string }{{"4", "ipv4_addr"}, {"6", "ipv6_addr"}} {
+		out = append(out,
+			filterSet{"vips" + f.suffix, f.addr, ""},
+			filterSet{"served" + f.suffix, f.addr + " . inet_proto . inet_service", ""},
+			filterSet{"masq-cluster" + f.suffix, f.addr + " . inet_proto . inet_service", ""},
+			filterSet{"masq-external" + f.suffix, f.addr + " . inet_proto . inet_service", ""},
+			filterSet{"hairpin" + f.suffix, f.addr + " . inet_proto . inet_service . " + f.addr, ""},
+			filterSet{"firewall" + f.suffix, f.addr + " . inet_proto . inet_service", ""},
+			filterSet{"allow" + f.suffix, f.addr + " . inet_proto . inet_service . " + f.addr, "interval"},
+			filterSet{"nodeports" + f.suffix, f.addr + " . inet_proto . inet_service", ""})
+	}
+	return append(out, filterSet{"masq-nodeports", "inet_proto . inet_service", ""})
+}()
+
+// filterElems lists the set elements one Service contributes to the
+// filter table (without duplicates; Services may share some, as an
+// externalIP's address).
+func filterElems(svc Service) []filterElem {
+	var out []filterElem
+	add := func(name string, a netip.Addr, elem string) {
+		if a.IsValid() {
+			name += map[bool]string{true: "4", false: "6"}[a.Is4()]
+		}
+		e := filterElem{name, elem}
+		if !slices.Contains(out, e) {
+			out = append(out, e)
+		}
+	}
+	key := func(k ServerKey) string {
+		return k.Addr.String() + " . " + strings.ToLower(k.Protocol) + " . " + fmt.Sprint(k.Port)
+	}
+	for _, a := range svc.VIPs {
+		add("vips", a, a.String())
+	}
+	for _, vs := range svc.Servers {
+		if slices.Contains(svc.VIPs, vs.Addr) {
+			add("served", vs.Addr, key(vs.ServerKey))
+		} else {
+			// A NodePort's virtual server, on a node address: no rule
+			// looks at this set; it records which virtual servers on
+			// addresses not ours are, so Cleanup removes them (and only
+			// them).
+			add("nodeports", vs.Addr, key(vs.ServerKey))
+		}
+	}
+	for _, k := range svc.MasqCluster {
+		add("masq-cluster", k.Addr, key(k))
+	}
+	for _, k := range svc.MasqExternal {
+		add("masq-external", k.Addr, key(k))
+	}
+	for _, h := range svc.Hairpins {
+		a := h.Endpoint.Addr()
+		add("hairpin", a, a.String()+" . "+strings.ToLower(h.Protocol)+" . "+fmt.Sprint(h.Endpoint.Port())+" . "+a.String())
+	}
+	for _, k := range svc.Firewalled {
+		add("firewall", k.Addr, key(k))
+	}
+	for _, a := range svc.Allowed {
+		add("allow", a.Addr, key(a.ServerKey)+" . "+a.Source.Masked().String())
+	}
+	for _, k := range svc.MasqNodePorts {
+		add("masq-nodeports", netip.Addr{}, strings.ToLower(k.Protocol)+" . "+fmt.Sprint(k.Port))
+	}
+	return out
+}
+
+// FilterDelta renders, as one nft transaction, adding and deleting set
+// elements of the filter table (what a partial sync writes: only the
+// elements of the Services that changed); nil when there is nothing.
+func FilterDelta(add, del []filterElem) []byte {
+	if len(add)+len(del) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	write := func(verb string, elems []filterElem) {
+		bySet := map[string][]string{}
+		for _, e := range elems {
+			bySet[e.set] = append(bySet[e.set], e.elem)
+		}
+		for _, s := range filterSets {
+			if es := bySet[s.name]; len(es) > 0 {
+				slices.Sort(es)
+				fmt.Fprintf(&b, "%s element inet %s %s { %s }\n", verb, Table, s.name, strings.Join(es, ", "))
+			}
+		}
+	}
+	write("delete", del)
+	write("add", add)
+	return []byte(b.String())
+}
+
 // FilterText renders the packet-filter table for services (and NodePorts
 // on nodeIPs) as an nft script: the table is created, deleted and
-// created again with everything in it, in one transaction.
+// created again with everything in it, in one transaction (a full sync;
+// partial syncs write FilterDelta).
 func FilterText(services []Service, clusterCIDRs []netip.Prefix) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table inet %s {}\ndelete table inet %s\ntable inet %s {\n", Table, Table, Table)
-	type set struct {
-		name, typ, flags string
-		elems            []string
-	}
 	fam := func(is4 bool) (string, string) {
 		if is4 {
 			return "4", "ipv4_addr"
 		}
 		return "6", "ipv6_addr"
 	}
-	key := func(k ServerKey) string {
-		return k.Addr.String() + " . " + strings.ToLower(k.Protocol) + " . " + fmt.Sprint(k.Port)
-	}
-	var sets []*set
-	bySuffix := map[string]*set{}
-	get := func(name, typ, flags string) *set {
-		if s := bySuffix[name]; s != nil {
-			return s
-		}
-		s := &set{name: name, typ: typ, flags: flags}
-		bySuffix[name] = s
-		sets = append(sets, s)
-		return s
-	}
-	for _, is4 := range []bool{true, false} {
-		f, addr := fam(is4)
-		get("vips"+f, addr, "")
-		get("served"+f, addr+" . inet_proto . inet_service", "")
-		get("masq-cluster"+f, addr+" . inet_proto . inet_service", "")
-		get("masq-external"+f, addr+" . inet_proto . inet_service", "")
-		get("hairpin"+f, addr+" . inet_proto . inet_service . "+addr, "")
-		get("firewall"+f, addr+" . inet_proto . inet_service", "")
-		get("allow"+f, addr+" . inet_proto . inet_service . "+addr, "interval")
-	}
-	nodePorts := get("masq-nodeports", "inet_proto . inet_service", "")
-	add := func(name string, a netip.Addr, elem string) {
-		f, _ := fam(a.Is4())
-		s := bySuffix[name+f]
-		if !slices.Contains(s.elems, elem) {
-			s.elems = append(s.elems, elem)
-		}
-	}
+	elems := map[string][]string{}
+	seen := map[filterElem]bool{}
 	for _, svc := range services {
-		for _, a := range svc.VIPs {
-			add("vips", a, a.String())
-		}
-		for _, vs := range svc.Servers {
-			if slices.Contains(svc.VIPs, vs.Addr) {
-				add("served", vs.Addr, key(vs.ServerKey))
-			}
-		}
-		for _, k := range svc.MasqCluster {
-			add("masq-cluster", k.Addr, key(k))
-		}
-		for _, k := range svc.MasqExternal {
-			add("masq-external", k.Addr, key(k))
-		}
-		for _, h := range svc.Hairpins {
-			add("hairpin", h.Endpoint.Addr(), h.Endpoint.Addr().String()+" . "+strings.ToLower(h.Protocol)+" . "+fmt.Sprint(h.Endpoint.Port())+" . "+h.Endpoint.Addr().String())
-		}
-		for _, k := range svc.Firewalled {
-			add("firewall", k.Addr, key(k))
-		}
-		for _, a := range svc.Allowed {
-			add("allow", a.Addr, key(a.ServerKey)+" . "+a.Source.Masked().String())
-		}
-		for _, k := range svc.MasqNodePorts {
-			e := strings.ToLower(k.Protocol) + " . " + fmt.Sprint(k.Port)
-			if !slices.Contains(nodePorts.elems, e) {
-				nodePorts.elems = append(nodePorts.elems, e)
+		for _, e := range filterElems(svc) {
+			if !seen[e] {
+				seen[e] = true
+				elems[e.set] = append(elems[e.set], e.elem)
 			}
 		}
 	}
-	for _, s := range sets {
+	for _, s := range filterSets {
 		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, s.typ)
 		if s.flags != "" {
 			fmt.Fprintf(&b, "\t\tflags %s\n", s.flags)
 		}
-		if len(s.elems) > 0 {
-			slices.Sort(s.elems)
-			fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(s.elems, ", "))
+		if es := elems[s.name]; len(es) > 0 {
+			slices.Sort(es)
+			fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(es, ", "))
 		}
 		b.WriteString("\t}\n")
 	}

@@ -41,17 +41,20 @@ var runtimeDefaultCaps = []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "
 // containerCaps is the capability set of container c as containerd's CRI
 // plugin computes it (setOCICapabilities): the runtime's default set, all
 // of them with add ALL, none with drop ALL, then each one added, then each
-// one dropped. nil: the container keeps every capability of `up` itself,
-// for a privileged container and, as before capabilities were honoured
-// here, for one whose securityContext names none.
+// one dropped; a container whose securityContext names none gets the
+// default set, as on any node. nil: a privileged container keeps every
+// capability of `up` itself.
 func containerCaps(c corev1.Container) ([]int, error) {
 	sc := c.SecurityContext
-	if sc == nil || sc.Capabilities == nil || (sc.Privileged != nil && *sc.Privileged) {
+	if sc != nil && sc.Privileged != nil && *sc.Privileged {
 		return nil, nil
 	}
 	set := map[int]bool{}
 	for _, n := range runtimeDefaultCaps {
 		set[capNames[n]] = true
+	}
+	if sc == nil || sc.Capabilities == nil {
+		return sortedCaps(set), nil
 	}
 	name := func(n corev1.Capability) string { return strings.TrimPrefix(strings.ToUpper(string(n)), "CAP_") }
 	if slices.ContainsFunc(sc.Capabilities.Add, func(n corev1.Capability) bool { return name(n) == "ALL" }) {
@@ -81,12 +84,17 @@ func containerCaps(c corev1.Container) ([]int, error) {
 			}
 		}
 	}
+	return sortedCaps(set), nil
+}
+
+// sortedCaps lists a capability set in order.
+func sortedCaps(set map[int]bool) []int {
 	out := make([]int, 0, len(set))
 	for v := range set {
 		out = append(out, v)
 	}
 	slices.Sort(out)
-	return out, nil
+	return out
 }
 
 // dropBoundingCaps removes every capability not in keep from the calling

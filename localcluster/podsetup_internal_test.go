@@ -118,8 +118,8 @@ func TestPodSysctlsAdmission(t *testing.T) {
 }
 
 // TestContainerCaps: containerd's order (add ALL, drop ALL, then each add,
-// then each drop), and nil (every capability of up) for a privileged
-// container or one that names none.
+// then each drop), the runtime's default set for a container that names
+// none, and nil (every capability of up) for a privileged container.
 func TestContainerCaps(t *testing.T) {
 	ctr := func(privileged bool, add, drop []corev1.Capability) corev1.Container {
 		return corev1.Container{Name: "c", SecurityContext: &corev1.SecurityContext{Privileged: &privileged,
@@ -132,7 +132,8 @@ func TestContainerCaps(t *testing.T) {
 		want int // how many capabilities; -1: nil
 		has  []int
 	}{
-		{"none named", corev1.Container{}, -1, nil},
+		{"none named", corev1.Container{}, len(runtimeDefaultCaps), []int{unix.CAP_NET_RAW, unix.CAP_KILL}},
+		{"no capabilities field", corev1.Container{SecurityContext: &corev1.SecurityContext{}}, len(runtimeDefaultCaps), nil},
 		{"privileged", ctr(true, nil, []corev1.Capability{"ALL"}), -1, nil},
 		{"defaults", ctr(false, nil, nil), len(runtimeDefaultCaps), []int{unix.CAP_NET_RAW, unix.CAP_CHOWN}},
 		{"drop ALL add one", ctr(false, []corev1.Capability{"NET_ADMIN"}, []corev1.Capability{"ALL"}), 1, []int{unix.CAP_NET_ADMIN}},

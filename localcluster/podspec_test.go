@@ -548,6 +548,12 @@ func TestPodCapabilities(t *testing.T) {
 	// The runtime's 14 default capabilities without NET_RAW (bit 13).
 	wantLines(t, "the default set without NET_RAW", strings.ReplaceAll(out["c"], "\t", " "), "CapEff: 00000000a80405fb")
 
+	// No securityContext at all: the runtime's default set, as on any node
+	// (not every capability of up: no NET_ADMIN, no SYS_ADMIN).
+	pod = commandPod("unnamed", "grep", "-E", "^(CapEff|CapBnd):", "/proc/self/status")
+	_, out = runToEnd(t, c, ns, pod, corev1.PodSucceeded)
+	wantLines(t, "the default set", strings.ReplaceAll(out["c"], "\t", " "), "CapEff: 00000000a80425fb", "CapBnd: 00000000a80425fb")
+
 	bad := commandPod("bad", "sleep", "3600")
 	bad.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_WIZARD"}}}
 	createPod(t, c, ns, bad)

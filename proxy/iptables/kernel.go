@@ -278,7 +278,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		}
 	}
 	k.last = written
-	k.clearConntrack(udpGone, udpActive)
+	nftables.ClearUDPFlows(k.ct, k.log, udpGone, udpActive)
 	return nil
 }
 
@@ -459,7 +459,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 			}
 		}
 	}
-	k.clearConntrack(udpGone, udpActive)
+	nftables.ClearUDPFlows(k.ct, k.log, udpGone, udpActive)
 	k.applied, k.serviceCIDRs, k.last = applied, snap.ServiceCIDRs, written
 	for key, s := range k.applied {
 		if len(s[0].Rules)+len(s[1].Rules) == 0 {
@@ -794,44 +794,6 @@ func Cleanup(r Runner) error {
 		return fmt.Errorf("remove iptables rules: %v", errs)
 	}
 	return nil
-}
-
-// clearConntrack deletes UDP conntrack entries of endpoints no longer
-// used (their flows would keep going to a gone pod) and entries to
-// front-ends that just got endpoints but were never translated (so the
-// flows' next datagrams are), as the nftables mode and kube-proxy do.
-func (k *Kernel) clearConntrack(gone [2][]netip.Addr, active [2][]netip.AddrPort) {
-	for i := range 2 {
-		fam := netlink.InetFamily(unix.AF_INET)
-		if i == 1 {
-			fam = unix.AF_INET6
-		}
-		var filters []netlink.CustomConntrackFilter
-		for _, a := range gone[i] {
-			f := &netlink.ConntrackFilter{}
-			if f.AddIP(netlink.ConntrackReplySrcIP, a.AsSlice()) != nil || f.AddProtocol(unix.IPPROTO_UDP) != nil {
-				continue
-			}
-			filters = append(filters, f)
-		}
-		for _, ap := range active[i] {
-			f := &netlink.ConntrackFilter{}
-			ip := ap.Addr().AsSlice()
-			if f.AddProtocol(unix.IPPROTO_UDP) != nil || f.AddIP(netlink.ConntrackOrigDstIP, ip) != nil ||
-				f.AddIP(netlink.ConntrackReplySrcIP, ip) != nil || f.AddPort(netlink.ConntrackOrigDstPort, ap.Port()) != nil {
-				continue
-			}
-			filters = append(filters, f)
-		}
-		if len(filters) == 0 {
-			continue
-		}
-		if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...); err != nil {
-			k.log.Warn("clear UDP conntrack entries", "err", err)
-		} else if n > 0 {
-			k.log.Debug("cleared UDP conntrack entries", "entries", n)
-		}
-	}
 }
 
 // Inspect reports the rules the last syncs applied for each Service and

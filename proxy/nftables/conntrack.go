@@ -4,6 +4,7 @@ package nftables
 // found from the elements that changed and cleared after the transaction.
 
 import (
+	"log/slog"
 	"net/netip"
 	"slices"
 
@@ -72,44 +73,29 @@ func (k *Tables) newlyActiveUDP(is4 bool, old, now []Elem) []netip.AddrPort {
 	return out
 }
 
-func (k *Tables) clearConntrack(gone [2][]netip.Addr) {
-	for i, addrs := range gone {
-		fam := netlink.InetFamily(unix.AF_INET)
-		if i == 1 {
-			fam = unix.AF_INET6
-		}
-		for _, a := range addrs {
-			f := &netlink.ConntrackFilter{}
-			if err := f.AddIP(netlink.ConntrackReplySrcIP, a.AsSlice()); err != nil {
-				continue
-			}
-			if err := f.AddProtocol(unix.IPPROTO_UDP); err != nil {
-				continue
-			}
-			if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, f); err != nil {
-				k.log.Warn("clear UDP conntrack entries", "endpoint", a, "err", err)
-			} else if n > 0 {
-				k.log.Debug("cleared UDP conntrack entries", "endpoint", a, "entries", n)
-			}
-		}
-	}
-}
-
-// clearUntranslated deletes the UDP conntrack entries to the front-ends
-// that were never translated (their reply comes from the front-end address
-// itself), so the flows' next datagrams pass the DNAT rules. Translated
-// entries, to endpoints, are left alone.
-func (k *Tables) clearUntranslated(fronts [2][]netip.AddrPort) {
-	for i, list := range fronts {
-		if len(list) == 0 {
-			continue
-		}
+// ClearUDPFlows deletes, per family (index 0 IPv4, 1 IPv6), the UDP
+// conntrack entries of endpoints no longer used (gone: their flows would
+// keep going to a dead pod, as UDP has no end to wait for) and the entries
+// to front-ends that just got endpoints but were never translated (active:
+// their reply comes from the front-end address itself, so the flows' next
+// datagrams pass the DNAT rules; translated entries are left alone), as
+// kube-proxy does. All filters of a family go in one call: each call dumps
+// the whole conntrack table. The nftables and iptables modes share it.
+func ClearUDPFlows(ct Conntrack, log *slog.Logger, gone [2][]netip.Addr, active [2][]netip.AddrPort) {
+	for i := range 2 {
 		fam := netlink.InetFamily(unix.AF_INET)
 		if i == 1 {
 			fam = unix.AF_INET6
 		}
 		var filters []netlink.CustomConntrackFilter
-		for _, ap := range list {
+		for _, a := range gone[i] {
+			f := &netlink.ConntrackFilter{}
+			if f.AddIP(netlink.ConntrackReplySrcIP, a.AsSlice()) != nil || f.AddProtocol(unix.IPPROTO_UDP) != nil {
+				continue
+			}
+			filters = append(filters, f)
+		}
+		for _, ap := range active[i] {
 			f := &netlink.ConntrackFilter{}
 			ip := ap.Addr().AsSlice()
 			if f.AddProtocol(unix.IPPROTO_UDP) != nil || f.AddIP(netlink.ConntrackOrigDstIP, ip) != nil ||
@@ -118,11 +104,13 @@ func (k *Tables) clearUntranslated(fronts [2][]netip.AddrPort) {
 			}
 			filters = append(filters, f)
 		}
-		// One dump of the table for all filters.
-		if n, err := k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...); err != nil {
-			k.log.Warn("clear untranslated UDP conntrack entries", "err", err)
+		if len(filters) == 0 {
+			continue
+		}
+		if n, err := ct.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...); err != nil {
+			log.Warn("clear UDP conntrack entries", "gone", gone[i], "untranslated", active[i], "err", err)
 		} else if n > 0 {
-			k.log.Debug("cleared untranslated UDP conntrack entries", "entries", n)
+			log.Debug("cleared UDP conntrack entries", "entries", n)
 		}
 	}
 }

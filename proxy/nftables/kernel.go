@@ -264,8 +264,7 @@ func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	if err := k.conn.Flush(); err != nil {
 		return k.fail(fmt.Errorf("apply nftables transaction in %q: %w", k.cfg.NetNS, err))
 	}
-	k.clearConntrack(udpGone)
-	k.clearUntranslated(udpActive)
+	ClearUDPFlows(k.ct, k.log, udpGone, udpActive)
 	return nil
 }
 

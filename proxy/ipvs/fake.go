@@ -39,6 +39,20 @@ func (f *Fake) key(s *libipvs.Service) (ServerKey, error) {
 	return k, nil
 }
 
+// existing is the virtual server s names, or the kernel's error for an
+// invalid or missing one.
+func (f *Fake) existing(s *libipvs.Service) (ServerKey, *fakeServer, error) {
+	k, err := f.key(s)
+	if err != nil {
+		return k, nil, err
+	}
+	cur := f.servers[k]
+	if cur == nil {
+		return k, nil, fmt.Errorf("no such process: virtual server %s", k)
+	}
+	return k, cur, nil
+}
+
 // GetServices implements API.
 func (f *Fake) GetServices() ([]*libipvs.Service, error) {
 	f.mu.Lock()
@@ -74,13 +88,9 @@ func (f *Fake) NewService(s *libipvs.Service) error {
 func (f *Fake) UpdateService(s *libipvs.Service) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k, err := f.key(s)
+	_, cur, err := f.existing(s)
 	if err != nil {
 		return err
-	}
-	cur := f.servers[k]
-	if cur == nil {
-		return fmt.Errorf("no such process: virtual server %s", k)
 	}
 	f.Calls++
 	cur.svc = *s
@@ -91,12 +101,9 @@ func (f *Fake) UpdateService(s *libipvs.Service) error {
 func (f *Fake) DelService(s *libipvs.Service) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k, err := f.key(s)
+	k, _, err := f.existing(s)
 	if err != nil {
 		return err
-	}
-	if f.servers[k] == nil {
-		return fmt.Errorf("no such process: virtual server %s", k)
 	}
 	f.Calls++
 	delete(f.servers, k)
@@ -112,13 +119,9 @@ func destKey(d *libipvs.Destination) netip.AddrPort {
 func (f *Fake) GetDestinations(s *libipvs.Service) ([]*libipvs.Destination, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k, err := f.key(s)
+	_, cur, err := f.existing(s)
 	if err != nil {
 		return nil, err
-	}
-	cur := f.servers[k]
-	if cur == nil {
-		return nil, fmt.Errorf("no such process: virtual server %s", k)
 	}
 	var out []*libipvs.Destination
 	for _, d := range cur.dests {
@@ -132,13 +135,9 @@ func (f *Fake) GetDestinations(s *libipvs.Service) ([]*libipvs.Destination, erro
 func (f *Fake) NewDestination(s *libipvs.Service, d *libipvs.Destination) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k, err := f.key(s)
+	k, cur, err := f.existing(s)
 	if err != nil {
 		return err
-	}
-	cur := f.servers[k]
-	if cur == nil {
-		return fmt.Errorf("no such process: virtual server %s", k)
 	}
 	if _, ok := cur.dests[destKey(d)]; ok {
 		return fmt.Errorf("file exists: real server %s of %s", destKey(d), k)
@@ -153,13 +152,9 @@ func (f *Fake) NewDestination(s *libipvs.Service, d *libipvs.Destination) error 
 func (f *Fake) UpdateDestination(s *libipvs.Service, d *libipvs.Destination) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k, err := f.key(s)
+	k, cur, err := f.existing(s)
 	if err != nil {
 		return err
-	}
-	cur := f.servers[k]
-	if cur == nil {
-		return fmt.Errorf("no such process: virtual server %s", k)
 	}
 	old, ok := cur.dests[destKey(d)]
 	if !ok {
@@ -193,13 +188,9 @@ func (f *Fake) SetConnections(vs ServerKey, dest netip.AddrPort, active, inactiv
 func (f *Fake) DelDestination(s *libipvs.Service, d *libipvs.Destination) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k, err := f.key(s)
+	k, cur, err := f.existing(s)
 	if err != nil {
 		return err
-	}
-	cur := f.servers[k]
-	if cur == nil {
-		return fmt.Errorf("no such process: virtual server %s", k)
 	}
 	if _, ok := cur.dests[destKey(d)]; !ok {
 		return fmt.Errorf("no such process: real server %s of %s", destKey(d), k)

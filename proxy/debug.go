@@ -58,7 +58,7 @@ func (d *debugState) state(namespace, name string) proxydebug.State {
 				Name: sp.Key.Port, Protocol: string(sp.Protocol), Port: sp.Port, NodePort: sp.NodePort,
 				ClusterIPs: sp.ClusterIPs, ExternalIPs: sp.ExternalIPs, LoadBalancerIPs: sp.LoadBalancerIPs,
 				InternalLocal: sp.InternalLocal, ExternalLocal: sp.ExternalLocal,
-				AffinitySeconds: int(sp.AffinityTimeout.Seconds()), Endpoints: wireEndpoints(sp.Endpoints),
+				AffinitySeconds: int(sp.AffinityTimeout.Seconds()), Endpoints: slices.Clone(sp.Endpoints),
 				ClusterEndpoints: addrPorts(sp.ClusterEndpoints()), ExternalEndpoints: externalOnly(sp),
 			})
 		}
@@ -84,15 +84,6 @@ func (d *debugState) state(namespace, name string) proxydebug.State {
 		}
 	}
 	return st
-}
-
-func wireEndpoints(eps []snapshot.Endpoint) []proxydebug.Endpoint {
-	out := make([]proxydebug.Endpoint, len(eps))
-	for i, e := range eps {
-		out[i] = proxydebug.Endpoint{Addr: e.Addr, Port: e.Port, Ready: e.Ready, Serving: e.Serving,
-			Terminating: e.Terminating, Local: e.Local, OutOfTopology: e.OutOfTopology}
-	}
-	return out
 }
 
 func externalOnly(sp *snapshot.ServicePort) []netip.AddrPort {

@@ -14,6 +14,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/switchboard/switchboard/proxydebug"
 )
 
 // ServiceKey names a Service (namespace/name).
@@ -36,24 +38,11 @@ func (k PortKey) String() string {
 }
 
 // Endpoint is one backend address for a Service port, with the conditions
-// that decide whether it is used.
-type Endpoint struct {
-	Addr        netip.Addr `json:"addr"`
-	Port        int32      `json:"port"`
-	Ready       bool       `json:"ready"`
-	Serving     bool       `json:"serving"`
-	Terminating bool       `json:"terminating"`
-	// Local is true when the endpoint runs on this proxy's node.
-	Local bool `json:"local"`
-	// OutOfTopology is true when the slice's topology hints send this
-	// node's Cluster-policy traffic to other endpoints (kube-proxy's
-	// topologyModeFromHints / availableForTopology): the endpoint is
-	// ready, but hinted for another zone or node.
-	OutOfTopology bool `json:"outOfTopology,omitempty"`
-}
-
-// AddrPort is the endpoint's destination.
-func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.Addr, uint16(e.Port)) }
+// that decide whether it is used (OutOfTopology: kube-proxy's
+// topologyModeFromHints / availableForTopology put it in another zone or
+// node). It is the debug wire type itself, so what the proxy programs and
+// what doctor reads are one definition.
+type Endpoint = proxydebug.Endpoint
 
 // ServicePort is everything a backend needs to program one Service port.
 type ServicePort struct {

@@ -105,14 +105,14 @@ func main() {
 	flag.Parse()
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 	dir, err := os.MkdirTemp("", "sb-bench-newsvc-")
-	must(err)
+	measure.Must(err)
 	log.Printf("switchboard up --nodes %d --state-dir %s", *nNodes, dir)
 	up, err := measure.StartUp(*sbBin, dir, []string{"--nodes", fmt.Sprint(*nNodes)}, 10*time.Minute, *verbose)
 	if err != nil {
 		os.RemoveAll(dir)
 		log.Fatal(err)
 	}
-	atExit = func() {
+	measure.AtExit = func() {
 		if err := up.Down(*sbBin); err != nil {
 			log.Print(err)
 		}
@@ -120,23 +120,23 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() { <-sig; atExit(); os.Exit(1) }()
+	go func() { <-sig; measure.AtExit(); os.Exit(1) }()
 	log.Printf("up ready after %v", up.Ready.Round(time.Millisecond))
 
 	ctx := context.Background()
 	cfg, err := clientcmd.BuildConfigFromFlags("", up.Kubeconfig)
-	must(err)
+	measure.Must(err)
 	cfg.QPS, cfg.Burst = 5000, 10000
 	client := kubernetes.NewForConfigOrDie(protobuf(cfg))
 
 	nodes := clusterNodes(ctx, client)
 	for _, n := range []string{loadNS, runNS} {
 		_, err = client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{})
-		must(err)
+		measure.Must(err)
 	}
 	start := time.Now()
 	_, err = measure.LoadServices(ctx, client, loadNS, *nServices, *nEps)
-	must(err)
+	measure.Must(err)
 	log.Printf("created %d Services x %d endpoints in %v", *nServices, *nEps, time.Since(start).Round(time.Millisecond))
 	waitProgrammed(nodes, *nServices)
 	log.Printf("every node proxy programmed them %v after the first create", time.Since(start).Round(time.Millisecond))
@@ -204,7 +204,7 @@ func main() {
 			fmt.Printf("  %-32s %4.0f requests, mean %s\n", q.what, c, ms(time.Duration(sum/c*float64(time.Second))))
 		}
 	}
-	atExit()
+	measure.AtExit()
 }
 
 // apiServerMetrics reads the API server's /metrics.
@@ -241,10 +241,10 @@ func sumOf(m map[string]float64, name string, labels []string) float64 {
 func measureOne(ctx context.Context, client kubernetes.Interface, cfg *rest.Config, nodes []node, podNetNS, clientPod string, i int) run {
 	name := fmt.Sprintf("newsvc-%d", i)
 	w, err := client.DiscoveryV1().EndpointSlices(runNS).Watch(ctx, metav1.ListOptions{LabelSelector: discovery.LabelServiceName + "=" + name})
-	must(err)
+	measure.Must(err)
 	defer w.Stop()
 	sw, err := client.CoreV1().Services(runNS).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
-	must(err)
+	measure.Must(err)
 	defer sw.Stop()
 	before := make([]map[string]float64, len(nodes))
 	for k, n := range nodes {
@@ -257,7 +257,7 @@ func measureOne(ctx context.Context, client kubernetes.Interface, cfg *rest.Conf
 		Spec: v1.ServiceSpec{Selector: map[string]string{"app": "server"},
 			Ports: []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(80)}}},
 	}, metav1.CreateOptions{})
-	must(err)
+	measure.Must(err)
 	r.created = time.Since(t0)
 	addr := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	var wg sync.WaitGroup
@@ -289,7 +289,7 @@ func measureOne(ctx context.Context, client kubernetes.Interface, cfg *rest.Conf
 	}
 	execStart := time.Now()
 	if out, err := execIn(ctx, client, cfg, clientPod, "nc", "-z", "-w", "2", svc.Spec.ClusterIP, "80"); err != nil {
-		fatalf("exec nc in %s: %v: %s", clientPod, err, out)
+		measure.Fatalf("exec nc in %s: %v: %s", clientPod, err, out)
 	}
 	r.exec = time.Since(execStart)
 	return r
@@ -317,7 +317,7 @@ func firstConnect(netnsPath, addr string, t0 time.Time, what string) time.Durati
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	fatalf("%s: no connection within a minute", what)
+	measure.Fatalf("%s: no connection within a minute", what)
 	return 0
 }
 
@@ -356,7 +356,7 @@ func startPods(ctx context.Context, client kubernetes.Interface, nodes []node) s
 			Spec: v1.PodSpec{NodeName: n.name, Containers: []v1.Container{{Name: "server", Image: "nginx",
 				Ports: []v1.ContainerPort{{ContainerPort: 80}}}}},
 		}, metav1.CreateOptions{})
-		must(err)
+		measure.Must(err)
 		names = append(names, name)
 	}
 	_, err := client.CoreV1().Pods(runNS).Create(ctx, &v1.Pod{
@@ -364,18 +364,18 @@ func startPods(ctx context.Context, client kubernetes.Interface, nodes []node) s
 		Spec: v1.PodSpec{NodeName: nodes[0].name, Containers: []v1.Container{{Name: "client", Image: "busybox",
 			Command: []string{"sleep", "infinity"}}}},
 	}, metav1.CreateOptions{})
-	must(err)
+	measure.Must(err)
 	names = append(names, "client")
 	deadline := time.Now().Add(3 * time.Minute)
 	for _, name := range names {
 		for {
 			p, err := client.CoreV1().Pods(runNS).Get(ctx, name, metav1.GetOptions{})
-			must(err)
+			measure.Must(err)
 			if podReady(p) {
 				break
 			}
 			if time.Now().After(deadline) {
-				fatalf("pod %s/%s not Ready within 3 minutes: %+v", runNS, name, p.Status)
+				measure.Fatalf("pod %s/%s not Ready within 3 minutes: %+v", runNS, name, p.Status)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -406,12 +406,12 @@ func readyEndpoints(sl *discovery.EndpointSlice) int {
 // state directory they publish (localcluster.StateDirAnnotation).
 func clusterNodes(ctx context.Context, client kubernetes.Interface) []node {
 	list, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	must(err)
+	measure.Must(err)
 	var out []node
 	for _, n := range list.Items {
 		dir := n.Annotations[localcluster.StateDirAnnotation]
 		if dir == "" {
-			fatalf("node %s has no %s annotation: not a node of `switchboard up`", n.Name, localcluster.StateDirAnnotation)
+			measure.Fatalf("node %s has no %s annotation: not a node of `switchboard up`", n.Name, localcluster.StateDirAnnotation)
 		}
 		out = append(out, node{name: n.Name, netns: "/run/netns/" + localcluster.NewNetwork(dir, netip.Prefix{}, netip.Prefix{}).NodeNS(n.Name)})
 	}
@@ -426,7 +426,7 @@ func waitProgrammed(nodes []node, n int) {
 	for _, nd := range nodes {
 		for measure.Metrics(nd.netns, proxyMetrics)["switchboard_proxy_services"] < float64(n) {
 			if time.Now().After(deadline) {
-				fatalf("node %s: the proxy did not program %d Services within 10 minutes", nd.name, n)
+				measure.Fatalf("node %s: the proxy did not program %d Services within 10 minutes", nd.name, n)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -458,18 +458,4 @@ func maximum(runs []run, f func(run) time.Duration) time.Duration {
 
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-}
-
-// atExit stops `up` and removes what it left: set once it runs.
-var atExit = func() {}
-
-func fatalf(format string, args ...any) {
-	atExit()
-	log.Fatalf(format, args...)
-}
-
-func must(err error) {
-	if err != nil {
-		fatalf("%v", err)
-	}
 }

@@ -110,37 +110,37 @@ func main() {
 	ctx := context.Background()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() { <-sig; atExit(); os.Exit(1) }()
+	go func() { <-sig; measure.AtExit(); os.Exit(1) }()
 	dir, err := os.MkdirTemp("", "sb-bench-proxy-")
-	must(err)
+	measure.Must(err)
 	defer os.RemoveAll(dir)
 	cp, err := controlplane.Start(ctx, controlplane.Config{StateDir: dir})
-	must(err)
+	measure.Must(err)
 	defer cp.Stop()
 	cfg := rest.CopyConfig(cp.RESTConfig)
 	cfg.QPS, cfg.Burst = 5000, 10000
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
 	client := kubernetes.NewForConfigOrDie(cfg)
 
-	must(backendPath(dir))
+	measure.Must(backendPath(dir))
 	_, err = client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	must(err)
+	measure.Must(err)
 	for _, node := range []string{"sb-node", "kp-node"} {
-		must(registerNode(ctx, client, node))
+		measure.Must(registerNode(ctx, client, node))
 	}
 	start := time.Now()
 	_, err = measure.LoadServices(ctx, client, ns, *nServices, *nEps)
-	must(err)
+	measure.Must(err)
 	probeIPs := make([]string, *nProbes)
 	measure.Parallel(*nProbes, 8, func(i int) {
 		svc, err := client.CoreV1().Services(ns).Create(ctx, &v1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("probe-%d", i)},
 			Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(probePort)}}},
 		}, metav1.CreateOptions{})
-		must(err)
+		measure.Must(err)
 		probeIPs[i] = svc.Spec.ClusterIP
 		_, err = client.DiscoveryV1().EndpointSlices(ns).Create(ctx, probeSlice(i), metav1.CreateOptions{})
-		must(err)
+		measure.Must(err)
 	})
 	log.Printf("created %d Services x %d endpoints (and %d probe Services) in %v", *nServices, *nEps, *nProbes, time.Since(start).Round(time.Millisecond))
 
@@ -201,24 +201,24 @@ func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *c
 		}
 	}
 	defer cleanup()
-	atExit = func() { cleanup(); cp.Stop(); os.RemoveAll(dir) }
+	measure.AtExit = func() { cleanup(); cp.Stop(); os.RemoveAll(dir) }
 
 	for _, r := range rivals {
 		r.netnsName = netnamespace.Unique("sbbp")
 		r.netnsPath, r.deleteNetns, err = netnamespace.Create(r.netnsName)
-		must(err)
-		must(listenProbe(r, probeIPs))
+		measure.Must(err)
+		measure.Must(listenProbe(r, probeIPs))
 		kc, err := relayKubeconfig(cp, dir, r)
-		must(err)
+		measure.Must(err)
 		argv := r.argv(kc)
 		r.cmd = exec.Command("ip", append([]string{"netns", "exec", r.netnsName}, argv...)...)
 		r.cmd.Env = toolEnv()
 		logf, err := os.Create(filepath.Join(dir, r.name+".log"))
-		must(err)
+		measure.Must(err)
 		r.cmd.Stdout, r.cmd.Stderr = logf, logf
 		// One at a time: a start competes only with an idle rival.
 		r.started = time.Now()
-		must(r.cmd.Start())
+		measure.Must(r.cmd.Start())
 		if !r.waitProgrammed() {
 			// Reported as such; the rest of the mode runs without it.
 			log.Printf("%s: not programmed within %v: stopped", r.name, *startTimeout)
@@ -244,12 +244,12 @@ func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *c
 		*gen++
 		sl := measure.EndpointSlice(idx, *gen, *nEps)
 		cur, err := client.DiscoveryV1().EndpointSlices(ns).Get(ctx, sl.Name, metav1.GetOptions{})
-		must(err)
+		measure.Must(err)
 		sl.ResourceVersion = cur.ResourceVersion
 		t0 := time.Now()
 		sl.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: t0.UTC().Format(time.RFC3339Nano)}
 		_, err = client.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{})
-		must(err)
+		measure.Must(err)
 		// Both proxies are polled at once: one after the other, the
 		// second's time could never be below the first's.
 		var wg sync.WaitGroup
@@ -281,7 +281,7 @@ func runMode(ctx context.Context, client kubernetes.Interface, dir string, cp *c
 						return
 					}
 					if time.Now().After(deadline) {
-						fatalf("%s: change %d not programmed in 30s", r.name, i)
+						measure.Fatalf("%s: change %d not programmed in 30s", r.name, i)
 					}
 					time.Sleep(2 * time.Millisecond)
 				}
@@ -457,7 +457,7 @@ func connectLatency(r *rival, probeIPs []string) (vip, direct []time.Duration) {
 		c, err := netnamespace.Dial(ctx, r.netnsPath, "tcp", addr)
 		d := time.Since(t0)
 		if err != nil {
-			fatalf("%s: connect to %s: %v", r.name, addr, err)
+			measure.Fatalf("%s: connect to %s: %v", r.name, addr, err)
 		}
 		c.Close()
 		return d
@@ -584,19 +584,4 @@ func (r *rival) waitProgrammed() bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return false
-}
-
-// atExit removes the namespaces, processes and API server a failed run
-// leaves.
-var atExit = func() {}
-
-func fatalf(format string, args ...any) {
-	atExit()
-	log.Fatalf(format, args...)
-}
-
-func must(err error) {
-	if err != nil {
-		fatalf("%v", err)
-	}
 }

@@ -949,3 +949,36 @@ func TestExternalTrafficPolicyLocalFromPodsShortCircuits(t *testing.T) {
 	reaches(t, e.podNS("client"), np, 5, "sc-remote")
 	reaches(t, nodeNS(node1), np, 5, "sc-remote")
 }
+
+// TestPodReachesItselfThroughItsService: hairpin. A pod that is its
+// Service's only endpoint reaches itself through the ClusterIP (on its own
+// node) and through the other node's NodePort under externalTrafficPolicy
+// Local (the pods' short-circuit sends it back across to itself). Both
+// times the proxy must masquerade, or the pod gets a packet from its own
+// address and the connection never completes; the pod sees a node's
+// address, never its own.
+func TestPodReachesItselfThroughItsService(t *testing.T) {
+	e := newEnv(t)
+	app := map[string]string{"app": "self"}
+	ips := e.run(echoPod("self", node2, app, httpPort))
+	svc := e.service("self", app, func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeNodePort
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	})
+	from := e.podNS("self")
+	for _, target := range []string{
+		net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(int(svc.Spec.Ports[0].Port))),
+		net.JoinHostPort(nodeIP(node1), strconv.Itoa(int(svc.Spec.Ports[0].NodePort))),
+	} {
+		eventually(t, "self -> "+target+" answered by self, masqueraded", func() error {
+			r, err := request(from, target)
+			if err != nil {
+				return err
+			}
+			if r.Pod != "self" || strings.HasPrefix(r.Peer, ips["self"]+":") {
+				return fmt.Errorf("answered by %s seeing %s; want self seeing a node's address", r.Pod, r.Peer)
+			}
+			return nil
+		})
+	}
+}

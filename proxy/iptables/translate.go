@@ -12,9 +12,13 @@
 //     Cluster-policy endpoints with "statistic random" (1/n, 1/(n-1), ...),
 //     SWB-s<svc><port>-SVL over the Local-policy ones, -EXT is the external
 //     entry (masquerade, or eTP Local's short-circuit for pods and the
-//     node), -FW checks loadBalancerSourceRanges; SWB-s<svc><port>-<ep>
-//     per endpoint marks hairpin traffic for masquerade, records ClientIP
-//     affinity with the "recent" match and DNATs. kube-proxy names them
+//     node), -FW checks loadBalancerSourceRanges. An endpoint whose own
+//     traffic can be DNATed here (on this node, or behind an
+//     externalTrafficPolicy Local short-circuit, or with no cluster CIDR)
+//     has a chain SWB-s<svc><port>-<ep> that marks hairpin traffic for
+//     masquerade, records ClientIP affinity with the "recent" match and
+//     DNATs; any other endpoint is DNATed (and recorded) by its rule in the
+//     policy chain itself (see ownChain in translatePort). kube-proxy names them
 //     KUBE-SVC-<hash>, KUBE-SEP-<hash>...; ours share a prefix per Service
 //     (<svc>, a hash of namespace/name) that sorts after every node-wide
 //     chain, which a full sync needs to be linear with iptables-nft (see
@@ -333,18 +337,54 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 		}
 		// Anything else falls through to SWB-PROXY-FIREWALL's drop.
 	}
-	var reachable []snapshot.Endpoint
+	// Which endpoints get a chain of their own. kube-proxy gives each one a
+	// chain (KUBE-SEP-*) because two things follow one random choice: the
+	// hairpin mark ("-s <endpoint>": a pod reaching itself through the
+	// Service must be masqueraded, or it answers itself) and the DNAT. The
+	// mark can only matter where a packet from the endpoint's own address
+	// is DNATed here: the endpoint is on this node (its pod's traffic, or a
+	// host-network endpoint's), or it is a pod sent here through an
+	// externalTrafficPolicy Local front-end's short-circuit, or there is
+	// no cluster CIDR to masquerade the traffic of anything else that is
+	// not a pod. A pod elsewhere reaches a ClusterIP through its own
+	// node's rules; anything else reaches this one's already masqueraded
+	// (from outside the cluster CIDR, or through an external front-end
+	// under Cluster policy). Every other endpoint is one rule in the
+	// policy chain that DNATs: a third of kube-proxy's rules and a tenth of
+	// its chains, which is what a sync costs the iptables tools and the
+	// kernel (both rewrite or revalidate the whole table).
+	ownChain := func(e snapshot.Endpoint) bool {
+		return e.Local || !local.IsValid() || (sp.ExternalLocal && external)
+	}
+	recentSet := func(list string) string {
+		if sp.AffinityTimeout <= 0 {
+			return ""
+		}
+		return "-m recent --set --name " + list + " --mask " + fullMask(is4) + " --rsource"
+	}
 	// The endpoints' rules' comment (none in a large cluster).
 	epcm := cm
 	if opts.LargeCluster {
 		epcm = ""
 	}
+	// toEndpoint is the rule that sends a policy chain's traffic that
+	// matched matches to endpoint e: a jump to its chain, or the DNAT
+	// itself (recording the client for affinity in the list named as
+	// the chain would be, so records survive a change of layout).
+	toEndpoint := func(e snapshot.Endpoint, matches string) string {
+		sep := endpointChain(svcKey, name, proto, e.AddrPort())
+		if ownChain(e) {
+			return join(epcm, matches, "-j "+sep)
+		}
+		return join("-p "+proto, epcm, matches, recentSet(sep), "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String())
+	}
+	var reachable []snapshot.Endpoint
 	if usesCluster {
-		balance(use(clusterChain), svcKey, name, proto, epcm, clusterEPs, sp.AffinityTimeout.Seconds())
+		balance(use(clusterChain), svcKey, name, proto, clusterEPs, sp.AffinityTimeout.Seconds(), toEndpoint)
 		reachable = append(reachable, clusterEPs...)
 	}
 	if usesLocal {
-		balance(use(localChain), svcKey, name, proto, epcm, localEPs, sp.AffinityTimeout.Seconds())
+		balance(use(localChain), svcKey, name, proto, localEPs, sp.AffinityTimeout.Seconds(), toEndpoint)
 		reachable = append(reachable, localEPs...)
 	}
 	done := map[netip.AddrPort]bool{}
@@ -353,16 +393,16 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 			continue
 		}
 		done[e.AddrPort()] = true
-		c := use(endpointChain(svcKey, name, proto, e.AddrPort()))
-		c.Rules = append(c.Rules, join("-s "+host(e.Addr), epcm, "-j "+chainMarkMasq))
-		recent := ""
-		if sp.AffinityTimeout > 0 {
-			recent = "-m recent --set --name " + c.Name + " --mask " + fullMask(is4) + " --rsource"
-		}
-		c.Rules = append(c.Rules, join("-p "+proto, epcm, recent, "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String()))
 		if sp.Protocol == v1.ProtocolUDP {
 			s.UDPEndpoints = append(s.UDPEndpoints, e.Addr)
 		}
+		if !ownChain(e) {
+			continue
+		}
+		c := use(endpointChain(svcKey, name, proto, e.AddrPort()))
+		c.Rules = append(c.Rules,
+			join("-s "+host(e.Addr), epcm, "-j "+chainMarkMasq),
+			join("-p "+proto, epcm, recentSet(c.Name), "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String()))
 	}
 	for _, n := range order {
 		s.Chains = append(s.Chains, *chains[n])
@@ -380,14 +420,16 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 
 // balance writes a policy chain's rules: affinity checks first (a client
 // seen within the timeout goes back to its endpoint), then one rule per
-// endpoint with the probability that spreads new connections evenly.
-func balance(c *Chain, svc snapshot.ServiceKey, name, proto, cm string, eps []snapshot.Endpoint, affinity float64) {
+// endpoint with the probability that spreads new connections evenly;
+// toEndpoint writes the rule that sends matching traffic to an endpoint.
+func balance(c *Chain, svc snapshot.ServiceKey, name, proto string, eps []snapshot.Endpoint, affinity float64,
+	toEndpoint func(e snapshot.Endpoint, matches string) string) {
 	is4 := eps[0].Addr.Is4()
 	if affinity > 0 {
 		for _, e := range eps {
 			sep := endpointChain(svc, name, proto, e.AddrPort())
-			c.Rules = append(c.Rules, join(cm, "-m recent --rcheck --seconds "+strconv.Itoa(int(affinity))+
-				" --reap --name "+sep+" --mask "+fullMask(is4)+" --rsource -j "+sep))
+			c.Rules = append(c.Rules, toEndpoint(e, "-m recent --rcheck --seconds "+strconv.Itoa(int(affinity))+
+				" --reap --name "+sep+" --mask "+fullMask(is4)+" --rsource"))
 		}
 	}
 	for i, e := range eps {
@@ -395,7 +437,7 @@ func balance(c *Chain, svc snapshot.ServiceKey, name, proto, cm string, eps []sn
 		if i < len(eps)-1 {
 			stat = "-m statistic --mode random --probability " + probability(len(eps)-i)
 		}
-		c.Rules = append(c.Rules, join(cm, stat, "-j "+endpointChain(svc, name, proto, e.AddrPort())))
+		c.Rules = append(c.Rules, toEndpoint(e, stat))
 	}
 }
 

@@ -68,23 +68,45 @@ func TestTranslate(t *testing.T) {
 		name   string
 		sp     *snapshot.ServicePort
 		is4    bool
+		opts   *Options // opts above when nil
 		want   []string
 		absent []string // substrings no rule may hold
 	}{{
-		name: "ClusterIP balanced with statistic, masquerade from outside the cluster CIDR, hairpin",
+		name: "ClusterIP balanced with statistic, masquerade from outside the cluster CIDR, other nodes' endpoints DNATed in the SVC chain",
 		sp:   port(nil, ep("10.244.1.2"), ep("10.244.2.2"), ep("10.244.3.2")),
 		is4:  true,
 		want: []string{
 			`nat SWB-SERVICES -d 10.96.0.10/32 -p tcp ` + cm + ` -m tcp --dport 80 -j ` + svc,
 			`filter SWB-CLUSTER-IPS -d 10.96.0.10/32 -m comment --comment "ns/web" -j REJECT --reject-with icmp-port-unreachable`,
 			`nat ` + svc + ` ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp ` + cm + ` -m tcp --dport 80 -j SWB-MARK-MASQ`,
-			`nat ` + svc + ` ` + cm + ` -m statistic --mode random --probability 0.33333333349 -j ` + sep("10.244.1.2"),
-			`nat ` + svc + ` ` + cm + ` -m statistic --mode random --probability 0.50000000000 -j ` + sep("10.244.2.2"),
-			`nat ` + svc + ` ` + cm + ` -j ` + sep("10.244.3.2"),
+			`nat ` + svc + ` -p tcp ` + cm + ` -m statistic --mode random --probability 0.33333333349 -m tcp -j DNAT --to-destination 10.244.1.2:8080`,
+			`nat ` + svc + ` -p tcp ` + cm + ` -m statistic --mode random --probability 0.50000000000 -m tcp -j DNAT --to-destination 10.244.2.2:8080`,
+			`nat ` + svc + ` -p tcp ` + cm + ` -m tcp -j DNAT --to-destination 10.244.3.2:8080`,
+		},
+		// No pod elsewhere can send its own address here unmasqueraded:
+		// no hairpin mark, no endpoint chain.
+		absent: []string{"filter SWB-SERVICES", "recent", ext, sep("10.244.1.2"), "-s 10.244.1.2"},
+	}, {
+		name: "an endpoint on this node keeps kube-proxy's chain: the hairpin mark, then the DNAT",
+		sp:   port(nil, ep("10.244.1.2", local), ep("10.244.2.2")),
+		is4:  true,
+		want: []string{
+			`nat ` + svc + ` ` + cm + ` -m statistic --mode random --probability 0.50000000000 -j ` + sep("10.244.1.2"),
+			`nat ` + svc + ` -p tcp ` + cm + ` -m tcp -j DNAT --to-destination 10.244.2.2:8080`,
 			`nat ` + sep("10.244.1.2") + ` -s 10.244.1.2/32 ` + cm + ` -j SWB-MARK-MASQ`,
 			`nat ` + sep("10.244.1.2") + ` -p tcp ` + cm + ` -m tcp -j DNAT --to-destination 10.244.1.2:8080`,
 		},
-		absent: []string{"filter SWB-SERVICES", "recent", ext},
+		absent: []string{sep("10.244.2.2")},
+	}, {
+		name: "no cluster CIDR: every endpoint keeps its chain (nothing masquerades a non-pod source)",
+		sp:   port(nil, ep("10.244.1.2"), ep("10.244.2.2")),
+		is4:  true,
+		opts: &Options{},
+		want: []string{
+			`nat ` + svc + ` ` + cm + ` -j ` + sep("10.244.2.2"),
+			`nat ` + sep("10.244.2.2") + ` -s 10.244.2.2/32 ` + cm + ` -j SWB-MARK-MASQ`,
+			`nat ` + sep("10.244.2.2") + ` -p tcp ` + cm + ` -m tcp -j DNAT --to-destination 10.244.2.2:8080`,
+		},
 	}, {
 		name: "no endpoints: rejected, ClusterIP and NodePort, no chains",
 		sp:   port(nodePort),
@@ -136,6 +158,11 @@ func TestTranslate(t *testing.T) {
 			`nat ` + ext + ` ` + cm + ` -m addrtype --src-type LOCAL -j ` + svc,
 			`nat ` + ext + ` -j ` + svl,
 			`nat ` + svl + ` ` + cm + ` -j ` + sep("10.244.1.2"),
+			// A pod elsewhere may come here through the short-circuit and
+			// be sent to itself: the other node's endpoint keeps its
+			// hairpin mark.
+			`nat ` + svc + ` ` + cm + ` -j ` + sep("10.244.2.2"),
+			`nat ` + sep("10.244.2.2") + ` -s 10.244.2.2/32 ` + cm + ` -j SWB-MARK-MASQ`,
 			`filter SWB-NODEPORTS -p tcp -m comment --comment "ns/web" -m tcp --dport 31000 -j ACCEPT`,
 		},
 	}, {
@@ -165,18 +192,28 @@ func TestTranslate(t *testing.T) {
 		absent: []string{"2001:db8"},
 	}, {
 		name: "sessionAffinity ClientIP: recent checks before balancing, set in the endpoint chain",
-		sp:   port(func(sp *snapshot.ServicePort) { sp.AffinityTimeout = 600 * time.Second }, ep("10.244.1.2"), ep("10.244.2.2")),
+		sp:   port(func(sp *snapshot.ServicePort) { sp.AffinityTimeout = 600 * time.Second }, ep("10.244.1.2", local), ep("10.244.2.2", local)),
 		is4:  true,
 		want: []string{
 			`nat ` + svc + ` ` + cm + ` -m recent --rcheck --seconds 600 --reap --name ` + sep("10.244.1.2") + ` --mask 255.255.255.255 --rsource -j ` + sep("10.244.1.2"),
 			`nat ` + sep("10.244.2.2") + ` -p tcp ` + cm + ` -m recent --set --name ` + sep("10.244.2.2") + ` --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.244.2.2:8080`,
 		},
 	}, {
+		name: "sessionAffinity ClientIP with other nodes' endpoints: check, record and DNAT in one rule",
+		sp:   port(func(sp *snapshot.ServicePort) { sp.AffinityTimeout = 600 * time.Second }, ep("10.244.1.2"), ep("10.244.2.2")),
+		is4:  true,
+		want: []string{
+			`nat ` + svc + ` -p tcp ` + cm + ` -m recent --rcheck --seconds 600 --reap --name ` + sep("10.244.1.2") + ` --mask 255.255.255.255 --rsource -m recent --set --name ` + sep("10.244.1.2") + ` --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.244.1.2:8080`,
+			`nat ` + svc + ` -p tcp ` + cm + ` -m statistic --mode random --probability 0.50000000000 -m recent --set --name ` + sep("10.244.1.2") + ` --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.244.1.2:8080`,
+			`nat ` + svc + ` -p tcp ` + cm + ` -m recent --set --name ` + sep("10.244.2.2") + ` --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.244.2.2:8080`,
+		},
+		absent: []string{"nat " + sep("10.244.1.2")},
+	}, {
 		name:   "terminating fallback: serving-and-terminating endpoints when none is ready",
 		sp:     port(nil, ep("10.244.1.2", terminating), snapshot.Endpoint{Addr: netip.MustParseAddr("10.244.2.2"), Port: 8080}),
 		is4:    true,
-		want:   []string{`nat ` + svc + ` ` + cm + ` -j ` + sep("10.244.1.2")},
-		absent: []string{sep("10.244.2.2"), "filter SWB-SERVICES"},
+		want:   []string{`nat ` + svc + ` -p tcp ` + cm + ` -m tcp -j DNAT --to-destination 10.244.1.2:8080`},
+		absent: []string{"10.244.2.2", "filter SWB-SERVICES"},
 	}, {
 		name: "IPv6: the family's endpoints only, bracketed DNAT, ICMPv6 reject",
 		sp: port(func(sp *snapshot.ServicePort) {
@@ -196,7 +233,11 @@ func TestTranslate(t *testing.T) {
 		absent: []string{""},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := render(Translate([]*snapshot.ServicePort{tc.sp}, tc.is4, opts))
+			o := opts
+			if tc.opts != nil {
+				o = *tc.opts
+			}
+			got := render(Translate([]*snapshot.ServicePort{tc.sp}, tc.is4, o))
 			for _, w := range tc.want {
 				if !slices.Contains(got, w) {
 					t.Errorf("missing rule\n  %s\ngot:\n  %s", w, strings.Join(got, "\n  "))
@@ -245,5 +286,27 @@ func TestPartialRewritesOnlyWhatChanged(t *testing.T) {
 	}
 	if strings.Contains(text, ":"+kept) {
 		t.Errorf("the unchanged endpoint's chain is redeclared:\n%s", text)
+	}
+}
+
+// TestPartialInlineEndpoints: where endpoints are DNATed in the policy
+// chain, replacing one rewrites that chain alone: no chain is declared or
+// deleted.
+func TestPartialInlineEndpoints(t *testing.T) {
+	opts := Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	old := Translate([]*snapshot.ServicePort{port(nil, ep("10.244.1.2"), ep("10.244.2.2"))}, true, opts)
+	now := Translate([]*snapshot.ServicePort{port(nil, ep("10.244.1.2"), ep("10.244.3.2"))}, true, opts)
+	var p partial
+	p.add(old, now)
+	text := string(p.text())
+	svc := portChain(key, "ns/web:http", "tcp", kindCluster)
+	if got := strings.Count(text, "\n:"); got != 1 || !strings.Contains(text, ":"+svc+" ") {
+		t.Errorf("want only %s redeclared (flushed), got %d declarations:\n%s", svc, got, text)
+	}
+	if strings.Contains(text, "-X ") || strings.Contains(text, "*filter") {
+		t.Errorf("a chain deleted or a shared rule rewritten:\n%s", text)
+	}
+	if !strings.Contains(text, "--to-destination 10.244.3.2:8080") || strings.Contains(text, "10.244.2.2") {
+		t.Errorf("the new endpoint is not DNATed in place of the old one:\n%s", text)
 	}
 }

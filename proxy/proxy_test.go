@@ -763,6 +763,70 @@ func testSessionAffinityShortCircuit(t *testing.T, mode string) {
 	})
 }
 
+// TestSessionAffinityPerServicePort: two ports of one Service with the same
+// protocol and target port keep their clients apart, as kube-proxy keeps a
+// client list per Service port and endpoint. The client is stuck to
+// backend 1 through port 81 while that port has it alone, and to backend 0
+// through port 80 likewise; then port 81 gets backend 0 too. Records
+// shared by the two ports would hold the client on backend 0 through port
+// 81 as well (its affinity check tries backend 0 first, in the lower
+// slot); per port, it stays on backend 1.
+func TestSessionAffinityPerServicePort(t *testing.T) { eachMode(t, testSessionAffinityPerServicePort) }
+
+func testSessionAffinityPerServicePort(t *testing.T, mode string) {
+	w := newWorld(t, 2)
+	w.mode = mode
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	svc := service(t, client, ns, "sticky-ports", func(s *v1.Service) {
+		s.Spec.Ports = []v1.ServicePort{
+			{Name: "web", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: v1.ProtocolTCP},
+			{Name: "alt", Port: 81, TargetPort: intstr.FromInt32(8080), Protocol: v1.ProtocolTCP},
+			// probe shows when a change of the slice that also
+			// carries it is programmed.
+			{Name: "probe", Port: 82, TargetPort: intstr.FromInt32(9090), Protocol: v1.ProtocolTCP},
+		}
+		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
+	})
+	// slice is the Service's slice of backend b with the ports given
+	// (all of a slice's endpoints serve all its ports).
+	slice := func(name, b string, ports map[string]int32) {
+		sl := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "sticky-ports"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{b}, NodeName: ptr.To("node-a"),
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}}},
+		}
+		for n, p := range ports {
+			sl.Ports = append(sl.Ports, discoveryv1.EndpointPort{Name: ptr.To(n), Port: ptr.To(p), Protocol: ptr.To(v1.ProtocolTCP)})
+		}
+		clustertest.ApplySlice(t, client, ns, sl)
+	}
+	b := w.backends
+	slice("sticky-ports-0", b[0], map[string]int32{"web": 8080})
+	slice("sticky-ports-1", b[1], map[string]int32{"alt": 8080})
+	port := func(p int) string { return net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(p)) }
+	reaches := func(p int, backend string) func() error {
+		return func() error {
+			got, err := w.seen(port(p), 5)
+			if err != nil || !sameSet(got, want(backend)) {
+				return fmt.Errorf("port %d reached %v (err %v), want only %s", p, got, err, backend)
+			}
+			return nil
+		}
+	}
+	eventually(t, "port 81 records the client with backend 1, its only endpoint", reaches(81, b[1]))
+	eventually(t, "port 80 records the client with backend 0, its only endpoint", reaches(80, b[0]))
+	slice("sticky-ports-0", b[0], map[string]int32{"web": 8080, "alt": 8080, "probe": 9090})
+	eventually(t, "port 82 (in the same slice change as backend 0 for port 81) reaches backend 0", reaches(82, b[0]))
+	if got, err := w.seen(port(81), 20); err != nil || !sameSet(got, want(b[1])) {
+		t.Errorf("with backend 0 added to port 81, port 81 reached %v (err %v), want only %s, its own record: "+
+			"the client was recorded with %s through port 80 only", got, err, b[1], b[0])
+	}
+}
+
 // httpGet fetches url from inside the namespace at path.
 func httpGet(path, url string) (*http.Response, string, error) {
 	resp, err := netnamespace.HTTPClient(path, 3*time.Second).Get(url)

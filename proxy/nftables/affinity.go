@@ -14,7 +14,7 @@ import (
 )
 
 // sessionAffinity ClientIP, as kube-proxy's nftables mode does it: each
-// endpoint of an affinity front-end has its own dynamic set of clients
+// endpoint of an affinity Service port has its own dynamic set of clients
 // (aff-ID) and its own chain (aff-ep-ID) that records the client in that
 // set and DNATs in one rule, so a client is only ever recorded with the
 // translation it got, and an endpoint's clients go with its set, in the
@@ -29,8 +29,9 @@ import (
 // removing one endpoint writes its set, its two chains and its two
 // elements, nothing of the other endpoints. NodePorts and the
 // short-circuit paths have the same (affinityKinds), so a client sticks
-// to its endpoint through every front-end, as with kube-proxy, whose
-// Service chain every path goes through.
+// to its endpoint through every front-end of the Service port, as with
+// kube-proxy, whose Service port's chain every path goes through; another
+// port of the Service has endpoints of its own (endpointID).
 const (
 	setAffinityEndpointPrefix = "aff-"
 	affinityEndpointChain     = "aff-ep-"
@@ -116,16 +117,16 @@ func (k *Tables) deleteLegacyAffinity(f *family) {
 }
 
 // endpointID names an affinity endpoint's set and chains: its Service
-// port's ClusterIP (e.Addr2, the owner), protocol, endpoint and timeout (a
-// new timeout makes new objects, as the set's timeout is part of its
-// definition). Every front-end of the port (ClusterIP, external and load
-// balancer IPs, NodePort) shares them, so a client sticks to its endpoint
-// whichever it uses, as with kube-proxy. (Two ports of one Service with the
-// same protocol and target share them too, where kube-proxy keeps one
-// list per port: the client reaches the same pod port either way.)
+// port (the ClusterIP e.Addr2, the owner, with the port's name and
+// protocol), endpoint and timeout (a new timeout makes new objects, as the
+// set's timeout is part of its definition). Every front-end of the port
+// (ClusterIP, external and load balancer IPs, NodePort) shares them, so a
+// client sticks to its endpoint whichever it uses, as with kube-proxy;
+// another port of the Service has its own even with the same target, as
+// kube-proxy keeps one client list per Service port and endpoint.
 func endpointID(e Elem) string {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s %s %s %d", e.Addr2, e.Proto, e.To, e.Timeout)
+	fmt.Fprintf(h, "%s %s %s %s %d", e.Addr2, e.PortName, e.Proto, e.To, e.Timeout)
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 

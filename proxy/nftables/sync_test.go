@@ -206,7 +206,7 @@ func TestAffinityEndpointsComeAndGoWithTheirObjects(t *testing.T) {
 	eps := tenAddrs()[:3]
 	w.set(webKey, svc, true, webSlice(eps...))
 	setOf := func(addr string) *nftables.Set {
-		id := endpointID(Elem{Addr2: netip.MustParseAddr("10.96.0.10"), Proto: v1.ProtocolTCP,
+		id := endpointID(Elem{Addr2: netip.MustParseAddr("10.96.0.10"), PortName: "http", Proto: v1.ProtocolTCP,
 			To: netip.AddrPortFrom(netip.MustParseAddr(addr), 8080), Timeout: 600})
 		return &nftables.Set{Table: w.k.fams[0].table, Name: setAffinityEndpointPrefix + id}
 	}
@@ -346,6 +346,97 @@ func TestAffinityEndpointsSharedByFrontEnds(t *testing.T) {
 		if n := len(w.fake.Elements(nftables.TableFamilyIPv4, name)); n != 1 {
 			t.Errorf("endpoint set %s lost its client with the NodePort (%d elements)", name, n)
 		}
+	}
+}
+
+// TestAffinityEndpointsPerServicePort: two ports of one Service with the
+// same protocol and target port keep their clients apart, as kube-proxy
+// keeps one client list per Service port and endpoint: each port's
+// front-ends check and record in the port's own endpoint sets. A port
+// that goes takes its elements and sets along and nothing of the other's.
+func TestAffinityEndpointsPerServicePort(t *testing.T) {
+	w := newFakeWorld(t)
+	svc := webService()
+	svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "alt", Port: 81, Protocol: v1.ProtocolTCP})
+	svc.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	svc.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
+	eps := tenAddrs()[:2]
+	slice := func(ports ...string) *discoveryv1.EndpointSlice {
+		sl := webSlice(eps...)
+		sl.Ports = nil
+		for _, p := range ports {
+			sl.Ports = append(sl.Ports, discoveryv1.EndpointPort{Name: ptr.To(p), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)})
+		}
+		return sl
+	}
+	w.set(webKey, svc, true, slice("http", "alt"))
+	setOf := func(port, addr string) string {
+		return setAffinityEndpointPrefix + endpointID(Elem{Addr2: netip.MustParseAddr("10.96.0.10"), PortName: port, Proto: v1.ProtocolTCP,
+			To: netip.AddrPortFrom(netip.MustParseAddr(addr), 8080), Timeout: 600})
+	}
+	endpointSets := func() []string {
+		var out []string
+		for _, n := range w.fake.SetNames(nftables.TableFamilyIPv4) {
+			if strings.HasPrefix(n, setAffinityEndpointPrefix) {
+				out = append(out, n)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := []string{setOf("http", eps[0]), setOf("http", eps[1]), setOf("alt", eps[0]), setOf("alt", eps[1])}
+	slices.Sort(want)
+	if got := endpointSets(); !slices.Equal(got, want) {
+		t.Fatalf("2 endpoints behind 2 ports with target 8080 have client sets %v, want one per port and endpoint %v", got, want)
+	}
+	// Each front-end checks the client sets of its own port: the check
+	// maps jump to the chain that looks the client up in them.
+	checks := map[uint16]map[string]bool{}
+	for s := range 2 {
+		for _, e := range w.fake.Elements(nftables.TableFamilyIPv4, fmt.Sprintf("affchk-2-%d", s)) {
+			port := uint16(e.Key[8])<<8 | uint16(e.Key[9])
+			if checks[port] == nil {
+				checks[port] = map[string]bool{}
+			}
+			checks[port][strings.TrimPrefix(e.VerdictData.Chain, affinityCheckChain)] = true
+		}
+	}
+	for port, name := range map[uint16]string{80: "http", 81: "alt"} {
+		for _, a := range eps {
+			if id := strings.TrimPrefix(setOf(name, a), setAffinityEndpointPrefix); !checks[port][id] || len(checks[port]) != 2 {
+				t.Errorf("port %d checks the clients of %v, want those of port %s's endpoints", port, checks[port], name)
+			}
+		}
+	}
+	client := nftables.SetElement{Key: netip.MustParseAddr("10.0.0.7").AsSlice()}
+	must(t, w.fake.SetAddElements(&nftables.Set{Table: w.k.fams[0].table, Name: setOf("http", eps[0])}, []nftables.SetElement{client}))
+	must(t, w.fake.Flush())
+
+	// Port alt goes: its front-end's five elements (affinity-600,
+	// affsvc-2 and affchk-2 per endpoint) and its two sets, nothing else.
+	svc.Spec.Ports = svc.Spec.Ports[:1]
+	w.set(webKey, svc, false, slice("http", "alt"))
+	if got := w.k.Stats().LastWrite; got != (Written{Deleted: 5}) {
+		t.Errorf("dropping port alt wrote %+v, want its 5 elements deleted", got)
+	}
+	want = []string{setOf("http", eps[0]), setOf("http", eps[1])}
+	slices.Sort(want)
+	if got := endpointSets(); !slices.Equal(got, want) {
+		t.Errorf("without port alt the client sets are %v, want port http's %v", got, want)
+	}
+	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, setOf("http", eps[0]))); n != 1 {
+		t.Errorf("port http's client set of %s holds %d clients after port alt went, want 1", eps[0], n)
+	}
+
+	// The records are the port's by name, as kube-proxy's: renumbering
+	// it rewrites its front-end's elements and keeps its clients.
+	svc.Spec.Ports[0].Port = 88
+	w.set(webKey, svc, false, slice("http", "alt"))
+	if got := endpointSets(); !slices.Equal(got, want) {
+		t.Errorf("after renumbering port http the client sets are %v, want %v", got, want)
+	}
+	if n := len(w.fake.Elements(nftables.TableFamilyIPv4, setOf("http", eps[0]))); n != 1 {
+		t.Errorf("renumbering port http left %d clients in its client set of %s, want 1", n, eps[0])
 	}
 }
 

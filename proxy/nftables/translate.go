@@ -119,9 +119,17 @@ type Elem struct {
 	Slot  int // numgen slot for bucket maps, else -1
 	// Addr2 is the second address of the key (hairpin). Affinity
 	// elements, whose keys have none, carry the Service port's ClusterIP
-	// of the family here instead: the owner of the endpoint's affinity
-	// objects, which all the port's front-ends share (endpointID).
+	// of the family here instead and its name in PortName: with the
+	// protocol they name the Service port that owns the endpoint's
+	// affinity objects, which all the port's front-ends share, and no
+	// other port does (endpointID).
 	Addr2 netip.Addr
+	// PortName is the Service port's name ("" for an unnamed single
+	// port) on affinity elements, unset on the others. The name, not the
+	// number, as kube-proxy names its endpoint chains and their client
+	// lists after the ServicePortName: renumbering a port keeps its
+	// clients.
+	PortName string
 	// Range is the source prefix of lb-allowed elements.
 	Range netip.Prefix
 	To    netip.AddrPort
@@ -161,6 +169,10 @@ func (e Elem) String() string {
 	}
 	if e.Addr2.IsValid() && affinity {
 		s += " of " + e.Addr2.String()
+		if e.PortName != "" {
+			// A DNS label: nothing to quote.
+			s += " port " + e.PortName
+		}
 	}
 	return s
 }
@@ -200,10 +212,11 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	if len(fam(sp.UsableEndpoints())) > 0 {
 		noEndpoints, noEndpointsNodePort = setNoLocalEndpoints, setNoLocalEndpointsNodePort
 	}
-	// The ClusterIP of this family owns the port's affinity endpoints:
-	// a client recorded through one front-end is sent to the same
-	// endpoint through the others, as kube-proxy's per-endpoint recent
-	// lists and sets do.
+	// The ClusterIP of this family and the port's name own the port's
+	// affinity endpoints: a client recorded through one front-end is
+	// sent to the same endpoint through the others, and another port of
+	// the Service balances it on its own, as kube-proxy's per-endpoint
+	// recent lists and sets of each Service port do.
 	var owner netip.Addr
 	for _, cip := range sp.ClusterIPs {
 		if cip.Is4() == is4 {
@@ -218,8 +231,8 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 		balance, check := bucket(balancePrefix, len(eps)), bucket(checkPrefix, len(eps))
 		for i, e := range eps {
 			out = append(out,
-				Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner},
-				Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner})
+				Elem{Set: balance, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner, PortName: sp.Key.Port},
+				Elem{Set: check, Addr: addr, Proto: sp.Protocol, Port: uint16(port), Slot: i, To: e.AddrPort(), Timeout: secs, Addr2: owner, PortName: sp.Key.Port})
 		}
 	}
 	front := func(addr netip.Addr, eps []snapshot.Endpoint) {

@@ -42,6 +42,8 @@ func TestTranslate(t *testing.T) {
 		// withClusterIPs keeps the cluster-ips elements (every case has
 		// them; most leave them out of want).
 		withClusterIPs bool
+		// also is another port of sp's Service, translated after it.
+		also *snapshot.ServicePort
 	}{{
 		name: "every ClusterIP is listed, whatever its endpoints, for cluster-ips-check",
 		sp: base(func(sp *snapshot.ServicePort) {
@@ -258,6 +260,34 @@ func TestTranslate(t *testing.T) {
 			"hairpin 10.244.1.2 . 10.244.1.2",
 		},
 	}, {
+		// kube-proxy names an endpoint's chain and client list after the
+		// ServicePortName: a client stuck to a pod through one port is
+		// balanced afresh through the other.
+		name: "sessionAffinity: two ports of a Service with the same protocol and target port own distinct endpoint records",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.Key.Port = "http"
+			sp.AffinityTimeout = 30 * time.Second
+			sp.NodePort = 30080
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 8080)}
+		}),
+		also: base(func(sp *snapshot.ServicePort) {
+			sp.Key.Port, sp.Port = "alt", 81
+			sp.AffinityTimeout = 30 * time.Second
+			sp.NodePort = 30081
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 8080)}
+		}),
+		is4: true,
+		want: []string{
+			"affinity-30 10.96.0.10 . tcp . 80",
+			"affsvc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port http", "affchk-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port http",
+			"affnp-1 tcp . 30080 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port http", "affnpchk-1 tcp . 30080 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port http",
+			"masq-nodeport tcp . 30080",
+			"affinity-30 10.96.0.10 . tcp . 81",
+			"affsvc-1 10.96.0.10 . tcp . 81 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port alt", "affchk-1 10.96.0.10 . tcp . 81 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port alt",
+			"affnp-1 tcp . 30081 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port alt", "affnpchk-1 tcp . 30081 . 0 : 10.244.2.2 . 8080 timeout 30s of 10.96.0.10 port alt",
+			"masq-nodeport tcp . 30081",
+		},
+	}, {
 		name: "loadBalancerSourceRanges restrict the LB ingress IP, not the ClusterIP",
 		sp: base(func(sp *snapshot.ServicePort) {
 			sp.LoadBalancerIPs = addrs("198.51.100.1")
@@ -334,8 +364,22 @@ func TestTranslate(t *testing.T) {
 	}}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			elems := Translate(tc.sp, tc.is4, tc.opts)
+			if tc.also != nil {
+				elems = append(elems, Translate(tc.also, tc.is4, tc.opts)...)
+			}
 			var got []string
-			for _, e := range Translate(tc.sp, tc.is4, tc.opts) {
+			// ids are each endpoint's affinity objects (client set
+			// and chains): one per Service port, which all its
+			// front-ends share.
+			ids := map[netip.AddrPort]map[string]bool{}
+			for _, e := range elems {
+				if isAffinityBalance(e.Set) {
+					if ids[e.To] == nil {
+						ids[e.To] = map[string]bool{}
+					}
+					ids[e.To][endpointID(e)] = true
+				}
 				if e.Set == setClusterIPs && !tc.withClusterIPs {
 					continue
 				}
@@ -343,6 +387,15 @@ func TestTranslate(t *testing.T) {
 			}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("elements (-want +got):\n%s", diff)
+			}
+			ports := 1
+			if tc.also != nil {
+				ports = 2
+			}
+			for ep, objs := range ids {
+				if len(objs) != ports {
+					t.Errorf("endpoint %s has %d affinity objects %v over %d Service ports, want one per port", ep, len(objs), objs, ports)
+				}
 			}
 		})
 	}

@@ -555,16 +555,24 @@ func (k *Kernel) Inspect(keys ...snapshot.ServiceKey) (map[snapshot.ServiceKey]n
 				st.Missing = append(st.Missing, line)
 				continue
 			}
-			var held []string
+			var held []netip.AddrPort
 			for _, d := range got {
-				a, _ := netip.AddrFromSlice(d.Address)
-				held = append(held, netip.AddrPortFrom(a.Unmap(), d.Port).String())
+				held = append(held, destKey(d))
 			}
 			for _, r := range vs.Reals {
 				l := "  -> " + r.Addr.String()
 				st.Applied = append(st.Applied, line+l)
-				if !slices.Contains(held, r.Addr.String()) {
+				if !slices.Contains(held, r.Addr) {
 					st.Missing = append(st.Missing, line+l)
+				}
+			}
+			// A removed endpoint still holding connections stays, at
+			// weight 0, until they end: shown so that "why does this
+			// pod still get traffic" has its answer.
+			for _, d := range got {
+				if _, draining := k.draining[realKey{vs.ServerKey, destKey(d)}]; draining {
+					st.Applied = append(st.Applied, fmt.Sprintf("%s  -> %s draining (weight 0, %d active, %d inactive connections)",
+						line, destKey(d), d.ActiveConnections, d.InactiveConnections))
 				}
 			}
 		}

@@ -275,6 +275,20 @@ func TestGracefulTermination(t *testing.T) {
 	if n, err := k.DrainTerminated(); err != nil || n != 2 {
 		t.Fatalf("DrainTerminated with connections left: %d draining (%v), want 2", n, err)
 	}
+	// The debug read-back shows them.
+	st, err := k.Inspect(a)
+	must(t, err)
+	for _, w := range []string{
+		"ipvs tcp 10.96.0.1:80 rr  -> 10.244.1.2:8080 draining (weight 0, 1 active, 0 inactive connections)",
+		"ipvs tcp 10.96.0.1:80 rr  -> 10.244.2.2:8080 draining (weight 0, 0 active, 2 inactive connections)",
+	} {
+		if !slices.Contains(st[a].Applied, w) {
+			t.Errorf("Inspect does not show %q:\n%s", w, strings.Join(st[a].Applied, "\n"))
+		}
+	}
+	if len(st[a].Missing) != 0 {
+		t.Errorf("Inspect reports missing %q", st[a].Missing)
+	}
 
 	// 10.244.2.2's connections end: the next check deletes it.
 	must(t, f.SetConnections(tcpVS, real("10.244.2.2:8080"), 0, 0))

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -392,10 +393,7 @@ func writeLines(b *bytes.Buffer, groups ...[]string) {
 // and one after a failure list the table (iptables-save of a large nat
 // table takes seconds, as kube-proxy notes).
 func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
-	applied := make(map[snapshot.ServiceKey][2]Service, snap.Len())
-	for key, ports := range snap.All() {
-		applied[key] = [2]Service{Translate(ports, true, k.cfg.Options), Translate(ports, false, k.cfg.Options)}
-	}
+	applied := translateAll(snap, k.cfg.Options)
 	var written nftables.Written
 	for i, is4 := range []bool{true, false} {
 		var existing []string
@@ -519,6 +517,35 @@ func baseChains(is4 bool, nodePortIPs []netip.Addr, serviceCIDRs []netip.Prefix)
 	return filter, nat
 }
 
+// translateAll translates every Service of snap, in both families, on
+// every CPU: Translate is pure, and a full sync waits for all of it.
+func translateAll(snap *snapshot.Snapshot, opts Options) map[snapshot.ServiceKey][2]Service {
+	type item struct {
+		key   snapshot.ServiceKey
+		ports []*snapshot.ServicePort
+		out   [2]Service
+	}
+	items := make([]item, 0, snap.Len())
+	for key, ports := range snap.All() {
+		items = append(items, item{key: key, ports: ports})
+	}
+	workers := min(runtime.GOMAXPROCS(0), 1+len(items)/256)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(items); i += workers {
+				items[i].out = [2]Service{Translate(items[i].ports, true, opts), Translate(items[i].ports, false, opts)}
+			}
+		})
+	}
+	wg.Wait()
+	applied := make(map[snapshot.ServiceKey][2]Service, len(items))
+	for _, it := range items {
+		applied[it.key] = it.out
+	}
+	return applied
+}
+
 // FullText renders a full sync of one family: every chain of ours
 // declared (and so flushed) and refilled, and the Service chains in
 // existing that no Service wants flushed and deleted. NodePorts answer on
@@ -539,6 +566,21 @@ func baseChains(is4 bool, nodePortIPs []netip.Addr, serviceCIDRs []netip.Prefix)
 func FullText(is4 bool, nodePortIPs []netip.Addr, serviceCIDRs []netip.Prefix, services []Service, existing []string) ([]byte, int) {
 	filter, nat := baseChains(is4, nodePortIPs, serviceCIDRs)
 	var b bytes.Buffer
+	// The text is tens of megabytes at 5,000 Services: sized once, not
+	// grown (and copied and cleared) by doubling.
+	size := 4096
+	for _, s := range services {
+		for _, r := range s.Rules {
+			size += len(r.Chain) + len(r.Spec) + 5
+		}
+		for _, c := range s.Chains {
+			size += 2*len(c.Name) + 16
+			for _, r := range c.Rules {
+				size += len(c.Name) + len(r) + 5
+			}
+		}
+	}
+	b.Grow(size + 64*len(existing))
 	n := 0
 	rule := func(chain, spec string) {
 		b.WriteString("-A ")

@@ -75,3 +75,34 @@ func BenchmarkKernelSync(b *testing.B) {
 		b.ReportMetric(float64(w.Deleted), "rules-deleted")
 	})
 }
+
+// BenchmarkFullText times the Go half of a full sync of -services
+// Services × 10 endpoints on other nodes (as bench/proxycluster has them):
+// translating every Service and writing the restore input, no kernel.
+//
+//	go test -run - -bench FullText ./proxy/iptables -args -services 5000
+func BenchmarkFullText(b *testing.B) {
+	opts := Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, LargeCluster: true}
+	all := map[snapshot.ServiceKey][]*snapshot.ServicePort{}
+	for i := range *benchServices {
+		key := snapshot.ServiceKey{Namespace: "bench", Name: fmt.Sprintf("s%d", i)}
+		sp := &snapshot.ServicePort{Key: snapshot.PortKey{ServiceKey: key, Port: "http", Protocol: v1.ProtocolTCP}, Protocol: v1.ProtocolTCP, Port: 80,
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}}
+		for e := range 10 {
+			sp.Endpoints = append(sp.Endpoints, snapshot.Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, byte(e), byte(i % 250)}), Port: 8080, Ready: true, Serving: true})
+		}
+		all[key] = []*snapshot.ServicePort{sp}
+	}
+	snap := snapshot.New(all)
+	nodeIPs := []netip.Addr{netip.MustParseAddr("10.0.1.1")}
+	b.ReportAllocs()
+	for b.Loop() {
+		applied := translateAll(snap, opts)
+		services := make([]Service, 0, len(applied))
+		for _, s := range applied {
+			services = append(services, s[0])
+		}
+		data, _ := FullText(true, nodeIPs, snap.ServiceCIDRs, services, nil)
+		b.SetBytes(int64(len(data)))
+	}
+}

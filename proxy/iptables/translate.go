@@ -207,11 +207,14 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 	// the short-circuit.
 	usesCluster := len(clusterEPs) > 0 && (!sp.InternalLocal || external)
 	usesLocal := len(localEPs) > 0 && (sp.InternalLocal || (sp.ExternalLocal && external))
-	svcKey := sp.Key.ServiceKey
-	clusterChain := portChain(svcKey, name, proto, kindCluster)
-	localChain := portChain(svcKey, name, proto, kindLocal)
-	extChain := portChain(svcKey, name, proto, kindExternal)
-	fwChain := portChain(svcKey, name, proto, kindFirewall)
+	// The chains' names share the port's prefix: two hashes, computed once.
+	prefix := portPrefix(sp.Key.ServiceKey, name, proto)
+	clusterChain := prefix + "-" + kindCluster
+	localChain := prefix + "-" + kindLocal
+	extChain := prefix + "-" + kindExternal
+	fwChain := prefix + "-" + kindFirewall
+	// sepName names endpoint e's chain, and its affinity list.
+	sepName := func(e snapshot.Endpoint) string { return prefix + "-" + endpointHash(name, proto, e.AddrPort()) }
 
 	internalChain, hasInternal := clusterChain, hasEndpoints
 	if sp.InternalLocal {
@@ -372,19 +375,22 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 	// itself (recording the client for affinity in the list named as
 	// the chain would be, so records survive a change of layout).
 	toEndpoint := func(e snapshot.Endpoint, matches string) string {
-		sep := endpointChain(svcKey, name, proto, e.AddrPort())
 		if ownChain(e) {
-			return join(epcm, matches, "-j "+sep)
+			return join(epcm, matches, "-j "+sepName(e))
 		}
-		return join("-p "+proto, epcm, matches, recentSet(sep), "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String())
+		list := ""
+		if sp.AffinityTimeout > 0 {
+			list = recentSet(sepName(e))
+		}
+		return join("-p "+proto, epcm, matches, list, "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String())
 	}
 	var reachable []snapshot.Endpoint
 	if usesCluster {
-		balance(use(clusterChain), svcKey, name, proto, clusterEPs, sp.AffinityTimeout.Seconds(), toEndpoint)
+		balance(use(clusterChain), clusterEPs, sp.AffinityTimeout.Seconds(), sepName, toEndpoint)
 		reachable = append(reachable, clusterEPs...)
 	}
 	if usesLocal {
-		balance(use(localChain), svcKey, name, proto, localEPs, sp.AffinityTimeout.Seconds(), toEndpoint)
+		balance(use(localChain), localEPs, sp.AffinityTimeout.Seconds(), sepName, toEndpoint)
 		reachable = append(reachable, localEPs...)
 	}
 	done := map[netip.AddrPort]bool{}
@@ -399,7 +405,7 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 		if !ownChain(e) {
 			continue
 		}
-		c := use(endpointChain(svcKey, name, proto, e.AddrPort()))
+		c := use(sepName(e))
 		c.Rules = append(c.Rules,
 			join("-s "+host(e.Addr), epcm, "-j "+chainMarkMasq),
 			join("-p "+proto, epcm, recentSet(c.Name), "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String()))
@@ -421,15 +427,15 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 // balance writes a policy chain's rules: affinity checks first (a client
 // seen within the timeout goes back to its endpoint), then one rule per
 // endpoint with the probability that spreads new connections evenly;
-// toEndpoint writes the rule that sends matching traffic to an endpoint.
-func balance(c *Chain, svc snapshot.ServiceKey, name, proto string, eps []snapshot.Endpoint, affinity float64,
+// toEndpoint writes the rule that sends matching traffic to an endpoint,
+// sepName names an endpoint's affinity list.
+func balance(c *Chain, eps []snapshot.Endpoint, affinity float64, sepName func(snapshot.Endpoint) string,
 	toEndpoint func(e snapshot.Endpoint, matches string) string) {
 	is4 := eps[0].Addr.Is4()
 	if affinity > 0 {
 		for _, e := range eps {
-			sep := endpointChain(svc, name, proto, e.AddrPort())
 			c.Rules = append(c.Rules, toEndpoint(e, "-m recent --rcheck --seconds "+strconv.Itoa(int(affinity))+
-				" --reap --name "+sep+" --mask "+fullMask(is4)+" --rsource"))
+				" --reap --name "+sepName(e)+" --mask "+fullMask(is4)+" --rsource"))
 		}
 	}
 	for i, e := range eps {
@@ -510,14 +516,25 @@ func groupOf(chain string) string {
 // ServicePortName, namespace/name:port), the kind. 25 characters at most:
 // iptables allows 28.
 func portChain(svc snapshot.ServiceKey, name, proto, kind string) string {
-	return serviceGroup(svc) + hash(name+proto, 4) + "-" + kind
+	return portPrefix(svc, name, proto) + "-" + kind
+}
+
+// portPrefix is what a Service port's chains' names start with.
+func portPrefix(svc snapshot.ServiceKey, name, proto string) string {
+	return serviceGroup(svc) + hash(name+proto, 4)
 }
 
 // endpointChain names an endpoint's chain: the port's prefix and 8
 // characters of the endpoint's hash, as kube-proxy's
 // servicePortEndpointChainName hashes it (28 characters).
 func endpointChain(svc snapshot.ServiceKey, name, proto string, ep netip.AddrPort) string {
-	return serviceGroup(svc) + hash(name+proto, 4) + "-" + hash(name+proto+ep.String(), 8)
+	return portPrefix(svc, name, proto) + "-" + endpointHash(name, proto, ep)
+}
+
+// endpointHash is the part of an endpoint chain's name after its port's
+// prefix.
+func endpointHash(name, proto string, ep netip.AddrPort) string {
+	return hash(name+proto+ep.String(), 8)
 }
 
 // isServiceChain tells the chains Services own (deleted when stale), in

@@ -397,6 +397,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 	var written nftables.Written
 	for i, is4 := range []bool{true, false} {
 		var existing []string
+		var natSave []byte
 		if k.synced {
 			for _, s := range k.applied {
 				for _, c := range s[i].Chains {
@@ -409,6 +410,7 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 				return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
 			}
 			existing = chainsOf(save)
+			natSave = save
 		}
 		services := make([]Service, 0, len(applied))
 		for _, s := range applied {
@@ -418,13 +420,16 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		// tables are small, as kube-proxy creates its chains and jumps
 		// before its restore: the legacy tools read and write a whole
 		// table per call, so a -C and an -I after a 200k-rule restore
-		// cost about a second each.
+		// cost about a second each. One save of the filter table and one
+		// restore do it, not a process per jump checked and inserted
+		// (28 per family, a second or more on a busy node).
 		fresh := !k.synced && !slices.Contains(existing, chainServices)
 		if fresh {
-			if err := k.run.Restore(is4, jumpTargets()); err != nil {
+			filterSave, err := k.run.Save(is4, TableFilter)
+			if err != nil {
 				return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
 			}
-			if err := ensureJumps(k.run, is4); err != nil {
+			if err := k.run.Restore(is4, freshJumps(filterSave, natSave)); err != nil {
 				return fmt.Errorf("full sync in %q: %w", k.cfg.NetNS, err)
 			}
 		}
@@ -742,13 +747,21 @@ var jumps = []jump{
 	{TableNAT, "POSTROUTING", []string{"-m", "comment", "--comment", "switchboard postrouting rules", "-j", chainPostrouting}},
 }
 
-// jumpTargets is restore input declaring, empty, the chains the jumps
-// lead to, so the jumps can be inserted before the full sync fills them.
-// It is only used where those chains do not exist yet: declaring a chain
-// in a restore flushes it.
-func jumpTargets() []byte {
+// freshJumps is restore input for a node without chains of ours: it
+// declares, empty, the chains the jumps lead to and inserts every jump the
+// tables' iptables-save output (filterSave, natSave) does not hold, at the
+// top of its built-in chain, leaving them in jumps' order.
+func freshJumps(filterSave, natSave []byte) []byte {
 	var b bytes.Buffer
 	for _, table := range []string{TableFilter, TableNAT} {
+		saved := filterSave
+		if table == TableNAT {
+			saved = natSave
+		}
+		held := map[string]bool{}
+		for _, l := range strings.Split(string(saved), "\n") {
+			held[l] = true
+		}
 		b.WriteString("*" + table + "\n")
 		var seen []string
 		for _, j := range jumps {
@@ -759,9 +772,29 @@ func jumpTargets() []byte {
 			seen = append(seen, target)
 			b.WriteString(":" + target + " - [0:0]\n")
 		}
+		for i := len(jumps) - 1; i >= 0; i-- {
+			j := jumps[i]
+			if j.table != table || held["-A "+j.chain+" "+j.spec()] {
+				continue
+			}
+			b.WriteString("-I " + j.chain + " " + j.spec() + "\n")
+		}
 		b.WriteString("COMMIT\n")
 	}
 	return b.Bytes()
+}
+
+// spec is the jump's rule as iptables-save prints it: an argument with a
+// space (a comment) in double quotes.
+func (j jump) spec() string {
+	args := make([]string, len(j.args))
+	for i, a := range j.args {
+		if strings.Contains(a, " ") {
+			a = `"` + a + `"`
+		}
+		args[i] = a
+	}
+	return strings.Join(args, " ")
 }
 
 // ensureJumps inserts the jumps that are missing, at the top of their

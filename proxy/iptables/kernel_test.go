@@ -122,6 +122,14 @@ func TestKernelPartialSyncsCleanupAndReadBack(t *testing.T) {
 				must(t, k.Sync(snap, snapshot.Changes{Full: true}))
 				readBack(t, k, web, dns)
 				saved = save(t, run)
+				// The jumps the first sync inserted with its restore are
+				// found by the restarted proxy's checks: each is there once
+				// per family.
+				for _, j := range jumps {
+					if n := strings.Count(saved, "-A "+j.chain+" "+j.spec()+"\n"); n != 2 {
+						t.Errorf("full sync %d: jump %q is there %d times, want once per family", i, j.spec(), n)
+					}
+				}
 				for _, old := range []string{"10.244.1.2:8080", "10.244.4.2:8080"}[:i+1] {
 					if c := endpointChain(web, "ns/web:tcp", "tcp", netip.MustParseAddrPort(old)); strings.Contains(saved, c) {
 						t.Errorf("full sync %d left the chain of replaced endpoint %s:\n%s", i, old, saved)

@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -554,9 +557,57 @@ func testRestartKeepsEstablishedConnections(t *testing.T, mode string) {
 	}
 }
 
+// TestUDPStaleConntrackCleared: a UDP flow (one client socket, so one
+// conntrack entry) that started before the proxy's first sync, and so went
+// out untranslated, reaches the Service's endpoint after that sync, as
+// kube-proxy reconciles conntrack on its first sync too; when that
+// endpoint leaves the Service, the same flow moves to the new one.
 func TestUDPStaleConntrackCleared(t *testing.T) { eachMode(t, testUDPStaleConntrackCleared) }
 
 func testUDPStaleConntrackCleared(t *testing.T, mode string) {
+	w := newWorld(t, 2)
+	w.mode = mode
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	svc := service(t, client, ns, "dns", nil)
+	b := w.backends
+	setSlice(t, client, ns, "dns", []epSpec{ready(b[0], "node-a")})
+	// The node tracks connections before the proxy runs, as real nodes
+	// do (their CNI's rules use conntrack): a namespace without any rule
+	// using conntrack would not track the early datagram at all.
+	if _, err := netnamespace.Exec(w.node, "nft", "add table inet sbtest; "+
+		"add chain inet sbtest early { type filter hook forward priority 10; }; "+
+		"add rule inet sbtest early ct state invalid counter"); err != nil {
+		t.Fatal(err)
+	}
+	u := newUDPFlow(t, w, svc.Spec.ClusterIP, 53)
+	// No proxy yet: the datagram is routed on (out of the uplink) and
+	// leaves an untranslated conntrack entry, which every later datagram
+	// of the socket keeps alive.
+	if be, err := u.query(); err == nil {
+		t.Fatalf("%s answered before the proxy ran", be)
+	}
+	if !hasUDPEntry(t, w, netip.MustParseAddrPort(net.JoinHostPort(svc.Spec.ClusterIP, "53"))) {
+		t.Fatal("the early datagram left no conntrack entry: the test would show nothing")
+	}
+	startProxy(t, w, proxy.Config{Client: client})
+	eventually(t, "the flow started before the first sync reaches the endpoint", u.reaches(b[0]))
+	// The same client socket must move to the new endpoint once the old
+	// one is removed.
+	setSlice(t, client, ns, "dns", []epSpec{ready(b[1], "node-a")})
+	eventually(t, "UDP flow moved to the new endpoint", u.reaches(b[1]))
+}
+
+// TestUDPFlowToServingTerminatingEndpointKept: as kube-proxy does, a UDP
+// flow to an endpoint that is terminating but still serving is kept, even
+// though new flows go to the ready endpoint only ("changes to the service
+// should not affect existing flows"); once the endpoint leaves the
+// Service, the flow moves.
+func TestUDPFlowToServingTerminatingEndpointKept(t *testing.T) {
+	eachMode(t, testUDPFlowToServingTerminatingEndpointKept)
+}
+
+func testUDPFlowToServingTerminatingEndpointKept(t *testing.T, mode string) {
 	w := newWorld(t, 2)
 	w.mode = mode
 	client, _ := clustertest.Client(t)
@@ -565,45 +616,99 @@ func testUDPStaleConntrackCleared(t *testing.T, mode string) {
 	svc := service(t, client, ns, "dns", nil)
 	b := w.backends
 	setSlice(t, client, ns, "dns", []epSpec{ready(b[0], "node-a")})
+	old := newUDPFlow(t, w, svc.Spec.ClusterIP, 53)
+	eventually(t, "UDP through the VIP", old.reaches(b[0]))
+	setSlice(t, client, ns, "dns", []epSpec{{addr: b[0], node: "node-a", terminating: true}, ready(b[1], "node-a")})
+	// A new flow reaching b[1] shows the change is programmed (each try
+	// is a new socket: a flow that started before the change would stay
+	// on b[0], being kept as well); the clean-up follows within the same
+	// sync, so the old flow is watched for a while after.
+	eventually(t, "a new flow reaches the ready endpoint", func() error {
+		fresh := newUDPFlow(t, w, svc.Spec.ClusterIP, 53)
+		defer fresh.conn.Close()
+		return fresh.reaches(b[1])()
+	})
+	for range 10 {
+		if err := old.reaches(b[0])(); err != nil {
+			t.Fatalf("the flow to the serving terminating endpoint: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	setSlice(t, client, ns, "dns", []epSpec{ready(b[1], "node-a")})
+	eventually(t, "the flow moves once its endpoint left", old.reaches(b[1]))
+}
+
+// hasUDPEntry reports whether the node's conntrack table holds a UDP
+// entry whose original destination is dst.
+func hasUDPEntry(t *testing.T, w *world, dst netip.AddrPort) bool {
+	t.Helper()
+	ns, err := netns.GetFromPath(w.nodePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	flows, err := h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range flows {
+		a, _ := netip.AddrFromSlice(f.Forward.DstIP)
+		if f.Forward.Protocol == unix.IPPROTO_UDP && netip.AddrPortFrom(a.Unmap(), f.Forward.DstPort) == dst {
+			return true
+		}
+	}
+	return false
+}
+
+// udpFlow is one UDP client socket in the client namespace, so one
+// conntrack entry for as long as it keeps sending.
+type udpFlow struct {
+	conn net.PacketConn
+	to   *net.UDPAddr
+}
+
+func newUDPFlow(t *testing.T, w *world, ip string, port int) *udpFlow {
+	t.Helper()
 	var conn net.PacketConn
 	if err := netnamespace.Do(w.clientNS, func() error {
 		var err error
-		conn, err = net.ListenPacket("udp", "10.0.1.2:40000")
+		conn, err = net.ListenPacket("udp", "10.0.1.2:0")
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	to := &net.UDPAddr{IP: net.ParseIP(svc.Spec.ClusterIP), Port: 53}
-	query := func() (string, error) {
-		conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
-		if _, err := conn.WriteTo([]byte("q"), to); err != nil {
-			return "", err
-		}
-		buf := make([]byte, 256)
-		n, _, err := conn.ReadFrom(buf)
-		if err != nil {
-			return "", err
-		}
-		return strings.Fields(string(buf[:n]))[0], nil
+	t.Cleanup(func() { conn.Close() })
+	return &udpFlow{conn: conn, to: &net.UDPAddr{IP: net.ParseIP(ip), Port: port}}
+}
+
+// query sends one datagram and returns the backend that answered.
+func (u *udpFlow) query() (string, error) {
+	u.conn.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := u.conn.WriteTo([]byte("q"), u.to); err != nil {
+		return "", err
 	}
-	eventually(t, "UDP through the VIP", func() error {
-		be, err := query()
-		if err == nil && be != b[0] {
-			err = fmt.Errorf("reached %s, want %s", be, b[0])
+	buf := make([]byte, 256)
+	n, _, err := u.conn.ReadFrom(buf)
+	if err != nil {
+		return "", err
+	}
+	return strings.Fields(string(buf[:n]))[0], nil
+}
+
+// reaches checks that one query is answered by backend.
+func (u *udpFlow) reaches(backend string) func() error {
+	return func() error {
+		be, err := u.query()
+		if err == nil && be != backend {
+			err = fmt.Errorf("reached %s, want %s", be, backend)
 		}
 		return err
-	})
-	// The same client socket (same 5-tuple, so the same conntrack entry)
-	// must move to the new endpoint once the old one is removed.
-	setSlice(t, client, ns, "dns", []epSpec{ready(b[1], "node-a")})
-	eventually(t, "UDP flow moved to the new endpoint", func() error {
-		be, err := query()
-		if err == nil && be != b[1] {
-			err = fmt.Errorf("still reaching %s", be)
-		}
-		return err
-	})
+	}
 }
 
 func TestSessionAffinitySticks(t *testing.T) { eachMode(t, testSessionAffinitySticks) }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchboard/switchboard/netnamespace"
+	"github.com/switchboard/switchboard/proxy/conntrack"
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
@@ -150,7 +151,7 @@ type Config struct {
 	// Runner and Conntrack replace the real tools (tests); Variant picks
 	// the iptables backend when Runner is nil.
 	Runner    Runner
-	Conntrack nftables.Conntrack
+	Conntrack conntrack.Conntrack
 	Variant   string
 }
 
@@ -160,7 +161,7 @@ type Kernel struct {
 	cfg Config
 	log *slog.Logger
 	run Runner
-	ct  nftables.Conntrack
+	ct  conntrack.Conntrack
 	nl  *netlink.Handle
 
 	mu sync.Mutex
@@ -240,6 +241,9 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		k.cfg.Options.LargeCluster = large
 		err := k.fullSync(snap)
 		k.synced = err == nil
+		if err == nil {
+			conntrack.Clean(k.ct, k.log, conntrack.AllPorts(snap))
+		}
 		return err
 	}
 	next := make(map[snapshot.ServiceKey][2]Service, len(changes.Keys))
@@ -264,14 +268,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		written.Added += p.added
 		written.Deleted += p.deleted
 	}
-	var udpGone [2][]netip.Addr
-	var udpActive [2][]netip.AddrPort
 	for key, now := range next {
-		old := k.applied[key]
-		for i := range 2 {
-			udpGone[i] = append(udpGone[i], gone(old[i].UDPEndpoints, now[i].UDPEndpoints)...)
-			udpActive[i] = append(udpActive[i], gone(now[i].UDPFronts, old[i].UDPFronts)...)
-		}
 		if len(now[0].Rules)+len(now[1].Rules) == 0 {
 			delete(k.applied, key)
 		} else {
@@ -279,7 +276,7 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		}
 	}
 	k.last = written
-	nftables.ClearUDPFlows(k.ct, k.log, udpGone, udpActive)
+	conntrack.Clean(k.ct, k.log, conntrack.PortsOf(snap, changes.Keys))
 	return nil
 }
 
@@ -445,24 +442,6 @@ func (k *Kernel) fullSync(snap *snapshot.Snapshot) error {
 		k.rules[i] = rules
 		written.Added += rules
 	}
-	// What the previous syncs applied and this one dropped: a failed
-	// partial sync's change lands here.
-	var udpGone [2][]netip.Addr
-	var udpActive [2][]netip.AddrPort
-	for key, old := range k.applied {
-		now := applied[key]
-		for i := range 2 {
-			udpGone[i] = append(udpGone[i], gone(old[i].UDPEndpoints, now[i].UDPEndpoints)...)
-		}
-	}
-	for key, now := range applied {
-		if old, ok := k.applied[key]; ok {
-			for i := range 2 {
-				udpActive[i] = append(udpActive[i], gone(now[i].UDPFronts, old[i].UDPFronts)...)
-			}
-		}
-	}
-	nftables.ClearUDPFlows(k.ct, k.log, udpGone, udpActive)
 	k.applied, k.serviceCIDRs, k.last = applied, snap.ServiceCIDRs, written
 	for key, s := range k.applied {
 		if len(s[0].Rules)+len(s[1].Rules) == 0 {

@@ -71,8 +71,8 @@ func (n *noConntrack) ConntrackDeleteFilters(netlink.ConntrackTableType, netlink
 
 // TestSyncWritesOnlyTheChangedServiceAndRecovers: a partial sync's input
 // holds the changed Service's chains and rules and nothing of the others;
-// a failed restore makes the next sync a full one; a removed UDP endpoint
-// has its conntrack entries cleared.
+// a failed restore makes the next sync a full one; the changed UDP
+// Service's conntrack entries are reconciled.
 func TestSyncWritesOnlyTheChangedServiceAndRecovers(t *testing.T) {
 	rec, ct := &recorder{}, &noConntrack{}
 	k, err := New(Config{Runner: rec, Conntrack: ct, NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.1.1")}})
@@ -115,7 +115,7 @@ func TestSyncWritesOnlyTheChangedServiceAndRecovers(t *testing.T) {
 		t.Errorf("partial sync lacks the new endpoint or the old one's deletion:\n%s", part)
 	}
 	if ct.calls == 0 {
-		t.Error("the removed UDP endpoint's conntrack entries were not cleared")
+		t.Error("the changed UDP Service's conntrack entries were not reconciled")
 	}
 	if st := k.Stats(); st.LastWrite.Added == 0 || st.LastWrite.Deleted == 0 {
 		t.Errorf("LastWrite %+v: want rules added and deleted", st.LastWrite)

@@ -46,8 +46,6 @@ import (
 	"strconv"
 	"strings"
 
-	v1 "k8s.io/api/core/v1"
-
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
@@ -108,11 +106,6 @@ type Service struct {
 	// Rules go into the shared chains; Chains are the Service's own.
 	Rules  []Rule
 	Chains []Chain
-	// UDPEndpoints are the UDP endpoints traffic is DNATed to, and
-	// UDPFronts the UDP front-ends that DNAT: the conntrack cleanup
-	// compares them across a change.
-	UDPEndpoints []netip.Addr
-	UDPFronts    []netip.AddrPort
 }
 
 // Options are the node-wide inputs to translation.
@@ -399,9 +392,6 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 			continue
 		}
 		done[e.AddrPort()] = true
-		if sp.Protocol == v1.ProtocolUDP {
-			s.UDPEndpoints = append(s.UDPEndpoints, e.Addr)
-		}
 		if !ownChain(e) {
 			continue
 		}
@@ -412,15 +402,6 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 	}
 	for _, n := range order {
 		s.Chains = append(s.Chains, *chains[n])
-	}
-	if sp.Protocol == v1.ProtocolUDP {
-		var fronts []netip.Addr
-		if hasInternal {
-			fronts = cips
-		}
-		for _, ip := range slices.Concat(fronts, addrs(sp.ExternalIPs), lbs) {
-			s.UDPFronts = append(s.UDPFronts, netip.AddrPortFrom(ip, uint16(sp.Port)))
-		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	libipvs "github.com/moby/ipvs"
 	"golang.org/x/sys/unix"
 
+	"github.com/switchboard/switchboard/proxy/conntrack"
 	"github.com/switchboard/switchboard/proxy/nftables"
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
@@ -60,6 +61,11 @@ type Config struct {
 	IPVS      API
 	Addresses Addresses
 	Filter    Filter
+	// Conntrack clears stale UDP flows; nil uses the conntrack socket
+	// opened with the real kernel edges, or clears none when all three
+	// above are given (tests with fakes must not touch the conntrack
+	// table of the namespace they run in).
+	Conntrack conntrack.Conntrack
 	// DrainCheck is how often removed real servers still holding
 	// connections are looked at (0: DrainCheckInterval).
 	DrainCheck time.Duration
@@ -73,6 +79,7 @@ type Kernel struct {
 	ipvs  API
 	addrs Addresses
 	nft   Filter
+	ct    conntrack.Conntrack
 	close func()
 
 	mu sync.Mutex
@@ -98,7 +105,7 @@ func New(cfg Config) (*Kernel, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	k := &Kernel{cfg: cfg, log: cfg.Logger, ipvs: cfg.IPVS, addrs: cfg.Addresses, nft: cfg.Filter,
+	k := &Kernel{cfg: cfg, log: cfg.Logger, ipvs: cfg.IPVS, addrs: cfg.Addresses, nft: cfg.Filter, ct: cfg.Conntrack,
 		applied: map[snapshot.ServiceKey]Service{}, vipUsers: map[netip.Addr]int{},
 		filterUsers: map[filterElem]int{}, draining: map[realKey]struct{}{}, close: func() {}}
 	if k.ipvs == nil || k.addrs == nil || k.nft == nil {
@@ -115,6 +122,9 @@ func New(cfg Config) (*Kernel, error) {
 		}
 		if k.nft == nil {
 			k.nft = live.nft
+		}
+		if k.ct == nil {
+			k.ct = live.ct
 		}
 	}
 	interval := cfg.DrainCheck
@@ -148,13 +158,18 @@ func (k *Kernel) Stats() nftables.Stats {
 // filter table is rewritten whole in one transaction on a full sync; a
 // partial sync writes, in one transaction, only the set elements the
 // changed Services added or dropped (as the nftables mode diffs desired
-// against applied elements).
+// against applied elements). After a successful sync the stale UDP
+// conntrack entries of the Services it programmed are cleared (package
+// conntrack; IPVS connections have conntrack entries, net/ipv4/vs/conntrack
+// being set): of all of them after a full one, as kube-proxy's ipvs
+// proxier does.
 func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var w nftables.Written
 	var err error
-	if changes.Full || !k.synced {
+	full := changes.Full || !k.synced
+	if full {
 		err = k.fullSync(snap, &w)
 		if err == nil {
 			err = k.nft.Apply(FilterText(k.all(), k.cfg.Options.ClusterCIDRs))
@@ -192,6 +207,11 @@ func (k *Kernel) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 		return fmt.Errorf("ipvs sync in %q: %w", k.cfg.NetNS, err)
 	}
 	k.last = w
+	if full {
+		conntrack.Clean(k.ct, k.log, conntrack.AllPorts(snap))
+	} else {
+		conntrack.Clean(k.ct, k.log, conntrack.PortsOf(snap, changes.Keys))
+	}
 	return nil
 }
 

@@ -1,12 +1,15 @@
 package ipvs
 
 import (
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	libipvs "github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchboard/switchboard/proxy/snapshot"
@@ -328,5 +331,60 @@ func TestGracefulTermination(t *testing.T) {
 	}
 	if got := f.Dump(); !slices.Equal(got, want[3:]) {
 		t.Errorf("after deleting the Service:\n got %q\nwant %q", got, want[3:])
+	}
+}
+
+// conntrackDumps records the conntrack clean-ups a Kernel runs (and
+// deletes nothing).
+type conntrackDumps struct {
+	families []netlink.InetFamily
+	filters  []netlink.CustomConntrackFilter
+}
+
+func (c *conntrackDumps) ConntrackDeleteFilters(_ netlink.ConntrackTableType, fam netlink.InetFamily, filters ...netlink.CustomConntrackFilter) (uint, error) {
+	c.families = append(c.families, fam)
+	c.filters = append(c.filters, filters...)
+	return 0, nil
+}
+
+// TestKernelCleansUDPConntrack: as kube-proxy's ipvs proxier, the Kernel
+// reconciles UDP conntrack after a sync: after a full one, with a filter
+// that takes an untranslated flow to a UDP ClusterIP for stale; after a
+// partial one only if a changed Service is UDP with serving endpoints.
+func TestKernelCleansUDPConntrack(t *testing.T) {
+	f, ct := NewFake(), &conntrackDumps{}
+	k, err := New(Config{IPVS: f, Addresses: f, Filter: f, Conntrack: ct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	dns := snapshot.ServiceKey{Namespace: "ns", Name: "dns"}
+	web := snapshot.ServiceKey{Namespace: "ns", Name: "web"}
+	udp := func(sp *snapshot.ServicePort) {
+		sp.Protocol, sp.Key.Protocol, sp.Port = v1.ProtocolUDP, v1.ProtocolUDP, 53
+	}
+	snap := snapshot.New(map[snapshot.ServiceKey][]*snapshot.ServicePort{
+		dns: svcPorts("dns", "10.96.0.10", udp, ep("10.244.1.2")),
+		web: svcPorts("web", "10.96.0.20", nil, ep("10.244.2.2")),
+	})
+	must(t, k.Sync(snap, snapshot.Changes{Full: true}))
+	if !slices.Equal(ct.families, []netlink.InetFamily{unix.AF_INET}) || len(ct.filters) != 1 {
+		t.Fatalf("full sync dumped families %v with %d filters, want IPv4 once with one", ct.families, len(ct.filters))
+	}
+	untranslated := &netlink.ConntrackFlow{}
+	untranslated.Forward.Protocol, untranslated.Forward.DstIP, untranslated.Forward.DstPort = unix.IPPROTO_UDP, net.ParseIP("10.96.0.10"), 53
+	untranslated.Reverse.Protocol, untranslated.Reverse.SrcIP, untranslated.Reverse.SrcPort = unix.IPPROTO_UDP, net.ParseIP("10.96.0.10"), 53
+	if !ct.filters[0].MatchConntrackFlow(untranslated) {
+		t.Error("the filter keeps an untranslated flow to the UDP ClusterIP")
+	}
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{web: svcPorts("web", "10.96.0.20", nil, ep("10.244.3.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{web}}))
+	if len(ct.families) != 1 {
+		t.Errorf("a partial sync of a TCP Service dumped the conntrack table")
+	}
+	snap = snap.With(map[snapshot.ServiceKey][]*snapshot.ServicePort{dns: svcPorts("dns", "10.96.0.10", udp, ep("10.244.4.2"))})
+	must(t, k.Sync(snap, snapshot.Changes{Keys: []snapshot.ServiceKey{dns}}))
+	if len(ct.families) != 2 {
+		t.Errorf("a partial sync of a UDP Service did not reconcile conntrack (%d dumps)", len(ct.families))
 	}
 }

@@ -14,6 +14,7 @@ import (
 	libipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchboard/switchboard/netnamespace"
 )
@@ -36,6 +37,8 @@ type live struct {
 	ipvs  *libipvs.Handle
 	addrs *linkAddrs
 	nft   nftExec
+	// ct is a conntrack socket, for the UDP clean-up.
+	ct    *netlink.Handle
 	close func()
 }
 
@@ -89,8 +92,14 @@ func openLive(path string) (*live, error) {
 		nl.Close()
 		return nil, err
 	}
-	return &live{ipvs: h, addrs: &linkAddrs{nl: nl}, nft: nftExec{netns: path},
-		close: func() { h.Close(); nl.Close() }}, nil
+	ct, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	if err != nil {
+		h.Close()
+		nl.Close()
+		return nil, fmt.Errorf("open conntrack netlink socket in %q: %w", path, err)
+	}
+	return &live{ipvs: h, addrs: &linkAddrs{nl: nl}, nft: nftExec{netns: path}, ct: ct,
+		close: func() { h.Close(); nl.Close(); ct.Close() }}, nil
 }
 
 // linkAddrs keeps the addresses of the dummy interface, creating it on

@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
 )
 
 // Conn is the part of an nftables netlink connection the Tables uses:
@@ -28,12 +27,6 @@ type Conn interface {
 	Flush() error
 	GetSets(t *nftables.Table) ([]*nftables.Set, error)
 	GetSetElements(s *nftables.Set) ([]nftables.SetElement, error)
-}
-
-// Conntrack is the part of a conntrack netlink handle the Tables uses to
-// clear stale UDP flows; *netlink.Handle implements it.
-type Conntrack interface {
-	ConntrackDeleteFilters(table netlink.ConntrackTableType, family netlink.InetFamily, filters ...netlink.CustomConntrackFilter) (uint, error)
 }
 
 // chainID names a chain across families.

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/switchboard/switchboard/proxy/conntrack"
 	"github.com/switchboard/switchboard/proxy/snapshot"
 )
 
@@ -38,9 +39,10 @@ type Config struct {
 	Options Options
 	Logger  *slog.Logger
 	// Conn and Conntrack, if Conn is set, are used instead of netlink
-	// sockets in NetNS: tests pass a Fake for both.
+	// sockets in NetNS: tests pass a Fake for both (a nil Conntrack then
+	// clears no UDP flows).
 	Conn      Conn
-	Conntrack Conntrack
+	Conntrack conntrack.Conntrack
 }
 
 // Tables are the proxy's nftables tables (one per IP family) in a network
@@ -56,7 +58,7 @@ type Tables struct {
 	// connection (or the Fake); nl and nlct are the sockets New opened,
 	// if it opened any.
 	conn   *tally
-	ct     Conntrack
+	ct     conntrack.Conntrack
 	nl     *nftables.Conn
 	nlct   *netlink.Handle
 	fams   [2]*family // [0] IPv4, [1] IPv6
@@ -203,7 +205,9 @@ func (k *Tables) Stats() Stats {
 // them and also (re)builds the tables, which is what the first call after
 // start does: it adopts a table left by an earlier run, replacing its rules
 // and elements in one atomic transaction, so established connections
-// (conntrack) are untouched.
+// (conntrack) are untouched. After a successful sync the stale UDP
+// conntrack entries of the Services it programmed are cleared (package
+// conntrack): of all of them after a full one.
 func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -213,12 +217,13 @@ func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	if changes.Full || !k.synced || !slices.Equal(snap.ServiceCIDRs, k.serviceCIDRs) {
 		err := k.fullSync(snap)
 		k.synced = err == nil
+		if err == nil {
+			conntrack.Clean(k.ct, k.log, conntrack.AllPorts(snap))
+		}
 		return err
 	}
 	type delta struct{ add, del, now []Elem }
 	var d [2]delta
-	var udpGone [2][]netip.Addr
-	var udpActive [2][]netip.AddrPort
 	for _, key := range changes.Keys {
 		old := k.applied[key]
 		v4, v6 := TranslateService(snap.Get(key), k.cfg.Options)
@@ -228,8 +233,6 @@ func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 			d[i].add = append(d[i].add, add...)
 			d[i].del = append(d[i].del, del...)
 			d[i].now = append(d[i].now, now[i]...)
-			udpGone[i] = append(udpGone[i], goneUDPEndpoints(old[i], now[i])...)
-			udpActive[i] = append(udpActive[i], k.newlyActiveUDP(i == 0, old[i], now[i])...)
 		}
 		if len(v4)+len(v6) == 0 {
 			delete(k.applied, key)
@@ -264,7 +267,7 @@ func (k *Tables) Sync(snap *snapshot.Snapshot, changes snapshot.Changes) error {
 	if err := k.conn.Flush(); err != nil {
 		return k.fail(fmt.Errorf("apply nftables transaction in %q: %w", k.cfg.NetNS, err))
 	}
-	ClearUDPFlows(k.ct, k.log, udpGone, udpActive)
+	conntrack.Clean(k.ct, k.log, conntrack.PortsOf(snap, changes.Keys))
 	return nil
 }
 

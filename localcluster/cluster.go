@@ -417,7 +417,7 @@ func (c *Cluster) startNodes(ctx context.Context, restCfg *rest.Config, svcCIDR 
 	for _, info := range c.nodes {
 		rt := &podRuntime{node: info, net: n, client: client, log: cfg.Logger, logDir: filepath.Join(cfg.StateDir, "logs", "pods"),
 			echoCmd: cfg.EchoCommand, resolv: resolv, exe: selfExe, cg: c.cg, records: c.recordsDir(), zone: "cluster.local",
-			workers: map[types.UID]*podWorker{}, ips: map[netip.Addr]types.UID{}}
+			workers: map[types.UID]*podWorker{}, rejected: map[types.UID]struct{}{}, ips: map[netip.Addr]types.UID{}}
 		reg, err := rt.start(ctx, factory)
 		if err != nil {
 			return fmt.Errorf("node %s: watch pods: %w", info.Name, err)

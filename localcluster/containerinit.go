@@ -1,9 +1,7 @@
 package localcluster
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,8 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilsysctl "k8s.io/component-helpers/node/util/sysctl"
-	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
-	"k8s.io/kubernetes/pkg/kubelet/sysctl"
 
 	"golang.org/x/sys/unix"
 )
@@ -211,28 +207,19 @@ type sysctlSetting struct {
 	Value string `json:"value"`
 }
 
-// podSysctls admits the pod's sysctls with the kubelet's own check (its
-// default allowlist: the safe, namespaced sysctls for this kernel; none of
-// the network namespace's for a hostNetwork pod) and says where each is
-// written. A refused one is the kubelet's SysctlForbidden reason and
-// message.
-func podSysctls(pod *corev1.Pod) ([]sysctlSetting, error) {
+// podSysctls says where each of the pod's sysctls is written. Admission
+// (admitPod) has checked them against the kubelet's allowlist before
+// anything of the pod was set up.
+func podSysctls(pod *corev1.Pod) []sysctlSetting {
 	if pod.Spec.SecurityContext == nil || len(pod.Spec.SecurityContext.Sysctls) == 0 {
-		return nil, nil
-	}
-	allow, err := sysctl.NewAllowlist(sysctl.SafeSysctlAllowlist(context.Background()))
-	if err != nil {
-		return nil, err
-	}
-	if res := allow.Admit(&lifecycle.PodAdmitAttributes{Pod: pod}); !res.Admit {
-		return nil, errors.New(res.Message)
+		return nil
 	}
 	var out []sysctlSetting
 	for _, sc := range pod.Spec.SecurityContext.Sysctls {
 		name := utilsysctl.NormalizeName(sc.Name)
 		out = append(out, sysctlSetting{Name: name, Path: "/proc/sys/" + strings.ReplaceAll(name, ".", "/"), Value: sc.Value})
 	}
-	return out, nil
+	return out
 }
 
 // bindMount is one volume (or file) bound into the container.

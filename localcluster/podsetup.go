@@ -222,12 +222,17 @@ func (r *podRuntime) setupEvent(pod *corev1.Pod, err error) {
 	if errors.As(err, &me) {
 		reason = "FailedMount"
 	}
+	r.event(pod, corev1.EventTypeWarning, reason, err.Error())
+}
+
+// event records an event about the pod from this node's kubelet.
+func (r *podRuntime) event(pod *corev1.Pod, eventType, reason, message string) {
 	now := metav1.Now()
 	ev := &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: pod.Name + ".", Namespace: pod.Namespace},
 		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: pod.Namespace, Name: pod.Name,
 			UID: pod.UID, ResourceVersion: pod.ResourceVersion},
-		Reason: reason, Message: err.Error(), Type: corev1.EventTypeWarning,
+		Reason: reason, Message: message, Type: eventType,
 		Source:         corev1.EventSource{Component: "kubelet", Host: r.node.Name},
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
 		ReportingController: "kubelet", ReportingInstance: r.node.Name,

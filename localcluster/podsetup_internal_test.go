@@ -7,9 +7,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 func TestTerminationMessageSources(t *testing.T) {
@@ -85,35 +87,75 @@ func TestHostPorts(t *testing.T) {
 	}
 }
 
-// TestPodSysctlsAdmission: the kubelet's allowlist decides, and each admitted sysctl
-// is written under /proc/sys by its dotted name (a slash-separated name is
+// TestPodSysctlsAdmission: the kubelet's allowlist admits the pod or
+// rejects it with its reason and message, and each admitted sysctl is
+// written under /proc/sys by its dotted name (a slash-separated name is
 // normalised first, as the kubelet does).
 func TestPodSysctlsAdmission(t *testing.T) {
 	pod := func(hostNetwork bool, sysctls ...corev1.Sysctl) *corev1.Pod {
 		return &corev1.Pod{Spec: corev1.PodSpec{HostNetwork: hostNetwork, SecurityContext: &corev1.PodSecurityContext{Sysctls: sysctls}}}
 	}
-	got, err := podSysctls(pod(false, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"},
-		corev1.Sysctl{Name: "net/ipv4/ping_group_range", Value: "0 2147483647"}))
-	if err != nil {
-		t.Fatal(err)
+	safe := pod(false, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"},
+		corev1.Sysctl{Name: "net/ipv4/ping_group_range", Value: "0 2147483647"})
+	if res := admitPod(safe); !res.Admit {
+		t.Fatalf("safe sysctls refused: %+v", res)
 	}
 	want := []sysctlSetting{
 		{Name: "net.ipv4.ip_unprivileged_port_start", Path: "/proc/sys/net/ipv4/ip_unprivileged_port_start", Value: "0"},
 		{Name: "net.ipv4.ping_group_range", Path: "/proc/sys/net/ipv4/ping_group_range", Value: "0 2147483647"},
 	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := podSysctls(safe); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
-	if got, err := podSysctls(&corev1.Pod{}); err != nil || got != nil {
-		t.Errorf("no sysctls: %v, %v", got, err)
+	if res := admitPod(&corev1.Pod{}); !res.Admit {
+		t.Errorf("no sysctls refused: %+v", res)
 	}
-	for name, p := range map[string]*corev1.Pod{
-		"unsafe":      pod(false, corev1.Sysctl{Name: "kernel.msgmax", Value: "65536"}),
-		"hostNetwork": pod(true, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}),
+	if got := podSysctls(&corev1.Pod{}); got != nil {
+		t.Errorf("no sysctls: %v", got)
+	}
+	for name, tc := range map[string]struct {
+		pod  *corev1.Pod
+		want string
+	}{
+		"unsafe":      {pod(false, corev1.Sysctl{Name: "kernel.msgmax", Value: "65536"}), `forbidden sysctl: "kernel.msgmax" not allowlisted`},
+		"hostNetwork": {pod(true, corev1.Sysctl{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}), `forbidden sysctl: "net.ipv4.ip_unprivileged_port_start" not allowed with host Net enabled`},
 	} {
-		if _, err := podSysctls(p); err == nil || !strings.HasPrefix(err.Error(), "forbidden sysctl: ") {
-			t.Errorf("%s: %v, want the kubelet's forbidden sysctl", name, err)
+		if res := admitPod(tc.pod); res.Admit || res.Reason != "SysctlForbidden" || res.Message != tc.want {
+			t.Errorf("%s: %+v, want the kubelet's SysctlForbidden, %q", name, res, tc.want)
 		}
+	}
+}
+
+// TestRejectedStatus: the status of a pod admission refused is the one the
+// kubelet's rejectPod and status manager write: Failed with the reason,
+// the message after "Pod was rejected: ", the QoS class, generation and a
+// start time, and none of the conditions the kubelet owns.
+func TestRejectedStatus(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Generation: 3},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, HostIP: "10.0.0.1", Conditions: []corev1.PodCondition{
+			{Type: corev1.PodScheduled, Status: corev1.ConditionTrue},
+			{Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "Kept"},
+		}}}
+	st := rejectedStatus(pod, "SysctlForbidden", `forbidden sysctl: "kernel.msgmax" not allowlisted`, now)
+	if st.Phase != corev1.PodFailed || st.Reason != "SysctlForbidden" ||
+		st.Message != `Pod was rejected: forbidden sysctl: "kernel.msgmax" not allowlisted` {
+		t.Errorf("phase %s, reason %q, message %q", st.Phase, st.Reason, st.Message)
+	}
+	if st.QOSClass != corev1.PodQOSBestEffort || st.ObservedGeneration != 3 || st.HostIP != "" || st.ContainerStatuses != nil {
+		t.Errorf("QoS %s, observedGeneration %d, hostIP %q, containers %v", st.QOSClass, st.ObservedGeneration, st.HostIP, st.ContainerStatuses)
+	}
+	if st.StartTime == nil || !st.StartTime.Time.Equal(now.Truncate(time.Second)) {
+		t.Errorf("start time %v, want %v", st.StartTime, now.Truncate(time.Second))
+	}
+	if len(st.Conditions) != 1 || st.Conditions[0].Reason != "Kept" {
+		t.Errorf("conditions %+v, want only DisruptionTarget", st.Conditions)
+	}
+	started := metav1.NewTime(now.Add(-time.Hour).Truncate(time.Second))
+	pod.Status.StartTime = &started
+	if st := rejectedStatus(pod, "SysctlForbidden", "x", now); !st.StartTime.Equal(&started) {
+		t.Errorf("start time %v, want the pod's %v", st.StartTime, started)
 	}
 }
 

@@ -496,8 +496,12 @@ func TestExecSeesContainer(t *testing.T) {
 
 // TestPodSysctls: a safe sysctl of the pod is set in its network namespace
 // before the container drops to its user (uid 65532 then listens on port
-// 53, as deploy/'s dns does), and nowhere else; an unsafe one keeps the
-// container waiting with the kubelet's reason.
+// 53, as deploy/'s dns does), and nowhere else; an unsafe one gets the pod
+// rejected at admission as the kubelet rejects it (upstream's e2e "should
+// not launch unsafe, but not explicitly enabled sysctls on the node" waits
+// for the pod to fail with reason SysctlForbidden): Failed, the kubelet's
+// reason and message, a Warning event, nothing of it set up, its status
+// written once.
 func TestPodSysctls(t *testing.T) {
 	c := need(t)
 	ns := namespace(t, c)
@@ -517,12 +521,46 @@ func TestPodSysctls(t *testing.T) {
 	unsafe := commandPod("unsafe", "sleep", "3600")
 	unsafe.Spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "kernel.msgmax", Value: "65536"}}}
 	createPod(t, c, ns, unsafe)
-	w := waitPod(t, c, ns, "unsafe", "waiting with SysctlForbidden", func(p *corev1.Pod) bool {
-		return len(p.Status.ContainerStatuses) == 1 && p.Status.ContainerStatuses[0].State.Waiting != nil &&
-			p.Status.ContainerStatuses[0].State.Waiting.Reason == "SysctlForbidden"
-	})
-	if msg := w.Status.ContainerStatuses[0].State.Waiting.Message; !strings.Contains(msg, "kernel.msgmax") {
-		t.Errorf("waiting message %q does not name the sysctl", msg)
+	w := waitPod(t, c, ns, "unsafe", "failed", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodFailed })
+	const msg = `forbidden sysctl: "kernel.msgmax" not allowlisted`
+	if w.Status.Reason != "SysctlForbidden" || w.Status.Message != "Pod was rejected: "+msg {
+		t.Errorf("failed with reason %q, message %q; want SysctlForbidden, %q", w.Status.Reason, w.Status.Message, "Pod was rejected: "+msg)
+	}
+	for _, cs := range w.Status.ContainerStatuses {
+		if cs.State.Running != nil || cs.State.Terminated != nil {
+			t.Errorf("container %s of a rejected pod started: %+v", cs.Name, cs.State)
+		}
+	}
+	if len(w.Status.ContainerStatuses) != 0 || w.Status.PodIP != "" {
+		t.Errorf("rejected pod has containers %+v, IP %q: the kubelet reports neither", w.Status.ContainerStatuses, w.Status.PodIP)
+	}
+	if _, err := os.Stat(filepath.Join("/run/netns", cluster.Network.PodNS(ns, "unsafe"))); err == nil {
+		t.Errorf("rejected pod has a network namespace")
+	}
+	// Never admitted again: no second event, no second status write.
+	time.Sleep(2 * time.Second)
+	again, err := c.CoreV1().Pods(ns).Get(context.Background(), "unsafe", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ResourceVersion != w.ResourceVersion {
+		t.Errorf("rejected pod's status written again: %+v", again.Status)
+	}
+	evs, err := c.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejections := 0
+	for _, e := range evs.Items {
+		if e.InvolvedObject.Name == "unsafe" && e.Reason == "SysctlForbidden" {
+			rejections++
+			if e.Type != corev1.EventTypeWarning || e.Message != msg || e.Source.Component != "kubelet" {
+				t.Errorf("rejection event %s %q from %s, want Warning %q from kubelet", e.Type, e.Message, e.Source.Component, msg)
+			}
+		}
+	}
+	if rejections != 1 {
+		t.Errorf("%d SysctlForbidden events, want one; events: %+v", rejections, evs.Items)
 	}
 }
 

@@ -30,7 +30,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/kubernetes/pkg/apis/core/v1/helper/qos"
-	"k8s.io/kubernetes/pkg/kubelet/sysctl"
 
 	"github.com/switchboard/switchboard/localcluster/image"
 	"github.com/switchboard/switchboard/netnamespace"
@@ -68,7 +67,10 @@ type podRuntime struct {
 	zone    string
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
-	ips     map[netip.Addr]types.UID
+	// rejected are the pods admission refused (admitPod), until they
+	// are deleted.
+	rejected map[types.UID]struct{}
+	ips      map[netip.Addr]types.UID
 	// lastIP is the pod IP handed out last (allocateIP goes on after it).
 	lastIP   netip.Addr
 	stopping bool
@@ -94,6 +96,7 @@ func (r *podRuntime) start(ctx context.Context, factory informers.SharedInformer
 			if p, ok := o.(*corev1.Pod); ok && p.Spec.NodeName == r.node.Name {
 				r.mu.Lock()
 				w := r.workers[p.UID]
+				delete(r.rejected, p.UID)
 				r.mu.Unlock()
 				if w != nil {
 					w.gone()
@@ -112,11 +115,25 @@ func (r *podRuntime) sync(ctx context.Context, p *corev1.Pod) {
 	}
 	w := r.workers[p.UID]
 	if w == nil {
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		_, rejected := r.rejected[p.UID]
+		if rejected || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			if p.DeletionTimestamp != nil {
 				// Nothing runs; finish the deletion the API is waiting for.
 				go r.finalizeDelete(ctx, p)
 			}
+			return
+		}
+		// Admission, as the kubelet's HandlePodAdditions: once, before
+		// anything of the pod is set up. A refused pod is never handed
+		// to a worker, and rejected keeps the updates that still show it
+		// Pending from admitting it again.
+		if res := admitPod(p); !res.Admit {
+			r.rejected[p.UID] = struct{}{}
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				r.reject(ctx, p, res.Reason, res.Message)
+			}()
 			return
 		}
 		w = &podWorker{rt: r, updates: make(chan *corev1.Pod, 1), done: make(chan struct{}), uid: p.UID,
@@ -576,12 +593,7 @@ func (w *podWorker) maybeStart(c *container, pod *corev1.Pod, pn PodNet, rec *po
 		c.nextStart = time.Now().Add(time.Second)
 		return false
 	}
-	sysctls, err := podSysctls(pod)
-	if err != nil {
-		c.waitReason, c.waitMessage = sysctl.ForbiddenReason, err.Error()
-		c.nextStart = time.Now().Add(time.Second)
-		return false
-	}
+	sysctls := podSysctls(pod)
 	var caps *[]int
 	if set, err := containerCaps(c.spec); err != nil {
 		c.waitReason, c.waitMessage = "CreateContainerError", err.Error()

@@ -344,10 +344,25 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 			used[e.Addr] = true
 		}
 	}
-	// Only this node's pods can hairpin through this node's rules: a remote
-	// pod's traffic is translated by its own node's proxy.
+	// Hairpin: a packet from an endpoint's own address DNATed back to it
+	// here must be masqueraded, or the endpoint answers itself. That
+	// happens for an endpoint on this node (its pod's or host-network
+	// process's traffic) and for a pod elsewhere that the pods' (cluster
+	// CIDR) short-circuit of an externalTrafficPolicy Local external front-end
+	// (NodePort, external or load balancer IP of this node) sends back to
+	// itself. A pod elsewhere reaches a ClusterIP through its own node's
+	// rules. (kube-proxy marks every endpoint; the one case this leaves
+	// out is a client outside the pod network that is itself an endpoint
+	// and routes ClusterIP traffic through this node, with no cluster CIDR
+	// to masquerade it.)
+	viaShortCircuit := map[netip.Addr]bool{}
+	if sp.HasExternal() && slices.ContainsFunc(opts.ClusterCIDRs, func(p netip.Prefix) bool { return p.Addr().Is4() == is4 }) {
+		for _, e := range shortCircuit {
+			viaShortCircuit[e.Addr] = true
+		}
+	}
 	for _, e := range append(append(clusterEPs, externalEPs...), shortCircuit...) {
-		if e.Local && used[e.Addr] {
+		if used[e.Addr] && (e.Local || viaShortCircuit[e.Addr]) {
 			out = append(out, Elem{Set: setHairpin, Addr: e.Addr, Addr2: e.Addr, Slot: -1})
 			delete(used, e.Addr)
 		}

@@ -349,6 +349,19 @@ func TestTranslate(t *testing.T) {
 		opts: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
 		want: []string{"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-cluster 10.96.0.10 . tcp . 80"},
 	}, {
+		name: "externalTrafficPolicy Local with a cluster CIDR: a pod elsewhere that the pods' short-circuit sends back to itself is masqueraded (hairpin)",
+		sp: base(func(sp *snapshot.ServicePort) {
+			sp.NodePort, sp.ExternalLocal = 30080, true
+			sp.Endpoints = []snapshot.Endpoint{ready("10.244.2.2", 80)}
+		}),
+		is4:  true,
+		opts: Options{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}},
+		want: []string{
+			"svc-1 10.96.0.10 . tcp . 80 . 0 : 10.244.2.2 . 80", "masq-cluster 10.96.0.10 . tcp . 80",
+			"no-local-endpoints-nodeport tcp . 30080", "short-circuit-nodeport tcp . 30080", "scnp-1 tcp . 30080 . 0 : 10.244.2.2 . 80",
+			"hairpin 10.244.2.2 . 10.244.2.2",
+		},
+	}, {
 		name: "dual-stack: IPv6 table gets the IPv6 ClusterIP and IPv6 endpoints",
 		sp: base(func(sp *snapshot.ServicePort) {
 			sp.ClusterIPs = addrs("10.96.0.10", "fd00:96::10")

@@ -352,11 +352,14 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 	ownChain := func(e snapshot.Endpoint) bool {
 		return e.Local || !local.IsValid() || (sp.ExternalLocal && external)
 	}
-	recentSet := func(list string) string {
+	// recentSet records the client in endpoint e's affinity list (named
+	// as its chain), with sessionAffinity ClientIP only: the name's hash
+	// is not computed otherwise.
+	recentSet := func(e snapshot.Endpoint) string {
 		if sp.AffinityTimeout <= 0 {
 			return ""
 		}
-		return "-m recent --set --name " + list + " --mask " + fullMask(is4) + " --rsource"
+		return "-m recent --set --name " + sepName(e) + " --mask " + fullMask(is4) + " --rsource"
 	}
 	// The endpoints' rules' comment (none in a large cluster).
 	epcm := cm
@@ -371,11 +374,7 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 		if ownChain(e) {
 			return join(epcm, matches, "-j "+sepName(e))
 		}
-		list := ""
-		if sp.AffinityTimeout > 0 {
-			list = recentSet(sepName(e))
-		}
-		return join("-p "+proto, epcm, matches, list, "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String())
+		return join("-p "+proto, epcm, matches, recentSet(e), "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String())
 	}
 	var reachable []snapshot.Endpoint
 	if usesCluster {
@@ -398,7 +397,7 @@ func translatePort(s *Service, add func(Rule), sp *snapshot.ServicePort, is4 boo
 		c := use(sepName(e))
 		c.Rules = append(c.Rules,
 			join("-s "+host(e.Addr), epcm, "-j "+chainMarkMasq),
-			join("-p "+proto, epcm, recentSet(c.Name), "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String()))
+			join("-p "+proto, epcm, recentSet(e), "-m "+proto+" -j DNAT --to-destination "+e.AddrPort().String()))
 	}
 	for _, n := range order {
 		s.Chains = append(s.Chains, *chains[n])

@@ -130,11 +130,7 @@ func TestServiceCIDRUnknownPortRejectedUnallocatedDropped(t *testing.T) {
 }
 
 func testServiceCIDRUnknownPortRejectedUnallocatedDropped(t *testing.T, mode string) {
-	w := newWorld(t, 1)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 1)
 	svc := service(t, client, ns, "web", nil)
 	setSlice(t, client, ns, "web", []epSpec{ready(w.backends[0], "node-a")})
 	gone := service(t, client, ns, "gone", func(s *v1.Service) {
@@ -179,11 +175,7 @@ func testServiceCIDRUnknownPortRejectedUnallocatedDropped(t *testing.T, mode str
 func TestServingUnsetIsServing(t *testing.T) { eachMode(t, testServingUnsetIsServing) }
 
 func testServingUnsetIsServing(t *testing.T, mode string) {
-	w := newWorld(t, 2)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 2)
 	svc := service(t, client, ns, "web", nil)
 	slice(t, client, ns, "web",
 		discoveryv1.Endpoint{Addresses: []string{w.backends[0]}, NodeName: ptr.To("node-b"),
@@ -208,11 +200,7 @@ func TestLoadBalancerSourceRangesFromNodeAndIPModeProxy(t *testing.T) {
 }
 
 func testLoadBalancerSourceRangesFromNodeAndIPModeProxy(t *testing.T, mode string) {
-	w := newWorld(t, 1)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 1)
 	svc := service(t, client, ns, "lb", func(s *v1.Service) {
 		s.Spec.Type = v1.ServiceTypeLoadBalancer
 		s.Spec.LoadBalancerSourceRanges = []string{"192.168.0.0/16"}

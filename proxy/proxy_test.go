@@ -223,6 +223,19 @@ func (w *world) seen(target string, n int) (map[string]bool, error) {
 	return got, nil
 }
 
+// proxiedWorld is most tests' set-up: a world of n backends whose node
+// runs a proxy in mode, and a namespace for the test's objects on the
+// test API server.
+func proxiedWorld(t *testing.T, mode string, n int) (*world, kubernetes.Interface, string) {
+	t.Helper()
+	w := newWorld(t, n)
+	w.mode = mode
+	client, _ := clustertest.Client(t)
+	ns := clustertest.Namespace(t, client)
+	startProxy(t, w, proxy.Config{Client: client})
+	return w, client, ns
+}
+
 func startProxy(t *testing.T, w *world, cfg proxy.Config) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -313,11 +326,7 @@ func TestClusterIPBalancingScalingAndRefusal(t *testing.T) {
 }
 
 func testClusterIPBalancingScalingAndRefusal(t *testing.T, mode string) {
-	w := newWorld(t, 3)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 3)
 	svc := service(t, client, ns, "web", nil)
 	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 
@@ -377,11 +386,7 @@ func testClusterIPBalancingScalingAndRefusal(t *testing.T, mode string) {
 func TestDualStackClusterIP(t *testing.T) { eachMode(t, testDualStackClusterIP) }
 
 func testDualStackClusterIP(t *testing.T, mode string) {
-	w := newWorld(t, 2)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 2)
 	svc := service(t, client, ns, "web", func(s *v1.Service) {
 		s.Spec.IPFamilyPolicy = ptr.To(v1.IPFamilyPolicyRequireDualStack)
 		s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol, v1.IPv4Protocol}
@@ -608,11 +613,7 @@ func TestUDPFlowToServingTerminatingEndpointKept(t *testing.T) {
 }
 
 func testUDPFlowToServingTerminatingEndpointKept(t *testing.T, mode string) {
-	w := newWorld(t, 2)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 2)
 	svc := service(t, client, ns, "dns", nil)
 	b := w.backends
 	setSlice(t, client, ns, "dns", []epSpec{ready(b[0], "node-a")})
@@ -714,11 +715,7 @@ func (u *udpFlow) reaches(backend string) func() error {
 func TestSessionAffinitySticks(t *testing.T) { eachMode(t, testSessionAffinitySticks) }
 
 func testSessionAffinitySticks(t *testing.T, mode string) {
-	w := newWorld(t, 3)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 3)
 	svc := service(t, client, ns, "sticky", func(s *v1.Service) {
 		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
 		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
@@ -760,11 +757,7 @@ func testSessionAffinitySticks(t *testing.T, mode string) {
 func TestSessionAffinityNodePort(t *testing.T) { eachMode(t, testSessionAffinityNodePort) }
 
 func testSessionAffinityNodePort(t *testing.T, mode string) {
-	w := newWorld(t, 3)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 3)
 	svc := service(t, client, ns, "sticky-np", func(s *v1.Service) {
 		s.Spec.Type = v1.ServiceTypeNodePort
 		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
@@ -829,11 +822,7 @@ func testSessionAffinityNodePort(t *testing.T, mode string) {
 func TestSessionAffinityShortCircuit(t *testing.T) { eachMode(t, testSessionAffinityShortCircuit) }
 
 func testSessionAffinityShortCircuit(t *testing.T, mode string) {
-	w := newWorld(t, 3)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 3)
 	svc := service(t, client, ns, "sticky-local", func(s *v1.Service) {
 		s.Spec.Type = v1.ServiceTypeNodePort
 		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
@@ -879,11 +868,7 @@ func testSessionAffinityShortCircuit(t *testing.T, mode string) {
 func TestSessionAffinityPerServicePort(t *testing.T) { eachMode(t, testSessionAffinityPerServicePort) }
 
 func testSessionAffinityPerServicePort(t *testing.T, mode string) {
-	w := newWorld(t, 2)
-	w.mode = mode
-	client, _ := clustertest.Client(t)
-	ns := clustertest.Namespace(t, client)
-	startProxy(t, w, proxy.Config{Client: client})
+	w, client, ns := proxiedWorld(t, mode, 2)
 	svc := service(t, client, ns, "sticky-ports", func(s *v1.Service) {
 		s.Spec.Ports = []v1.ServicePort{
 			{Name: "web", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: v1.ProtocolTCP},

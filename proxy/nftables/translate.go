@@ -355,8 +355,9 @@ func Translate(sp *snapshot.ServicePort, is4 bool, opts Options) []Elem {
 	// out is a client outside the pod network that is itself an endpoint
 	// and routes ClusterIP traffic through this node, with no cluster CIDR
 	// to masquerade it.)
-	viaShortCircuit := map[netip.Addr]bool{}
-	if sp.HasExternal() && slices.ContainsFunc(opts.ClusterCIDRs, func(p netip.Prefix) bool { return p.Addr().Is4() == is4 }) {
+	var viaShortCircuit map[netip.Addr]bool // nil (no allocation) for most Services
+	if sp.HasExternal() && len(shortCircuit) > 0 && slices.ContainsFunc(opts.ClusterCIDRs, func(p netip.Prefix) bool { return p.Addr().Is4() == is4 }) {
+		viaShortCircuit = make(map[netip.Addr]bool, len(shortCircuit))
 		for _, e := range shortCircuit {
 			viaShortCircuit[e.Addr] = true
 		}
